@@ -1,0 +1,354 @@
+//! Validation of manifests outside the cluster, with the rules the API server applies.
+//!
+//! One source of truth: the CRD schema generated from the Rust types. A manifest is checked the
+//! way the API server checks it — schema defaults applied, structural constraints (types,
+//! patterns, ranges, enums, required fields; unknown fields refused as `kubectl apply` does by
+//! default), then the CEL rules of `x-kubernetes-validations` — and then the few facts no schema
+//! can express (an IANA time zone that exists). `render`, `local` and the controller use it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use kube::core::cel::{Validator, apply_defaults};
+use serde_json::Value;
+
+use super::{ModelRoute, ProviderBudget};
+
+/// One invalid field of one object in one document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: document {doc}: {object}: {field}: {message}")]
+pub struct ManifestError {
+    /// File name (or other label of the input).
+    pub source_name: String,
+    /// 1-based index of the YAML document in the file.
+    pub doc: usize,
+    /// `Kind namespace/name`, as far as known.
+    pub object: String,
+    /// Field path (`spec.backends[1].weight`), or `(document)`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An invalid field, before it is placed in a file and document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Field path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// A validated tollgate object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// A ModelRoute.
+    ModelRoute(Box<ModelRoute>),
+    /// A ProviderBudget.
+    ProviderBudget(Box<ProviderBudget>),
+}
+
+/// Every tollgate object of a manifest set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifests {
+    /// ModelRoutes, in file and document order.
+    pub routes: Vec<ModelRoute>,
+    /// ProviderBudgets, in file and document order.
+    pub budgets: Vec<ProviderBudget>,
+    /// Documents of other kinds, skipped (`file: document N: Kind name`).
+    pub skipped: Vec<String>,
+}
+
+struct KindSchema {
+    schema: Value,
+    structural: jsonschema::Validator,
+}
+
+fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
+    static ROUTE: OnceLock<Result<KindSchema, String>> = OnceLock::new();
+    static BUDGET: OnceLock<Result<KindSchema, String>> = OnceLock::new();
+    let (cell, idx) = match kind {
+        "ModelRoute" => (&ROUTE, 0),
+        "ProviderBudget" => (&BUDGET, 1),
+        _ => return None,
+    };
+    Some(cell.get_or_init(|| {
+        let crd = super::crds().swap_remove(idx);
+        let schema = crd
+            .spec
+            .versions
+            .first()
+            .and_then(|v| v.schema.as_ref())
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .ok_or_else(|| format!("the {kind} CRD has no schema"))?;
+        let schema = serde_json::to_value(schema).map_err(|e| e.to_string())?;
+        let structural = jsonschema::draft4::options()
+            .should_validate_formats(false)
+            .build(&schema)
+            .map_err(|e| format!("the {kind} CRD schema does not compile: {e}"))?;
+        Ok(KindSchema { schema, structural })
+    }))
+}
+
+/// `/spec/backends/0/weight` → `spec.backends[0].weight`.
+fn json_pointer_to_field(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').filter(|s| !s.is_empty()) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        }
+    }
+    if out.is_empty() { "(object)".into() } else { out }
+}
+
+/// Null fields are absent fields (as for the API server's nullable handling).
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// Fields the schema does not declare (what `kubectl apply` refuses with strict validation).
+fn unknown_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldError>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(m) => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                    for (k, v) in m {
+                        unknown_fields(ap, v, &format!("{path}.{k}"), out);
+                    }
+                }
+                return;
+            };
+            for (k, v) in m {
+                let field = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match props.get(k) {
+                    Some(sub) => unknown_fields(sub, v, &field, out),
+                    None if path.is_empty() || path == "metadata" => {}
+                    None => out.push(FieldError::new(field, "unknown field")),
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items") {
+                for (i, v) in a.iter().enumerate() {
+                    unknown_fields(items, v, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// `Kind namespace/name` for messages.
+pub fn describe(value: &Value) -> String {
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("(no kind)");
+    let meta = value.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("(no name)");
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default");
+    format!("{kind} {ns}/{name}")
+}
+
+/// Validates one object (a parsed manifest) as the API server would, then checks what the
+/// schema cannot express. Returns `Ok(None)` for kinds that are not tollgate's.
+pub fn validate_value(mut value: Value) -> Result<Option<Object>, Vec<FieldError>> {
+    let Some(kind) = value.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+        return Err(vec![FieldError::new("kind", "missing")]);
+    };
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let Some(schema) = kind_schema(&kind) else {
+        return Ok(None);
+    };
+    if api_version.split('/').next() != Some(super::GROUP) {
+        // Another group's kind that happens to share the name.
+        return Ok(None);
+    }
+    let expected = format!("{}/{}", super::GROUP, super::VERSION);
+    if api_version != expected {
+        return Err(vec![FieldError::new("apiVersion", format!("{api_version:?} is not served; use {expected}"))]);
+    }
+    let schema = schema.as_ref().map_err(|e| vec![FieldError::new("(schema)", e.clone())])?;
+
+    drop_nulls(&mut value);
+    let mut errors = Vec::new();
+    match value.pointer("/metadata/name").and_then(Value::as_str) {
+        None => errors.push(FieldError::new("metadata.name", "required")),
+        Some(n) if !is_dns_subdomain(n) => errors.push(FieldError::new(
+            "metadata.name",
+            format!("{n:?} must be a lowercase RFC 1123 subdomain (letters, digits, '-' and '.')"),
+        )),
+        Some(_) => {}
+    }
+    if let Some(ns) = value.pointer("/metadata/namespace") {
+        match ns.as_str() {
+            Some(n) if is_dns_subdomain(n) && !n.contains('.') && n.len() <= 63 => {}
+            _ => errors.push(FieldError::new("metadata.namespace", format!("{ns} is not a valid namespace name"))),
+        }
+    }
+    if value.get("spec").is_none() {
+        errors.push(FieldError::new("spec", "required"));
+        return Err(errors);
+    }
+
+    let defaulted = apply_defaults(&schema.schema, &value);
+    unknown_fields(&schema.schema, &defaulted, "", &mut errors);
+    for e in schema.structural.iter_errors(&defaulted) {
+        errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), e.to_string()));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if let Err(cel) = Validator::new().validate(&schema.schema, &defaulted, None) {
+        for e in cel.as_slice() {
+            let field = if e.field_path.is_empty() { "(object)".to_string() } else { e.field_path.clone() };
+            errors.push(FieldError::new(field, e.message.clone()));
+        }
+        return Err(errors);
+    }
+
+    let object = match kind.as_str() {
+        "ModelRoute" => serde_json::from_value::<ModelRoute>(defaulted).map(|r| Object::ModelRoute(Box::new(r))),
+        _ => serde_json::from_value::<ProviderBudget>(defaulted).map(|b| Object::ProviderBudget(Box::new(b))),
+    }
+    .map_err(|e| vec![FieldError::new("(object)", e.to_string())])?;
+    semantic_errors(&object, &mut errors);
+    if errors.is_empty() { Ok(Some(object)) } else { Err(errors) }
+}
+
+/// What no OpenAPI schema or CEL rule can say.
+fn semantic_errors(object: &Object, errors: &mut Vec<FieldError>) {
+    if let Object::ProviderBudget(b) = object {
+        let tz = &b.spec.window.time_zone;
+        if jiff::tz::TimeZone::get(tz).is_err() {
+            errors.push(FieldError::new("spec.window.timeZone", format!("{tz:?} is not a known IANA time zone")));
+        }
+    }
+}
+
+/// Parses a multi-document YAML text and validates every tollgate object in it.
+pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> Result<(), Vec<ManifestError>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        vec![ManifestError {
+            source_name: source_name.into(),
+            doc: 0,
+            object: "(unparsed)".into(),
+            field: "(yaml)".into(),
+            message: e.to_string(),
+        }]
+    })?;
+    let mut errors = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        let object = describe(&doc);
+        let at = |field: String, message: String| ManifestError {
+            source_name: source_name.into(),
+            doc: i + 1,
+            object: object.clone(),
+            field,
+            message,
+        };
+        if !doc.is_object() {
+            errors.push(at("(document)".into(), "expected a mapping (a Kubernetes object)".into()));
+            continue;
+        }
+        match validate_value(doc) {
+            Ok(Some(Object::ModelRoute(r))) => into.routes.push(*r),
+            Ok(Some(Object::ProviderBudget(b))) => into.budgets.push(*b),
+            Ok(None) => into.skipped.push(format!("{source_name}: document {}: {object}", i + 1)),
+            Err(fields) => errors.extend(fields.into_iter().map(|f| at(f.field, f.message))),
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Reads and validates every `*.yaml` / `*.yml` file in `dir` (not recursive, in name order).
+/// All errors are collected; duplicates of the same kind, namespace and name are refused.
+pub fn load_dir(dir: &Path) -> Result<Manifests, Vec<ManifestError>> {
+    let io_err = |p: &Path, e: std::io::Error| ManifestError {
+        source_name: p.display().to_string(),
+        doc: 0,
+        object: "(file)".into(),
+        field: "(file)".into(),
+        message: e.to_string(),
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| vec![io_err(dir, e)])?;
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    let mut manifests = Manifests::default();
+    let mut errors = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                if let Err(e) = parse_manifests(&file.display().to_string(), &text, &mut manifests) {
+                    errors.extend(e);
+                }
+            }
+            Err(e) => errors.push(io_err(file, e)),
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let keys = manifests
+        .routes
+        .iter()
+        .map(|r| ("ModelRoute", crate::policy::ObjectKey::of(r)))
+        .chain(manifests.budgets.iter().map(|b| ("ProviderBudget", crate::policy::ObjectKey::of(b))));
+    for (kind, key) in keys {
+        if !seen.insert((kind, key.clone())) {
+            errors.push(ManifestError {
+                source_name: dir.display().to_string(),
+                doc: 0,
+                object: format!("{kind} {key}"),
+                field: "metadata.name".into(),
+                message: "defined more than once".into(),
+            });
+        }
+    }
+    if files.is_empty() && errors.is_empty() {
+        errors.push(ManifestError {
+            source_name: dir.display().to_string(),
+            doc: 0,
+            object: "(directory)".into(),
+            field: "(files)".into(),
+            message: "no *.yaml or *.yml files".into(),
+        });
+    }
+    if errors.is_empty() { Ok(manifests) } else { Err(errors) }
+}

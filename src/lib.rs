@@ -1,0 +1,6 @@
+//! tollgate: Kubernetes-native LLM routing with budget- and health-driven rotation.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod api;
+pub mod policy;

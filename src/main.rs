@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", tollgate::api::crds_yaml().unwrap());
+}

@@ -1,0 +1,336 @@
+//! Exact money, prices, ratios and durations.
+//!
+//! Money is an integer count of pico-dollars (1e-12 USD) in an `i128`. Prices are given in USD
+//! per one million tokens with at most six decimals, so one token costs an integer number of
+//! pico-dollars and every cost is exact: no rounding, no `f64` anywhere in the accounting.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Pico-dollars per dollar.
+pub const PICOS_PER_USD: i128 = 1_000_000_000_000;
+
+/// An exact amount of USD, in pico-dollars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(i128);
+
+/// A decimal string that is not a valid amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a decimal USD amount ({why})")]
+pub struct ParseMoneyError {
+    input: String,
+    why: &'static str,
+}
+
+impl Money {
+    /// Zero dollars.
+    pub const ZERO: Money = Money(0);
+
+    /// From pico-dollars.
+    pub const fn from_picos(p: i128) -> Self {
+        Money(p)
+    }
+
+    /// In pico-dollars.
+    pub const fn picos(self) -> i128 {
+        self.0
+    }
+
+    /// From whole dollars.
+    pub const fn from_usd(d: i64) -> Self {
+        Money(d as i128 * PICOS_PER_USD)
+    }
+
+    /// Saturating subtraction at zero.
+    pub fn saturating_sub(self, other: Money) -> Money {
+        Money((self.0 - other.0).max(0))
+    }
+
+    /// Whether this is below zero.
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+
+    /// Multiply by a count (e.g. tokens × per-token price).
+    pub fn times(self, n: u64) -> Money {
+        Money(self.0 * n as i128)
+    }
+
+    /// `self / total` in basis points of a percent (1/100 of a percent), floored; `None` when
+    /// `total` is zero.
+    pub fn percent_hundredths_of(self, total: Money) -> Option<i128> {
+        if total.0 == 0 {
+            return None;
+        }
+        Some(self.0 * 10_000 / total.0)
+    }
+
+    /// Lossy conversion for display and Prometheus exposition only.
+    pub fn as_f64_lossy(self) -> f64 {
+        self.0 as f64 / PICOS_PER_USD as f64
+    }
+
+    /// Exact decimal string with at least `min_decimals` decimals (trailing zeros beyond that
+    /// trimmed), so the string round-trips exactly.
+    pub fn to_decimal(self, min_decimals: usize) -> String {
+        let neg = self.0 < 0;
+        let abs = self.0.unsigned_abs();
+        let whole = abs / PICOS_PER_USD as u128;
+        let frac = abs % PICOS_PER_USD as u128;
+        let mut frac_s = format!("{frac:012}");
+        while frac_s.len() > min_decimals && frac_s.ends_with('0') {
+            frac_s.pop();
+        }
+        let sign = if neg { "-" } else { "" };
+        if frac_s.is_empty() {
+            format!("{sign}{whole}")
+        } else {
+            format!("{sign}{whole}.{frac_s}")
+        }
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_decimal(6))
+    }
+}
+
+impl FromStr for Money {
+    type Err = ParseMoneyError;
+
+    /// Parses `"12"`, `"0.27"`, `"-1.5"`: up to twelve decimals.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why| ParseMoneyError { input: s.to_string(), why };
+        let (neg, body) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (whole, frac) = match body.split_once('.') {
+            Some((w, f)) => (w, f),
+            None => (body, ""),
+        };
+        if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("expected digits before the decimal point"));
+        }
+        if body.contains('.') && frac.is_empty() {
+            return Err(err("expected digits after the decimal point"));
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("expected digits after the decimal point"));
+        }
+        if frac.len() > 12 {
+            return Err(err("more than twelve decimals"));
+        }
+        if whole.len() > 18 {
+            return Err(err("too large"));
+        }
+        let w: i128 = whole.parse().map_err(|_| err("too large"))?;
+        let mut f: i128 = 0;
+        for b in frac.bytes() {
+            f = f * 10 + i128::from(b - b'0');
+        }
+        for _ in frac.len()..12 {
+            f *= 10;
+        }
+        let v = w * PICOS_PER_USD + f;
+        Ok(Money(if neg { -v } else { v }))
+    }
+}
+
+impl Add for Money {
+    type Output = Money;
+    fn add(self, o: Money) -> Money {
+        Money(self.0 + o.0)
+    }
+}
+
+impl AddAssign for Money {
+    fn add_assign(&mut self, o: Money) {
+        self.0 += o.0;
+    }
+}
+
+impl Sub for Money {
+    type Output = Money;
+    fn sub(self, o: Money) -> Money {
+        Money(self.0 - o.0)
+    }
+}
+
+impl std::iter::Sum for Money {
+    fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, Add::add)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_decimal(6))
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A price in USD per one million tokens. Internally the cost of one token in pico-dollars,
+/// which is an integer because prices carry at most six decimals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PricePerMillion(Money);
+
+impl PricePerMillion {
+    /// Cost of one token.
+    pub fn per_token(self) -> Money {
+        self.0
+    }
+
+    /// Cost of `n` tokens, exact.
+    pub fn cost(self, n: u64) -> Money {
+        self.0.times(n)
+    }
+
+    /// The price as written (USD per 1M tokens).
+    pub fn per_million(self) -> Money {
+        self.0.times(1_000_000)
+    }
+}
+
+impl FromStr for PricePerMillion {
+    type Err = ParseMoneyError;
+
+    /// Parses `"0.27"` (USD per 1M tokens), at most six decimals, not negative.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let m: Money = s.parse()?;
+        if m.is_negative() {
+            return Err(ParseMoneyError { input: s.to_string(), why: "a price cannot be negative" });
+        }
+        // USD per 1M tokens → pico-USD per token: picos / 1e6 must be exact.
+        if m.picos() % 1_000_000 != 0 {
+            return Err(ParseMoneyError { input: s.to_string(), why: "more than six decimals" });
+        }
+        Ok(PricePerMillion(Money(m.picos() / 1_000_000)))
+    }
+}
+
+impl fmt::Display for PricePerMillion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.per_million().to_decimal(2))
+    }
+}
+
+impl Serialize for PricePerMillion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PricePerMillion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A ratio in parts per million (`"0.20"` = 200_000 ppm).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ppm(pub u32);
+
+impl Ppm {
+    /// `num / den` in ppm, floored; `None` when `den` is zero.
+    pub fn ratio(num: u64, den: u64) -> Option<Ppm> {
+        if den == 0 {
+            return None;
+        }
+        Some(Ppm((u128::from(num) * 1_000_000 / u128::from(den)).min(u128::from(u32::MAX)) as u32))
+    }
+
+    /// Decimal string with up to six decimals (`"0.2"`).
+    pub fn to_decimal(self) -> String {
+        let m = Money::from_picos(i128::from(self.0) * 1_000_000);
+        m.to_decimal(2)
+    }
+}
+
+impl FromStr for Ppm {
+    type Err = ParseMoneyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let m: Money = s.parse()?;
+        let err = |why| ParseMoneyError { input: s.to_string(), why };
+        if m.is_negative() || m > Money::from_usd(1) {
+            return Err(err("a ratio must be between 0 and 1"));
+        }
+        if m.picos() % 1_000_000 != 0 {
+            return Err(err("more than six decimals"));
+        }
+        Ok(Ppm((m.picos() / 1_000_000) as u32))
+    }
+}
+
+/// Parses a Kubernetes-style duration (`30s`, `5m`, `1h30m`, `250ms`) into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let d: kube::core::Duration = s.parse().map_err(|e| format!("{s:?} is not a duration: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is not a duration: negative"));
+    }
+    let std: std::time::Duration = d.into();
+    i64::try_from(std.as_millis()).map_err(|_| format!("{s:?} is not a duration: too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_parses_and_prints_exactly() {
+        let m: Money = "4123.5512".parse().unwrap();
+        assert_eq!(m.picos(), 4_123_551_200_000_000);
+        assert_eq!(m.to_string(), "4123.551200");
+        let tiny = Money::from_picos(1);
+        assert_eq!(tiny.to_string(), "0.000000000001");
+        assert_eq!("0.000000000001".parse::<Money>().unwrap(), tiny);
+        assert_eq!("-1.5".parse::<Money>().unwrap().to_string(), "-1.500000");
+        assert_eq!(Money::from_usd(5000).to_decimal(0), "5000");
+    }
+
+    #[test]
+    fn money_rejects_garbage() {
+        for bad in ["", ".5", "1.", "1e3", "abc", "1.0000000000001", "--1", "1,5"] {
+            assert!(bad.parse::<Money>().is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn price_is_exact_per_token() {
+        let p: PricePerMillion = "0.27".parse().unwrap();
+        assert_eq!(p.per_token(), Money::from_picos(270_000));
+        assert_eq!(p.cost(1_000_000), "0.27".parse().unwrap());
+        assert_eq!(p.to_string(), "0.27");
+        assert!("0.0000001".parse::<PricePerMillion>().is_err());
+        assert!("-1".parse::<PricePerMillion>().is_err());
+    }
+
+    #[test]
+    fn ppm_and_durations() {
+        assert_eq!("0.20".parse::<Ppm>().unwrap(), Ppm(200_000));
+        assert_eq!(Ppm::ratio(1, 3).unwrap(), Ppm(333_333));
+        assert_eq!(Ppm(200_000).to_decimal(), "0.20");
+        assert!("1.5".parse::<Ppm>().is_err());
+        assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
+        assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
+        assert!(parse_duration_ms("5 minutes").is_err());
+    }
+
+    #[test]
+    fn percent_hundredths() {
+        let spent: Money = "4123.5512".parse().unwrap();
+        assert_eq!(spent.percent_hundredths_of(Money::from_usd(5000)), Some(8247));
+        assert_eq!(spent.percent_hundredths_of(Money::ZERO), None);
+    }
+}
