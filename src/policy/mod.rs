@@ -10,6 +10,8 @@ pub mod budget;
 pub mod health;
 pub mod money;
 pub mod routes;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;

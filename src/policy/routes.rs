@@ -1,11 +1,49 @@
 //! Effective backend tables: tiers, strategies, budget and health decisions combined.
+//!
+//! Per backend, the state follows this precedence: Ejected (health) > budget Drain (OverBudget,
+//! not serving) > budget Deprioritize (OverBudget, serving, moved to the last tier = highest
+//! configured priority + 1) > Ramping (weight × stage percent) > Active. A backend is affected
+//! by every budget of its namespace with its provider whose `models` is empty or contains its
+//! model; the strongest action applies.
+//!
+//! Inside each tier the strategy sets the weights of the serving backends: `Weighted` keeps
+//! them; `Priority` keeps the first (list order) and zeroes the others; `Cheapest` keeps the
+//! backends with the lowest blended price (input + output per token) and zeroes the others;
+//! `LowestLatency` multiplies each weight by a per-mille factor `1000 × lowest / own` of the
+//! mean latencies, rounded to a multiple of 50 and at least 50 (so small jitter does not
+//! rewrite the table); a backend with no known latency counts as the fastest.
+//!
+//! The best tier is the lowest tier with a serving backend of weight > 0; serving Active and
+//! Ramping backends elsewhere (or with weight 0) become Standby and keep their weight for
+//! failover. When serving backends remain but all have weight 0, those of the lowest such
+//! tier are promoted to weight 1. When nothing serves: `Reject` → the route is Rejecting;
+//! `Fallback` → fail open to one backend: healthy over-budget backends first, by lowest
+//! spent/limit ratio, then ejected ones by earliest ejection end (then list order).
+//!
+//! `DryRun`: `decided` is the decision, `table` the configured table; `RouteDecision::state`
+//! is `Serving` (what the gateway does) while `status.state` and the transitions report the
+//! decision.
 
 use std::collections::BTreeMap;
 
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::{Deserialize, Serialize};
 
-use super::{Decision, EffectiveBackend, Inputs, ObjectKey, RouteDecision};
-use crate::api::{BackendState, ModelRouteStatus, RouteState};
+use super::budget::{self, BudgetEffect};
+use super::health::{self, BackendHealth, HealthParams, Phase};
+use super::{
+    BackendKey, ConditionSpec, Decision, DecisionState, EffectiveBackend, Inputs, Money, ObjectKey,
+    ObjectKind, PricePerMillion, RouteDecision, Transition, merge_conditions,
+};
+use crate::api::condition;
+use crate::api::{
+    Backend, BackendState, BackendStatus, Mode, ModelRoute, ModelRouteStatus, OnExhausted,
+    Rotation, RouteState, Strategy, ThresholdAction,
+};
+
+/// Longest transition message (bytes), kept under the 1024 the Event API accepts.
+const MAX_MESSAGE: usize = 1000;
 
 /// What a route remembers between evaluations.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -13,38 +51,864 @@ use crate::api::{BackendState, ModelRouteStatus, RouteState};
 pub struct RouteMemory {
     /// The table last decided.
     pub table: Vec<EffectiveBackend>,
+    /// Conditions last reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Per backend: its decided state and since when.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub since: BTreeMap<String, BackendSince>,
+    /// Route state last decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RouteState>,
+    /// The backend failed open to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_open: Option<String>,
+    /// Traffic shares of the best tier last decided (`a=70,b=30`; `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
+    /// The most recent rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<Rotation>,
 }
 
-/// Evaluates every route (placeholder: the configured table).
+/// A backend's decided state and when it entered it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSince {
+    /// State.
+    pub state: BackendState,
+    /// Since.
+    pub since: Timestamp,
+}
+
+/// `ts + ms`, saturating at the representable range.
+pub(crate) fn add_ms(ts: Timestamp, ms: i64) -> Timestamp {
+    ts.checked_add(SignedDuration::from_millis(ms))
+        .unwrap_or(if ms >= 0 {
+            Timestamp::MAX
+        } else {
+            Timestamp::MIN
+        })
+}
+
+/// Cuts a message to fewer than 1024 bytes, on a character boundary.
+pub(crate) fn clip_message(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// An `InvalidSpec` warning, unless the previous Ready condition already said the same.
+pub(crate) fn invalid_spec_transition(
+    kind: ObjectKind,
+    key: &ObjectKey,
+    previous: &[Condition],
+    message: &str,
+    now: Timestamp,
+) -> Option<Transition> {
+    let same = previous
+        .iter()
+        .any(|c| c.type_ == condition::READY && c.status == "False" && c.message == message);
+    (!same).then(|| Transition {
+        kind,
+        object: key.clone(),
+        reason: "InvalidSpec".into(),
+        message: message.to_string(),
+        warning: true,
+        evidence: BTreeMap::from([("error".to_string(), message.to_string())]),
+        time: now,
+    })
+}
+
+/// Runs every rule once: budgets first, then each route (health, then table).
 pub fn evaluate(inputs: Inputs<'_>) -> Decision {
+    let now = inputs.now;
+    let mut transitions = Vec::new();
+    let mut state = DecisionState::default();
+    let mut budgets = BTreeMap::new();
+    let mut effects: Vec<BudgetEffect> = Vec::new();
+    for b in inputs.budgets {
+        let key = ObjectKey::of(b);
+        let ev = budget::evaluate_budget(
+            b,
+            inputs.observations,
+            inputs.previous.budgets.get(&key),
+            now,
+        );
+        transitions.extend(ev.transitions);
+        state.budgets.insert(key.clone(), ev.memory);
+        budgets.insert(key, ev.decision);
+        effects.push(ev.effect);
+    }
+    effects.sort_by(|a, b| a.key.cmp(&b.key));
+
     let mut routes = BTreeMap::new();
     for r in inputs.routes {
-        let table: Vec<EffectiveBackend> = r
-            .spec
-            .backends
-            .iter()
-            .map(|b| EffectiveBackend {
-                name: b.name.clone(),
-                tier: b.priority,
-                weight: b.weight,
-                state: BackendState::Active,
-                serving: true,
-                reason: None,
-            })
-            .collect();
-        routes.insert(
-            ObjectKey::of(r),
-            RouteDecision {
-                alias: r.alias(),
-                strategy: r.spec.strategy,
-                mode: r.spec.mode,
-                on_exhausted: r.spec.budget.on_exhausted,
-                state: RouteState::Serving,
-                decided: table.clone(),
-                table,
-                status: ModelRouteStatus::default(),
+        let ev = evaluate_route(r, &effects, &inputs);
+        transitions.extend(ev.transitions);
+        for (k, h) in ev.health {
+            state.backends.insert(k, h);
+        }
+        state.routes.insert(ev.key.clone(), ev.memory);
+        routes.insert(ev.key, ev.decision);
+    }
+    // Budgets first (they cause route changes), then by object; stable inside an object.
+    transitions.sort_by(|a, b| {
+        let rank = |k: ObjectKind| u8::from(k != ObjectKind::ProviderBudget);
+        rank(a.kind)
+            .cmp(&rank(b.kind))
+            .then_with(|| a.object.cmp(&b.object))
+    });
+    Decision {
+        routes,
+        budgets,
+        transitions,
+        state,
+    }
+}
+
+/// The strongest budget action on one backend.
+#[derive(Clone, Debug, PartialEq)]
+struct BudgetHit {
+    action: ThresholdAction,
+    budget: ObjectKey,
+    /// spent/limit in millionths of the budget that applies (the most over among the strongest).
+    ratio: i128,
+}
+
+/// Everything the table needs to know about one backend.
+#[derive(Clone, Debug)]
+struct RowInput<'a> {
+    backend: &'a Backend,
+    ejected_until: Option<Timestamp>,
+    ramp: Option<(u32, u32, usize)>, // (percent, stage index, stages)
+    suppressed: bool,
+    budget: Option<BudgetHit>,
+    latency_ms: Option<u64>,
+    price: Option<Money>,
+}
+
+/// A decided table and how it came about.
+#[derive(Clone, Debug, PartialEq)]
+struct Table {
+    rows: Vec<EffectiveBackend>,
+    fail_open: Option<usize>,
+    rejecting: bool,
+    best_tier: Option<u32>,
+}
+
+fn budget_hit(effects: &[BudgetEffect], namespace: &str, b: &Backend) -> Option<BudgetHit> {
+    effects
+        .iter()
+        .filter(|e| e.covers(namespace, &b.provider, &b.model))
+        .filter_map(|e| e.action.map(|a| (a, e.ratio_millionths(), e)))
+        // Strongest action, then most over, then the first key.
+        .fold(
+            None::<(ThresholdAction, i128, &BudgetEffect)>,
+            |best, cur| match best {
+                Some(b) if (b.0, b.1) >= (cur.0, cur.1) => Some(b),
+                _ => Some(cur),
             },
+        )
+        .map(|(action, ratio, e)| BudgetHit {
+            action,
+            budget: e.key.clone(),
+            ratio,
+        })
+}
+
+fn blended_price(b: &Backend, i: usize) -> Result<Money, String> {
+    let p = |field: &str, s: &str| {
+        s.parse::<PricePerMillion>()
+            .map_err(|e| format!("spec.backends[{i}].pricing.{field}: {e}"))
+    };
+    Ok(p("input", &b.pricing.input)?.per_token() + p("output", &b.pricing.output)?.per_token())
+}
+
+fn base_row(inp: &RowInput<'_>, last_tier: u32, interventions: bool) -> EffectiveBackend {
+    let b = inp.backend;
+    let row = |state, tier, weight, serving, reason: Option<String>| EffectiveBackend {
+        name: b.name.clone(),
+        tier,
+        weight,
+        state,
+        serving,
+        reason,
+    };
+    if !interventions {
+        return row(BackendState::Active, b.priority, b.weight, true, None);
+    }
+    if let Some(until) = inp.ejected_until {
+        return row(
+            BackendState::Ejected,
+            b.priority,
+            0,
+            false,
+            Some(format!("ejected for errors until {until}")),
         );
     }
-    Decision { routes, budgets: BTreeMap::new(), transitions: vec![], state: inputs.previous.clone() }
+    if let Some(hit) = inp
+        .budget
+        .as_ref()
+        .filter(|h| h.action == ThresholdAction::Drain)
+    {
+        return row(
+            BackendState::OverBudget,
+            b.priority,
+            0,
+            false,
+            Some(format!("budget {}: Drain", hit.budget)),
+        );
+    }
+    let weight = inp
+        .ramp
+        .map_or(b.weight, |(p, _, _)| health::ramp_weight(b.weight, p));
+    let ramp_note = inp
+        .ramp
+        .map(|(p, s, n)| format!("ramping stage {}/{n} at {p}%", s + 1));
+    if let Some(hit) = inp
+        .budget
+        .as_ref()
+        .filter(|h| h.action == ThresholdAction::Deprioritize)
+    {
+        let mut reason = format!(
+            "budget {}: Deprioritize, moved to tier {last_tier}",
+            hit.budget
+        );
+        if let Some(n) = ramp_note {
+            reason = format!("{reason}; {n}");
+        }
+        return row(
+            BackendState::OverBudget,
+            last_tier,
+            weight,
+            true,
+            Some(reason),
+        );
+    }
+    if let Some(n) = ramp_note {
+        return row(BackendState::Ramping, b.priority, weight, true, Some(n));
+    }
+    let reason = inp
+        .suppressed
+        .then(|| "would eject: maxEjectedPercent reached".to_string());
+    row(BackendState::Active, b.priority, b.weight, true, reason)
+}
+
+/// Rounds a per-mille latency factor to a multiple of 50 in 50..=1000.
+fn latency_factor(lowest: u64, own: u64) -> u32 {
+    let f = lowest.max(1).saturating_mul(1000) / own.max(1);
+    let q = (f + 25) / 50 * 50;
+    u32::try_from(q.clamp(50, 1000)).unwrap_or(1000)
+}
+
+fn apply_strategy(rows: &mut [EffectiveBackend], inputs: &[RowInput<'_>], strategy: Strategy) {
+    let mut tiers: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.serving && r.weight > 0 {
+            tiers.entry(r.tier).or_default().push(i);
+        }
+    }
+    for group in tiers.values() {
+        match strategy {
+            Strategy::Weighted => {}
+            Strategy::Priority => {
+                let first = rows[group[0]].name.clone();
+                for &i in &group[1..] {
+                    rows[i].weight = 0;
+                    rows[i].reason = Some(format!("strategy Priority: {first} serves first"));
+                }
+            }
+            Strategy::Cheapest => {
+                let prices: Option<Vec<Money>> = group.iter().map(|&i| inputs[i].price).collect();
+                let Some(prices) = prices else { continue };
+                let Some(min) = prices.iter().min().copied() else {
+                    continue;
+                };
+                let cheapest: Vec<String> = group
+                    .iter()
+                    .zip(&prices)
+                    .filter(|(_, p)| **p == min)
+                    .map(|(&i, _)| rows[i].name.clone())
+                    .collect();
+                for (&i, p) in group.iter().zip(&prices) {
+                    if *p != min {
+                        rows[i].weight = 0;
+                        rows[i].reason =
+                            Some(format!("strategy Cheapest: {} cheaper", cheapest.join(",")));
+                    }
+                }
+            }
+            Strategy::LowestLatency => {
+                let Some(lowest) = group.iter().filter_map(|&i| inputs[i].latency_ms).min() else {
+                    continue;
+                };
+                for &i in group {
+                    let factor = inputs[i]
+                        .latency_ms
+                        .map_or(1000, |own| latency_factor(lowest, own));
+                    rows[i].weight = rows[i].weight.saturating_mul(factor);
+                    if factor < 1000 {
+                        rows[i].reason = Some(format!(
+                            "strategy LowestLatency: {}‰ of the fastest",
+                            factor
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn build_table(
+    inputs: &[RowInput<'_>],
+    strategy: Strategy,
+    on_exhausted: OnExhausted,
+    interventions: bool,
+) -> Table {
+    let last_tier = inputs
+        .iter()
+        .map(|i| i.backend.priority)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
+    let mut rows: Vec<EffectiveBackend> = inputs
+        .iter()
+        .map(|i| base_row(i, last_tier, interventions))
+        .collect();
+    apply_strategy(&mut rows, inputs, strategy);
+
+    let mut fail_open = None;
+    let mut rejecting = false;
+    if !rows.iter().any(|r| r.serving) {
+        match on_exhausted {
+            OnExhausted::Reject => rejecting = true,
+            OnExhausted::Fallback => {
+                let pick = inputs
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(i, inp)| {
+                        let ejected = inp.ejected_until.map(|t| t.as_millisecond());
+                        let ratio = inp.budget.as_ref().map_or(0, |h| h.ratio);
+                        (
+                            inp.backend.weight == 0,
+                            ejected.is_some(),
+                            ejected.unwrap_or(0),
+                            ratio,
+                            *i,
+                        )
+                    })
+                    .map(|(i, _)| i);
+                if let Some(i) = pick {
+                    let inp = &inputs[i];
+                    let why = if inp.ejected_until.is_some() {
+                        "fail open: nothing else serves, its ejection ends first".to_string()
+                    } else {
+                        let b = inp
+                            .budget
+                            .as_ref()
+                            .map_or(String::new(), |h| format!(" ({})", h.budget));
+                        format!("fail open: nothing else serves, least over budget{b}")
+                    };
+                    let row = &mut rows[i];
+                    row.serving = true;
+                    row.weight = inp.backend.weight.max(1);
+                    row.tier = inp.backend.priority;
+                    row.reason = Some(why);
+                    fail_open = Some(i);
+                }
+            }
+        }
+    }
+    if rows.iter().any(|r| r.serving) && !rows.iter().any(|r| r.serving && r.weight > 0) {
+        let tier = rows.iter().filter(|r| r.serving).map(|r| r.tier).min();
+        for r in rows
+            .iter_mut()
+            .filter(|r| r.serving && Some(r.tier) == tier)
+        {
+            r.weight = 1;
+            r.reason = Some("standby promoted: nothing else serves".into());
+        }
+    }
+    let best_tier = rows
+        .iter()
+        .filter(|r| r.serving && r.weight > 0)
+        .map(|r| r.tier)
+        .min();
+    for r in rows.iter_mut() {
+        if !r.serving || !matches!(r.state, BackendState::Active | BackendState::Ramping) {
+            continue;
+        }
+        if Some(r.tier) != best_tier {
+            let note = format!("standby: tier {} serves", best_tier.unwrap_or_default());
+            r.reason = Some(match r.reason.take() {
+                Some(prev) if r.state == BackendState::Ramping => format!("{prev}; {note}"),
+                _ => note,
+            });
+            r.state = BackendState::Standby;
+        } else if r.weight == 0 {
+            if r.reason.is_none() {
+                r.reason = Some("standby: weight 0".into());
+            }
+            r.state = BackendState::Standby;
+        }
+    }
+    Table {
+        rows,
+        fail_open,
+        rejecting,
+        best_tier,
+    }
+}
+
+/// Traffic shares of the best tier in percent (largest remainder), `a=70,b=30`; `none`.
+pub fn shares(rows: &[EffectiveBackend]) -> String {
+    let best = rows
+        .iter()
+        .filter(|r| r.serving && r.weight > 0)
+        .map(|r| r.tier)
+        .min();
+    let live: Vec<&EffectiveBackend> = rows
+        .iter()
+        .filter(|r| r.serving && r.weight > 0 && Some(r.tier) == best)
+        .collect();
+    let total: u64 = live.iter().map(|r| u64::from(r.weight)).sum();
+    if live.is_empty() || total == 0 {
+        return "none".into();
+    }
+    let mut parts: Vec<(u64, u64)> = live
+        .iter()
+        .map(|r| {
+            (
+                u64::from(r.weight) * 100 / total,
+                u64::from(r.weight) * 100 % total,
+            )
+        })
+        .collect();
+    let given: u64 = parts.iter().map(|p| p.0).sum();
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by(|&a, &b| parts[b].1.cmp(&parts[a].1).then(a.cmp(&b)));
+    for &i in order.iter().take(100u64.saturating_sub(given) as usize) {
+        parts[i].0 += 1;
+    }
+    live.iter()
+        .zip(parts)
+        .map(|(r, (s, _))| format!("{}={s}", r.name))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn same_row(a: &EffectiveBackend, b: &EffectiveBackend) -> bool {
+    a.tier == b.tier && a.weight == b.weight && a.serving == b.serving && a.state == b.state
+}
+
+fn rotation_reason(
+    before: &[EffectiveBackend],
+    after: &[EffectiveBackend],
+    strategy: Strategy,
+) -> String {
+    let changed: Vec<String> = after
+        .iter()
+        .filter(|r| {
+            before
+                .iter()
+                .find(|p| p.name == r.name)
+                .is_none_or(|p| !same_row(p, r))
+        })
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.name,
+                r.reason.clone().unwrap_or_else(|| format!("{:?}", r.state))
+            )
+        })
+        .collect();
+    if changed.is_empty() {
+        format!("strategy {strategy:?} reweighted")
+    } else {
+        let mut s = changed.join("; ");
+        if s.len() > 512 {
+            s = clip_message(s);
+        }
+        s
+    }
+}
+
+struct RouteEval {
+    key: ObjectKey,
+    decision: RouteDecision,
+    memory: RouteMemory,
+    health: Vec<(BackendKey, BackendHealth)>,
+    transitions: Vec<Transition>,
+}
+
+fn evaluate_route(r: &ModelRoute, effects: &[BudgetEffect], inputs: &Inputs<'_>) -> RouteEval {
+    let key = ObjectKey::of(r);
+    let now = inputs.now;
+    let spec = &r.spec;
+    let generation = r.metadata.generation;
+    let dry = spec.mode == Mode::DryRun;
+    let prefix = if dry { "dry run: " } else { "" };
+    let prev = inputs.previous.routes.get(&key);
+    let mut errors: Vec<String> = Vec::new();
+
+    let params = HealthParams::parse(&spec.health)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let keys: Vec<BackendKey> = spec
+        .backends
+        .iter()
+        .map(|b| BackendKey::new(&key.namespace, &key.name, &b.name))
+        .collect();
+    let (healths, mut transitions) = match &params {
+        Some(p) => health::evaluate_route(
+            &key,
+            &spec.backends,
+            p,
+            &inputs.previous.backends,
+            inputs.observations,
+            now,
+            dry,
+        ),
+        None => (
+            keys.iter()
+                .map(|k| inputs.previous.backends.get(k).cloned().unwrap_or_default())
+                .collect(),
+            Vec::new(),
+        ),
+    };
+
+    let mut rows_in = Vec::with_capacity(spec.backends.len());
+    for (i, b) in spec.backends.iter().enumerate() {
+        let h = &healths[i];
+        let price = if spec.strategy == Strategy::Cheapest {
+            blended_price(b, i).map_err(|e| errors.push(e)).ok()
+        } else {
+            None
+        };
+        let (ejected_until, ramp, suppressed) = match &params {
+            Some(p) => (
+                h.ejected_until(),
+                match h.phase {
+                    Phase::Ramping { stage, .. } => h
+                        .ramp_percent(&p.ramp_up)
+                        .map(|pc| (pc, stage, p.ramp_up.len())),
+                    _ => None,
+                },
+                h.suppressed,
+            ),
+            // The health rule could not run: no health decision applies.
+            None => (None, None, false),
+        };
+        rows_in.push(RowInput {
+            backend: b,
+            ejected_until,
+            ramp,
+            suppressed,
+            budget: budget_hit(effects, &key.namespace, b),
+            latency_ms: h.latency_ms,
+            price,
+        });
+    }
+
+    let decided = build_table(&rows_in, spec.strategy, spec.budget.on_exhausted, true);
+    let baseline = build_table(&rows_in, spec.strategy, spec.budget.on_exhausted, false);
+    let configured: Vec<EffectiveBackend> = spec
+        .backends
+        .iter()
+        .map(|b| EffectiveBackend {
+            name: b.name.clone(),
+            tier: b.priority,
+            weight: b.weight,
+            state: BackendState::Active,
+            serving: true,
+            reason: None,
+        })
+        .collect();
+
+    let out_of_rotation: Vec<String> = decided
+        .rows
+        .iter()
+        .filter(|r| matches!(r.state, BackendState::Ejected | BackendState::OverBudget))
+        .map(|r| format!("{} {:?}", r.name, r.state))
+        .collect();
+    let fail_open_name = decided.fail_open.map(|i| decided.rows[i].name.clone());
+    let decided_state = if decided.rejecting {
+        RouteState::Rejecting
+    } else if fail_open_name.is_some() || !out_of_rotation.is_empty() {
+        RouteState::Degraded
+    } else {
+        RouteState::Serving
+    };
+
+    // Rotation: the best tier's traffic shares changed.
+    let signature = shares(&decided.rows);
+    let base_signature = shares(&baseline.rows);
+    let prev_signature = prev
+        .and_then(|m| m.serving.clone())
+        .unwrap_or_else(|| base_signature.clone());
+    let mut last_rotation = prev.and_then(|m| m.last_rotation.clone());
+    if signature != prev_signature {
+        let before = prev.map_or(&baseline.rows, |m| &m.table);
+        let reason = rotation_reason(before, &decided.rows, spec.strategy);
+        let mut ev = BTreeMap::new();
+        ev.insert("from".into(), prev_signature.clone());
+        ev.insert("to".into(), signature.clone());
+        ev.insert("reason".into(), reason.clone());
+        ev.insert("mode".into(), format!("{:?}", spec.mode));
+        transitions.push(Transition {
+            kind: ObjectKind::ModelRoute,
+            object: key.clone(),
+            reason: "RouteRotated".into(),
+            message: clip_message(format!(
+                "{prefix}route {} rotated from {prev_signature} to {signature}: {reason}",
+                key.name
+            )),
+            warning: false,
+            evidence: ev,
+            time: now,
+        });
+        last_rotation = Some(Rotation {
+            time: Time(now),
+            from: prev_signature,
+            to: signature.clone(),
+            reason,
+        });
+    }
+    let prev_state = prev.and_then(|m| m.state);
+    if decided_state == RouteState::Rejecting && prev_state != Some(RouteState::Rejecting) {
+        let states = decided
+            .rows
+            .iter()
+            .map(|r| format!("{}={:?}", r.name, r.state))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut ev = BTreeMap::new();
+        ev.insert("backends".into(), states.clone());
+        ev.insert("onExhausted".into(), "Reject".into());
+        transitions.push(Transition {
+            kind: ObjectKind::ModelRoute,
+            object: key.clone(),
+            reason: "RouteRejecting".into(),
+            message: clip_message(format!(
+                "{prefix}route {} rejects requests (429 budget_exhausted): no backend can serve ({states})",
+                key.name
+            )),
+            warning: true,
+            evidence: ev,
+            time: now,
+        });
+    }
+    if let Some(name) = &fail_open_name
+        && prev.and_then(|m| m.fail_open.as_ref()) != Some(name)
+    {
+        let i = decided.fail_open.unwrap_or_default();
+        let why = decided.rows[i].reason.clone().unwrap_or_default();
+        let mut ev = BTreeMap::new();
+        ev.insert("backend".into(), name.clone());
+        ev.insert("onExhausted".into(), "Fallback".into());
+        if let Some(h) = &rows_in[i].budget {
+            ev.insert("budget".into(), h.budget.to_string());
+            ev.insert("usedPpm".into(), h.ratio.to_string());
+        }
+        if let Some(u) = rows_in[i].ejected_until {
+            ev.insert("ejectedUntil".into(), u.to_string());
+        }
+        transitions.push(Transition {
+            kind: ObjectKind::ModelRoute,
+            object: key.clone(),
+            reason: "RouteFailOpen".into(),
+            message: clip_message(format!(
+                "{prefix}route {} fails open to backend {name}: {why}",
+                key.name
+            )),
+            warning: true,
+            evidence: ev,
+            time: now,
+        });
+    }
+
+    // Conditions.
+    let prev_conditions: &[Condition] = prev.map_or(&[], |m| &m.conditions);
+    let ready = if errors.is_empty() {
+        if dry {
+            ConditionSpec {
+                type_: condition::READY,
+                status: true,
+                reason: "DryRun".into(),
+                message: format!(
+                    "dry run: decisions are reported, the configured table is rendered (decided: {signature})"
+                ),
+            }
+        } else {
+            ConditionSpec {
+                type_: condition::READY,
+                status: true,
+                reason: "Enforced".into(),
+                message: format!("decisions applied to the backend table (serving: {signature})"),
+            }
+        }
+    } else {
+        let message = clip_message(format!("{prefix}rule skipped: {}", errors.join("; ")));
+        if let Some(t) =
+            invalid_spec_transition(ObjectKind::ModelRoute, &key, prev_conditions, &message, now)
+        {
+            transitions.push(t);
+        }
+        ConditionSpec {
+            type_: condition::READY,
+            status: false,
+            reason: "InvalidSpec".into(),
+            message,
+        }
+    };
+    let degraded = match decided_state {
+        RouteState::Rejecting => ConditionSpec {
+            type_: condition::DEGRADED,
+            status: true,
+            reason: "Rejecting".into(),
+            message: format!("{prefix}no backend can serve; requests are rejected"),
+        },
+        RouteState::Degraded if fail_open_name.is_some() => ConditionSpec {
+            type_: condition::DEGRADED,
+            status: true,
+            reason: "FailOpen".into(),
+            message: format!(
+                "{prefix}failing open to {}",
+                fail_open_name.clone().unwrap_or_default()
+            ),
+        },
+        RouteState::Degraded => ConditionSpec {
+            type_: condition::DEGRADED,
+            status: true,
+            reason: "BackendsOutOfRotation".into(),
+            message: clip_message(format!("{prefix}{}", out_of_rotation.join(", "))),
+        },
+        RouteState::Serving => ConditionSpec {
+            type_: condition::DEGRADED,
+            status: false,
+            reason: "Serving".into(),
+            message: format!("{prefix}no backend is ejected or over budget"),
+        },
+    };
+    let rotated = decided.rows.len() != baseline.rows.len()
+        || decided
+            .rows
+            .iter()
+            .zip(&baseline.rows)
+            .any(|(a, b)| !same_row(a, b));
+    let rotated = if rotated {
+        ConditionSpec {
+            type_: condition::ROTATED,
+            status: true,
+            reason: "TableRotated".into(),
+            message: format!("{prefix}serving {signature} (configured: {base_signature})"),
+        }
+    } else {
+        ConditionSpec {
+            type_: condition::ROTATED,
+            status: false,
+            reason: "AsConfigured".into(),
+            message: format!("{prefix}the decided table is the configured one"),
+        }
+    };
+    let conditions = merge_conditions(
+        prev_conditions,
+        &[ready, degraded, rotated],
+        generation,
+        now,
+    );
+
+    // Per-backend status.
+    let mut since = BTreeMap::new();
+    let mut backends = Vec::with_capacity(decided.rows.len());
+    for (i, row) in decided.rows.iter().enumerate() {
+        let s = match prev.and_then(|m| m.since.get(&row.name)) {
+            Some(p) if p.state == row.state => p.since,
+            _ => now,
+        };
+        since.insert(
+            row.name.clone(),
+            BackendSince {
+                state: row.state,
+                since: s,
+            },
+        );
+        let h = &healths[i];
+        let (error_rate, requests) = match (&params, &h.last_trip, h.phase) {
+            (None, _, _) => (None, None),
+            (Some(_), Some(t), Phase::Ejected { .. }) => {
+                (Some(t.error_rate.to_decimal()), Some(t.requests))
+            }
+            (Some(_), _, _) => {
+                let (req, _) = h.window_totals();
+                (h.error_rate().map(|p| p.to_decimal()), Some(req))
+            }
+        };
+        backends.push(BackendStatus {
+            name: row.name.clone(),
+            state: row.state,
+            effective_weight: row.weight,
+            tier: row.tier,
+            reason: row.reason.clone(),
+            since: Some(Time(s)),
+            error_rate,
+            requests,
+            ejected_until: rows_in[i].ejected_until.map(Time),
+        });
+    }
+    let active = decided
+        .rows
+        .iter()
+        .filter(|r| r.serving && r.weight > 0 && Some(r.tier) == decided.best_tier)
+        .count();
+    let status = ModelRouteStatus {
+        observed_generation: generation,
+        conditions: conditions.clone(),
+        state: Some(decided_state),
+        active: Some(u32::try_from(active).unwrap_or(u32::MAX)),
+        backends,
+        last_rotation: last_rotation.clone(),
+        gateways: None,
+    };
+    let memory = RouteMemory {
+        table: decided.rows.clone(),
+        conditions,
+        since,
+        state: Some(decided_state),
+        fail_open: fail_open_name,
+        serving: Some(signature),
+        last_rotation,
+    };
+    let decision = RouteDecision {
+        alias: r.alias(),
+        strategy: spec.strategy,
+        mode: spec.mode,
+        on_exhausted: spec.budget.on_exhausted,
+        state: if dry {
+            RouteState::Serving
+        } else {
+            decided_state
+        },
+        table: if dry {
+            configured
+        } else {
+            decided.rows.clone()
+        },
+        decided: decided.rows,
+        status,
+    };
+    RouteEval {
+        key,
+        decision,
+        memory,
+        health: keys.into_iter().zip(healths).collect(),
+        transitions,
+    }
 }
