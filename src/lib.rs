@@ -3,4 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod config;
 pub mod policy;
+pub mod pricing;
+pub mod render;

@@ -1,3 +1,71 @@
-fn main() {
-    print!("{}", tollgate::api::crds_yaml().unwrap());
+//! The `tollgate` binary: one subcommand per job.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes-native LLM routing: budget- and health-driven rotation of model routes.
+#[derive(Parser, Debug)]
+#[command(name = "tollgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the CustomResourceDefinitions generated from the Rust types (the content of crds/).
+    Crds,
+    /// Read ModelRoute and ProviderBudget manifests and print the gateway config document the
+    /// controller would write (no cluster needed).
+    Render {
+        /// Directory of *.yaml / *.yml manifests (multi-document files are fine).
+        #[arg(short = 'f', long = "filename")]
+        dir: PathBuf,
+        /// Namespace to render (needed when the manifests span several).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => match tollgate::api::crds_yaml() {
+            Ok(y) => {
+                print!("{y}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot serialize the CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Render { dir, namespace } => {
+            let manifests = match tollgate::api::validate::load_dir(&dir) {
+                Ok(m) => m,
+                Err(errors) => {
+                    eprintln!("error: {}", tollgate::render::RenderError::Manifests(errors));
+                    return ExitCode::from(2);
+                }
+            };
+            for note in tollgate::render::notes(&manifests) {
+                eprintln!("note: {note}");
+            }
+            let result = tollgate::render::pick_namespace(&manifests, namespace.as_deref())
+                .and_then(|ns| tollgate::render::render_manifests(&manifests, &ns, jiff::Timestamp::now()));
+            match result {
+                Ok(doc) => {
+                    print!("{}", doc.to_json_pretty());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }

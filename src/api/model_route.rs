@@ -180,9 +180,7 @@ impl ProviderFamily {
 impl Backend {
     /// The usage family that meters this backend.
     pub fn effective_family(&self) -> ProviderFamily {
-        self.family
-            .or_else(|| ProviderFamily::for_provider(&self.provider))
-            .unwrap_or(ProviderFamily::OpenAI)
+        self.family.or_else(|| ProviderFamily::for_provider(&self.provider)).unwrap_or(ProviderFamily::OpenAI)
     }
 }
 

@@ -22,8 +22,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::api::{
-    BackendState, ModelRoute, ModelRouteStatus, Mode, OnExhausted, ProviderBudget,
-    ProviderBudgetStatus, RouteState, Strategy, ThresholdAction,
+    BackendState, Mode, ModelRoute, ModelRouteStatus, OnExhausted, ProviderBudget, ProviderBudgetStatus, RouteState,
+    Strategy, ThresholdAction,
 };
 pub use money::{Money, Ppm, PricePerMillion};
 
@@ -45,10 +45,7 @@ impl ObjectKey {
     /// The key of any Kubernetes object (namespace defaults to `default`).
     pub fn of<K: kube::Resource>(obj: &K) -> Self {
         let meta = obj.meta();
-        Self::new(
-            meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            meta.name.clone().unwrap_or_default(),
-        )
+        Self::new(meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
     }
 }
 
@@ -355,7 +352,12 @@ pub struct ConditionSpec {
 
 /// Builds conditions from desired ones, keeping `lastTransitionTime` of a condition whose
 /// status did not change (so status is not rewritten when only time passed).
-pub fn merge_conditions(previous: &[Condition], desired: &[ConditionSpec], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+pub fn merge_conditions(
+    previous: &[Condition],
+    desired: &[ConditionSpec],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {

@@ -85,11 +85,7 @@ impl Money {
             frac_s.pop();
         }
         let sign = if neg { "-" } else { "" };
-        if frac_s.is_empty() {
-            format!("{sign}{whole}")
-        } else {
-            format!("{sign}{whole}.{frac_s}")
-        }
+        if frac_s.is_empty() { format!("{sign}{whole}") } else { format!("{sign}{whole}.{frac_s}") }
     }
 }
 

@@ -1,0 +1,345 @@
+//! The gateway config document: the contract between the controller (or `local`, or
+//! `render`) and the gateway.
+//!
+//! One JSON document per namespace (ConfigMap `tollgate-gateway`, key `config.json`). It is
+//! deterministic: routes sorted by name, backends in their declared order, every map sorted, so
+//! the same decisions always give the same bytes and the same `revision` (a hash of the
+//! content). It carries each route's effective backend table, resolved prices, and for each
+//! credential only a file name inside the credentials Secret: never key material.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::api::{
+    BackendState, MockEndpoint, Mode, ModelRoute, Protocol, ProviderFamily, RouteState, SecretKeyRef, Strategy,
+};
+use crate::policy::money::{Ppm, parse_duration_ms};
+use crate::policy::{Decision, ObjectKey};
+use crate::pricing::Prices;
+
+/// Schema version of the document.
+pub const CONFIG_VERSION: u32 = 1;
+/// Name of the ConfigMap the controller writes in each namespace with routes.
+pub const CONFIGMAP_NAME: &str = "tollgate-gateway";
+/// Key of the document in that ConfigMap.
+pub const CONFIG_KEY: &str = "config.json";
+/// Name of the Secret holding the API keys, one file per referenced Secret key.
+pub const CREDENTIALS_SECRET: &str = "tollgate-credentials";
+
+/// The whole document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Schema version ([`CONFIG_VERSION`]).
+    pub version: u32,
+    /// Hash of the content (everything but this field): `sha256:` and 16 hex digits.
+    pub revision: String,
+    /// Namespace whose routes these are.
+    pub namespace: String,
+    /// Routes, sorted by name.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One route as the gateway serves it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// ModelRoute name.
+    pub name: String,
+    /// Alias clients send as `model`.
+    pub model: String,
+    /// How the gateway picks inside a tier.
+    pub strategy: Strategy,
+    /// Enforce or DryRun (informational: the table is already the one to serve).
+    pub mode: Mode,
+    /// `Rejecting` makes the gateway answer 429 `budget_exhausted` without calling upstream.
+    pub state: RouteState,
+    /// The effective table, in declared order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One backend row.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Backend name.
+    pub name: String,
+    /// Provider name (metrics, budgets).
+    pub provider: String,
+    /// Usage accounting family.
+    pub family: ProviderFamily,
+    /// Upstream model id.
+    pub model: String,
+    /// Tier (lower preferred).
+    pub tier: u32,
+    /// Weight inside the tier.
+    pub weight: u32,
+    /// Decided state.
+    pub state: BackendState,
+    /// Whether the gateway may send it anything.
+    pub serving: bool,
+    /// Where to send it.
+    pub endpoint: EndpointConfig,
+    /// Resolved prices (every kind present).
+    pub pricing: Prices,
+}
+
+/// Where a backend is answered.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum EndpointConfig {
+    /// A real HTTP(S) API.
+    Http {
+        /// Base URL (`/chat/completions` etc. appended).
+        base_url: String,
+        /// Wire protocol and auth headers.
+        protocol: Protocol,
+        /// File name of the API key inside the credentials directory, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_file: Option<String>,
+    },
+    /// Answered inside the gateway.
+    Mock(MockEndpoint),
+}
+
+/// Why a document could not be built or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The JSON does not parse into the document shape.
+    #[error("config document does not parse: {0}")]
+    Parse(String),
+    /// A version this gateway does not understand.
+    #[error("config version {found} is not supported (expected {CONFIG_VERSION})")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The revision does not match the content (truncated or edited by hand).
+    #[error("config revision {found} does not match its content ({computed})")]
+    Revision {
+        /// Stated.
+        found: String,
+        /// Computed.
+        computed: String,
+    },
+    /// Two routes claim the same alias.
+    #[error("routes {first} and {second} both serve model {alias:?}")]
+    DuplicateAlias {
+        /// The alias.
+        alias: String,
+        /// One route.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A field is invalid.
+    #[error("route {route}: {field}: {message}")]
+    Invalid {
+        /// Route name.
+        route: String,
+        /// Field path inside the route.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Built-in base URL of a well-known provider (OpenAI-compatible endpoints).
+pub fn builtin_base_url(provider: &str) -> Option<&'static str> {
+    Some(match provider {
+        "openai" => "https://api.openai.com/v1",
+        "anthropic" => "https://api.anthropic.com/v1",
+        "deepseek" => "https://api.deepseek.com/v1",
+        "gemini" => "https://generativelanguage.googleapis.com/v1beta/openai",
+        "mistral" => "https://api.mistral.ai/v1",
+        "qwen" => "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+        _ => return None,
+    })
+}
+
+/// File name of a referenced Secret key inside the credentials Secret: `<secret>_<key>`.
+/// Secret names cannot contain `_`, so the first `_` separates the two unambiguously.
+pub fn credential_file_name(r: &SecretKeyRef) -> String {
+    format!("{}_{}", r.name, r.key)
+}
+
+/// Every Secret key the routes reference, by credential file name.
+pub fn credential_refs<'a>(routes: impl IntoIterator<Item = &'a ModelRoute>) -> BTreeMap<String, SecretKeyRef> {
+    routes
+        .into_iter()
+        .flat_map(|r| r.spec.backends.iter())
+        .filter_map(|b| b.endpoint.as_ref().and_then(|e| e.api_key_secret_ref.clone()))
+        .map(|r| (credential_file_name(&r), r))
+        .collect()
+}
+
+impl GatewayConfig {
+    /// Builds the document of one namespace from its routes and the policy's decisions.
+    pub fn build(namespace: &str, routes: &[ModelRoute], decision: &Decision) -> Result<Self, ConfigError> {
+        let mut selected: Vec<&ModelRoute> =
+            routes.iter().filter(|r| ObjectKey::of(*r).namespace == namespace).collect();
+        selected.sort_by_key(|r| ObjectKey::of(*r).name);
+        let mut out = Vec::with_capacity(selected.len());
+        for r in selected {
+            let key = ObjectKey::of(r);
+            let invalid =
+                |field: String, message: String| ConfigError::Invalid { route: key.name.clone(), field, message };
+            let d = decision
+                .routes
+                .get(&key)
+                .ok_or_else(|| invalid("(route)".into(), "no decision for this route".into()))?;
+            let mut backends = Vec::with_capacity(r.spec.backends.len());
+            for (i, b) in r.spec.backends.iter().enumerate() {
+                let row =
+                    d.table.iter().find(|e| e.name == b.name).ok_or_else(|| {
+                        invalid(format!("backends[{i}]"), format!("no decision for backend {}", b.name))
+                    })?;
+                let pricing = Prices::from_spec(&b.pricing)
+                    .map_err(|e| invalid(format!("backends[{i}].pricing"), e.to_string()))?;
+                let endpoint = match b.endpoint.as_ref() {
+                    Some(e) if e.mock.is_some() => EndpointConfig::Mock(e.mock.clone().unwrap_or_default()),
+                    e => {
+                        let base_url = e
+                            .and_then(|e| e.base_url.clone())
+                            .or_else(|| builtin_base_url(&b.provider).map(str::to_owned))
+                            .ok_or_else(|| {
+                                invalid(
+                                    format!("backends[{i}].endpoint.baseUrl"),
+                                    format!("provider {:?} has no built-in endpoint", b.provider),
+                                )
+                            })?;
+                        EndpointConfig::Http {
+                            base_url: base_url.trim_end_matches('/').to_string(),
+                            protocol: e.map(|e| e.protocol).unwrap_or_default(),
+                            api_key_file: e.and_then(|e| e.api_key_secret_ref.as_ref()).map(credential_file_name),
+                        }
+                    }
+                };
+                backends.push(BackendConfig {
+                    name: b.name.clone(),
+                    provider: b.provider.clone(),
+                    family: b.effective_family(),
+                    model: b.model.clone(),
+                    tier: row.tier,
+                    weight: row.weight,
+                    state: row.state,
+                    serving: row.serving,
+                    endpoint,
+                    pricing,
+                });
+            }
+            out.push(RouteConfig {
+                name: key.name.clone(),
+                model: d.alias.clone(),
+                strategy: d.strategy,
+                mode: d.mode,
+                state: d.state,
+                backends,
+            });
+        }
+        let mut doc = GatewayConfig {
+            version: CONFIG_VERSION,
+            revision: String::new(),
+            namespace: namespace.to_string(),
+            routes: out,
+        };
+        doc.revision = doc.compute_revision();
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Hash of everything but `revision`.
+    pub fn compute_revision(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.revision.clear();
+        // Serializing a struct of plain fields, vectors and enums cannot fail.
+        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        format!("sha256:{}", &hex::encode(digest)[..16])
+    }
+
+    /// Checks the whole document; the gateway swaps a new document in only when this passes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(ConfigError::Version { found: self.version });
+        }
+        let computed = self.compute_revision();
+        if self.revision != computed {
+            return Err(ConfigError::Revision { found: self.revision.clone(), computed });
+        }
+        let mut aliases: BTreeMap<&str, &str> = BTreeMap::new();
+        for r in &self.routes {
+            let invalid =
+                |field: String, message: String| ConfigError::Invalid { route: r.name.clone(), field, message };
+            if let Some(first) = aliases.insert(&r.model, &r.name) {
+                return Err(ConfigError::DuplicateAlias {
+                    alias: r.model.clone(),
+                    first: first.to_string(),
+                    second: r.name.clone(),
+                });
+            }
+            if r.model.is_empty() {
+                return Err(invalid("model".into(), "empty alias".into()));
+            }
+            if r.backends.is_empty() {
+                return Err(invalid("backends".into(), "no backends".into()));
+            }
+            let mut names = BTreeSet::new();
+            for (i, b) in r.backends.iter().enumerate() {
+                if !names.insert(&b.name) {
+                    return Err(invalid(format!("backends[{i}].name"), format!("duplicate backend {:?}", b.name)));
+                }
+                if b.model.is_empty() {
+                    return Err(invalid(format!("backends[{i}].model"), "empty upstream model".into()));
+                }
+                match &b.endpoint {
+                    EndpointConfig::Http { base_url, api_key_file, .. } => {
+                        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                            return Err(invalid(
+                                format!("backends[{i}].endpoint.baseUrl"),
+                                format!("{base_url:?} is not an http(s) URL"),
+                            ));
+                        }
+                        if let Some(f) = api_key_file
+                            && (f.is_empty() || f.contains('/') || f.starts_with('.'))
+                        {
+                            return Err(invalid(
+                                format!("backends[{i}].endpoint.apiKeyFile"),
+                                format!("{f:?} is not a plain file name"),
+                            ));
+                        }
+                    }
+                    EndpointConfig::Mock(m) => {
+                        parse_duration_ms(&m.latency)
+                            .map_err(|e| invalid(format!("backends[{i}].endpoint.mock.latency"), e))?;
+                        m.error_rate
+                            .parse::<Ppm>()
+                            .map_err(|e| invalid(format!("backends[{i}].endpoint.mock.errorRate"), e.to_string()))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a document (what the gateway does on every reload).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let doc: GatewayConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Pretty JSON with a trailing newline (what the ConfigMap holds).
+    pub fn to_json_pretty(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// The route serving `alias`.
+    pub fn route(&self, alias: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.model == alias)
+    }
+}

@@ -1,0 +1,131 @@
+//! `tollgate render` and the config document.
+
+use std::path::Path;
+use std::process::Command;
+
+use jiff::Timestamp;
+use tollgate::config::{EndpointConfig, GatewayConfig};
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn now() -> Timestamp {
+    "2026-11-27T12:00:00Z".parse().unwrap()
+}
+
+#[test]
+fn examples_render_to_a_valid_deterministic_document() {
+    let doc = tollgate::render::render_dir(&examples(), None, now()).unwrap();
+    assert_eq!(doc.version, 1);
+    assert_eq!(doc.namespace, "team-a");
+    let names: Vec<_> = doc.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["chat", "reasoning"], "routes sorted by name");
+    let chat = doc.route("chat").unwrap();
+    let backends: Vec<_> = chat.backends.iter().map(|b| (b.name.as_str(), b.tier, b.weight)).collect();
+    assert_eq!(backends, [("openai-mini", 0, 70), ("deepseek", 0, 30), ("claude-haiku", 1, 1)], "declared order");
+    // Defaults resolved: cachedInput given, cacheWrite defaults to input, reasoning to output.
+    let p = &chat.backends[0].pricing;
+    assert_eq!(p.cached_input.to_string(), "0.025");
+    assert_eq!(p.cache_write, p.input);
+    assert_eq!(p.reasoning, p.output);
+    // Built-in base URL and credential file reference.
+    match &chat.backends[0].endpoint {
+        EndpointConfig::Http { base_url, api_key_file, .. } => {
+            assert_eq!(base_url, "https://api.openai.com/v1");
+            assert_eq!(api_key_file.as_deref(), Some("openai_api-key"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The document validates, its revision is its hash, and it round-trips.
+    let json = doc.to_json_pretty();
+    let back = GatewayConfig::from_json(json.as_bytes()).unwrap();
+    assert_eq!(back, doc);
+    assert!(doc.revision.starts_with("sha256:") && doc.revision.len() == 23, "{}", doc.revision);
+    // Same input, same bytes (at another time too: the document has no timestamps).
+    let again = tollgate::render::render_dir(&examples(), None, "2027-01-01T00:00:00Z".parse().unwrap()).unwrap();
+    assert_eq!(again.to_json_pretty(), json);
+}
+
+#[test]
+fn a_changed_document_gets_a_new_revision_and_a_tampered_one_is_refused() {
+    let doc = tollgate::render::render_dir(&examples(), None, now()).unwrap();
+    let mut changed = doc.clone();
+    changed.routes[0].backends[0].weight = 1;
+    assert_ne!(changed.compute_revision(), doc.revision);
+    let tampered = serde_json::to_vec(&changed).unwrap();
+    let err = GatewayConfig::from_json(&tampered).unwrap_err();
+    assert!(err.to_string().contains("does not match its content"), "{err}");
+    let mut unknown: serde_json::Value = serde_json::to_value(&doc).unwrap();
+    unknown["extra"] = serde_json::json!(1);
+    let err = GatewayConfig::from_json(&serde_json::to_vec(&unknown).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn duplicate_aliases_in_a_namespace_are_refused() {
+    let dir = std::env::temp_dir().join(format!("tollgate-alias-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let route = |name: &str| {
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata: {{name: {name}}}\nspec:\n  model: chat\n  backends:\n    - {{name: a, provider: openai, model: m, pricing: {{input: \"1\", output: \"2\"}}}}\n"
+        )
+    };
+    std::fs::write(dir.join("a.yaml"), route("one")).unwrap();
+    std::fs::write(dir.join("b.yaml"), route("two")).unwrap();
+    let err = tollgate::render::render_dir(&dir, None, now()).unwrap_err();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(err.to_string(), "routes one and two both serve model \"chat\"");
+}
+
+#[test]
+fn the_document_never_holds_key_material() {
+    // A Secret in the manifest directory is skipped, and its value never reaches the document.
+    let dir = std::env::temp_dir().join(format!("tollgate-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["routes.yaml", "budgets.yaml"] {
+        std::fs::copy(examples().join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("secret.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: openai, namespace: team-a}\nstringData: {api-key: sk-live-SECRET-VALUE}\n",
+    )
+    .unwrap();
+    let doc = tollgate::render::render_dir(&dir, None, now()).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let json = doc.to_json_pretty();
+    assert!(!json.contains("sk-live"), "key material in the document");
+    assert!(json.contains("\"apiKeyFile\": \"openai_api-key\""));
+}
+
+#[test]
+fn cli_render_prints_the_document_and_names_the_bad_field() {
+    let bin = env!("CARGO_BIN_EXE_tollgate");
+    let out = Command::new(bin).args(["render", "-f"]).arg(examples()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = GatewayConfig::from_json(&out.stdout).unwrap();
+    assert_eq!(doc.routes.len(), 2);
+
+    let dir = std::env::temp_dir().join(format!("tollgate-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(examples().join("routes.yaml")).unwrap();
+    std::fs::write(dir.join("routes.yaml"), text.replace("weight: 30", "weight: -30")).unwrap();
+    let out = Command::new(bin).args(["render", "-f"]).arg(&dir).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes.yaml: document 1: ModelRoute team-a/chat: spec.backends[1].weight: -30 is less than the minimum of 0"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn cli_crds_prints_both_crds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).arg("crds").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, tollgate::api::crds_yaml().unwrap());
+    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 2);
+}
