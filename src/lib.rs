@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gateway;
 pub mod policy;
 pub mod pricing;
 pub mod render;

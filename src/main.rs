@@ -28,11 +28,15 @@ enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Run the OpenAI-compatible gateway: serve the config document FILE (hot-reloaded),
+    /// route, fail over and meter spend; `/metrics` on its own listener.
+    Gateway(Box<tollgate::gateway::GatewayArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Gateway(args) => tollgate::gateway::run_gateway(*args),
         Command::Crds => match tollgate::api::crds_yaml() {
             Ok(y) => {
                 print!("{y}");

@@ -1,0 +1,523 @@
+//! Metering: the exact in-process [`Meter`] (what `tollgate local` diffs into
+//! [`Observations`]) and its Prometheus exposition (the signal contract the controller scrapes).
+//!
+//! Counters of the signal contract are rendered at scrape time from the meter's exact state, so
+//! `tollgate_cost_nanousd_total` is exactly `floor(total pico-dollars / 1000)` and
+//! `tollgate_cost_usd_total` is a float computed from the exact total (no float accumulation).
+//! Histograms are ordinary prometheus-client families.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::money::{Money, PICOS_PER_USD};
+use crate::policy::{BackendKey, BackendObservation, Observations, Outcome, SpendKey};
+use crate::pricing::{TokenCounts, TokenKind};
+
+/// Identity of a metered series: route + backend, with the provider and upstream model the
+/// backend had when it served (a reload may change them).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MeterKey {
+    /// Route (ModelRoute name).
+    pub route: String,
+    /// Backend name inside the route.
+    pub backend: String,
+    /// Provider name.
+    pub provider: String,
+    /// Upstream model id.
+    pub model: String,
+}
+
+impl MeterKey {
+    /// Builds a key.
+    pub fn new(
+        route: impl Into<String>,
+        backend: impl Into<String>,
+        provider: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        Self { route: route.into(), backend: backend.into(), provider: provider.into(), model: model.into() }
+    }
+}
+
+/// Totals of one series since the gateway started. Every field only grows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterEntry {
+    /// Upstream attempts by outcome (budget refusals included, although they never reached
+    /// upstream).
+    pub outcomes: BTreeMap<Outcome, u64>,
+    /// Sum of the latency of successful attempts (time to the first byte of the answer), µs.
+    pub latency_us_sum: u64,
+    /// Number of successful attempts in `latency_us_sum`.
+    pub latency_count: u64,
+    /// Tokens billed, by kind.
+    pub tokens: TokenCounts,
+    /// Exact cost of those tokens.
+    pub cost: Money,
+    /// Successful responses whose usage could not be read, by reason.
+    pub usage_missing: BTreeMap<String, u64>,
+}
+
+impl MeterEntry {
+    /// Attempts with this outcome.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes.get(&outcome).copied().unwrap_or(0)
+    }
+
+    /// Responses with missing usage, all reasons.
+    pub fn usage_missing_total(&self) -> u64 {
+        self.usage_missing.values().sum()
+    }
+}
+
+fn add_tokens(a: &mut TokenCounts, b: &TokenCounts) {
+    a.input = a.input.saturating_add(b.input);
+    a.cached_input = a.cached_input.saturating_add(b.cached_input);
+    a.cache_write = a.cache_write.saturating_add(b.cache_write);
+    a.output = a.output.saturating_add(b.output);
+    a.reasoning = a.reasoning.saturating_add(b.reasoning);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One series: its totals and the latency estimate used by `LowestLatency`.
+#[derive(Debug)]
+pub(crate) struct MeterCell {
+    pub(crate) key: MeterKey,
+    entry: Mutex<MeterEntry>,
+    /// Exponentially weighted moving average of the successful latency, µs (0 = never seen).
+    ewma_us: AtomicU64,
+}
+
+impl MeterCell {
+    fn new(key: MeterKey) -> Self {
+        Self { key, entry: Mutex::new(MeterEntry::default()), ewma_us: AtomicU64::new(0) }
+    }
+
+    /// Counts one attempt.
+    pub(crate) fn record_outcome(&self, outcome: Outcome, latency: Option<Duration>) {
+        let mut e = lock(&self.entry);
+        *e.outcomes.entry(outcome).or_insert(0) += 1;
+        if let Some(l) = latency {
+            let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+            e.latency_us_sum = e.latency_us_sum.saturating_add(us);
+            e.latency_count += 1;
+            drop(e);
+            self.observe_latency(us);
+        }
+    }
+
+    /// Bills the usage of one successful response.
+    pub(crate) fn record_usage(&self, tokens: &TokenCounts, cost: Money) {
+        let mut e = lock(&self.entry);
+        add_tokens(&mut e.tokens, tokens);
+        e.cost += cost;
+    }
+
+    /// Counts a successful response without usable usage.
+    pub(crate) fn record_usage_missing(&self, reason: &str) {
+        let mut e = lock(&self.entry);
+        match e.usage_missing.get_mut(reason) {
+            Some(n) => *n += 1,
+            None => {
+                e.usage_missing.insert(reason.to_string(), 1);
+            }
+        }
+    }
+
+    fn observe_latency(&self, us: u64) {
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us.max(1) } else { (old.saturating_mul(4) / 5).saturating_add(us / 5).max(1) };
+        self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// The latency estimate, if any success was seen.
+    pub(crate) fn latency_estimate_us(&self) -> Option<u64> {
+        match self.ewma_us.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v),
+        }
+    }
+
+    fn snapshot(&self) -> MeterEntry {
+        lock(&self.entry).clone()
+    }
+}
+
+/// The exact in-process meter: every attempt, token and pico-dollar the gateway counted since
+/// it started. Cheap to snapshot; [`MeterSnapshot::to_observations_since`] turns two snapshots
+/// into the policy's [`Observations`].
+#[derive(Debug, Default)]
+pub struct Meter {
+    cells: RwLock<BTreeMap<MeterKey, Arc<MeterCell>>>,
+    reload_errors: AtomicU64,
+    revision: RwLock<Option<String>>,
+}
+
+impl Meter {
+    /// The cell of a series, created on first use.
+    pub(crate) fn cell(&self, key: &MeterKey) -> Arc<MeterCell> {
+        if let Some(c) = self.cells.read().unwrap_or_else(PoisonError::into_inner).get(key) {
+            return c.clone();
+        }
+        let mut w = self.cells.write().unwrap_or_else(PoisonError::into_inner);
+        w.entry(key.clone()).or_insert_with(|| Arc::new(MeterCell::new(key.clone()))).clone()
+    }
+
+    /// Totals of every series, now.
+    pub fn snapshot(&self) -> MeterSnapshot {
+        let cells: Vec<Arc<MeterCell>> =
+            self.cells.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        MeterSnapshot { entries: cells.iter().map(|c| (c.key.clone(), c.snapshot())).collect() }
+    }
+
+    /// Config reloads refused since start.
+    pub fn reload_errors(&self) -> u64 {
+        self.reload_errors.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn inc_reload_errors(&self) {
+        self.reload_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_revision(&self, revision: &str) {
+        *self.revision.write().unwrap_or_else(PoisonError::into_inner) = Some(revision.to_string());
+    }
+
+    /// Revision of the config being served.
+    pub fn revision(&self) -> Option<String> {
+        self.revision.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Totals of every series at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterSnapshot {
+    /// Per series.
+    pub entries: BTreeMap<MeterKey, MeterEntry>,
+}
+
+impl MeterSnapshot {
+    /// The series of one route + backend (summed over provider/model, which only differ across
+    /// reloads that changed them).
+    pub fn backend(&self, route: &str, backend: &str) -> MeterEntry {
+        let mut out = MeterEntry::default();
+        for (k, e) in &self.entries {
+            if k.route == route && k.backend == backend {
+                for (o, n) in &e.outcomes {
+                    *out.outcomes.entry(*o).or_insert(0) += n;
+                }
+                out.latency_us_sum += e.latency_us_sum;
+                out.latency_count += e.latency_count;
+                add_tokens(&mut out.tokens, &e.tokens);
+                out.cost += e.cost;
+                for (r, n) in &e.usage_missing {
+                    *out.usage_missing.entry(r.clone()).or_insert(0) += n;
+                }
+            }
+        }
+        out
+    }
+
+    /// Exact spend per (provider, upstream model).
+    pub fn cost_by_provider_model(&self) -> BTreeMap<(String, String), Money> {
+        let mut out: BTreeMap<(String, String), Money> = BTreeMap::new();
+        for (k, e) in &self.entries {
+            *out.entry((k.provider.clone(), k.model.clone())).or_default() += e.cost;
+        }
+        out
+    }
+
+    /// Exact spend of everything.
+    pub fn total_cost(&self) -> Money {
+        self.entries.values().map(|e| e.cost).sum()
+    }
+
+    /// What happened between `previous` and `self`, as the policy's [`Observations`] of
+    /// `namespace` (the namespace of the config the gateway serves). Pass
+    /// `MeterSnapshot::default()` as `previous` for everything since start.
+    pub fn to_observations_since(&self, previous: &MeterSnapshot, namespace: &str) -> Observations {
+        let empty = MeterEntry::default();
+        let mut obs = Observations::default();
+        for (k, now) in &self.entries {
+            let before = previous.entries.get(k).unwrap_or(&empty);
+            let mut delta = BackendObservation::default();
+            for (o, n) in &now.outcomes {
+                let d = n.saturating_sub(before.count(*o));
+                if d > 0 {
+                    delta.outcomes.insert(*o, d);
+                }
+            }
+            delta.latency_ms_sum = (now.latency_us_sum / 1000).saturating_sub(before.latency_us_sum / 1000);
+            delta.latency_count = now.latency_count.saturating_sub(before.latency_count);
+            if !delta.outcomes.is_empty() || delta.latency_count > 0 {
+                let slot = obs.backends.entry(BackendKey::new(namespace, &k.route, &k.backend)).or_default();
+                for (o, n) in delta.outcomes {
+                    *slot.outcomes.entry(o).or_insert(0) += n;
+                }
+                slot.latency_ms_sum += delta.latency_ms_sum;
+                slot.latency_count += delta.latency_count;
+            }
+            let spent = now.cost.saturating_sub(before.cost);
+            if spent > Money::ZERO {
+                *obs.spend.entry(SpendKey::new(namespace, &k.provider, &k.model)).or_default() += spent;
+            }
+        }
+        obs
+    }
+}
+
+/// Labels of the histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BackendLabels {
+    pub(crate) route: String,
+    pub(crate) backend: String,
+    pub(crate) provider: String,
+    pub(crate) model: String,
+}
+
+impl BackendLabels {
+    pub(crate) fn of(k: &MeterKey) -> Self {
+        Self {
+            route: k.route.clone(),
+            backend: k.backend.clone(),
+            provider: k.provider.clone(),
+            model: k.model.clone(),
+        }
+    }
+}
+
+type HistogramFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+}
+
+/// The Prometheus side: a registry with the meter's collector and the histograms.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) meter: Arc<Meter>,
+    duration: HistogramFamily,
+    ttft: HistogramFamily,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let meter = Arc::new(Meter::default());
+        let mut registry = Registry::default();
+        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let ttft: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "tollgate_request_duration_seconds",
+            "Duration of each upstream attempt, from sending it to the end of the answer",
+            duration.clone(),
+        );
+        registry.register(
+            "tollgate_time_to_first_token_seconds",
+            "Time from sending a streaming request upstream to its first chunk",
+            ttft.clone(),
+        );
+        registry.register_collector(Box::new(MeterCollector(meter.clone())));
+        Self { registry, meter, duration, ttft }
+    }
+
+    pub(crate) fn observe_duration(&self, labels: &BackendLabels, d: Duration) {
+        self.duration.get_or_create(labels).observe(d.as_secs_f64());
+    }
+
+    pub(crate) fn observe_ttft(&self, labels: &BackendLabels, d: Duration) {
+        self.ttft.get_or_create(labels).observe(d.as_secs_f64());
+    }
+
+    /// Prometheus text exposition (format 0.0.4).
+    pub(crate) fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Content type of [`Metrics::encode`].
+pub(crate) const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug)]
+struct MeterCollector(Arc<Meter>);
+
+fn series(k: &MeterKey) -> [(&'static str, &str); 4] {
+    [("route", &k.route), ("backend", &k.backend), ("provider", &k.provider), ("model", &k.model)]
+}
+
+impl Collector for MeterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.0.snapshot();
+
+        let mut fam = encoder.encode_descriptor(
+            "tollgate_requests",
+            "Upstream attempts by outcome (ok, client_error, rate_limited, upstream_error, timeout, connect_error, budget_rejected)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, e) in &snap.entries {
+            let [a, b, c, d] = series(k);
+            for o in Outcome::ALL {
+                let n = e.count(o);
+                if n == 0 && o != Outcome::Ok {
+                    continue;
+                }
+                let labels = [a, b, c, d, ("outcome", o.label())];
+                ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "tollgate_tokens",
+            "Tokens billed, by kind (disjoint kinds)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, e) in &snap.entries {
+            let [a, b, c, d] = series(k);
+            for kind in TokenKind::ALL {
+                let labels = [a, b, c, d, ("kind", kind.label())];
+                ConstCounter::new(e.tokens.get(kind)).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "tollgate_cost_usd",
+            "Spend in USD (float for humans; tollgate_cost_nanousd_total is exact)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, e) in &snap.entries {
+            let usd = e.cost.picos() as f64 / PICOS_PER_USD as f64;
+            ConstCounter::new(usd).encode(fam.encode_family(&series(k))?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "tollgate_cost_nanousd",
+            "Spend in nano-USD: floor of the exact pico-dollar total / 1000",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, e) in &snap.entries {
+            let nanos = u64::try_from((e.cost.picos() / 1000).max(0)).unwrap_or(u64::MAX);
+            ConstCounter::new(nanos).encode(fam.encode_family(&series(k))?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "tollgate_usage_missing",
+            "Successful upstream answers whose usage could not be read (never billed as zero silently)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, e) in &snap.entries {
+            let [a, b, c, d] = series(k);
+            for (reason, n) in &e.usage_missing {
+                let labels = [a, b, c, d, ("reason", reason.as_str())];
+                ConstCounter::new(*n).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+
+        let fam = encoder.encode_descriptor(
+            "tollgate_config_reload_errors",
+            "Config documents refused (unreadable, missing or invalid); the last good one keeps serving",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.0.reload_errors()).encode(fam)?;
+
+        if let Some(rev) = self.0.revision() {
+            let mut fam = encoder.encode_descriptor(
+                "tollgate_config_revision",
+                "Revision of the config document being served",
+                None,
+                MetricType::Info,
+            )?;
+            fam.encode_info(&[("revision", rev.as_str())])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(route: &str, backend: &str) -> MeterKey {
+        MeterKey::new(route, backend, "openai", "gpt-x")
+    }
+
+    #[test]
+    fn exposition_is_exact_and_named_per_contract() {
+        let m = Metrics::new();
+        let cell = m.meter.cell(&key("chat", "a"));
+        cell.record_outcome(Outcome::Ok, Some(Duration::from_millis(12)));
+        cell.record_outcome(Outcome::RateLimited, None);
+        let t = TokenCounts { input: 3, cached_input: 1, cache_write: 0, output: 2, reasoning: 0 };
+        cell.record_usage(&t, Money::from_picos(1_234_567));
+        cell.record_usage(&t, Money::from_picos(1_999));
+        cell.record_usage_missing("missing");
+        m.meter.set_revision("sha256:abc");
+        m.meter.inc_reload_errors();
+        let text = m.encode();
+        let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+        assert_eq!(
+            line("tollgate_requests_total{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt-x\",outcome=\"ok\"}").as_deref(),
+            Some("tollgate_requests_total{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt-x\",outcome=\"ok\"} 1")
+        );
+        assert!(text.contains("outcome=\"rate_limited\"} 1"));
+        // 1_236_566 picos → 1236 nano-USD (floored from the exact sum, not per request).
+        assert!(
+            text.contains(
+                "tollgate_cost_nanousd_total{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt-x\"} 1236\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "tollgate_tokens_total{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt-x\",kind=\"input\"} 6"
+        ));
+        assert!(text.contains("tollgate_usage_missing_total{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt-x\",reason=\"missing\"} 1"));
+        assert!(text.contains("tollgate_config_revision_info{revision=\"sha256:abc\"} 1"));
+        assert!(text.contains("tollgate_config_reload_errors_total 1"));
+        assert!(text.contains("tollgate_cost_usd_total{"));
+    }
+
+    #[test]
+    fn snapshots_diff_into_observations() {
+        let meter = Meter::default();
+        let a = meter.cell(&key("chat", "a"));
+        a.record_outcome(Outcome::Ok, Some(Duration::from_micros(1500)));
+        a.record_usage(&TokenCounts::default(), Money::from_picos(10));
+        let before = meter.snapshot();
+        a.record_outcome(Outcome::Ok, Some(Duration::from_micros(1600)));
+        a.record_outcome(Outcome::Timeout, None);
+        a.record_usage(&TokenCounts::default(), Money::from_picos(32));
+        let after = meter.snapshot();
+        let obs = after.to_observations_since(&before, "ns");
+        let b = &obs.backends[&BackendKey::new("ns", "chat", "a")];
+        assert_eq!(b.outcomes[&Outcome::Ok], 1);
+        assert_eq!(b.outcomes[&Outcome::Timeout], 1);
+        assert_eq!(b.latency_count, 1);
+        assert_eq!(b.latency_ms_sum, 2); // floor(3100/1000) - floor(1500/1000)
+        assert_eq!(obs.spend[&SpendKey::new("ns", "openai", "gpt-x")], Money::from_picos(32));
+        let all = after.to_observations_since(&MeterSnapshot::default(), "ns");
+        assert_eq!(all.spend[&SpendKey::new("ns", "openai", "gpt-x")], Money::from_picos(42));
+        assert!(after.to_observations_since(&after, "ns").backends.is_empty());
+    }
+}

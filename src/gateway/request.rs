@@ -1,0 +1,207 @@
+//! The client's request body: read once, rewritten per attempt.
+//!
+//! The body is kept as an ordered list of top-level keys with their raw JSON text, so everything
+//! but `model` (and, when the gateway asks for stream usage, `stream_options`) reaches upstream
+//! byte for byte, in the client's key order.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::errors::ApiError;
+
+/// The API surface a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/completions`
+    Completions,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `POST /v1/responses`
+    Responses,
+}
+
+impl Endpoint {
+    /// Path appended to a backend's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Responses => "/responses",
+        }
+    }
+
+    /// Whether a stream carries usage only when `stream_options.include_usage` is set.
+    pub fn usage_needs_stream_options(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
+/// A JSON object with its top-level keys in order and their values as raw text.
+struct RawObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                    out.push((k, v));
+                }
+                Ok(RawObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A parsed client request.
+pub(crate) struct ClientRequest {
+    fields: Vec<(String, Box<RawValue>)>,
+    /// The alias the client asked for.
+    pub(crate) model: String,
+    /// `stream: true`.
+    pub(crate) stream: bool,
+    /// `stream_options.include_usage: true`.
+    pub(crate) include_usage: bool,
+}
+
+impl ClientRequest {
+    /// Parses a body: a JSON object with a string `model`.
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let RawObject(fields) = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("The request body is not a valid JSON object: {e}"))
+        })?;
+        let get = |key: &str| fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get());
+        let model = match get("model") {
+            None => {
+                return Err(ApiError::bad_request(
+                    "missing_model",
+                    "The request body has no `model`: say which model alias to use.",
+                ));
+            }
+            Some(raw) => serde_json::from_str::<String>(raw)
+                .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string."))?,
+        };
+        if model.is_empty() {
+            return Err(ApiError::bad_request("missing_model", "`model` is empty: say which model alias to use."));
+        }
+        let stream = match get("stream") {
+            None => false,
+            Some(raw) => serde_json::from_str::<Option<bool>>(raw)
+                .map_err(|_| ApiError::bad_request("invalid_stream", "`stream` must be a boolean."))?
+                .unwrap_or(false),
+        };
+        let include_usage = get("stream_options")
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
+            .and_then(|v| v.get("include_usage").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false);
+        Ok(Self { fields, model, stream, include_usage })
+    }
+
+    /// The body for one upstream: `model` replaced by `upstream_model`; with `ask_usage`,
+    /// `stream_options.include_usage` set to `true` (other `stream_options` keys kept).
+    pub(crate) fn upstream_body(&self, upstream_model: &str, ask_usage: bool) -> Vec<u8> {
+        let size: usize = self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
+        let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
+        out.push(b'{');
+        let mut first = true;
+        let mut push_key = |out: &mut Vec<u8>, k: &str| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Serializing a &str into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, k);
+            out.push(b':');
+        };
+        let mut saw_options = false;
+        for (k, v) in &self.fields {
+            push_key(&mut out, k);
+            if k == "model" {
+                let _ = serde_json::to_writer(&mut out, upstream_model);
+            } else if k == "stream_options" && ask_usage {
+                saw_options = true;
+                let mut opts = match serde_json::from_str::<serde_json::Value>(v.get()) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+                let _ = serde_json::to_writer(&mut out, &opts);
+            } else {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        if ask_usage && !saw_options {
+            push_key(&mut out, "stream_options");
+            out.extend_from_slice(br#"{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_model_changes_and_key_order_is_kept() {
+        let body = br#"{"z":1,"model":"chat","messages":[{"role":"user","content":"h\u00e9"}],"a":{"y":2,"b":1.50}}"#;
+        let r = ClientRequest::parse(body).unwrap();
+        assert_eq!(r.model, "chat");
+        assert!(!r.stream);
+        let out = String::from_utf8(r.upstream_body("gpt-4o-\"mini\"", false)).unwrap();
+        assert_eq!(
+            out,
+            r#"{"z":1,"model":"gpt-4o-\"mini\"","messages":[{"role":"user","content":"h\u00e9"}],"a":{"y":2,"b":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn asks_for_stream_usage() {
+        let r = ClientRequest::parse(br#"{"model":"m","stream":true}"#).unwrap();
+        assert!(r.stream && !r.include_usage);
+        assert_eq!(
+            String::from_utf8(r.upstream_body("u", true)).unwrap(),
+            r#"{"model":"u","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        let r = ClientRequest::parse(br#"{"stream_options":{"x":1,"include_usage":false},"model":"m","stream":true}"#)
+            .unwrap();
+        assert!(!r.include_usage);
+        assert_eq!(
+            String::from_utf8(r.upstream_body("u", true)).unwrap(),
+            r#"{"stream_options":{"include_usage":true,"x":1},"model":"u","stream":true}"#
+        );
+        let r =
+            ClientRequest::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert!(r.include_usage);
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_routed() {
+        for (body, code) in [
+            (&b"not json"[..], "invalid_json"),
+            (b"[1,2]", "invalid_json"),
+            (b"{\"model\":\"a\"", "invalid_json"),
+            (b"{}", "missing_model"),
+            (b"{\"model\":\"\"}", "missing_model"),
+            (b"{\"model\":5}", "invalid_model"),
+            (b"{\"model\":\"a\",\"stream\":\"yes\"}", "invalid_stream"),
+        ] {
+            let e = ClientRequest::parse(body).err().unwrap();
+            assert_eq!(e.code, code, "{}", String::from_utf8_lossy(body));
+            assert_eq!(e.status.as_u16(), 400);
+        }
+    }
+}

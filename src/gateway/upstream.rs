@@ -1,0 +1,198 @@
+//! Calling a real upstream over HTTP(S): URL, auth headers, credentials, transport errors.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use futures::TryStreamExt;
+use tokio::time::Instant;
+
+use super::GatewayOptions;
+use super::request::Endpoint;
+use super::stream::BodyStream;
+use crate::api::Protocol;
+
+/// What came back from an upstream (or a mock): status, headers and the body still streaming.
+pub(crate) struct UpstreamReply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: BodyStream,
+    /// The API key used, so error bodies passed back to the client can be scrubbed of it.
+    pub(crate) api_key: Option<Arc<str>>,
+}
+
+/// Why no answer came back.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// Could not connect (refused, DNS, TLS handshake, connect timeout).
+    Connect(String),
+    /// No response headers before the first-byte deadline.
+    Timeout,
+    /// The connection broke before an answer (reset, protocol error).
+    Transport(String),
+    /// The API key file could not be read (its name is safe to show, its content never is).
+    Credentials(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "connect error: {e}"),
+            SendError::Timeout => f.write_str("no answer before the first-byte timeout"),
+            SendError::Transport(e) => write!(f, "transport error: {e}"),
+            SendError::Credentials(e) => write!(f, "credentials: {e}"),
+        }
+    }
+}
+
+/// How long a credential file read stays fresh (the Secret volume may be updated).
+const CREDENTIAL_TTL: Duration = Duration::from_secs(1);
+
+type CachedKey = (std::time::Instant, Result<Arc<str>, String>);
+
+/// API keys read from the credentials directory, cached briefly.
+pub(crate) struct Credentials {
+    dir: PathBuf,
+    cache: Mutex<HashMap<String, CachedKey>>,
+}
+
+impl Credentials {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self { dir, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The key in `file` (surrounding whitespace trimmed).
+    pub(crate) fn get(&self, file: &str) -> Result<Arc<str>, String> {
+        let now = std::time::Instant::now();
+        if let Some((at, v)) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(file)
+            && now.duration_since(*at) < CREDENTIAL_TTL
+        {
+            return v.clone();
+        }
+        let v = match std::fs::read_to_string(self.dir.join(file)) {
+            Ok(s) if !s.trim().is_empty() => Ok(Arc::from(s.trim())),
+            Ok(_) => Err(format!("credential file {file:?} is empty")),
+            Err(e) => Err(format!("cannot read credential file {file:?} in {}: {}", self.dir.display(), e.kind())),
+        };
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(file.to_string(), (now, v.clone()));
+        v
+    }
+}
+
+/// Replaces every occurrence of `key` in `text`.
+pub(crate) fn redact(text: &str, key: Option<&str>) -> String {
+    match key {
+        Some(k) if k.len() >= 4 && text.contains(k) => text.replace(k, "[redacted]"),
+        _ => text.to_string(),
+    }
+}
+
+/// Request headers of the client passed on to upstream.
+const FORWARDED: [&str; 3] = ["openai-beta", "anthropic-beta", "accept"];
+
+/// The HTTP client shared by every upstream call.
+pub(crate) struct Upstream {
+    client: reqwest::Client,
+    pub(crate) credentials: Credentials,
+}
+
+impl Upstream {
+    pub(crate) fn new(opts: &GatewayOptions) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, credentials: Credentials::new(opts.credentials_dir.clone()) })
+    }
+
+    /// Sends one attempt and waits for the response headers until `first_byte_deadline`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send(
+        &self,
+        base_url: &str,
+        protocol: Protocol,
+        api_key_file: Option<&str>,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        client_headers: &HeaderMap,
+        first_byte_deadline: Instant,
+    ) -> Result<UpstreamReply, SendError> {
+        let api_key = match api_key_file {
+            Some(f) => Some(self.credentials.get(f).map_err(SendError::Credentials)?),
+            None => None,
+        };
+        let url = format!("{base_url}{}", endpoint.path());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for name in FORWARDED {
+            if let Some(v) = client_headers.get(name) {
+                headers.insert(HeaderName::from_static(name), v.clone());
+            }
+        }
+        if let Some(key) = api_key.as_deref() {
+            let bad = || SendError::Credentials("the API key contains characters not allowed in an HTTP header".into());
+            match protocol {
+                Protocol::OpenAI => {
+                    let mut v = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| bad())?;
+                    v.set_sensitive(true);
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+                Protocol::Anthropic => {
+                    let mut v = HeaderValue::try_from(key).map_err(|_| bad())?;
+                    v.set_sensitive(true);
+                    headers.insert(HeaderName::from_static("x-api-key"), v);
+                }
+            }
+        }
+        if protocol == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
+            headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"));
+        }
+        let fut = self.client.post(url).headers(headers).body(body).send();
+        let resp = match tokio::time::timeout_at(first_byte_deadline, fut).await {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(SendError::Connect(describe(&e))),
+            Ok(Err(e)) if e.is_timeout() => return Err(SendError::Timeout),
+            Ok(Err(e)) => return Err(SendError::Transport(describe(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body: BodyStream = Box::pin(resp.bytes_stream().map_err(|e| io::Error::other(describe(&e))));
+        Ok(UpstreamReply { status, headers, body, api_key })
+    }
+}
+
+/// An error with its causes (keys never travel in URLs, and reqwest never prints headers).
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_read_trimmed_and_errors_name_only_the_file() {
+        let dir = std::env::temp_dir().join(format!("tollgate-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("openai_api-key"), "sk-secret-123\n").unwrap();
+        let c = Credentials::new(dir.clone());
+        assert_eq!(&*c.get("openai_api-key").unwrap(), "sk-secret-123");
+        let e = c.get("missing_key").unwrap_err();
+        assert!(e.contains("missing_key") && !e.contains("sk-secret"));
+        assert_eq!(redact("bad key sk-secret-123!", Some("sk-secret-123")), "bad key [redacted]!");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
