@@ -223,6 +223,31 @@ fn event_data(event: &[u8]) -> Vec<u8> {
     data
 }
 
+/// Removes the `"usage":null` member that upstreams add to every chunk once
+/// `include_usage` is set (only when the gateway set it, so the client sees the chunks it would
+/// have seen without it). Works on bytes: inside a JSON string a quote is always escaped, so
+/// these sequences only ever match the member itself.
+fn without_null_usage(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const PATTERNS: [&[u8]; 6] = [
+        b",\"usage\":null",
+        b", \"usage\": null",
+        b",\"usage\": null",
+        b"\"usage\":null,",
+        b"\"usage\": null, ",
+        b"\"usage\": null,",
+    ];
+    if memmem::find(event, b"\"usage\"").is_none() {
+        return std::borrow::Cow::Borrowed(event);
+    }
+    let mut out = event.to_vec();
+    for p in PATTERNS {
+        while let Some(i) = memmem::find(&out, p) {
+            out.drain(i..i + p.len());
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl SseProcessor {
     /// `strip_usage_chunk`: the gateway set `include_usage` itself, so the usage-only chunk is
     /// removed from what the client receives.
@@ -260,7 +285,7 @@ impl SseProcessor {
         while let Some(end) = event_end(&self.buf) {
             let event: Vec<u8> = self.buf.drain(..end).collect();
             if self.inspect(&event) {
-                out.extend_from_slice(&event);
+                out.extend_from_slice(&without_null_usage(&event));
             }
         }
         Bytes::from(out)
@@ -273,7 +298,7 @@ impl SseProcessor {
             return if self.strip_usage_chunk { Bytes::from(rest) } else { Bytes::new() };
         }
         let keep = self.inspect(&rest);
-        if self.strip_usage_chunk && keep { Bytes::from(rest) } else { Bytes::new() }
+        if self.strip_usage_chunk && keep { Bytes::from(without_null_usage(&rest).into_owned()) } else { Bytes::new() }
     }
 
     /// The usage of the stream so far.
@@ -408,6 +433,7 @@ mod tests {
             out.extend_from_slice(&p.finish());
             let out = String::from_utf8(out).unwrap();
             assert!(!out.contains("\"choices\":[]"), "{out}");
+            assert!(!out.contains("usage"), "{out}");
             assert!(out.contains("hi") && out.ends_with("data: [DONE]\n\n"));
             let t = p.usage().unwrap();
             assert_eq!((t.input, t.output), (10, 5));
