@@ -1,0 +1,81 @@
+"""Starts a real `tollgate gateway` process serving mock backends for the OpenAI SDK tests.
+
+The config document is produced by `tollgate render -f tests/sdk/manifests` (the same path the
+controller takes), written to a temporary directory, and served by the binary in
+$TOLLGATE_BIN (default: target/debug/tollgate).
+"""
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("TOLLGATE_BIN", ROOT / "target" / "debug" / "tollgate"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    def __init__(self, api: str, metrics: str):
+        self.api = api
+        self.metrics_url = metrics
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return r.read().decode()
+
+    def series(self, line_prefix: str) -> float:
+        for line in self.metrics().splitlines():
+            if line.startswith(line_prefix + " "):
+                return float(line.split(" ")[-1])
+        return 0.0
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory):
+    assert BIN.exists(), f"{BIN} not found: run `cargo build` first (or set TOLLGATE_BIN)"
+    work = tmp_path_factory.mktemp("gateway")
+    config = work / "config.json"
+    rendered = subprocess.run(
+        [str(BIN), "render", "-f", str(ROOT / "tests" / "sdk" / "manifests")],
+        check=True, capture_output=True, text=True,
+    )
+    config.write_text(rendered.stdout)
+    creds = work / "credentials"
+    creds.mkdir()
+    api_port, metrics_port = free_port(), free_port()
+    log = open(work / "gateway.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN), "gateway", "--config", str(config), "--credentials-dir", str(creds),
+         "--listen", f"127.0.0.1:{api_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("gateway did not become ready:\n" + (work / "gateway.log").read_text())
+        time.sleep(0.1)
+    yield Gateway(base + "/v1", f"http://127.0.0.1:{metrics_port}/metrics")
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
