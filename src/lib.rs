@@ -4,7 +4,10 @@
 
 pub mod api;
 pub mod config;
+pub mod controller;
 pub mod gateway;
+pub mod local;
 pub mod policy;
 pub mod pricing;
 pub mod render;
+pub mod signals;

@@ -31,12 +31,27 @@ enum Command {
     /// Run the OpenAI-compatible gateway: serve the config document FILE (hot-reloaded),
     /// route, fail over and meter spend; `/metrics` on its own listener.
     Gateway(Box<tollgate::gateway::GatewayArgs>),
+    /// Run the gateway and the policy loop in one process from manifest files (no cluster):
+    /// spend persists to a state file, edits to the manifests apply live.
+    Local(Box<tollgate::local::LocalArgs>),
+    /// Print the status table of a running `tollgate local`.
+    Status(tollgate::local::StatusArgs),
+    /// Send chat-completion traffic at a fixed rate for a fixed time (demos, quick start).
+    Load(tollgate::local::load::LoadArgs),
+    /// Run the operator: watch ModelRoutes, ProviderBudgets, their Secrets and the gateway pods;
+    /// write each namespace's gateway ConfigMap and credentials Secret; read the gateways'
+    /// signals, rotate on spend and error rate, and report in status and Events.
+    Controller(Box<tollgate::controller::ControllerArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Gateway(args) => tollgate::gateway::run_gateway(*args),
+        Command::Local(args) => tollgate::local::run_local(*args),
+        Command::Status(args) => tollgate::local::run_status(args),
+        Command::Load(args) => tollgate::local::load::run_load(args),
+        Command::Controller(args) => tollgate::controller::run_controller(*args),
         Command::Crds => match tollgate::api::crds_yaml() {
             Ok(y) => {
                 print!("{y}");

@@ -1,0 +1,127 @@
+//! `tollgate controller`: the operator.
+//!
+//! It watches ModelRoutes and ProviderBudgets (through `DeserializeGuard`, so one malformed
+//! object cannot stall a watcher), the Secrets they reference and the gateway pods; for every
+//! namespace with routes it server-side applies the gateway ConfigMap and the credentials
+//! Secret; each `--signal-interval` it reads the gateways' signals, runs the policy, re-renders
+//! when the effective tables change, writes statuses and emits one Event per transition.
+//!
+//! - [`engine`]: one reconcile pass (validate → restore → signals → decide → apply → status →
+//!   events), testable against a mocked API server.
+//! - [`restore`]: the policy's memory rebuilt from statuses after a restart.
+//! - [`run`]: watchers, leader election, the interval loop, SIGTERM, the HTTP endpoints.
+//! - [`source`]: the gateway's side of the API (`tollgate gateway --from-configmap`).
+
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod restore;
+pub mod run;
+pub mod source;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use engine::{Context, Engine, PassReport, Settings, Snapshot};
+pub use error::Error;
+pub use run::run_controller;
+
+/// Where the controller reads gateway signals from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignalsSource {
+    /// Scrape each ready gateway pod's `/metrics`.
+    Scrape,
+    /// Ask the Prometheus server at this URL.
+    Prometheus(String),
+}
+
+fn parse_signals(s: &str) -> Result<SignalsSource, String> {
+    if s == "scrape" {
+        return Ok(SignalsSource::Scrape);
+    }
+    match s.strip_prefix("prometheus=") {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(SignalsSource::Prometheus(url.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected `scrape` or `prometheus=http(s)://HOST:PORT`")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let ms = crate::policy::money::parse_duration_ms(s)?;
+    if ms <= 0 {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(Duration::from_millis(u64::try_from(ms).map_err(|e| e.to_string())?))
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `tollgate controller`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ControllerArgs {
+    /// Namespaces to watch, comma-separated; every namespace when not given.
+    #[arg(long, value_delimiter = ',', env = "TOLLGATE_NAMESPACES")]
+    pub namespaces: Vec<String>,
+    /// Label selector of the gateway pods whose signals are read.
+    #[arg(long, default_value = "app.kubernetes.io/component=gateway,app.kubernetes.io/name=tollgate")]
+    pub gateway_selector: String,
+    /// Name of the gateway container port serving `/metrics`.
+    #[arg(long, default_value = "metrics")]
+    pub metrics_port_name: String,
+    /// How often signals are read and the policy runs (it also runs on every spec change).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub signal_interval: Duration,
+    /// Signal source: `scrape` (each gateway pod's /metrics) or `prometheus=URL` (PromQL).
+    #[arg(long, default_value = "scrape", value_parser = parse_signals)]
+    pub signals: SignalsSource,
+    /// Name of the gateway ConfigMap written in each namespace with routes.
+    #[arg(long, default_value = crate::config::CONFIGMAP_NAME)]
+    pub configmap_name: String,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Leader election, so that only one replica writes (`--leader-election=false` for one replica).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "tollgate-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (defaults to the pod's namespace, else the kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a lease lasts without renewal (a crashed leader is replaced after this).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's name: the Event reporter instance and the lease identity.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags() {
+        assert_eq!(parse_signals("scrape"), Ok(SignalsSource::Scrape));
+        assert_eq!(
+            parse_signals("prometheus=http://prom:9090"),
+            Ok(SignalsSource::Prometheus("http://prom:9090".into()))
+        );
+        assert!(parse_signals("prometheus=prom").is_err());
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+    }
+}

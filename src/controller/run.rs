@@ -1,0 +1,387 @@
+//! Wiring: API client, CRD check, watchers and their stores, leader election, the interval
+//! loop, SIGTERM, the HTTP endpoints.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, ListParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Client, Resource};
+use kube_lease_manager::LeaseManagerBuilder;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::engine::{Context, Engine, Settings, Snapshot};
+use super::error::Error;
+use super::http::{self, Health, Phase};
+use super::metrics::ControllerMetrics;
+use super::{ControllerArgs, LogFormat, SignalsSource};
+use crate::api::{ModelRoute, ProviderBudget};
+use crate::signals::Signals;
+use crate::signals::prometheus::PrometheusSignals;
+use crate::signals::scrape::ScrapeSignals;
+
+/// Pause after a change event before the pass, so a burst (an `apply -f dir/`) is one pass.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// First retry of a failed pass.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// `tollgate controller`: runs until SIGTERM, a lost lease or a fatal error.
+pub fn run_controller(args: ControllerArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, kind = e.metric_label(), "controller stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+/// Exits early and clearly when the CRDs are not installed.
+pub async fn check_crds(client: &Client, namespaces: &[String]) -> Result<(), Error> {
+    let lp = ListParams::default().limit(1);
+    let (routes, budgets): (Api<DeserializeGuard<ModelRoute>>, Api<DeserializeGuard<ProviderBudget>>) =
+        match namespaces.first() {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+    let check = |crd: &str, r: Result<(), kube::Error>| match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing(crd.to_string())),
+        Err(e) => Err(Error::Startup { what: format!("list {crd}"), source: Box::new(e) }),
+    };
+    check("modelroutes.tollgate.dev", routes.list(&lp).await.map(|_| ()))?;
+    check("providerbudgets.tollgate.dev", budgets.list(&lp).await.map(|_| ()))?;
+    Ok(())
+}
+
+async fn run(args: ControllerArgs) -> Result<(), Error> {
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    let client = Client::try_default().await.map_err(|e| Error::Startup {
+        source: Box::new(e),
+        what: "connect to the Kubernetes API (kubeconfig or in-cluster)".into(),
+    })?;
+    check_crds(&client, &args.namespaces).await?;
+
+    let metrics = Arc::new(ControllerMetrics::new());
+    let health = Arc::new(Health::default());
+    let server = http::bind(args.listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
+    info!(listen = %args.listen, "serving /healthz, /readyz and /metrics");
+
+    let pod_name = args.pod_name.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "tollgate-controller".into())
+    });
+    let reporter = Reporter { controller: "tollgate-controller".into(), instance: Some(pod_name.clone()) };
+    let settings = Settings {
+        configmap_name: args.configmap_name.clone(),
+        metrics_port_name: args.metrics_port_name.clone(),
+        write_grace: args.signal_interval.saturating_mul(2),
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+        settings,
+    });
+    let timeout = args.signal_interval.min(Duration::from_secs(10));
+    let signals: Arc<dyn Signals> = match &args.signals {
+        SignalsSource::Scrape => Arc::new(ScrapeSignals::new(timeout).map_err(|e| Error::Flag(e.to_string()))?),
+        SignalsSource::Prometheus(url) => {
+            Arc::new(PrometheusSignals::new(url, timeout).map_err(|e| Error::Flag(e.to_string()))?)
+        }
+    };
+    info!(signals = %signals.describe(), interval = ?args.signal_interval, namespaces = ?args.namespaces, "starting");
+
+    let result = if args.leader_election {
+        lead(ctx, signals, &args, &pod_name, health.clone(), shutdown.clone()).await
+    } else {
+        health.set(Phase::Starting);
+        run_engine(ctx, signals, &args, health.clone(), shutdown.clone()).await
+    };
+    health.set(Phase::Stopping);
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "HTTP server stopped with an error"),
+        Err(_) => warn!("HTTP server did not stop in time"),
+        _ => {}
+    }
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}
+
+/// Waits for the lease, runs the engine while holding it, exits when it is lost.
+async fn lead(
+    ctx: Arc<Context>,
+    signals: Arc<dyn Signals>,
+    args: &ControllerArgs,
+    pod_name: &str,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let namespace = args.lease_namespace.clone().unwrap_or_else(|| ctx.client.default_namespace().to_string());
+    let duration = args.lease_duration.as_secs().max(2);
+    let identity = format!("{pod_name}-{:08x}", rand::random::<u32>());
+    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .with_field_manager("tollgate-controller-lease")
+        .build()
+        .await
+        .map_err(|e| Error::Lease(format!("Lease {namespace}/{}: {e}", args.lease_name)))?;
+    let (mut leader, task) = manager.watch().await;
+    health.set(Phase::Standby);
+    info!(lease = %format!("{namespace}/{}", args.lease_name), %identity, "waiting for the leader lease");
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                drop(leader);
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                return Ok(());
+            }
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Lease("the lease task stopped".into()));
+                }
+            }
+        }
+    }
+    info!(%identity, "acquired the leader lease");
+    ctx.metrics.leader.set(1);
+    let stop = shutdown.child_token();
+    let mut engine: JoinHandle<Result<(), Error>> = {
+        let (ctx, args, health, stop) = (ctx.clone(), args.clone(), health.clone(), stop.clone());
+        tokio::spawn(async move { run_engine(ctx, signals, &args, health, stop).await })
+    };
+    let result = loop {
+        tokio::select! {
+            r = &mut engine => break r.unwrap_or_else(|e| Err(Error::Lease(format!("engine task failed: {e}")))),
+            changed = leader.changed() => {
+                if changed.is_err() || !*leader.borrow_and_update() {
+                    stop.cancel();
+                    let _ = engine.await;
+                    ctx.metrics.leader.set(0);
+                    return Err(Error::Lease("lost the leader lease; exiting so that a replica takes over".into()));
+                }
+            }
+        }
+    };
+    ctx.metrics.leader.set(0);
+    // Closing the channel releases the lease, so a replica takes over at once.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
+        _ => warn!("could not release the leader lease in time"),
+    }
+    result
+}
+
+/// Reflector stores of one kind, one per watched scope.
+struct Stores<K: Resource<DynamicType = ()> + Clone + 'static>(Vec<Store<K>>);
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Stores<K> {
+    fn state(&self) -> Vec<Arc<K>> {
+        self.0.iter().flat_map(|s| s.state()).collect()
+    }
+
+    async fn ready(&self) -> bool {
+        for s in &self.0 {
+            if s.wait_until_ready().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn watch<K>(
+    apis: Vec<Api<K>>,
+    config: watcher::Config,
+    notify: Option<Arc<Notify>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Stores<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let mut stores = Vec::new();
+    for api in apis {
+        let (reader, writer) = reflector::store();
+        let notify = notify.clone();
+        let kind = K::kind(&()).to_string();
+        let stream = reflector::reflector(writer, watcher::watcher(api, config.clone()).default_backoff());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(WatchEvent::Apply(_) | WatchEvent::Delete(_) | WatchEvent::InitDone) => {
+                        if let Some(n) = &notify {
+                            n.notify_one();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(kind = %kind, error = %e, "watch error (retrying with backoff)"),
+                }
+            }
+        }));
+        stores.push(reader);
+    }
+    Stores(stores)
+}
+
+fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
+    }
+}
+
+/// Runs passes each interval and on every change until `stop`.
+async fn run_engine(
+    ctx: Arc<Context>,
+    signals: Arc<dyn Signals>,
+    args: &ControllerArgs,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    let notify = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    let ns = &args.namespaces;
+    let routes: Stores<DeserializeGuard<ModelRoute>> =
+        watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
+    let budgets: Stores<DeserializeGuard<ProviderBudget>> =
+        watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
+    let secrets: Stores<Secret> = watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
+    let configmaps: Stores<ConfigMap> = watch(
+        apis(client, ns),
+        watcher::Config::default().fields(&format!("metadata.name={}", args.configmap_name)),
+        Some(notify.clone()),
+        &mut tasks,
+    );
+    let pods: Stores<Pod> =
+        watch(apis(client, ns), watcher::Config::default().labels(&args.gateway_selector), None, &mut tasks);
+
+    let result = async {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            synced = async {
+                routes.ready().await && budgets.ready().await && secrets.ready().await
+                    && configmaps.ready().await && pods.ready().await
+            } => if !synced {
+                return Err(Error::Lease("a watcher stopped before its cache synced".into()));
+            },
+        }
+        info!("caches synced");
+        health.set(Phase::Leading);
+        let mut engine = Engine::new(ctx.clone(), signals);
+        let mut tick = tokio::time::interval(args.signal_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry: Option<tokio::time::Instant> = None;
+        let mut backoff = RETRY_MIN;
+        loop {
+            let collect = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => true,
+                _ = notify.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    false
+                }
+                _ = async {
+                    match retry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => false,
+            };
+            let snap = Snapshot {
+                routes: routes.state(),
+                budgets: budgets.state(),
+                secrets: secrets.state(),
+                pods: pods.state(),
+                configmaps: configmaps.state(),
+            };
+            let report = engine.pass(&snap, Timestamp::now(), collect).await;
+            if report.errors.is_empty() {
+                retry = None;
+                backoff = RETRY_MIN;
+            } else {
+                retry = Some(tokio::time::Instant::now() + backoff);
+                backoff = backoff.saturating_mul(2).min(args.signal_interval);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    result
+}

@@ -1,0 +1,199 @@
+//! The gateway reads the API too: `tollgate gateway --from-configmap NAMESPACE/NAME`.
+//!
+//! A mounted ConfigMap volume can take a minute to refresh; watching the ConfigMap and the
+//! credentials Secret through the API propagates a rotation in well under a second. This module
+//! is the gateway's side of that contract, self-contained: [`updates`] yields every new
+//! *validated* config document (a bad or missing one is reported as [`SourceUpdate::Rejected`]
+//! and the gateway keeps its last good one — the same validate-then-swap rule as for files) and
+//! every new set of credentials; [`write_credentials`] lays credentials out as the files the
+//! document names (what a mounted Secret would look like).
+//!
+//! ```no_run
+//! # async fn demo(gw: tollgate::gateway::Gateway, dir: std::path::PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::StreamExt;
+//! use tollgate::controller::source::{SourceUpdate, parse_object_ref, updates, write_credentials};
+//! let (namespace, name) = parse_object_ref("team-a/tollgate-gateway")?;
+//! let client = kube::Client::try_default().await?;
+//! let mut stream = std::pin::pin!(updates(client, &namespace, &name, tollgate::config::CREDENTIALS_SECRET));
+//! while let Some(update) = stream.next().await {
+//!     match update {
+//!         SourceUpdate::Credentials(files) => write_credentials(&dir, &files)?,
+//!         SourceUpdate::Config(cfg) => { let _ = gw.swap_config(*cfg); }
+//!         SourceUpdate::Rejected(why) => tracing::warn!(%why, "keeping the last good config"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tracing::warn;
+
+use crate::config::{CONFIG_KEY, GatewayConfig};
+
+/// One change seen through the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceUpdate {
+    /// A new document that passed [`GatewayConfig::validate`]: swap it in.
+    Config(Box<GatewayConfig>),
+    /// The document is missing or invalid: keep the last good one (and count a reload error).
+    Rejected(String),
+    /// The full set of credentials: file name (as the document's `apiKeyFile`) → API key.
+    Credentials(BTreeMap<String, Vec<u8>>),
+}
+
+/// Parses `NAMESPACE/NAME`.
+pub fn parse_object_ref(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected NAMESPACE/NAME")),
+    }
+}
+
+/// What a ConfigMap (or its absence) means for the gateway.
+pub fn config_update(namespace: &str, name: &str, cm: Option<&ConfigMap>) -> SourceUpdate {
+    let Some(cm) = cm else {
+        return SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name} not found"));
+    };
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)) else {
+        return SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name} has no key {CONFIG_KEY}"));
+    };
+    match GatewayConfig::from_json(text.as_bytes()) {
+        Ok(cfg) => SourceUpdate::Config(Box::new(cfg)),
+        Err(e) => SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name}: {e}")),
+    }
+}
+
+/// Credentials held by a Secret.
+pub fn credentials_of(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+}
+
+/// Watches ConfigMap `namespace/configmap` and Secret `namespace/secret`. Yields only changes:
+/// the same document revision or the same credentials are not repeated. A missing Secret
+/// yields nothing (the last credentials stay). Watch errors are retried with backoff.
+pub fn updates(
+    client: Client,
+    namespace: &str,
+    configmap: &str,
+    secret: &str,
+) -> impl Stream<Item = SourceUpdate> + Send + use<> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let (ns, cm_name) = (namespace.to_string(), configmap.to_string());
+    let config_stream = watcher::watch_object(cms, configmap).default_backoff().filter_map(move |r| {
+        let u = match r {
+            Ok(cm) => Some(config_update(&ns, &cm_name, cm.as_ref())),
+            Err(e) => {
+                warn!(error = %e, "watch of the gateway ConfigMap failed (retrying)");
+                None
+            }
+        };
+        futures::future::ready(u)
+    });
+    let credentials_stream = watcher::watch_object(secrets, secret).default_backoff().filter_map(|r| {
+        let u = match r {
+            Ok(Some(s)) => Some(SourceUpdate::Credentials(credentials_of(&s))),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "watch of the credentials Secret failed (retrying)");
+                None
+            }
+        };
+        futures::future::ready(u)
+    });
+    let mut last_revision: Option<String> = None;
+    let mut last_credentials: Option<BTreeMap<String, Vec<u8>>> = None;
+    futures::stream::select(credentials_stream, config_stream).filter_map(move |u| {
+        let keep = match &u {
+            SourceUpdate::Config(c) => {
+                let new = last_revision.as_deref() != Some(c.revision.as_str());
+                last_revision = Some(c.revision.clone());
+                new
+            }
+            SourceUpdate::Credentials(c) => {
+                let new = last_credentials.as_ref() != Some(c);
+                last_credentials = Some(c.clone());
+                new
+            }
+            SourceUpdate::Rejected(_) => true,
+        };
+        futures::future::ready(keep.then_some(u))
+    })
+}
+
+/// Writes credentials as files of `dir` (each atomically: temporary file, then rename) and
+/// removes the files of `dir` that are no longer in the set. File names that are not plain
+/// names are refused.
+pub fn write_credentials(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, value) in files {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a plain file name"),
+            ));
+        }
+        let tmp = dir.join(format!(".{name}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(value)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with('.') && entry.file_type()?.is_file() && !files.contains_key(&name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfig;
+
+    fn cm(text: &str) -> ConfigMap {
+        ConfigMap { data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), text.to_string())])), ..Default::default() }
+    }
+
+    #[test]
+    fn validates_before_handing_over() {
+        assert!(matches!(config_update("n", "c", None), SourceUpdate::Rejected(m) if m.contains("not found")));
+        assert!(matches!(config_update("n", "c", Some(&cm("{"))), SourceUpdate::Rejected(_)));
+        let mut doc = GatewayConfig { version: 1, revision: String::new(), namespace: "n".into(), routes: vec![] };
+        doc.revision = doc.compute_revision();
+        assert!(matches!(config_update("n", "c", Some(&cm(&doc.to_json_pretty()))), SourceUpdate::Config(_)));
+        let mut tampered = doc.clone();
+        tampered.namespace = "other".into();
+        assert!(matches!(config_update("n", "c", Some(&cm(&tampered.to_json_pretty()))), SourceUpdate::Rejected(_)));
+        assert_eq!(parse_object_ref("a/b"), Ok(("a".into(), "b".into())));
+        assert!(parse_object_ref("a").is_err());
+    }
+
+    #[test]
+    fn writes_and_prunes_credential_files() {
+        let dir = std::env::temp_dir().join(format!("tollgate-creds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_credentials(&dir, &BTreeMap::from([("a_key".into(), b"1".to_vec()), ("b_key".into(), b"2".to_vec())]))
+            .unwrap();
+        write_credentials(&dir, &BTreeMap::from([("a_key".into(), b"3".to_vec())])).unwrap();
+        assert_eq!(std::fs::read(dir.join("a_key")).unwrap(), b"3");
+        assert!(!dir.join("b_key").exists());
+        assert!(write_credentials(&dir, &BTreeMap::from([("../x".into(), vec![])])).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,477 @@
+//! Signals: what the gateways report back (requests by outcome, latency, exact spend, the config
+//! revision they serve), turned into the policy's [`Observations`] (deltas since the previous
+//! evaluation).
+//!
+//! Two sources implement [`Signals`]: [`scrape::ScrapeSignals`] reads each ready gateway pod's
+//! `/metrics` (the default, no extra component) and [`prometheus::PrometheusSignals`] asks a
+//! Prometheus server with PromQL (`--signals prometheus=URL`). Both return *cumulative* counters
+//! per gateway pod ([`GatewayReading`]); the [`Tracker`] turns successive readings into deltas,
+//! detects counter resets (a gateway restarted) and keeps the per-gateway cumulative spend the
+//! controller checkpoints in `ProviderBudget` status. Spend is read from
+//! `tollgate_cost_nanousd_total` (integers), so it stays exact end to end.
+
+pub mod prometheus;
+pub mod scrape;
+pub mod text;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::BoxFuture;
+
+use crate::policy::{BackendKey, BackendObservation, Money, Observations, Outcome, SpendKey};
+
+/// Counter of requests by route, backend and outcome.
+pub const REQUESTS_METRIC: &str = "tollgate_requests_total";
+/// Exact spend counter (integer nano-USD, floor of the exact total).
+pub const COST_NANOUSD_METRIC: &str = "tollgate_cost_nanousd_total";
+/// Request duration histogram: its `_sum` (seconds).
+pub const DURATION_SUM_METRIC: &str = "tollgate_request_duration_seconds_sum";
+/// Request duration histogram: its `_count`.
+pub const DURATION_COUNT_METRIC: &str = "tollgate_request_duration_seconds_count";
+/// Info metric carrying the revision of the config document a gateway serves.
+pub const REVISION_METRIC: &str = "tollgate_config_revision_info";
+
+/// Pico-dollars per nano-dollar.
+const PICOS_PER_NANO: i128 = 1000;
+
+/// One gateway pod to read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GatewayTarget {
+    /// Pod UID: the identity of its counters (a new pod starts from zero).
+    pub uid: String,
+    /// Pod namespace: the namespace whose config it serves, and of its spend.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// `ip:port` of its metrics listener (the container port named `metrics`), if known.
+    pub address: Option<String>,
+}
+
+/// Identity of one metered backend series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// ModelRoute name.
+    pub route: String,
+    /// Backend name.
+    pub backend: String,
+    /// Provider.
+    pub provider: String,
+    /// Upstream model id.
+    pub model: String,
+}
+
+/// Cumulative latency of one series.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LatencyCounter {
+    /// Sum of durations, seconds.
+    pub sum_seconds: f64,
+    /// Number of durations.
+    pub count: u64,
+}
+
+/// Cumulative counters of one gateway, as read at one time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayReading {
+    /// Requests by series and outcome.
+    pub requests: BTreeMap<(SeriesKey, Outcome), u64>,
+    /// Exact spend by series, nano-USD.
+    pub cost_nanousd: BTreeMap<SeriesKey, u64>,
+    /// Latency by series.
+    pub latency: BTreeMap<SeriesKey, LatencyCounter>,
+    /// Revision of the config document served (`tollgate_config_revision_info{revision}`).
+    pub revision: Option<String>,
+}
+
+impl GatewayReading {
+    /// Adds one sample of the signal contract; other metrics are ignored. `value` is the text
+    /// of the sample value (integers are read exactly).
+    pub fn add_sample(&mut self, metric: &str, labels: &BTreeMap<String, String>, value: &str) {
+        let series = || {
+            Some(SeriesKey {
+                route: labels.get("route")?.clone(),
+                backend: labels.get("backend")?.clone(),
+                provider: labels.get("provider").cloned().unwrap_or_default(),
+                model: labels.get("model").cloned().unwrap_or_default(),
+            })
+        };
+        match metric {
+            REQUESTS_METRIC => {
+                let (Some(k), Some(o), Some(n)) =
+                    (series(), labels.get("outcome").and_then(|o| Outcome::from_label(o)), text::parse_count(value))
+                else {
+                    return;
+                };
+                *self.requests.entry((k, o)).or_insert(0) += n;
+            }
+            COST_NANOUSD_METRIC => {
+                if let (Some(k), Some(n)) = (series(), text::parse_count(value)) {
+                    *self.cost_nanousd.entry(k).or_insert(0) += n;
+                }
+            }
+            DURATION_SUM_METRIC => {
+                if let (Some(k), Ok(v)) = (series(), value.parse::<f64>())
+                    && v.is_finite()
+                {
+                    self.latency.entry(k).or_default().sum_seconds += v;
+                }
+            }
+            DURATION_COUNT_METRIC => {
+                if let (Some(k), Some(n)) = (series(), text::parse_count(value)) {
+                    self.latency.entry(k).or_default().count += n;
+                }
+            }
+            REVISION_METRIC => {
+                if let Some(r) = labels.get("revision")
+                    && text::parse_count(value).unwrap_or(0) > 0
+                {
+                    self.revision = Some(r.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Parses a Prometheus text exposition (or OpenMetrics text) of a gateway's `/metrics`.
+    pub fn from_text(body: &str) -> Self {
+        let mut r = GatewayReading::default();
+        for s in text::samples(body) {
+            r.add_sample(&s.metric, &s.labels, &s.value);
+        }
+        r
+    }
+
+    /// Whether any counter went down compared with `earlier` (the gateway restarted).
+    pub fn is_reset_of(&self, earlier: &GatewayReading) -> bool {
+        let req = earlier.requests.iter().any(|(k, v)| self.requests.get(k).copied().unwrap_or(0) < *v);
+        let cost = earlier.cost_nanousd.iter().any(|(k, v)| self.cost_nanousd.get(k).copied().unwrap_or(0) < *v);
+        let lat = earlier.latency.iter().any(|(k, v)| self.latency.get(k).map_or(0, |l| l.count) < v.count);
+        req || cost || lat
+    }
+
+    /// Cumulative spend of the series of `provider` (and, when `models` is not empty, of those
+    /// models), nano-USD.
+    pub fn cost_matching(&self, provider: &str, models: &[String]) -> u64 {
+        self.cost_nanousd
+            .iter()
+            .filter(|(k, _)| k.provider == provider && (models.is_empty() || models.contains(&k.model)))
+            .map(|(_, v)| *v)
+            .fold(0u64, u64::saturating_add)
+    }
+}
+
+/// What a [`Signals`] source returns for one target.
+pub type ReadingResult = Result<GatewayReading, String>;
+
+/// A source of gateway signals.
+pub trait Signals: Send + Sync {
+    /// A short description for logs (`scrape`, `prometheus=http://...`).
+    fn describe(&self) -> String;
+
+    /// Reads the cumulative counters of every target, by target UID. A target missing from
+    /// the answer, or answered with an error, was not read this time.
+    fn collect<'a>(&'a self, targets: &'a [GatewayTarget]) -> BoxFuture<'a, BTreeMap<String, ReadingResult>>;
+}
+
+/// A spend checkpoint of one budget for one gateway, as found in `ProviderBudget` status after
+/// a controller restart: the gateway's cumulative matching spend already counted in
+/// `status.spent`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointSeed {
+    /// Provider of the budget.
+    pub provider: String,
+    /// Models of the budget (empty = all).
+    pub models: Vec<String>,
+    /// The checkpointed cumulative spend, nano-USD.
+    pub nanousd: u64,
+}
+
+/// A checkpoint value (exact USD decimal) in nano-USD; `None` when it is not a whole number of
+/// nano-dollars or negative.
+pub fn checkpoint_nanousd(counter: &str) -> Option<u64> {
+    let m: Money = counter.parse().ok()?;
+    if m.is_negative() || m.picos() % PICOS_PER_NANO != 0 {
+        return None;
+    }
+    u64::try_from(m.picos() / PICOS_PER_NANO).ok()
+}
+
+/// A nano-USD amount as the exact USD decimal written in checkpoints.
+pub fn nanousd_decimal(n: u64) -> String {
+    Money::from_picos(i128::from(n) * PICOS_PER_NANO).to_decimal(0)
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    namespace: String,
+    /// The last reading.
+    last: GatewayReading,
+}
+
+/// The outcome of one [`Tracker::observe`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// Deltas for the policy.
+    pub observations: Observations,
+    /// Gateways read for the first time (no baseline before).
+    pub first_seen: Vec<String>,
+    /// Gateways whose counters went down (restarted): their counters counted from zero.
+    pub resets: Vec<String>,
+    /// Gateways that could not be read, with the error.
+    pub unreadable: Vec<(String, String)>,
+    /// Revision served by each gateway read this time.
+    pub revisions: BTreeMap<String, Option<String>>,
+}
+
+/// Turns successive cumulative readings into deltas.
+///
+/// - A gateway read for the first time: requests and latency start from its current counters
+///   (old traffic says nothing about current health); spend counts from zero (a new pod's
+///   counters are all new spend), except the part covered by a [`CheckpointSeed`] (after a
+///   controller restart: already in `status.spent`).
+/// - A counter that went down means the gateway restarted: all of its counters count from zero.
+/// - A gateway that could not be read keeps its baseline; one that no longer exists (its pod was
+///   deleted) is forgotten.
+#[derive(Clone, Debug, Default)]
+pub struct Tracker {
+    gateways: BTreeMap<String, Tracked>,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether `uid` has a baseline.
+    pub fn knows(&self, uid: &str) -> bool {
+        self.gateways.contains_key(uid)
+    }
+
+    /// UIDs with a baseline.
+    pub fn known(&self) -> impl Iterator<Item = &str> {
+        self.gateways.keys().map(String::as_str)
+    }
+
+    /// Forgets gateways whose pods no longer exist.
+    pub fn retain(&mut self, existing: &BTreeSet<String>) {
+        self.gateways.retain(|uid, _| existing.contains(uid));
+    }
+
+    /// Cumulative spend of `uid` that a budget of `namespace`/`provider`/`models` covers, as of
+    /// its last reading (what its checkpoint says). `None` when the gateway is unknown or in
+    /// another namespace.
+    pub fn checkpoint(&self, uid: &str, namespace: &str, provider: &str, models: &[String]) -> Option<u64> {
+        let t = self.gateways.get(uid).filter(|t| t.namespace == namespace)?;
+        Some(t.last.cost_matching(provider, models))
+    }
+
+    /// Folds one round of readings into deltas. `seeds` gives, per gateway UID, the checkpoints
+    /// of a restored status; they are used (and should then be dropped by the caller) when that
+    /// gateway is read for the first time (see `first_seen`).
+    pub fn observe(
+        &mut self,
+        targets: &[GatewayTarget],
+        readings: BTreeMap<String, ReadingResult>,
+        seeds: &BTreeMap<String, Vec<CheckpointSeed>>,
+    ) -> Observed {
+        let mut out = Observed::default();
+        let mut readings = readings;
+        for t in targets {
+            let Some(result) = readings.remove(&t.uid) else {
+                continue;
+            };
+            let reading = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    out.unreadable.push((t.uid.clone(), e));
+                    continue;
+                }
+            };
+            out.revisions.insert(t.uid.clone(), reading.revision.clone());
+            let prev = match self.gateways.get(&t.uid) {
+                Some(tr) if reading.is_reset_of(&tr.last) => {
+                    out.resets.push(t.uid.clone());
+                    GatewayReading::default()
+                }
+                Some(tr) => tr.last.clone(),
+                None => {
+                    out.first_seen.push(t.uid.clone());
+                    let base = seed_baselines(&reading, seeds.get(&t.uid).map_or(&[], Vec::as_slice));
+                    // Requests and latency start from the current counters; spend from the seeds.
+                    GatewayReading {
+                        requests: reading.requests.clone(),
+                        cost_nanousd: base,
+                        latency: reading.latency.clone(),
+                        revision: None,
+                    }
+                }
+            };
+            add_deltas(&mut out.observations, &t.namespace, &prev, &reading);
+            self.gateways.insert(t.uid.clone(), Tracked { namespace: t.namespace.clone(), last: reading });
+        }
+        out
+    }
+}
+
+/// Spend baselines for a gateway read for the first time: per series, the part of its counter
+/// that checkpoints say was already counted. Most specific budgets (with `models`) first; a
+/// checkpoint larger than the current matching counters means the gateway restarted since, and
+/// nothing of its current counters was counted.
+fn seed_baselines(reading: &GatewayReading, seeds: &[CheckpointSeed]) -> BTreeMap<SeriesKey, u64> {
+    let mut base: BTreeMap<SeriesKey, u64> = BTreeMap::new();
+    let mut ordered: Vec<&CheckpointSeed> = seeds.iter().collect();
+    ordered.sort_by_key(|s| (s.models.is_empty(), s.provider.clone(), s.models.clone()));
+    for seed in ordered {
+        let matching: Vec<(&SeriesKey, u64)> = reading
+            .cost_nanousd
+            .iter()
+            .filter(|(k, _)| k.provider == seed.provider && (seed.models.is_empty() || seed.models.contains(&k.model)))
+            .map(|(k, v)| (k, *v))
+            .collect();
+        let total: u64 = matching.iter().map(|(_, v)| *v).fold(0, u64::saturating_add);
+        if total < seed.nanousd {
+            continue;
+        }
+        let already: u64 = matching.iter().filter_map(|(k, _)| base.get(*k)).copied().fold(0, u64::saturating_add);
+        let mut remaining = seed.nanousd.saturating_sub(already);
+        for (k, v) in matching {
+            if remaining == 0 {
+                break;
+            }
+            if base.contains_key(k) {
+                continue;
+            }
+            let b = v.min(remaining);
+            base.insert(k.clone(), b);
+            remaining -= b;
+        }
+    }
+    base
+}
+
+fn add_deltas(obs: &mut Observations, namespace: &str, prev: &GatewayReading, now: &GatewayReading) {
+    for ((k, outcome), n) in &now.requests {
+        let before = prev.requests.get(&(k.clone(), *outcome)).copied().unwrap_or(0);
+        let d = n.saturating_sub(before);
+        if d > 0 {
+            let slot = obs.backends.entry(BackendKey::new(namespace, &k.route, &k.backend)).or_default();
+            *slot.outcomes.entry(*outcome).or_insert(0) += d;
+        }
+    }
+    for (k, l) in &now.latency {
+        let before = prev.latency.get(k).copied().unwrap_or_default();
+        let count = l.count.saturating_sub(before.count);
+        if count == 0 {
+            continue;
+        }
+        let ms = ((l.sum_seconds - before.sum_seconds).max(0.0) * 1000.0).round();
+        let slot: &mut BackendObservation =
+            obs.backends.entry(BackendKey::new(namespace, &k.route, &k.backend)).or_default();
+        slot.latency_count += count;
+        // Latency is not money: a float-to-integer conversion of milliseconds is fine here.
+        slot.latency_ms_sum += if ms.is_finite() && ms < u64::MAX as f64 { ms as u64 } else { 0 };
+    }
+    for (k, n) in &now.cost_nanousd {
+        let before = prev.cost_nanousd.get(k).copied().unwrap_or(0);
+        let d = n.saturating_sub(before);
+        if d > 0 {
+            *obs.spend.entry(SpendKey::new(namespace, &k.provider, &k.model)).or_default() +=
+                Money::from_picos(i128::from(d) * PICOS_PER_NANO);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(uid: &str) -> GatewayTarget {
+        GatewayTarget { uid: uid.into(), namespace: "team-a".into(), name: uid.into(), address: None }
+    }
+
+    fn text(ok: u64, err: u64, nanos: u64) -> String {
+        format!(
+            "# TYPE tollgate_requests counter\n\
+             tollgate_requests_total{{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt\",outcome=\"ok\"}} {ok}\n\
+             tollgate_requests_total{{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt\",outcome=\"upstream_error\"}} {err}\n\
+             # TYPE tollgate_cost_nanousd counter\n\
+             tollgate_cost_nanousd_total{{route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt\"}} {nanos}\n\
+             tollgate_config_revision_info{{revision=\"sha256:abc\"}} 1\n"
+        )
+    }
+
+    fn read(uid: &str, body: &str) -> BTreeMap<String, ReadingResult> {
+        BTreeMap::from([(uid.to_string(), Ok(GatewayReading::from_text(body)))])
+    }
+
+    #[test]
+    fn parses_the_contract() {
+        let r = GatewayReading::from_text(&text(5, 2, 1_234_567));
+        assert_eq!(r.revision.as_deref(), Some("sha256:abc"));
+        assert_eq!(r.cost_matching("openai", &[]), 1_234_567);
+        assert_eq!(r.cost_matching("openai", &["other".into()]), 0);
+        assert_eq!(r.requests.len(), 2);
+    }
+
+    #[test]
+    fn deltas_resets_and_first_sight() {
+        let mut t = Tracker::new();
+        let targets = [target("p1")];
+        let o = t.observe(&targets, read("p1", &text(10, 0, 1000)), &BTreeMap::new());
+        assert_eq!(o.first_seen, vec!["p1".to_string()]);
+        // First sight: requests from now on, spend from zero.
+        assert!(o.observations.backends.is_empty());
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(1_000_000));
+        let o = t.observe(&targets, read("p1", &text(15, 5, 3000)), &BTreeMap::new());
+        let b = &o.observations.backends[&BackendKey::new("team-a", "chat", "a")];
+        assert_eq!((b.requests(), b.errors()), (10, 5));
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(2_000_000));
+        // Restarted gateway: counters went down, everything counts from zero.
+        let o = t.observe(&targets, read("p1", &text(1, 0, 500)), &BTreeMap::new());
+        assert_eq!(o.resets, vec!["p1".to_string()]);
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(500_000));
+        assert_eq!(t.checkpoint("p1", "team-a", "openai", &[]), Some(500));
+        assert_eq!(t.checkpoint("p1", "team-b", "openai", &[]), None);
+    }
+
+    #[test]
+    fn seeds_subtract_what_status_already_counted() {
+        let mut t = Tracker::new();
+        let seeds = BTreeMap::from([(
+            "p1".to_string(),
+            vec![CheckpointSeed { provider: "openai".into(), models: vec![], nanousd: 700 }],
+        )]);
+        let o = t.observe(&[target("p1")], read("p1", &text(1, 0, 1000)), &seeds);
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(300_000));
+        // A checkpoint above the counter: the gateway restarted meanwhile, count it all.
+        let mut t = Tracker::new();
+        let seeds = BTreeMap::from([(
+            "p1".to_string(),
+            vec![CheckpointSeed { provider: "openai".into(), models: vec![], nanousd: 5000 }],
+        )]);
+        let o = t.observe(&[target("p1")], read("p1", &text(1, 0, 1000)), &seeds);
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(1_000_000));
+    }
+
+    #[test]
+    fn unreadable_keeps_the_baseline() {
+        let mut t = Tracker::new();
+        let targets = [target("p1")];
+        t.observe(&targets, read("p1", &text(1, 0, 100)), &BTreeMap::new());
+        let o = t.observe(&targets, BTreeMap::from([("p1".to_string(), Err("timeout".to_string()))]), &BTreeMap::new());
+        assert_eq!(o.unreadable.len(), 1);
+        let o = t.observe(&targets, read("p1", &text(1, 0, 300)), &BTreeMap::new());
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(200_000));
+        t.retain(&BTreeSet::new());
+        assert!(!t.knows("p1"));
+    }
+
+    #[test]
+    fn checkpoint_decimals_round_trip() {
+        assert_eq!(nanousd_decimal(1_234_567_890), "1.23456789");
+        assert_eq!(checkpoint_nanousd("1.23456789"), Some(1_234_567_890));
+        assert_eq!(checkpoint_nanousd("0"), Some(0));
+        assert_eq!(checkpoint_nanousd("0.0000000001"), None);
+        assert_eq!(checkpoint_nanousd("-1"), None);
+    }
+}
