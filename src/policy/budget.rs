@@ -32,14 +32,11 @@ use serde::{Deserialize, Serialize};
 
 use super::money::parse_duration_ms;
 use super::routes::{add_ms, clip_message, invalid_spec_transition};
-use super::{
-    BudgetDecision, ConditionSpec, Money, ObjectKey, ObjectKind, Observations, Transition,
-    merge_conditions,
-};
+use super::{BudgetDecision, ConditionSpec, Money, ObjectKey, ObjectKind, Observations, Transition, merge_conditions};
 use crate::api::condition;
 use crate::api::{
-    BudgetState, BudgetWindow, Period, ProviderBudget, ProviderBudgetSpec, ProviderBudgetStatus,
-    Threshold, ThresholdAction, WindowStatus,
+    BudgetState, BudgetWindow, Period, ProviderBudget, ProviderBudgetSpec, ProviderBudgetStatus, Threshold,
+    ThresholdAction, WindowStatus,
 };
 
 const MS_PER_HOUR: i128 = 3_600_000;
@@ -154,37 +151,25 @@ pub fn window_for(window: &BudgetWindow, now: Timestamp) -> Result<(Timestamp, T
         let raw = window.duration.as_deref().unwrap_or("");
         let d = parse_duration_ms(raw).map_err(|e| format!("spec.window.duration: {e}"))?;
         if d <= 0 {
-            return Err(format!(
-                "spec.window.duration: {raw:?} must be longer than zero"
-            ));
+            return Err(format!("spec.window.duration: {raw:?} must be longer than zero"));
         }
         // Consecutive windows of `duration` aligned to the Unix epoch.
         let start = now.as_millisecond().div_euclid(d).saturating_mul(d);
-        let s =
-            Timestamp::from_millisecond(start).map_err(|e| format!("spec.window.duration: {e}"))?;
+        let s = Timestamp::from_millisecond(start).map_err(|e| format!("spec.window.duration: {e}"))?;
         let e = Timestamp::from_millisecond(start.saturating_add(d))
             .map_err(|_| format!("spec.window.duration: {raw:?} is too long"))?;
         return Ok((s, e));
     }
-    let tz = TimeZone::get(&window.time_zone).map_err(|e| {
-        format!(
-            "spec.window.timeZone: {:?} is not a known IANA time zone ({e})",
-            window.time_zone
-        )
-    })?;
+    let tz = TimeZone::get(&window.time_zone)
+        .map_err(|e| format!("spec.window.timeZone: {:?} is not a known IANA time zone ({e})", window.time_zone))?;
     let today = now.to_zoned(tz.clone()).date();
     let err = |e: jiff::Error| format!("spec.window: cannot compute the window: {e}");
     let (start, end) = match window.period {
         Period::Daily => (today, today.tomorrow().map_err(err)?),
         Period::Weekly => {
             let back = i64::from(today.weekday().to_monday_zero_offset());
-            let start = today
-                .checked_sub(jiff::Span::new().days(back))
-                .map_err(err)?;
-            (
-                start,
-                start.checked_add(jiff::Span::new().days(7)).map_err(err)?,
-            )
+            let start = today.checked_sub(jiff::Span::new().days(back)).map_err(err)?;
+            (start, start.checked_add(jiff::Span::new().days(7)).map_err(err)?)
         }
         Period::Monthly | Period::Rolling => {
             let anchor = window.anchor_day.clamp(1, 31) as i8;
@@ -192,11 +177,7 @@ pub fn window_for(window: &BudgetWindow, now: Timestamp) -> Result<(Timestamp, T
             let start = if today >= this {
                 this
             } else {
-                let prev_month = today
-                    .first_of_month()
-                    .yesterday()
-                    .map_err(err)?
-                    .first_of_month();
+                let prev_month = today.first_of_month().yesterday().map_err(err)?.first_of_month();
                 anchored(prev_month, anchor).map_err(err)?
             };
             let next_month = start.last_of_month().tomorrow().map_err(err)?;
@@ -230,11 +211,7 @@ fn matching_spend(namespace: &str, spec: &ProviderBudgetSpec, obs: &Observations
 
 /// Highest action among the thresholds whose amount is ≤ `amount`.
 fn action_at(amount: Money, limit: Money, thresholds: &[Threshold]) -> Option<ThresholdAction> {
-    thresholds
-        .iter()
-        .filter(|t| crosses(amount, limit, t.percent))
-        .map(|t| t.action)
-        .max()
+    thresholds.iter().filter(|t| crosses(amount, limit, t.percent)).map(|t| t.action).max()
 }
 
 /// `amount ≥ limit × percent / 100`, exactly.
@@ -244,10 +221,7 @@ fn crosses(amount: Money, limit: Money, percent: u32) -> bool {
 
 /// Lowest threshold carrying `action` (for evidence).
 fn threshold_for(action: ThresholdAction, thresholds: &[Threshold]) -> Option<&Threshold> {
-    thresholds
-        .iter()
-        .filter(|t| t.action == action)
-        .min_by_key(|t| t.percent)
+    thresholds.iter().filter(|t| t.action == action).min_by_key(|t| t.percent)
 }
 
 /// `"82.47"`: percent of the limit, two decimals, floored.
@@ -324,10 +298,7 @@ pub fn evaluate_budget(
     let lookback = match parse_duration_ms(&spec.forecast.lookback) {
         Ok(ms) if ms > 0 => Some(ms),
         Ok(_) => {
-            errors.push(format!(
-                "spec.forecast.lookback: {:?} must be longer than zero",
-                spec.forecast.lookback
-            ));
+            errors.push(format!("spec.forecast.lookback: {:?} must be longer than zero", spec.forecast.lookback));
             None
         }
         Err(e) => {
@@ -335,9 +306,7 @@ pub fn evaluate_budget(
             None
         }
     };
-    let window = window_for(&spec.window, now)
-        .map_err(|e| errors.push(e))
-        .ok();
+    let window = window_for(&spec.window, now).map_err(|e| errors.push(e)).ok();
 
     let mut transitions = Vec::new();
     let prev_conditions = prev.map(|m| m.conditions.clone()).unwrap_or_default();
@@ -355,10 +324,7 @@ pub fn evaluate_budget(
         Some(p) => {
             if let Some(action) = p.action {
                 let mut ev = BTreeMap::new();
-                ev.insert(
-                    "previousWindow".into(),
-                    format!("{}/{}", p.window_start, p.window_end),
-                );
+                ev.insert("previousWindow".into(), format!("{}/{}", p.window_start, p.window_end));
                 ev.insert("previousSpent".into(), p.spent.to_string());
                 ev.insert("previousAction".into(), format!("{action:?}"));
                 ev.insert("window".into(), format!("{}/{}", window.0, window.1));
@@ -401,11 +367,7 @@ pub fn evaluate_budget(
     mem.total += delta;
 
     // Policy change: recompute the reached action under the new policy.
-    let policy = BudgetPolicy {
-        limit,
-        thresholds: spec.thresholds.clone(),
-        forecast: spec.forecast.enabled,
-    };
+    let policy = BudgetPolicy { limit, thresholds: spec.thresholds.clone(), forecast: spec.forecast.enabled };
     let policy_changed = mem.policy.as_ref().is_some_and(|p| *p != policy);
     let before = mem.action;
     if policy_changed {
@@ -423,26 +385,15 @@ pub fn evaluate_budget(
     });
     let burn = burn.filter(|b| b.elapsed_ms > 0);
     let spacing = (lookback / SAMPLE_SLOTS).max(1);
-    if mem
-        .samples
-        .last()
-        .is_none_or(|s| now.as_millisecond() - s.at.as_millisecond() >= spacing)
-    {
-        mem.samples.push(SpendSample {
-            at: now,
-            total: mem.total,
-        });
+    if mem.samples.last().is_none_or(|s| now.as_millisecond() - s.at.as_millisecond() >= spacing) {
+        mem.samples.push(SpendSample { at: now, total: mem.total });
     }
 
-    let remaining_ms =
-        (i128::from(mem.window_end.as_millisecond()) - i128::from(now.as_millisecond())).max(0);
+    let remaining_ms = (i128::from(mem.window_end.as_millisecond()) - i128::from(now.as_millisecond())).max(0);
     let projected = burn.map(|b| mem.spent + b.over(remaining_ms));
     let spent_action = action_at(mem.spent, limit, &spec.thresholds);
-    let forecast_action = if spec.forecast.enabled {
-        projected.and_then(|p| action_at(p, limit, &spec.thresholds))
-    } else {
-        None
-    };
+    let forecast_action =
+        if spec.forecast.enabled { projected.and_then(|p| action_at(p, limit, &spec.thresholds)) } else { None };
     let new_action = mem.action.max(spent_action).max(forecast_action);
     if new_action > mem.action {
         mem.forecast = spent_action < new_action;
@@ -459,10 +410,7 @@ pub fn evaluate_budget(
             return None;
         }
         let need = (limit - mem.spent).picos();
-        let ms = need
-            .saturating_mul(b.elapsed_ms)
-            .saturating_add(b.delta - 1)
-            / b.delta;
+        let ms = need.saturating_mul(b.elapsed_ms).saturating_add(b.delta - 1) / b.delta;
         let at = add_ms(now, i64::try_from(ms).unwrap_or(i64::MAX));
         (at < mem.window_end).then_some(at)
     });
@@ -473,10 +421,7 @@ pub fn evaluate_budget(
         ev.insert("provider".into(), spec.provider.clone());
         ev.insert("spent".into(), mem.spent.to_string());
         ev.insert("limit".into(), limit.to_string());
-        ev.insert(
-            "percent".into(),
-            percent.clone().unwrap_or_else(|| "n/a".into()),
-        );
+        ev.insert("percent".into(), percent.clone().unwrap_or_else(|| "n/a".into()));
         ev.insert("window".into(), window_ev.clone());
         if let Some(t) = t {
             ev.insert("threshold".into(), format!("{}%", t.percent));
@@ -493,12 +438,7 @@ pub fn evaluate_budget(
                 t.map_or(0, |t| t.percent)
             )
         } else {
-            format!(
-                "spent {} of {} ({}%)",
-                mem.spent,
-                limit,
-                percent.clone().unwrap_or_else(|| "n/a".into())
-            )
+            format!("spent {} of {} ({}%)", mem.spent, limit, percent.clone().unwrap_or_else(|| "n/a".into()))
         };
         let what = match action {
             ThresholdAction::Warn => "warning".to_string(),
@@ -523,14 +463,8 @@ pub fn evaluate_budget(
         let mut ev = BTreeMap::new();
         ev.insert("spent".into(), mem.spent.to_string());
         ev.insert("limit".into(), limit.to_string());
-        ev.insert(
-            "previousAction".into(),
-            before.map_or("None".into(), |a| format!("{a:?}")),
-        );
-        ev.insert(
-            "action".into(),
-            new_action.map_or("None".into(), |a| format!("{a:?}")),
-        );
+        ev.insert("previousAction".into(), before.map_or("None".into(), |a| format!("{a:?}")));
+        ev.insert("action".into(), new_action.map_or("None".into(), |a| format!("{a:?}")));
         transitions.push(Transition {
             kind: ObjectKind::ProviderBudget,
             object: key.clone(),
@@ -552,22 +486,10 @@ pub fn evaluate_budget(
     // Status.
     let state = state_of(new_action);
     let pct = percent.clone().unwrap_or_else(|| "n/a".into());
-    let summary = format!(
-        "spent {} of {} ({pct}%) in window {window_ev}",
-        mem.spent, limit
-    );
-    let forecast_note = if mem.forecast {
-        " (reached by forecast)"
-    } else {
-        ""
-    };
+    let summary = format!("spent {} of {} ({pct}%) in window {window_ev}", mem.spent, limit);
+    let forecast_note = if mem.forecast { " (reached by forecast)" } else { "" };
     let desired = vec![
-        ConditionSpec {
-            type_: condition::READY,
-            status: true,
-            reason: "Evaluated".into(),
-            message: summary.clone(),
-        },
+        ConditionSpec { type_: condition::READY, status: true, reason: "Evaluated".into(), message: summary.clone() },
         match new_action {
             Some(a) => ConditionSpec {
                 type_: condition::WARNING,
@@ -587,10 +509,7 @@ pub fn evaluate_budget(
                 type_: condition::EXHAUSTED,
                 status: true,
                 reason: "DrainThresholdReached".into(),
-                message: format!(
-                    "{} backends drained{forecast_note}: {summary}",
-                    spec.provider
-                ),
+                message: format!("{} backends drained{forecast_note}: {summary}", spec.provider),
             }
         } else {
             ConditionSpec {
@@ -606,10 +525,7 @@ pub fn evaluate_budget(
     let status = ProviderBudgetStatus {
         observed_generation: generation,
         conditions,
-        window: Some(WindowStatus {
-            start: Time(mem.window_start),
-            end: Time(mem.window_end),
-        }),
+        window: Some(WindowStatus { start: Time(mem.window_start), end: Time(mem.window_end) }),
         spent: Some(mem.spent.to_string()),
         percent_used: percent,
         state: Some(state),
@@ -627,11 +543,7 @@ pub fn evaluate_budget(
     };
     BudgetEval {
         key,
-        decision: BudgetDecision {
-            provider: spec.provider.clone(),
-            action: new_action,
-            status,
-        },
+        decision: BudgetDecision { provider: spec.provider.clone(), action: new_action, status },
         memory: mem,
         transitions,
         effect,
@@ -670,13 +582,7 @@ fn invalid_budget(
     let action = if in_window { mem.action } else { None };
     let message = clip_message(format!("budget rule skipped: {}", errors.join("; ")));
     let mut transitions = Vec::new();
-    if let Some(t) = invalid_spec_transition(
-        ObjectKind::ProviderBudget,
-        &key,
-        &mem.conditions,
-        &message,
-        now,
-    ) {
+    if let Some(t) = invalid_spec_transition(ObjectKind::ProviderBudget, &key, &mem.conditions, &message, now) {
         transitions.push(t);
     }
     let desired = vec![
@@ -689,15 +595,8 @@ fn invalid_budget(
         ConditionSpec {
             type_: condition::WARNING,
             status: action.is_some(),
-            reason: if action.is_some() {
-                "ThresholdReached".into()
-            } else {
-                "BelowThresholds".into()
-            },
-            message: format!(
-                "action in force: {}",
-                action.map_or("none".into(), |a| format!("{a:?}"))
-            ),
+            reason: if action.is_some() { "ThresholdReached".into() } else { "BelowThresholds".into() },
+            message: format!("action in force: {}", action.map_or("none".into(), |a| format!("{a:?}"))),
         },
         ConditionSpec {
             type_: condition::EXHAUSTED,
@@ -707,10 +606,7 @@ fn invalid_budget(
             } else {
                 "WithinBudget".into()
             },
-            message: format!(
-                "action in force: {}",
-                action.map_or("none".into(), |a| format!("{a:?}"))
-            ),
+            message: format!("action in force: {}", action.map_or("none".into(), |a| format!("{a:?}"))),
         },
     ];
     let conditions = merge_conditions(&mem.conditions, &desired, generation, now);
@@ -719,16 +615,9 @@ fn invalid_budget(
     let status = ProviderBudgetStatus {
         observed_generation: generation,
         conditions,
-        window: in_window.then_some(WindowStatus {
-            start: Time(mem.window_start),
-            end: Time(mem.window_end),
-        }),
+        window: in_window.then_some(WindowStatus { start: Time(mem.window_start), end: Time(mem.window_end) }),
         spent: in_window.then(|| mem.spent.to_string()),
-        percent_used: if in_window {
-            limit.and_then(|l| percent_string(mem.spent, l))
-        } else {
-            None
-        },
+        percent_used: if in_window { limit.and_then(|l| percent_string(mem.spent, l)) } else { None },
         state: Some(state_of(action)),
         burn_rate_per_hour: None,
         projected_exhaustion: None,
@@ -744,11 +633,7 @@ fn invalid_budget(
     };
     BudgetEval {
         key,
-        decision: BudgetDecision {
-            provider: spec.provider.clone(),
-            action,
-            status,
-        },
+        decision: BudgetDecision { provider: spec.provider.clone(), action, status },
         memory: mem,
         transitions,
         effect,
@@ -773,18 +658,10 @@ mod tests {
     }
 
     fn daily(limit: &str) -> ProviderBudget {
-        budget(
-            "openai",
-            json!({"provider": "openai", "limit": limit, "window": {"period": "Daily"}}),
-        )
+        budget("openai", json!({"provider": "openai", "limit": limit, "window": {"period": "Daily"}}))
     }
 
-    fn run(
-        b: &ProviderBudget,
-        prev: Option<&BudgetMemory>,
-        obs: &Obs,
-        now: Timestamp,
-    ) -> BudgetEval {
+    fn run(b: &ProviderBudget, prev: Option<&BudgetMemory>, obs: &Obs, now: Timestamp) -> BudgetEval {
         evaluate_budget(b, &obs.0, prev, now)
     }
 
@@ -795,10 +672,7 @@ mod tests {
             pair("2025-05-14T00:00:00Z", "2025-05-15T00:00:00Z")
         );
         assert_eq!(
-            win(
-                json!({"period": "Daily", "timeZone": "Asia/Tokyo"}),
-                "2025-05-14T16:00:00Z"
-            ),
+            win(json!({"period": "Daily", "timeZone": "Asia/Tokyo"}), "2025-05-14T16:00:00Z"),
             pair("2025-05-14T15:00:00Z", "2025-05-15T15:00:00Z")
         );
     }
@@ -820,52 +694,25 @@ mod tests {
     fn monthly_window_clamps_the_anchor_day() {
         let m31 = json!({"period": "Monthly", "anchorDay": 31});
         // Jan 31 → Feb 28 (2025) / Feb 29 (2024, leap year).
-        assert_eq!(
-            win(m31.clone(), "2025-01-31T10:00:00Z"),
-            pair("2025-01-31T00:00:00Z", "2025-02-28T00:00:00Z")
-        );
-        assert_eq!(
-            win(m31.clone(), "2024-01-31T10:00:00Z"),
-            pair("2024-01-31T00:00:00Z", "2024-02-29T00:00:00Z")
-        );
+        assert_eq!(win(m31.clone(), "2025-01-31T10:00:00Z"), pair("2025-01-31T00:00:00Z", "2025-02-28T00:00:00Z"));
+        assert_eq!(win(m31.clone(), "2024-01-31T10:00:00Z"), pair("2024-01-31T00:00:00Z", "2024-02-29T00:00:00Z"));
         // Before the clamped anchor: still the January window.
-        assert_eq!(
-            win(m31.clone(), "2025-02-27T23:00:00Z"),
-            pair("2025-01-31T00:00:00Z", "2025-02-28T00:00:00Z")
-        );
+        assert_eq!(win(m31.clone(), "2025-02-27T23:00:00Z"), pair("2025-01-31T00:00:00Z", "2025-02-28T00:00:00Z"));
         // From the clamped anchor on, the next window ends on the next month's anchor.
-        assert_eq!(
-            win(m31.clone(), "2025-02-28T00:00:00Z"),
-            pair("2025-02-28T00:00:00Z", "2025-03-31T00:00:00Z")
-        );
-        assert_eq!(
-            win(m31.clone(), "2025-03-01T00:00:00Z"),
-            pair("2025-02-28T00:00:00Z", "2025-03-31T00:00:00Z")
-        );
-        assert_eq!(
-            win(m31.clone(), "2024-02-29T12:00:00Z"),
-            pair("2024-02-29T00:00:00Z", "2024-03-31T00:00:00Z")
-        );
-        assert_eq!(
-            win(m31, "2025-04-30T01:00:00Z"),
-            pair("2025-04-30T00:00:00Z", "2025-05-31T00:00:00Z")
-        );
+        assert_eq!(win(m31.clone(), "2025-02-28T00:00:00Z"), pair("2025-02-28T00:00:00Z", "2025-03-31T00:00:00Z"));
+        assert_eq!(win(m31.clone(), "2025-03-01T00:00:00Z"), pair("2025-02-28T00:00:00Z", "2025-03-31T00:00:00Z"));
+        assert_eq!(win(m31.clone(), "2024-02-29T12:00:00Z"), pair("2024-02-29T00:00:00Z", "2024-03-31T00:00:00Z"));
+        assert_eq!(win(m31, "2025-04-30T01:00:00Z"), pair("2025-04-30T00:00:00Z", "2025-05-31T00:00:00Z"));
         // Anchor after today: the window started last month.
         let m15 = json!({"period": "Monthly", "anchorDay": 15});
-        assert_eq!(
-            win(m15, "2025-03-10T00:00:00Z"),
-            pair("2025-02-15T00:00:00Z", "2025-03-15T00:00:00Z")
-        );
+        assert_eq!(win(m15, "2025-03-10T00:00:00Z"), pair("2025-02-15T00:00:00Z", "2025-03-15T00:00:00Z"));
         // Year boundary.
         assert_eq!(
             win(json!({"period": "Monthly"}), "2025-12-31T23:59:59Z"),
             pair("2025-12-01T00:00:00Z", "2026-01-01T00:00:00Z")
         );
         assert_eq!(
-            win(
-                json!({"period": "Monthly", "anchorDay": 31}),
-                "2026-01-05T00:00:00Z"
-            ),
+            win(json!({"period": "Monthly", "anchorDay": 31}), "2026-01-05T00:00:00Z"),
             pair("2025-12-31T00:00:00Z", "2026-01-31T00:00:00Z")
         );
     }
@@ -874,35 +721,22 @@ mod tests {
     fn windows_follow_dst_in_the_time_zone() {
         let berlin = json!({"period": "Daily", "timeZone": "Europe/Berlin"});
         // Spring forward: a 23-hour day.
-        assert_eq!(
-            win(berlin.clone(), "2025-03-30T12:00:00Z"),
-            pair("2025-03-29T23:00:00Z", "2025-03-30T22:00:00Z")
-        );
+        assert_eq!(win(berlin.clone(), "2025-03-30T12:00:00Z"), pair("2025-03-29T23:00:00Z", "2025-03-30T22:00:00Z"));
         // Fall back: a 25-hour day.
-        assert_eq!(
-            win(berlin, "2025-10-26T12:00:00Z"),
-            pair("2025-10-25T22:00:00Z", "2025-10-26T23:00:00Z")
-        );
+        assert_eq!(win(berlin, "2025-10-26T12:00:00Z"), pair("2025-10-25T22:00:00Z", "2025-10-26T23:00:00Z"));
         // Monthly across the DST change: local midnight both ends.
         assert_eq!(
-            win(
-                json!({"period": "Monthly", "timeZone": "Europe/Berlin"}),
-                "2025-03-30T12:00:00Z"
-            ),
+            win(json!({"period": "Monthly", "timeZone": "Europe/Berlin"}), "2025-03-30T12:00:00Z"),
             pair("2025-02-28T23:00:00Z", "2025-03-31T22:00:00Z")
         );
         // Weekly in New York across the US change (2025-03-09).
         assert_eq!(
-            win(
-                json!({"period": "Weekly", "timeZone": "America/New_York"}),
-                "2025-03-12T12:00:00Z"
-            ),
+            win(json!({"period": "Weekly", "timeZone": "America/New_York"}), "2025-03-12T12:00:00Z"),
             pair("2025-03-10T04:00:00Z", "2025-03-17T04:00:00Z")
         );
         // Daily windows are contiguous even where local midnight does not exist (Santiago, 2024-09-08).
         let santiago: BudgetWindow =
-            serde_json::from_value(json!({"period": "Daily", "timeZone": "America/Santiago"}))
-                .unwrap();
+            serde_json::from_value(json!({"period": "Daily", "timeZone": "America/Santiago"})).unwrap();
         let mut now = t("2024-09-06T12:00:00Z");
         let (_, mut prev_end) = window_for(&santiago, now).unwrap();
         for _ in 0..4 {
@@ -917,21 +751,14 @@ mod tests {
     #[test]
     fn rolling_windows_are_aligned_to_the_epoch() {
         assert_eq!(
-            win(
-                json!({"period": "Rolling", "duration": "7h"}),
-                "1970-01-01T10:00:00Z"
-            ),
+            win(json!({"period": "Rolling", "duration": "7h"}), "1970-01-01T10:00:00Z"),
             pair("1970-01-01T07:00:00Z", "1970-01-01T14:00:00Z")
         );
         assert_eq!(
-            win(
-                json!({"period": "Rolling", "duration": "24h"}),
-                "2025-05-14T13:45:00Z"
-            ),
+            win(json!({"period": "Rolling", "duration": "24h"}), "2025-05-14T13:45:00Z"),
             pair("2025-05-14T00:00:00Z", "2025-05-15T00:00:00Z")
         );
-        let w: BudgetWindow =
-            serde_json::from_value(json!({"period": "Rolling", "duration": "90m"})).unwrap();
+        let w: BudgetWindow = serde_json::from_value(json!({"period": "Rolling", "duration": "90m"})).unwrap();
         let (s, e) = window_for(&w, t("2025-05-14T13:45:00Z")).unwrap();
         assert_eq!((e.as_millisecond() - s.as_millisecond()), 90 * 60_000);
         assert_eq!(s.as_millisecond() % (90 * 60_000), 0);
@@ -948,11 +775,7 @@ mod tests {
         let ev = run(&bad_tz, None, &Obs::new().spend("openai", "50"), now);
         let ready = cond(&ev.decision.status.conditions, "Ready");
         assert_eq!(ready.status, "False");
-        assert!(
-            ready.message.contains("spec.window.timeZone"),
-            "{}",
-            ready.message
-        );
+        assert!(ready.message.contains("spec.window.timeZone"), "{}", ready.message);
         assert_eq!(ev.decision.action, None);
         assert_eq!(ev.transitions.len(), 1);
         assert_eq!(ev.transitions[0].reason, "InvalidSpec");
@@ -965,21 +788,13 @@ mod tests {
             json!({"provider": "openai", "limit": "10", "window": {"period": "Rolling", "duration": "0s"}}),
         );
         let ev = run(&bad_rolling, None, &Obs::new(), now);
-        assert!(
-            cond(&ev.decision.status.conditions, "Ready")
-                .message
-                .contains("spec.window.duration")
-        );
+        assert!(cond(&ev.decision.status.conditions, "Ready").message.contains("spec.window.duration"));
         let bad_lookback = budget(
             "b",
             json!({"provider": "openai", "limit": "10", "forecast": {"enabled": true, "lookback": "soon"}}),
         );
         let ev = run(&bad_lookback, None, &Obs::new(), now);
-        assert!(
-            cond(&ev.decision.status.conditions, "Ready")
-                .message
-                .contains("spec.forecast.lookback")
-        );
+        assert!(cond(&ev.decision.status.conditions, "Ready").message.contains("spec.forecast.lookback"));
     }
 
     #[test]
@@ -990,20 +805,10 @@ mod tests {
         assert_eq!(ev.decision.action, Some(ThresholdAction::Drain));
         let mut bad = good.clone();
         bad.spec.window.time_zone = "Nowhere/Land".into();
-        let ev2 = run(
-            &bad,
-            Some(&ev.memory),
-            &Obs::new().spend("openai", "1"),
-            plus(now, 60),
-        );
+        let ev2 = run(&bad, Some(&ev.memory), &Obs::new().spend("openai", "1"), plus(now, 60));
         assert_eq!(ev2.decision.action, Some(ThresholdAction::Drain));
         assert_eq!(ev2.memory.spent, Money::from_usd(101));
-        let ev3 = run(
-            &bad,
-            Some(&ev2.memory),
-            &Obs::new(),
-            t("2025-05-15T00:00:01Z"),
-        );
+        let ev3 = run(&bad, Some(&ev2.memory), &Obs::new(), t("2025-05-15T00:00:01Z"));
         assert_eq!(ev3.decision.action, None);
     }
 
@@ -1034,9 +839,7 @@ mod tests {
         let ev = run(
             &all,
             None,
-            &Obs::new()
-                .spend_in("default", "openai", "a", "1")
-                .spend_in("default", "openai", "b", "2"),
+            &Obs::new().spend_in("default", "openai", "a", "1").spend_in("default", "openai", "b", "2"),
             t("2025-05-14T10:00:00Z"),
         );
         assert_eq!(ev.memory.spent, Money::from_usd(3));
@@ -1051,76 +854,35 @@ mod tests {
         assert_eq!(e1.decision.status.state, Some(BudgetState::Ok));
         assert!(e1.transitions.is_empty());
 
-        let e2 = run(
-            &b,
-            Some(&e1.memory),
-            &Obs::new().spend("openai", "0.01"),
-            plus(t0, 60),
-        );
+        let e2 = run(&b, Some(&e1.memory), &Obs::new().spend("openai", "0.01"), plus(t0, 60));
         assert_eq!(e2.decision.action, Some(ThresholdAction::Warn));
         assert_eq!(e2.decision.status.state, Some(BudgetState::Warning));
         assert_eq!(e2.transitions.len(), 1);
         let tr = &e2.transitions[0];
-        assert_eq!(
-            (tr.reason.as_str(), tr.warning, tr.kind),
-            ("BudgetWarning", true, ObjectKind::ProviderBudget)
-        );
+        assert_eq!((tr.reason.as_str(), tr.warning, tr.kind), ("BudgetWarning", true, ObjectKind::ProviderBudget));
         assert_eq!(tr.evidence["spent"], "80.000000");
         assert_eq!(tr.evidence["limit"], "100.000000");
         assert_eq!(tr.evidence["percent"], "80.00");
         assert_eq!(tr.evidence["threshold"], "80%");
-        assert_eq!(
-            tr.evidence["window"],
-            "2025-05-14T00:00:00Z/2025-05-15T00:00:00Z"
-        );
+        assert_eq!(tr.evidence["window"], "2025-05-14T00:00:00Z/2025-05-15T00:00:00Z");
         assert!(!tr.evidence.contains_key("forecast"));
-        assert_eq!(
-            cond(&e2.decision.status.conditions, "Warning").status,
-            "True"
-        );
-        assert_eq!(
-            cond(&e2.decision.status.conditions, "Exhausted").status,
-            "False"
-        );
+        assert_eq!(cond(&e2.decision.status.conditions, "Warning").status, "True");
+        assert_eq!(cond(&e2.decision.status.conditions, "Exhausted").status, "False");
 
-        let e3 = run(
-            &b,
-            Some(&e2.memory),
-            &Obs::new().spend("openai", "15"),
-            plus(t0, 120),
-        );
+        let e3 = run(&b, Some(&e2.memory), &Obs::new().spend("openai", "15"), plus(t0, 120));
         assert_eq!(e3.decision.action, Some(ThresholdAction::Deprioritize));
         assert_eq!(e3.decision.status.state, Some(BudgetState::Deprioritized));
         assert_eq!(e3.transitions[0].reason, "BudgetDeprioritized");
 
         // Jumping over a level reports the level reached.
-        let e4 = run(
-            &b,
-            Some(&e3.memory),
-            &Obs::new().spend("openai", "50"),
-            plus(t0, 180),
-        );
+        let e4 = run(&b, Some(&e3.memory), &Obs::new().spend("openai", "50"), plus(t0, 180));
         assert_eq!(e4.decision.action, Some(ThresholdAction::Drain));
         assert_eq!(e4.decision.status.state, Some(BudgetState::Exhausted));
-        assert_eq!(
-            e4.transitions
-                .iter()
-                .map(|t| t.reason.as_str())
-                .collect::<Vec<_>>(),
-            ["BudgetExhausted"]
-        );
-        assert_eq!(
-            cond(&e4.decision.status.conditions, "Exhausted").status,
-            "True"
-        );
+        assert_eq!(e4.transitions.iter().map(|t| t.reason.as_str()).collect::<Vec<_>>(), ["BudgetExhausted"]);
+        assert_eq!(cond(&e4.decision.status.conditions, "Exhausted").status, "True");
         assert_eq!(e4.decision.status.percent_used.as_deref(), Some("145.00"));
         // Nothing new when nothing changes.
-        let e5 = run(
-            &b,
-            Some(&e4.memory),
-            &Obs::new().spend("openai", "1"),
-            plus(t0, 240),
-        );
+        let e5 = run(&b, Some(&e4.memory), &Obs::new().spend("openai", "1"), plus(t0, 240));
         assert!(e5.transitions.is_empty());
     }
 
@@ -1133,12 +895,7 @@ mod tests {
         );
         let t0 = t("2025-05-14T00:00:00Z");
         let e0 = run(&b, None, &Obs::new(), t0);
-        let e1 = run(
-            &b,
-            Some(&e0.memory),
-            &Obs::new().spend("openai", "5"),
-            plus(t0, 3600),
-        );
+        let e1 = run(&b, Some(&e0.memory), &Obs::new().spend("openai", "5"), plus(t0, 3600));
         assert_eq!(e1.decision.action, Some(ThresholdAction::Drain));
         let mut mem = e1.memory;
         for h in 2..23 {
@@ -1155,34 +912,18 @@ mod tests {
         let t0 = t("2025-05-14T10:00:00Z");
         let e1 = run(&b, None, &Obs::new().spend("openai", "90"), t0);
         assert_eq!(e1.decision.action, Some(ThresholdAction::Warn));
-        let e2 = run(
-            &b,
-            Some(&e1.memory),
-            &Obs::new().spend("openai", "1"),
-            t("2025-05-14T23:59:59.999Z"),
-        );
+        let e2 = run(&b, Some(&e1.memory), &Obs::new().spend("openai", "1"), t("2025-05-14T23:59:59.999Z"));
         assert_eq!(e2.memory.spent, Money::from_usd(91));
         assert!(e2.transitions.is_empty());
-        let e3 = run(
-            &b,
-            Some(&e2.memory),
-            &Obs::new().spend("openai", "2"),
-            t("2025-05-15T00:00:00Z"),
-        );
+        let e3 = run(&b, Some(&e2.memory), &Obs::new().spend("openai", "2"), t("2025-05-15T00:00:00Z"));
         assert_eq!(e3.memory.spent, Money::from_usd(2));
         assert_eq!(e3.decision.action, None);
         assert_eq!(e3.decision.status.state, Some(BudgetState::Ok));
         let w = e3.decision.status.window.clone().unwrap();
-        assert_eq!(
-            (w.start.0.to_string(), w.end.0.to_string()),
-            pair("2025-05-15T00:00:00Z", "2025-05-16T00:00:00Z")
-        );
+        assert_eq!((w.start.0.to_string(), w.end.0.to_string()), pair("2025-05-15T00:00:00Z", "2025-05-16T00:00:00Z"));
         assert_eq!(e3.transitions.len(), 1);
         let tr = &e3.transitions[0];
-        assert_eq!(
-            (tr.reason.as_str(), tr.warning),
-            ("BudgetWindowReset", false)
-        );
+        assert_eq!((tr.reason.as_str(), tr.warning), ("BudgetWindowReset", false));
         assert_eq!(tr.evidence["previousSpent"], "91.000000");
         assert_eq!(tr.evidence["previousAction"], "Warn");
         // A window without an action resets silently.
@@ -1200,68 +941,26 @@ mod tests {
         let t0 = t("2025-05-14T00:00:00Z");
         let e0 = run(&b, None, &Obs::new(), t0);
         assert_eq!(e0.decision.status.burn_rate_per_hour, None);
-        let e1 = run(
-            &b,
-            Some(&e0.memory),
-            &Obs::new().spend("openai", "10"),
-            plus(t0, 3600),
-        );
-        assert_eq!(
-            e1.decision.status.burn_rate_per_hour.as_deref(),
-            Some("10.00")
-        );
+        let e1 = run(&b, Some(&e0.memory), &Obs::new().spend("openai", "10"), plus(t0, 3600));
+        assert_eq!(e1.decision.status.burn_rate_per_hour.as_deref(), Some("10.00"));
         // 90 left at 10/h: 9 hours later, inside the window.
-        assert_eq!(
-            e1.decision
-                .status
-                .projected_exhaustion
-                .as_ref()
-                .map(|t| t.0),
-            Some(t("2025-05-14T10:00:00Z"))
-        );
+        assert_eq!(e1.decision.status.projected_exhaustion.as_ref().map(|t| t.0), Some(t("2025-05-14T10:00:00Z")));
         // Forecast disabled: no action from the projection.
         assert_eq!(e1.decision.action, None);
         // Half an hour later with 2.5 more: 12.5 over 1.5h.
-        let e2 = run(
-            &b,
-            Some(&e1.memory),
-            &Obs::new().spend("openai", "2.5"),
-            plus(t0, 5400),
-        );
-        assert_eq!(
-            e2.decision.status.burn_rate_per_hour.as_deref(),
-            Some("8.333333333333")
-        );
+        let e2 = run(&b, Some(&e1.memory), &Obs::new().spend("openai", "2.5"), plus(t0, 5400));
+        assert_eq!(e2.decision.status.burn_rate_per_hour.as_deref(), Some("8.333333333333"));
         // Samples older than the lookback are pruned: 3h later only the last 2h count.
-        let e3 = run(
-            &b,
-            Some(&e2.memory),
-            &Obs::new().spend("openai", "1"),
-            plus(t0, 3 * 3600),
-        );
+        let e3 = run(&b, Some(&e2.memory), &Obs::new().spend("openai", "1"), plus(t0, 3 * 3600));
         assert!(e3.memory.samples.iter().all(|s| s.at >= plus(t0, 3600)));
         // Oldest sample kept is 01:00 (total 10): 3.5 over 2h.
-        assert_eq!(
-            e3.decision.status.burn_rate_per_hour.as_deref(),
-            Some("1.75")
-        );
+        assert_eq!(e3.decision.status.burn_rate_per_hour.as_deref(), Some("1.75"));
         // Exhaustion beyond the window end is not projected.
-        let big = budget(
-            "b",
-            json!({"provider": "openai", "limit": "1000", "window": {"period": "Daily"}}),
-        );
+        let big = budget("b", json!({"provider": "openai", "limit": "1000", "window": {"period": "Daily"}}));
         let e0 = run(&big, None, &Obs::new(), t0);
-        let e1 = run(
-            &big,
-            Some(&e0.memory),
-            &Obs::new().spend("openai", "10"),
-            plus(t0, 3600),
-        );
+        let e1 = run(&big, Some(&e0.memory), &Obs::new().spend("openai", "10"), plus(t0, 3600));
         assert_eq!(e1.decision.status.projected_exhaustion, None);
-        assert_eq!(
-            e1.decision.status.burn_rate_per_hour.as_deref(),
-            Some("10.00")
-        );
+        assert_eq!(e1.decision.status.burn_rate_per_hour.as_deref(), Some("10.00"));
     }
 
     #[test]
@@ -1270,23 +969,10 @@ mod tests {
             "b",
             json!({"provider": "openai", "limit": "1000", "window": {"period": "Daily"}, "forecast": {"lookback": "3h"}}),
         );
-        let e0 = run(
-            &b,
-            None,
-            &Obs::new().spend("openai", "5"),
-            t("2025-05-14T23:00:00Z"),
-        );
-        let e1 = run(
-            &b,
-            Some(&e0.memory),
-            &Obs::new().spend("openai", "4"),
-            t("2025-05-15T01:00:00Z"),
-        );
+        let e0 = run(&b, None, &Obs::new().spend("openai", "5"), t("2025-05-14T23:00:00Z"));
+        let e1 = run(&b, Some(&e0.memory), &Obs::new().spend("openai", "4"), t("2025-05-15T01:00:00Z"));
         assert_eq!(e1.memory.spent, Money::from_usd(4));
-        assert_eq!(
-            e1.decision.status.burn_rate_per_hour.as_deref(),
-            Some("2.00")
-        );
+        assert_eq!(e1.decision.status.burn_rate_per_hour.as_deref(), Some("2.00"));
     }
 
     #[test]
@@ -1298,38 +984,19 @@ mod tests {
         let t0 = t("2025-05-14T00:00:00Z");
         let e0 = run(&b, None, &Obs::new(), t0);
         // 2/h: projected 2 + 2 × 23 = 48 at the window end: nothing.
-        let e1 = run(
-            &b,
-            Some(&e0.memory),
-            &Obs::new().spend("openai", "2"),
-            plus(t0, 3600),
-        );
+        let e1 = run(&b, Some(&e0.memory), &Obs::new().spend("openai", "2"), plus(t0, 3600));
         assert_eq!(e1.decision.action, None);
         // 3.5/h: projected 5.5 + 3.5 × 22 = 82.5 ≥ 80%: Warn, by forecast.
-        let e2 = run(
-            &b,
-            Some(&e1.memory),
-            &Obs::new().spend("openai", "3.5"),
-            plus(t0, 7200),
-        );
+        let e2 = run(&b, Some(&e1.memory), &Obs::new().spend("openai", "3.5"), plus(t0, 7200));
         assert_eq!(e2.decision.action, Some(ThresholdAction::Warn));
         let tr = &e2.transitions[0];
         assert_eq!(tr.reason, "BudgetWarning");
         assert_eq!(tr.evidence["forecast"], "82.500000");
         assert_eq!(tr.evidence["spent"], "5.500000");
         assert!(tr.message.contains("projected"), "{}", tr.message);
-        assert!(
-            cond(&e2.decision.status.conditions, "Warning")
-                .message
-                .contains("forecast")
-        );
+        assert!(cond(&e2.decision.status.conditions, "Warning").message.contains("forecast"));
         // 5/h: 10.5 + 5 × 21 = 115.5 ≥ 100%: Drain.
-        let e3 = run(
-            &b,
-            Some(&e2.memory),
-            &Obs::new().spend("openai", "5"),
-            plus(t0, 3 * 3600),
-        );
+        let e3 = run(&b, Some(&e2.memory), &Obs::new().spend("openai", "5"), plus(t0, 3 * 3600));
         assert_eq!(e3.decision.action, Some(ThresholdAction::Drain));
         assert_eq!(e3.transitions[0].reason, "BudgetExhausted");
         assert_eq!(e3.decision.status.state, Some(BudgetState::Exhausted));
@@ -1355,16 +1022,8 @@ mod tests {
 
     #[test]
     fn status_reports_exact_figures() {
-        let b = budget(
-            "b",
-            json!({"provider": "openai", "limit": "5000", "window": {"period": "Monthly"}}),
-        );
-        let ev = run(
-            &b,
-            None,
-            &Obs::new().spend("openai", "4123.5512"),
-            t("2025-05-14T10:00:00Z"),
-        );
+        let b = budget("b", json!({"provider": "openai", "limit": "5000", "window": {"period": "Monthly"}}));
+        let ev = run(&b, None, &Obs::new().spend("openai", "4123.5512"), t("2025-05-14T10:00:00Z"));
         let s = &ev.decision.status;
         assert_eq!(s.spent.as_deref(), Some("4123.551200"));
         assert_eq!(s.percent_used.as_deref(), Some("82.47"));
@@ -1373,14 +1032,8 @@ mod tests {
         assert!(s.checkpoints.is_empty());
         assert_eq!(ev.decision.provider, "openai");
         assert_eq!(cond(&s.conditions, "Ready").status, "True");
-        assert_eq!(
-            percent_string(Money::ZERO, Money::ZERO).as_deref(),
-            Some("0.00")
-        );
-        assert_eq!(
-            percent_string(Money::from_usd(1), Money::from_usd(3)).as_deref(),
-            Some("33.33")
-        );
+        assert_eq!(percent_string(Money::ZERO, Money::ZERO).as_deref(), Some("0.00"));
+        assert_eq!(percent_string(Money::from_usd(1), Money::from_usd(3)).as_deref(), Some("33.33"));
     }
 
     #[test]
@@ -1388,39 +1041,13 @@ mod tests {
         let b = daily("100");
         let t0 = t("2025-05-14T10:00:00Z");
         let e1 = run(&b, None, &Obs::new().spend("openai", "85"), t0);
-        let e2 = run(
-            &b,
-            Some(&e1.memory),
-            &Obs::new().spend("openai", "1"),
-            plus(t0, 60),
-        );
+        let e2 = run(&b, Some(&e1.memory), &Obs::new().spend("openai", "1"), plus(t0, 60));
         for ty in ["Ready", "Warning", "Exhausted"] {
-            assert_eq!(
-                cond(&e2.decision.status.conditions, ty)
-                    .last_transition_time
-                    .0,
-                t0,
-                "{ty}"
-            );
+            assert_eq!(cond(&e2.decision.status.conditions, ty).last_transition_time.0, t0, "{ty}");
         }
-        let e3 = run(
-            &b,
-            Some(&e2.memory),
-            &Obs::new().spend("openai", "20"),
-            plus(t0, 120),
-        );
-        assert_eq!(
-            cond(&e3.decision.status.conditions, "Exhausted")
-                .last_transition_time
-                .0,
-            plus(t0, 120)
-        );
-        assert_eq!(
-            cond(&e3.decision.status.conditions, "Warning")
-                .last_transition_time
-                .0,
-            t0
-        );
+        let e3 = run(&b, Some(&e2.memory), &Obs::new().spend("openai", "20"), plus(t0, 120));
+        assert_eq!(cond(&e3.decision.status.conditions, "Exhausted").last_transition_time.0, plus(t0, 120));
+        assert_eq!(cond(&e3.decision.status.conditions, "Warning").last_transition_time.0, t0);
     }
 
     #[test]
@@ -1431,12 +1058,7 @@ mod tests {
         );
         let t0 = t("2025-05-14T10:00:00Z");
         let e0 = run(&b, None, &Obs::new().spend("openai", "1"), t0);
-        let e1 = run(
-            &b,
-            Some(&e0.memory),
-            &Obs::new().spend("openai", "90"),
-            plus(t0, 60),
-        );
+        let e1 = run(&b, Some(&e0.memory), &Obs::new().spend("openai", "90"), plus(t0, 60));
         let json = serde_json::to_value(&e1.memory).unwrap();
         assert_eq!(json["spent"], "91.000000");
         assert_eq!(json["windowStart"], "2025-05-14T00:00:00Z");
