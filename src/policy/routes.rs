@@ -723,7 +723,13 @@ mod tests {
         rows.iter().map(|r| (r.name.clone(), r.state, r.tier, r.weight, r.serving)).collect()
     }
 
-    fn w(name: &str, state: BackendState, tier: u32, weight: u32, serving: bool) -> (String, BackendState, u32, u32, bool) {
+    fn w(
+        name: &str,
+        state: BackendState,
+        tier: u32,
+        weight: u32,
+        serving: bool,
+    ) -> (String, BackendState, u32, u32, bool) {
         (name.to_string(), state, tier, weight, serving)
     }
 
@@ -817,15 +823,24 @@ mod tests {
     #[test]
     fn budgets_apply_by_namespace_provider_and_model_and_the_strongest_wins() {
         let route = route("chat", json!({"backends": [backend("a", "openai", 1, 0), backend("b", "deepseek", 1, 0)]}));
-        let other_ns = budget_in("other", "x", json!({"provider": "openai", "limit": "1", "window": {"period": "Daily"}}));
-        let other_model =
-            budget("y", json!({"provider": "openai", "models": ["gpt-5"], "limit": "1", "window": {"period": "Daily"}}));
+        let other_ns =
+            budget_in("other", "x", json!({"provider": "openai", "limit": "1", "window": {"period": "Daily"}}));
+        let other_model = budget(
+            "y",
+            json!({"provider": "openai", "models": ["gpt-5"], "limit": "1", "window": {"period": "Daily"}}),
+        );
         let mut s = Sim::new(vec![route.clone()], vec![other_ns, other_model]);
-        let d = s.step(t(T0), &Obs::new().spend_in("other", "openai", "openai-model", "5").spend_in("default", "openai", "gpt-5", "5"));
+        let d = s.step(
+            t(T0),
+            &Obs::new().spend_in("other", "openai", "openai-model", "5").spend_in("default", "openai", "gpt-5", "5"),
+        );
         assert_eq!(row(&d, "a").state, BackendState::Active);
         // Two budgets on the same backend: Warn and Drain → Drain.
         let warn = budget("w", json!({"provider": "openai", "limit": "100", "window": {"period": "Daily"}}));
-        let tight = budget("z", json!({"provider": "openai", "models": ["openai-model"], "limit": "10", "window": {"period": "Daily"}}));
+        let tight = budget(
+            "z",
+            json!({"provider": "openai", "models": ["openai-model"], "limit": "10", "window": {"period": "Daily"}}),
+        );
         let mut s = Sim::new(vec![route], vec![warn, tight]);
         let d = s.step(t(T0), &Obs::new().spend("openai", "85"));
         let a = row(&d, "a");
@@ -873,7 +888,8 @@ mod tests {
 
     #[test]
     fn fallback_fails_open_to_the_least_over_budget() {
-        let route = route("chat", json!({"backends": [backend("a", "openai", 70, 0), backend("b", "deepseek", 30, 0)]}));
+        let route =
+            route("chat", json!({"backends": [backend("a", "openai", 70, 0), backend("b", "deepseek", 30, 0)]}));
         let mut s = Sim::new(vec![route], vec![drain("openai", "100"), drain("deepseek", "100")]);
         let d = s.step(t(T0), &Obs::new().spend("openai", "150").spend("deepseek", "110"));
         let r = rd(&d);
@@ -1015,7 +1031,8 @@ mod tests {
         assert_eq!(r.status.backends[0].state, BackendState::OverBudget);
         assert_eq!(cond(&r.status.conditions, "Ready").reason, "DryRun");
         assert_eq!(cond(&r.status.conditions, "Rotated").status, "True");
-        let route_transitions: Vec<&Transition> = d.transitions.iter().filter(|t| t.kind == ObjectKind::ModelRoute).collect();
+        let route_transitions: Vec<&Transition> =
+            d.transitions.iter().filter(|t| t.kind == ObjectKind::ModelRoute).collect();
         assert!(!route_transitions.is_empty());
         assert!(route_transitions.iter().all(|t| t.message.starts_with("dry run: ")));
         assert_eq!(find(&d, "RouteRotated").evidence["to"], "mistral=100");
@@ -1030,7 +1047,9 @@ mod tests {
         let st = &rd(&d).status;
         assert_eq!(cond(&st.conditions, "Degraded").last_transition_time.0, plus(t0, 60));
         assert_eq!(cond(&st.conditions, "Ready").last_transition_time.0, t0);
-        let since = |d: &Decision, n: &str| rd(d).status.backends.iter().find(|b| b.name == n).unwrap().since.clone().unwrap().0;
+        let since = |d: &Decision, n: &str| {
+            rd(d).status.backends.iter().find(|b| b.name == n).unwrap().since.clone().unwrap().0
+        };
         assert_eq!(since(&d, "openai"), plus(t0, 60));
         assert_eq!(since(&d, "deepseek"), t0);
         let d = s.idle(plus(t0, 120));
@@ -1043,7 +1062,10 @@ mod tests {
 
     #[test]
     fn deleted_objects_are_dropped_from_the_state() {
-        let mut s = Sim::new(vec![three(json!({})), route("other", json!({"backends": [backend("x", "openai", 1, 0)]}))], vec![drain("openai", "100")]);
+        let mut s = Sim::new(
+            vec![three(json!({})), route("other", json!({"backends": [backend("x", "openai", 1, 0)]}))],
+            vec![drain("openai", "100")],
+        );
         s.step(t(T0), &Obs::new().req("chat", "openai", 10, 0));
         assert_eq!(s.state.routes.len(), 2);
         assert_eq!(s.state.backends.len(), 4);

@@ -5,8 +5,8 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::{
-    BackendKey, BackendObservation, Decision, DecisionState, Inputs, Money, Observations, Outcome,
-    SpendKey, Transition, evaluate,
+    BackendKey, BackendObservation, Decision, DecisionState, Inputs, Money, Observations, Outcome, SpendKey,
+    Transition, evaluate,
 };
 use crate::api::{ModelRoute, ProviderBudget};
 
@@ -17,8 +17,7 @@ pub fn t(s: &str) -> Timestamp {
 
 /// `t + secs`.
 pub fn plus(ts: Timestamp, secs: i64) -> Timestamp {
-    ts.checked_add(jiff::SignedDuration::from_secs(secs))
-        .unwrap()
+    ts.checked_add(jiff::SignedDuration::from_secs(secs)).unwrap()
 }
 
 /// A backend entry (pricing 1/1 USD per 1M tokens).
@@ -71,11 +70,7 @@ impl Obs {
 
     /// `ok` successes and `errors` upstream errors for a backend of a route in `default`.
     pub fn req(mut self, route: &str, backend: &str, ok: u64, errors: u64) -> Self {
-        let o = self
-            .0
-            .backends
-            .entry(BackendKey::new("default", route, backend))
-            .or_default();
+        let o = self.0.backends.entry(BackendKey::new("default", route, backend)).or_default();
         *o.outcomes.entry(Outcome::Ok).or_default() += ok;
         *o.outcomes.entry(Outcome::UpstreamError).or_default() += errors;
         self
@@ -83,11 +78,7 @@ impl Obs {
 
     /// Latency of `count` successes averaging `mean_ms`.
     pub fn lat(mut self, route: &str, backend: &str, mean_ms: u64, count: u64) -> Self {
-        let o: &mut BackendObservation = self
-            .0
-            .backends
-            .entry(BackendKey::new("default", route, backend))
-            .or_default();
+        let o: &mut BackendObservation = self.0.backends.entry(BackendKey::new("default", route, backend)).or_default();
         o.latency_ms_sum += mean_ms * count;
         o.latency_count += count;
         *o.outcomes.entry(Outcome::Ok).or_default() += count;
@@ -97,11 +88,7 @@ impl Obs {
     /// Spend in `ns` for provider/model.
     pub fn spend_in(mut self, ns: &str, provider: &str, model: &str, usd: &str) -> Self {
         let m: Money = usd.parse().unwrap();
-        *self
-            .0
-            .spend
-            .entry(SpendKey::new(ns, provider, model))
-            .or_default() += m;
+        *self.0.spend.entry(SpendKey::new(ns, provider, model)).or_default() += m;
         self
     }
 
@@ -122,11 +109,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(routes: Vec<ModelRoute>, budgets: Vec<ProviderBudget>) -> Self {
-        Self {
-            routes,
-            budgets,
-            state: DecisionState::default(),
-        }
+        Self { routes, budgets, state: DecisionState::default() }
     }
 
     pub fn step(&mut self, now: Timestamp, obs: &Obs) -> Decision {
