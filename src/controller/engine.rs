@@ -18,7 +18,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DeserializeGuard;
+use kube::core::{ApiResource, DeserializeGuard, DynamicObject};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
@@ -169,6 +169,8 @@ pub struct Engine {
     /// Last ConfigMap document / credentials applied per namespace, and when.
     applied_config: BTreeMap<String, (String, Timestamp)>,
     applied_secret: BTreeMap<String, (BTreeMap<String, Vec<u8>>, Timestamp)>,
+    /// Problems of objects the Rust types cannot read, per UID and resourceVersion.
+    unreadable: BTreeMap<String, (String, Problem)>,
     /// Problems already announced by an Event, per object.
     reported: BTreeMap<(ObjectKind, ObjectKey), String>,
     outbox: VecDeque<PendingEvent>,
@@ -195,11 +197,6 @@ pub fn clip_note(s: &str) -> String {
 
 fn uid_of<K: Resource>(o: &K) -> String {
     o.meta().uid.clone().unwrap_or_else(|| format!("{:?}/{:?}", o.meta().namespace, o.meta().name))
-}
-
-/// The first line of a serde error, which names the field (`unknown variant ..., expected ...`).
-fn guard_problem(error: &str) -> Problem {
-    Problem::invalid("spec", &format!("cannot be read: {error}"))
 }
 
 /// Fields a status may change with time alone; a difference in only these is not written.
@@ -280,6 +277,7 @@ impl Engine {
             applied_config: BTreeMap::new(),
             applied_secret: BTreeMap::new(),
             reported: BTreeMap::new(),
+            unreadable: BTreeMap::new(),
             outbox: VecDeque::new(),
         }
     }
@@ -305,7 +303,8 @@ impl Engine {
             let key = ObjectKey::of(g.as_ref());
             match &g.0 {
                 Err(e) => {
-                    route_problems.insert(key, guard_problem(&e.error));
+                    let p = self.unreadable_problem(g.as_ref(), &e.error).await;
+                    route_problems.insert(key, p);
                 }
                 Ok(r) => match validate(r) {
                     Some(p) => {
@@ -322,7 +321,8 @@ impl Engine {
             let key = ObjectKey::of(g.as_ref());
             match &g.0 {
                 Err(e) => {
-                    budget_problems.insert(key, guard_problem(&e.error));
+                    let p = self.unreadable_problem(g.as_ref(), &e.error).await;
+                    budget_problems.insert(key, p);
                 }
                 Ok(b) => {
                     // A budget keeps counting spend even when its spec is invalid (no money
@@ -426,6 +426,54 @@ impl Engine {
         }
         report.transitions = decision.transitions;
         report
+    }
+
+    /// Why an object the Rust type cannot read is invalid, naming the fields: the raw object
+    /// is fetched once per resourceVersion and validated like a manifest.
+    async fn unreadable_problem<K>(&mut self, obj: &DeserializeGuard<K>, error: &str) -> Problem
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let meta = obj.meta();
+        let uid = uid_of(obj);
+        let rv = meta.resource_version.clone().unwrap_or_default();
+        if let Some((seen, p)) = self.unreadable.get(&uid)
+            && *seen == rv
+        {
+            return p.clone();
+        }
+        let fallback = Problem::invalid("spec", &format!("cannot be read: {error}"));
+        let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+            return fallback;
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), ns, &ApiResource::erase::<K>(&()));
+        let problem = match api.get(name).await {
+            Ok(raw) => serde_json::to_value(&raw)
+                .ok()
+                .and_then(|mut v| {
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("status");
+                    }
+                    validate_value(v).err()
+                })
+                .map(|fields| Problem {
+                    reason: "InvalidSpec",
+                    message: fields
+                        .iter()
+                        .map(|f| format!("{}: {}", f.field, f.message))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    blocking: true,
+                    ready: false,
+                })
+                .unwrap_or(fallback),
+            Err(e) => {
+                debug!(error = %e, "cannot fetch the unreadable object");
+                fallback
+            }
+        };
+        self.unreadable.insert(uid, (rv, problem.clone()));
+        problem
     }
 
     fn is_managed(&self, cm: &ConfigMap) -> bool {

@@ -1,0 +1,631 @@
+//! Reconcile passes against a mocked API server (the controller-rs fixtures pattern): each
+//! scenario lists the exact requests the controller must send (method, path and query, JSON
+//! body) and answers them as a real API server would; a request that never comes, or one that
+//! was not expected, fails the test (with a timeout for the first).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::Client;
+use kube::client::Body;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use tollgate::api::{ModelRoute, ProviderBudget};
+use tollgate::config::GatewayConfig;
+use tollgate::controller::metrics::ControllerMetrics;
+use tollgate::controller::{Context, Engine, Settings, Snapshot};
+use tollgate::policy::{DecisionState, Inputs, Observations, evaluate};
+use tollgate::signals::{GatewayReading, GatewayTarget, ReadingResult, Signals};
+
+const NS: &str = "team-a";
+const GW_UID: &str = "uid-gw-1";
+const CM_URI: &str =
+    "/api/v1/namespaces/team-a/configmaps/tollgate-gateway?&force=true&fieldManager=tollgate-controller";
+const SECRET_URI: &str =
+    "/api/v1/namespaces/team-a/secrets/tollgate-credentials?&force=true&fieldManager=tollgate-controller";
+const EVENTS_URI: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events?";
+
+fn status_uri(plural: &str, name: &str) -> String {
+    format!(
+        "/apis/tollgate.dev/v1alpha1/namespaces/team-a/{plural}/{name}/status?&force=true&fieldManager=tollgate-controller-status"
+    )
+}
+
+fn t0() -> Timestamp {
+    "2025-05-14T12:00:00Z".parse().unwrap()
+}
+
+fn later(secs: i64) -> Timestamp {
+    t0().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap()
+}
+
+// ---- test objects -------------------------------------------------------------------------
+
+fn route_json(name: &str, backends: Value, extra: Value) -> Value {
+    let mut spec = json!({"backends": backends});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "ModelRoute",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-route-{name}"), "generation": 1,
+                     "resourceVersion": "10", "creationTimestamp": "2025-05-01T00:00:00Z"},
+        "spec": spec
+    })
+}
+
+fn chat_backends() -> Value {
+    json!([
+        {"name": "openai-mini", "provider": "openai", "model": "gpt-5-mini", "weight": 70,
+         "endpoint": {"apiKeySecretRef": {"name": "openai", "key": "api-key"}},
+         "pricing": {"input": "0.25", "output": "2.00"}},
+        {"name": "deepseek", "provider": "deepseek", "model": "deepseek-chat", "weight": 30,
+         "endpoint": {"mock": {}}, "pricing": {"input": "0.28", "output": "0.42"}}
+    ])
+}
+
+fn chat() -> Value {
+    route_json("chat", chat_backends(), json!({}))
+}
+
+fn budget() -> Value {
+    json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "ProviderBudget",
+        "metadata": {"name": "openai-daily", "namespace": NS, "uid": "uid-budget", "generation": 1,
+                     "resourceVersion": "11", "creationTimestamp": "2025-05-01T00:00:00Z"},
+        "spec": {"provider": "openai", "limit": "10", "window": {"period": "Daily"}}
+    })
+}
+
+fn with_status(mut obj: Value, status: &Value) -> Value {
+    obj["status"] = status.clone();
+    obj
+}
+
+fn openai_secret() -> Secret {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "openai", "namespace": NS, "uid": "uid-secret-openai"},
+        "data": {"api-key": base64::engine::general_purpose::STANDARD.encode("sk-test")}
+    }))
+    .unwrap()
+}
+
+fn gateway_pod() -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "gateway-1", "namespace": NS, "uid": GW_UID,
+                     "labels": {"app.kubernetes.io/component": "gateway", "app.kubernetes.io/name": "tollgate"}},
+        "spec": {"containers": [{"name": "gateway", "image": "tollgate",
+                                 "ports": [{"name": "metrics", "containerPort": 9090}]}]},
+        "status": {"podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap()
+}
+
+fn guard<K: serde::de::DeserializeOwned + kube::Resource>(v: Value) -> Arc<DeserializeGuard<K>> {
+    Arc::new(serde_json::from_value(v).unwrap())
+}
+
+struct World {
+    routes: Vec<Value>,
+    budgets: Vec<Value>,
+    secrets: Vec<Secret>,
+    configmaps: Vec<ConfigMap>,
+}
+
+impl World {
+    fn new(routes: Vec<Value>, secrets: Vec<Secret>) -> Self {
+        Self { routes, budgets: vec![budget()], secrets, configmaps: vec![] }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            routes: self.routes.iter().cloned().map(guard).collect(),
+            budgets: self.budgets.iter().cloned().map(guard).collect(),
+            secrets: self.secrets.iter().cloned().map(Arc::new).collect(),
+            pods: vec![Arc::new(gateway_pod())],
+            configmaps: self.configmaps.iter().cloned().map(Arc::new).collect(),
+        }
+    }
+}
+
+/// The config document the controller should render for `routes` with no observations.
+fn expected_doc(routes: &[Value]) -> GatewayConfig {
+    let routes: Vec<ModelRoute> = routes.iter().map(|r| serde_json::from_value(r.clone()).unwrap()).collect();
+    let budgets: Vec<ProviderBudget> = vec![serde_json::from_value(budget()).unwrap()];
+    let decision = evaluate(Inputs {
+        routes: &routes,
+        budgets: &budgets,
+        observations: &Observations::default(),
+        previous: &DecisionState::default(),
+        now: t0(),
+    });
+    GatewayConfig::build(NS, &routes, &decision).unwrap()
+}
+
+// ---- signals --------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct FakeSignals(Arc<Mutex<String>>);
+
+impl FakeSignals {
+    fn set(&self, ok: u64, errors: u64, openai_nanousd: u64, revision: &str) {
+        *self.0.lock().unwrap() = format!(
+            "tollgate_requests_total{{route=\"chat\",backend=\"openai-mini\",provider=\"openai\",model=\"gpt-5-mini\",outcome=\"ok\"}} {ok}\n\
+             tollgate_requests_total{{route=\"chat\",backend=\"openai-mini\",provider=\"openai\",model=\"gpt-5-mini\",outcome=\"upstream_error\"}} {errors}\n\
+             tollgate_cost_nanousd_total{{route=\"chat\",backend=\"openai-mini\",provider=\"openai\",model=\"gpt-5-mini\"}} {openai_nanousd}\n\
+             tollgate_config_revision_info{{revision=\"{revision}\"}} 1\n"
+        );
+    }
+}
+
+impl Signals for FakeSignals {
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+
+    fn collect<'a>(&'a self, targets: &'a [GatewayTarget]) -> BoxFuture<'a, BTreeMap<String, ReadingResult>> {
+        let text = self.0.lock().unwrap().clone();
+        async move { targets.iter().map(|t| (t.uid.clone(), Ok(GatewayReading::from_text(&text)))).collect() }.boxed()
+    }
+}
+
+// ---- the mocked API server ------------------------------------------------------------------
+
+type Check = Box<dyn Fn(&Value) + Send>;
+
+struct Expect {
+    method: &'static str,
+    uri: String,
+    check: Check,
+    status: u16,
+    reply: Option<Value>,
+}
+
+fn expect(method: &'static str, uri: impl Into<String>, check: impl Fn(&Value) + Send + 'static) -> Expect {
+    Expect { method, uri: uri.into(), check: Box::new(check), status: 200, reply: None }
+}
+
+impl Expect {
+    /// Answer with an error status (as a real server: a `Status` object).
+    fn fail(mut self, code: u16, reason: &str) -> Self {
+        self.status = code;
+        self.reply = Some(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                 "message": format!("injected {reason}"), "reason": reason, "code": code}));
+        self
+    }
+
+    fn reply(mut self, v: Value) -> Self {
+        self.reply = Some(v);
+        self
+    }
+}
+
+/// What a real server answers to an apply or create: the object, with server-set metadata.
+fn server_echo(body: &Value) -> Value {
+    let mut v = body.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.entry("uid").or_insert(json!("server-uid"));
+        m.insert("resourceVersion".into(), json!("100"));
+        m.entry("namespace").or_insert(json!(NS));
+        m.entry("creationTimestamp").or_insert(json!("2025-05-01T00:00:00Z"));
+    }
+    v
+}
+
+type Log = Arc<Mutex<Vec<(String, Value)>>>;
+
+async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, expects: Vec<Expect>, log: Log) {
+    for e in expects {
+        let Some((req, send)) = handle.next_request().await else {
+            panic!("expected {} {} but the client went away", e.method, e.uri);
+        };
+        let method = req.method().to_string();
+        let uri = req.uri().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        assert_eq!((method.as_str(), uri.as_str()), (e.method, e.uri.as_str()), "unexpected request, body {body:#}");
+        (e.check)(&body);
+        let reply = e.reply.clone().unwrap_or_else(|| server_echo(&body));
+        log.lock().unwrap().push((format!("{method} {uri}"), body));
+        send.send_response(
+            Response::builder().status(e.status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+        );
+    }
+    if let Some((req, _)) = handle.next_request().await {
+        panic!("unexpected request {} {}", req.method(), req.uri());
+    }
+}
+
+struct Harness {
+    engine: Option<Engine>,
+    server: tokio::task::JoinHandle<()>,
+    log: Log,
+    signals: FakeSignals,
+    metrics: Arc<ControllerMetrics>,
+}
+
+fn harness(expects: Vec<Expect>) -> Harness {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let reporter =
+        Reporter { controller: "tollgate-controller".into(), instance: Some("tollgate-controller-0".into()) };
+    let metrics = Arc::new(ControllerMetrics::new());
+    let settings = Settings { retry_backoff: Duration::from_millis(5), ..Settings::default() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics: metrics.clone(),
+        settings,
+    });
+    let signals = FakeSignals::default();
+    let engine = Engine::new(ctx, Arc::new(signals.clone()));
+    let log: Log = Arc::default();
+    let server = tokio::spawn(serve(handle, expects, log.clone()));
+    Harness { engine: Some(engine), server, log, signals, metrics }
+}
+
+impl Harness {
+    async fn pass(&mut self, world: &World, now: Timestamp, collect: bool) -> tollgate::controller::PassReport {
+        let engine = self.engine.as_mut().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), engine.pass(&world.snapshot(), now, collect))
+            .await
+            .expect("the pass timed out: an expected request never came")
+    }
+
+    /// Drops the client and waits for the scenario to finish (every request seen, no extra).
+    async fn finish(mut self) -> Vec<(String, Value)> {
+        self.engine.take();
+        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("scenario task failed: {e}"),
+            Err(_) => panic!("scenario timed out"),
+        }
+        Arc::try_unwrap(self.log).map(|m| m.into_inner().unwrap()).unwrap_or_default()
+    }
+
+    /// The bodies sent so far, by request line.
+    fn sent(&self, line: &str) -> Value {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(l, _)| l == line)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("no request {line}"))
+    }
+}
+
+// ---- checks ---------------------------------------------------------------------------------
+
+fn labels(component: &str) -> Value {
+    json!({"app.kubernetes.io/name": "tollgate", "app.kubernetes.io/component": component,
+           "app.kubernetes.io/managed-by": "tollgate-controller"})
+}
+
+fn configmap_body(doc: &GatewayConfig) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tollgate-gateway", "namespace": NS, "labels": labels("gateway-config"),
+                     "annotations": {"tollgate.dev/config-revision": doc.revision}},
+        "data": {"config.json": doc.to_json_pretty()}
+    })
+}
+
+fn secret_body(data: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tollgate-credentials", "namespace": NS, "labels": labels("gateway-credentials")},
+        "type": "Opaque", "data": data
+    })
+}
+
+/// A status apply carries only apiVersion, kind, metadata.name and status.
+fn status_envelope(kind: &str, name: &str, body: &Value) -> Value {
+    assert_eq!(body["apiVersion"], "tollgate.dev/v1alpha1");
+    assert_eq!(body["kind"], kind);
+    assert_eq!(body["metadata"], json!({"name": name}), "status apply must not carry other metadata");
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["apiVersion", "kind", "metadata", "status"], "status apply must carry nothing else");
+    body["status"].clone()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap()
+}
+
+fn doc_of(cm: &Value) -> GatewayConfig {
+    GatewayConfig::from_json(cm["data"]["config.json"].as_str().unwrap().as_bytes()).unwrap()
+}
+
+/// The objects as the server holds them after the writes of a pass.
+fn apply_writes(world: &mut World, h: &Harness) {
+    for (line, body) in h.log.lock().unwrap().iter() {
+        if line.starts_with("PATCH /api/v1/namespaces/team-a/configmaps/") {
+            world.configmaps = vec![serde_json::from_value(server_echo(body)).unwrap()];
+        } else if line.starts_with("PATCH /api/v1/namespaces/team-a/secrets/") {
+            world.secrets.retain(|s| s.metadata.name.as_deref() != Some("tollgate-credentials"));
+            world.secrets.push(serde_json::from_value(server_echo(body)).unwrap());
+        } else if line.contains("/modelroutes/") {
+            let name = body["metadata"]["name"].as_str().unwrap();
+            for r in &mut world.routes {
+                if r["metadata"]["name"] == name {
+                    *r = with_status(r.clone(), &body["status"]);
+                }
+            }
+        } else if line.contains("/providerbudgets/") {
+            world.budgets = vec![with_status(budget(), &body["status"])];
+        }
+    }
+}
+
+fn first_pass_expects(doc: &GatewayConfig) -> Vec<Expect> {
+    let cm = configmap_body(doc);
+    let rev = doc.revision.clone();
+    vec![
+        expect("PATCH", CM_URI, move |b| assert_eq!(b, &cm)),
+        expect("PATCH", SECRET_URI, |b| {
+            let key = base64::engine::general_purpose::STANDARD.encode("sk-test");
+            assert_eq!(b, &secret_body(json!({"openai_api-key": key})));
+        }),
+        expect("PATCH", status_uri("modelroutes", "chat"), move |b| {
+            let s = status_envelope("ModelRoute", "chat", b);
+            assert_eq!(s["observedGeneration"], 1);
+            assert_eq!(condition(&s, "Ready")["status"], "True");
+            assert_eq!(condition(&s, "Ready")["reason"], "Enforced");
+            assert_eq!(s["state"], "Serving");
+            assert_eq!(s["active"], 2);
+            assert_eq!(s["gateways"], json!({"inSync": 1, "total": 1, "configRevision": rev}));
+            assert_eq!(s["backends"][0]["name"], "openai-mini");
+            assert_eq!(s["backends"][0]["state"], "Active");
+            assert_eq!(s["backends"][0]["effectiveWeight"], 70);
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            let s = status_envelope("ProviderBudget", "openai-daily", b);
+            assert_eq!(s["observedGeneration"], 1);
+            assert_eq!(s["spent"], "1.000000");
+            assert_eq!(s["percentUsed"], "10.00");
+            assert_eq!(s["state"], "Ok");
+            assert_eq!(s["window"], json!({"start": "2025-05-14T00:00:00Z", "end": "2025-05-15T00:00:00Z"}));
+            assert_eq!(s["checkpoints"], json!([{"gateway": GW_UID, "counter": "1"}]));
+            assert_eq!(condition(&s, "Ready")["status"], "True");
+        }),
+    ]
+}
+
+// ---- scenarios ------------------------------------------------------------------------------
+
+/// Create, then a pass with nothing new (no request at all), then a rotation (update + status +
+/// events).
+#[tokio::test]
+async fn create_noop_then_rotate_on_spend() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    let rev = doc.revision.clone();
+    let mut expects = first_pass_expects(&doc);
+    // The third pass: spend crosses the Drain threshold.
+    let rotated_rev = Arc::new(Mutex::new(String::new()));
+    let rr = rotated_rev.clone();
+    expects.push(expect("PATCH", CM_URI, move |b| {
+        let d = doc_of(b);
+        let chat = d.route("chat").unwrap();
+        let openai = chat.backends.iter().find(|x| x.name == "openai-mini").unwrap();
+        assert_eq!((format!("{:?}", openai.state), openai.serving, openai.weight), ("OverBudget".into(), false, 0));
+        let deepseek = chat.backends.iter().find(|x| x.name == "deepseek").unwrap();
+        assert!(deepseek.serving && deepseek.weight == 30);
+        assert_eq!(b["metadata"]["annotations"]["tollgate.dev/config-revision"], d.revision);
+        *rr.lock().unwrap() = d.revision;
+    }));
+    expects.push(expect("PATCH", status_uri("modelroutes", "chat"), |b| {
+        let s = status_envelope("ModelRoute", "chat", b);
+        assert_eq!(s["state"], "Degraded");
+        assert_eq!(condition(&s, "Rotated")["status"], "True");
+        assert_eq!(condition(&s, "Degraded")["reason"], "BackendsOutOfRotation");
+        assert_eq!(s["lastRotation"]["from"], "openai-mini=70,deepseek=30");
+        assert_eq!(s["lastRotation"]["to"], "deepseek=100");
+        assert_eq!(s["backends"][0]["state"], "OverBudget");
+        // The gateway still serves the previous revision.
+        assert_eq!(s["gateways"]["inSync"], 0);
+    }));
+    expects.push(expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+        let s = status_envelope("ProviderBudget", "openai-daily", b);
+        assert_eq!(s["spent"], "10.500000");
+        assert_eq!(s["percentUsed"], "105.00");
+        assert_eq!(s["state"], "Exhausted");
+        assert_eq!(condition(&s, "Exhausted")["status"], "True");
+        assert_eq!(s["checkpoints"], json!([{"gateway": GW_UID, "counter": "10.5"}]));
+    }));
+    expects.push(expect("POST", EVENTS_URI, |b| {
+        assert_eq!(b["reason"], "BudgetExhausted");
+        assert_eq!(b["type"], "Warning");
+        assert_eq!(b["action"], "Evaluate");
+        assert_eq!(b["regarding"]["kind"], "ProviderBudget");
+        assert_eq!(b["regarding"]["name"], "openai-daily");
+        assert_eq!(b["reportingController"], "tollgate-controller");
+        assert_eq!(b["reportingInstance"], "tollgate-controller-0");
+        let note = b["note"].as_str().unwrap();
+        assert!(note.contains("spent 10.500000 of 10"), "{note}");
+        assert!(note.len() < 1024);
+    }));
+    expects.push(expect("POST", EVENTS_URI, |b| {
+        assert_eq!(b["reason"], "RouteRotated");
+        assert_eq!(b["type"], "Normal");
+        assert_eq!(b["regarding"]["kind"], "ModelRoute");
+        assert_eq!(b["regarding"]["name"], "chat");
+        assert!(b["note"].as_str().unwrap().contains("rotated from openai-mini=70,deepseek=30 to deepseek=100"));
+    }));
+    let mut h = harness(expects);
+
+    h.signals.set(10, 0, 1_000_000_000, &rev);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.configs_applied, vec![NS.to_string()]);
+    assert_eq!(r.statuses_written.len(), 2);
+    apply_writes(&mut world, &h);
+
+    // Nothing changed but time: no request at all.
+    let r = h.pass(&world, later(15), true).await;
+    assert!(r.errors.is_empty() && r.configs_applied.is_empty() && r.statuses_written.is_empty(), "{r:?}");
+    let r = h.pass(&world, later(20), false).await;
+    assert!(r.statuses_written.is_empty() && r.events_published == 0, "{r:?}");
+
+    // Spend crosses 100% of the limit: the openai backend is drained.
+    h.signals.set(20, 0, 10_500_000_000, &rev);
+    let r = h.pass(&world, later(30), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let reasons: Vec<&str> = r.transitions.iter().map(|t| t.reason.as_str()).collect();
+    assert_eq!(reasons, ["BudgetExhausted", "RouteRotated"]);
+    assert_eq!(r.events_published, 2);
+    let metrics = h.metrics.encode();
+    assert!(metrics.contains("tollgate_controller_rotations_total{reason=\"RouteRotated\"} 1"), "{metrics}");
+    assert!(metrics.contains("tollgate_controller_reconcile_duration_seconds_count 4"), "{metrics}");
+    h.finish().await;
+}
+
+/// A 409 and a 503 are retried at once; a persistent 500 is reported (by kind) and retried by
+/// the next pass, while what succeeded is not written again.
+#[tokio::test]
+async fn conflicts_and_server_errors_are_retried() {
+    let world = World::new(vec![chat()], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    let mut e = first_pass_expects(&doc);
+    let budget_status = e.pop().unwrap();
+    let route_status = e.pop().unwrap();
+    let secret = e.pop().unwrap();
+    let cm = e.pop().unwrap();
+    let expects = vec![
+        expect("PATCH", CM_URI, |_| {}).fail(409, "Conflict"),
+        cm,
+        expect("PATCH", SECRET_URI, |_| {}).fail(503, "ServiceUnavailable"),
+        secret,
+        route_status,
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |_| {}).fail(500, "InternalError"),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |_| {}).fail(500, "InternalError"),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |_| {}).fail(500, "InternalError"),
+        // The next pass: only the budget status is still to be written.
+        budget_status,
+    ];
+    let mut h = harness(expects);
+    h.signals.set(10, 0, 1_000_000_000, &doc.revision);
+    let r = h.pass(&world, t0(), true).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].metric_label(), "apply_status");
+    assert!(h.metrics.encode().contains("tollgate_controller_reconcile_failures_total{kind=\"apply_status\"} 1"));
+    // The store has not caught up with the first pass's writes yet: they are not repeated.
+    let r = h.pass(&world, later(1), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.statuses_written, vec!["ProviderBudget team-a/openai-daily".to_string()]);
+    h.finish().await;
+}
+
+/// A missing Secret, a route that breaks a CEL rule and a route the Rust type cannot read: each
+/// gets a condition naming the field and one Event; the rest of the namespace keeps working.
+#[tokio::test]
+async fn bad_input_is_reported_not_fatal() {
+    let broken = route_json(
+        "broken",
+        json!([{"name": "a", "provider": "openai", "model": "m", "weight": 1, "pricing": {"input": "1", "output": "1"}}]),
+        json!({"health": {"errorRate": {"trip": "0.10", "recover": "0.50"}}}),
+    );
+    let unreadable = route_json("unreadable", chat_backends(), json!({"strategy": "Fastest"}));
+    let world = World::new(vec![broken.clone(), chat(), unreadable.clone()], vec![]);
+    let doc = expected_doc(&[chat()]);
+    let raw = unreadable.clone();
+    let expects = vec![
+        // The object the Rust type cannot read is fetched raw, once, to name the bad field.
+        expect("GET", "/apis/tollgate.dev/v1alpha1/namespaces/team-a/modelroutes/unreadable", |b| assert!(b.is_null()))
+            .reply(raw),
+        expect("PATCH", CM_URI, move |b| {
+            let d = doc_of(b);
+            assert_eq!(d, doc, "only the valid route is served");
+        }),
+        // The referenced Secret is missing: the credentials Secret has no key for it.
+        expect("PATCH", SECRET_URI, |b| assert_eq!(b, &secret_body(json!({})))),
+        expect("PATCH", status_uri("modelroutes", "broken"), |b| {
+            let s = status_envelope("ModelRoute", "broken", b);
+            let ready = condition(&s, "Ready");
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+            let msg = ready["message"].as_str().unwrap();
+            assert!(msg.contains("spec.health.errorRate") && msg.contains("recover must be below trip"), "{msg}");
+            assert_eq!(s["observedGeneration"], 1);
+        }),
+        expect("PATCH", status_uri("modelroutes", "chat"), |b| {
+            let s = status_envelope("ModelRoute", "chat", b);
+            let ready = condition(&s, "Ready");
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("SecretNotFound")));
+            assert_eq!(ready["message"], "spec.backends[0].endpoint.apiKeySecretRef: Secret team-a/openai not found");
+            // Still decided and served.
+            assert_eq!(s["state"], "Serving");
+        }),
+        expect("PATCH", status_uri("modelroutes", "unreadable"), |b| {
+            let s = status_envelope("ModelRoute", "unreadable", b);
+            let ready = condition(&s, "Ready");
+            assert_eq!(ready["reason"], "InvalidSpec");
+            let msg = ready["message"].as_str().unwrap();
+            assert!(msg.starts_with("spec.strategy: "), "{msg}");
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            let s = status_envelope("ProviderBudget", "openai-daily", b);
+            assert_eq!(condition(&s, "Ready")["status"], "True");
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!((b["reason"].as_str(), b["type"].as_str()), (Some("InvalidSpec"), Some("Warning")));
+            assert_eq!(b["regarding"]["name"], "broken");
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!(b["reason"], "SecretNotFound");
+            assert_eq!(b["regarding"]["name"], "chat");
+            assert!(b["note"].as_str().unwrap().contains("apiKeySecretRef"));
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!(b["reason"], "InvalidSpec");
+            assert_eq!(b["regarding"]["name"], "unreadable");
+        }),
+    ];
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, "sha256:none");
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.events_published, 3);
+    let sent = h.sent(&format!("PATCH {}", status_uri("modelroutes", "chat")));
+    assert!(sent["status"]["backends"].as_array().is_some_and(|b| b.len() == 2));
+    h.finish().await;
+}
+
+/// The last route removed: the ConfigMap stays, with an empty route list.
+#[tokio::test]
+async fn last_route_removed_leaves_an_empty_config() {
+    let mut world = World::new(vec![], vec![openai_secret()]);
+    world.configmaps = vec![serde_json::from_value(server_echo(&configmap_body(&expected_doc(&[chat()])))).unwrap()];
+    let mut empty = GatewayConfig { version: 1, revision: String::new(), namespace: NS.into(), routes: vec![] };
+    empty.revision = empty.compute_revision();
+    let expects = vec![
+        expect("PATCH", CM_URI, move |b| assert_eq!(b, &configmap_body(&empty))),
+        expect("PATCH", SECRET_URI, |b| assert_eq!(b, &secret_body(json!({})))),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            let s = status_envelope("ProviderBudget", "openai-daily", b);
+            let ready = condition(&s, "Ready");
+            assert_eq!(
+                (ready["status"].as_str(), ready["reason"].as_str()),
+                (Some("True"), Some("NoRouteUsesProvider"))
+            );
+            assert!(ready["message"].as_str().unwrap().starts_with("spec.provider: "));
+        }),
+        expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "NoRouteUsesProvider")),
+    ];
+    let mut h = harness(expects);
+    let r = h.pass(&world, t0(), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    h.finish().await;
+}
