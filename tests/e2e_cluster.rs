@@ -1,0 +1,509 @@
+//! End to end against a real API server: whatever cluster `KUBECONFIG` names (the shared
+//! kube-apiserver v1.20 of `.ci/run`, kind, k3d). Skips, saying so, when `KUBECONFIG` is not set.
+//!
+//! The suite installs the CRDs (created through the API, as `kubectl apply --validate=false`
+//! would), starts the `tollgate controller` process, applies the example manifests into a fresh
+//! namespace, registers a gateway Pod (status set through the /status subresource: Ready, podIP
+//! 127.0.0.1) whose `metrics` port is a metrics server run by this test, then drives spend over a
+//! budget threshold and an error rate over `trip`, and checks that each rotation shows in the
+//! ConfigMap, the statuses and the Events within one signal interval. Finally it kills the
+//! controller (SIGKILL) mid-window, adds spend while none runs, starts a new one and checks that
+//! the window's spend is exact: neither lost nor counted twice.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tollgate::api::{ModelRoute, ProviderBudget};
+use tollgate::config::GatewayConfig;
+
+/// The controller's `--signal-interval` in this suite.
+const INTERVAL: Duration = Duration::from_secs(2);
+/// What "within one signal interval" may add: a pass, a watch event, an apply.
+const SLACK: Duration = Duration::from_secs(3);
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn yaml_docs(path: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo(path)).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text).unwrap().into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// Polls `f` until it returns `Some`, or fails with `what` after `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return (v, start.elapsed());
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---- the fake gateway's /metrics --------------------------------------------------------------
+
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    ok: u64,
+    errors: u64,
+    nanousd: u64,
+}
+
+/// The example route `chat`'s backends: (backend, provider, upstream model).
+const CHAT: [(&str, &str, &str); 2] =
+    [("openai-mini", "openai", "gpt-5-mini"), ("deepseek", "deepseek", "deepseek-chat")];
+
+#[derive(Clone, Default)]
+struct Gauges {
+    /// backend of route chat → (ok, upstream_error, nano-USD)
+    series: BTreeMap<&'static str, Counters>,
+    revision: String,
+}
+
+#[derive(Clone, Default)]
+struct FakeGateway(Arc<Mutex<Gauges>>);
+
+impl FakeGateway {
+    fn set(&self, backend: &'static str, ok: u64, errors: u64, nanousd: u64) {
+        self.0.lock().unwrap().series.insert(backend, Counters { ok, errors, nanousd });
+    }
+
+    fn serve_revision(&self, rev: &str) {
+        self.0.lock().unwrap().revision = rev.to_string();
+    }
+
+    fn text(&self) -> String {
+        let g = self.0.lock().unwrap();
+        let mut out = String::from("# TYPE tollgate_requests counter\n");
+        let labels = |b: &str| {
+            let (_, p, m) = CHAT.iter().find(|c| c.0 == b).copied().unwrap_or_default();
+            format!("route=\"chat\",backend=\"{b}\",provider=\"{p}\",model=\"{m}\"")
+        };
+        for (b, c) in &g.series {
+            let l = labels(b);
+            out.push_str(&format!("tollgate_requests_total{{{l},outcome=\"ok\"}} {}\n", c.ok));
+            out.push_str(&format!("tollgate_requests_total{{{l},outcome=\"upstream_error\"}} {}\n", c.errors));
+        }
+        out.push_str("# TYPE tollgate_cost_nanousd counter\n");
+        for (b, c) in &g.series {
+            out.push_str(&format!("tollgate_cost_nanousd_total{{{}}} {}\n", labels(b), c.nanousd));
+        }
+        if !g.revision.is_empty() {
+            out.push_str(&format!(
+                "# TYPE tollgate_config_revision info\ntollgate_config_revision_info{{revision=\"{}\"}} 1\n",
+                g.revision
+            ));
+        }
+        out.push_str("# EOF\n");
+        out
+    }
+
+    async fn start(&self) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = self.clone();
+        let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { me.text() }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+}
+
+// ---- the controller process ------------------------------------------------------------------
+
+struct Controller {
+    child: Child,
+    log: PathBuf,
+    health: u16,
+}
+
+impl Controller {
+    fn start(ns: &str, name: &str) -> Self {
+        let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::env::temp_dir().join(format!("tollgate-e2e-{ns}-{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["controller", "--namespaces", ns, "--signal-interval", "2s", "--lease-duration", "4s"])
+            .args(["--lease-namespace", ns, "--pod-name", name, "--listen", &format!("127.0.0.1:{health}")])
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info,tollgate=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log, health }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- controller log {} (tail) ---\n{}", self.log.display(), self.log_tail());
+        }
+        self.kill();
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+    let code = resp.status().as_u16();
+    Some((code, resp.text().await.ok()?))
+}
+
+// ---- cluster helpers ---------------------------------------------------------------------------
+
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for doc in yaml_docs("crds/tollgate.yaml") {
+        let crd: CustomResourceDefinition = serde_json::from_value(doc).unwrap();
+        let name = crd.name_any();
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let mut crd = crd;
+                crd.metadata.resource_version = api.get(&name).await.unwrap().resource_version();
+                api.replace(&name, &PostParams::default(), &crd).await.unwrap();
+            }
+            Err(e) => panic!("create CRD {name}: {e}"),
+        }
+        eventually(&format!("CRD {name} Established"), Duration::from_secs(30), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let c = api.get(&name).await.ok()?;
+                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+async fn create<K>(client: &Client, ns: &str, mut obj: Value) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    obj["metadata"]["namespace"] = json!(ns);
+    let k: K = serde_json::from_value(obj).unwrap();
+    Api::<K>::namespaced(client.clone(), ns).create(&PostParams::default(), &k).await.unwrap()
+}
+
+async fn events(client: &Client, ns: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap().items
+}
+
+fn has_event(events: &[Event], reason: &str, regarding: &str) -> bool {
+    events.iter().any(|e| {
+        e.reason.as_deref() == Some(reason) && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+    })
+}
+
+async fn config(client: &Client, ns: &str) -> Option<GatewayConfig> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("tollgate-gateway").await.ok()??;
+    GatewayConfig::from_json(cm.data?.get("config.json")?.as_bytes()).ok()
+}
+
+async fn route(client: &Client, ns: &str, name: &str) -> ModelRoute {
+    Api::<ModelRoute>::namespaced(client.clone(), ns).get(name).await.unwrap()
+}
+
+async fn budget(client: &Client, ns: &str, name: &str) -> ProviderBudget {
+    Api::<ProviderBudget>::namespaced(client.clone(), ns).get(name).await.unwrap()
+}
+
+fn backend_state(doc: &GatewayConfig, route: &str, backend: &str) -> String {
+    doc.route(route)
+        .and_then(|r| r.backends.iter().find(|b| b.name == backend))
+        .map(|b| format!("{:?}", b.state))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_end_to_end() {
+    let suite = Instant::now();
+    match std::env::var("KUBECONFIG") {
+        Ok(k) if !k.is_empty() => {}
+        _ => {
+            println!(
+                "SKIPPED e2e_cluster: KUBECONFIG is not set. Start a cluster (e.g. `../shared/k8s/apiserver up`, \
+                 kind or k3d), export KUBECONFIG and run `cargo test --test e2e_cluster -- --nocapture`."
+            );
+            return;
+        }
+    }
+    let client = Client::try_default().await.expect("KUBECONFIG is set but no client could be built from it");
+    install_crds(&client).await;
+
+    let ns = format!("tollgate-e2e-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+        .await
+        .unwrap();
+    // No controller-manager on the test server: create the default ServiceAccount Pods expect.
+    let _ = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap())
+        .await;
+    println!("namespace {ns}");
+
+    // The referenced Secrets, then the example manifests (chat's ejection lengthened so that it
+    // outlasts the restart below).
+    for name in ["openai", "deepseek", "anthropic", "gemini"] {
+        let s = json!({"metadata": {"name": name}, "stringData": {"api-key": format!("sk-{name}-e2e")}});
+        create::<Secret>(&client, &ns, s).await;
+    }
+    let mut controller = Controller::start(&ns, "e2e-controller-1");
+    for mut doc in yaml_docs("examples/routes.yaml") {
+        if doc["metadata"]["name"] == "chat" {
+            doc["spec"]["health"]["ejection"]["base"] = json!("10m");
+        }
+        create::<ModelRoute>(&client, &ns, doc).await;
+    }
+    for doc in yaml_docs("examples/budgets.yaml") {
+        create::<ProviderBudget>(&client, &ns, doc).await;
+    }
+
+    // ConfigMap, credentials, statuses.
+    let (doc, took) = eventually("the gateway ConfigMap with both example routes", Duration::from_secs(30), || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move { config(&client, &ns).await.filter(|d| d.route("chat").is_some() && d.route("reasoning").is_some()) }
+    })
+    .await;
+    println!("config rendered {took:?} after the manifests: revision {}", doc.revision);
+    assert_eq!(backend_state(&doc, "chat", "openai-mini"), "Active");
+    let creds = Api::<Secret>::namespaced(client.clone(), &ns).get("tollgate-credentials").await.unwrap();
+    let keys: Vec<String> = creds.data.unwrap_or_default().keys().cloned().collect();
+    assert_eq!(keys, ["anthropic_api-key", "deepseek_api-key", "gemini_api-key", "openai_api-key"]);
+    let (chat, _) = eventually("ModelRoute chat Ready", Duration::from_secs(20), || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let r = route(&client, &ns, "chat").await;
+            let st = r.status.clone()?;
+            (st.observed_generation == Some(1)
+                && st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            .then_some(r)
+        }
+    })
+    .await;
+    println!(
+        "chat status: state {:?}, active {:?}",
+        chat.status.as_ref().unwrap().state,
+        chat.status.as_ref().unwrap().active
+    );
+
+    // The controller's own endpoints.
+    let (code, text) = http_get(controller.health, "/readyz").await.unwrap();
+    assert_eq!((code, text.trim()), (200, "leading"));
+    let (code, text) = http_get(controller.health, "/metrics").await.unwrap();
+    assert!(code == 200 && text.contains("tollgate_controller_reconcile_duration_seconds"), "{text}");
+
+    // A gateway pod whose metrics port is this test's metrics server.
+    let gateway = FakeGateway::default();
+    gateway.set("openai-mini", 0, 0, 0);
+    gateway.set("deepseek", 0, 0, 0);
+    gateway.serve_revision(&doc.revision);
+    let port = gateway.start().await;
+    let pod = create::<Pod>(
+        &client,
+        &ns,
+        json!({
+            "metadata": {"name": "gateway-0",
+                         "labels": {"app.kubernetes.io/component": "gateway", "app.kubernetes.io/name": "tollgate"}},
+            "spec": {"containers": [{"name": "gateway", "image": "tollgate:e2e",
+                                     "ports": [{"name": "metrics", "containerPort": port}]}]}
+        }),
+    )
+    .await;
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "gateway-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+    let gw_uid = pod.uid().unwrap();
+    let (_, took) = eventually("gateways in sync in chat's status", Duration::from_secs(20), || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let g = route(&client, &ns, "chat").await.status?.gateways?;
+            (g.in_sync == 1 && g.total == 1).then_some(())
+        }
+    })
+    .await;
+    println!("gateway pod {gw_uid} scraped and in sync after {took:?}");
+
+    // Spend over a threshold: deepseek-daily (limit 200, Deprioritize at 95%) → 196 USD.
+    gateway.set("deepseek", 100, 0, 196_000_000_000);
+    let (doc, took) = eventually("deepseek deprioritized in the ConfigMap", INTERVAL + SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { config(&client, &ns).await.filter(|d| backend_state(d, "chat", "deepseek") == "OverBudget") }
+    })
+    .await;
+    println!("spend rotation in the ConfigMap after {took:?} (signal interval {INTERVAL:?})");
+    let deepseek = doc.route("chat").unwrap().backends.iter().find(|b| b.name == "deepseek").unwrap().clone();
+    assert_eq!((deepseek.tier, deepseek.serving), (2, true), "moved to the last tier, still a fallback");
+    gateway.serve_revision(&doc.revision);
+    let (b, _) = eventually("deepseek-daily Deprioritized with the spend", SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let b = budget(&client, &ns, "deepseek-daily").await;
+            let st = b.status.clone()?;
+            (st.state == Some(tollgate::api::BudgetState::Deprioritized)).then_some(b)
+        }
+    })
+    .await;
+    let st = b.status.unwrap();
+    println!(
+        "ProviderBudget deepseek-daily: spent {:?} percentUsed {:?} state {:?} checkpoints {:?}",
+        st.spent, st.percent_used, st.state, st.checkpoints
+    );
+    assert_eq!(st.spent.as_deref(), Some("196.000000"));
+    assert_eq!(st.checkpoints.len(), 1);
+    assert_eq!((st.checkpoints[0].gateway.as_str(), st.checkpoints[0].counter.as_str()), (gw_uid.as_str(), "196"));
+    let chat = route(&client, &ns, "chat").await.status.unwrap();
+    let rot = chat.last_rotation.clone().unwrap();
+    println!("ModelRoute chat: lastRotation {} -> {} ({})", rot.from, rot.to, rot.reason);
+    assert_eq!(rot.to, "openai-mini=100");
+    let (ev, _) = eventually("BudgetDeprioritized and RouteRotated Events", SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let ev = events(&client, &ns).await;
+            (has_event(&ev, "BudgetDeprioritized", "deepseek-daily") && has_event(&ev, "RouteRotated", "chat"))
+                .then_some(ev)
+        }
+    })
+    .await;
+    for e in ev.iter().filter(|e| e.reason.as_deref() != Some("NoRouteUsesProvider")) {
+        println!(
+            "Event {} {} on {}: {}",
+            e.type_.as_deref().unwrap_or(""),
+            e.reason.as_deref().unwrap_or(""),
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()).unwrap_or(""),
+            e.note.as_deref().unwrap_or("")
+        );
+        assert_eq!(e.reporting_instance.as_deref(), Some("e2e-controller-1"));
+    }
+
+    // Error rate over trip: openai-mini 30 requests, 10 upstream errors (33% ≥ 20%).
+    gateway.set("openai-mini", 20, 10, 0);
+    let (doc, took) = eventually("openai-mini ejected in the ConfigMap", INTERVAL + SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { config(&client, &ns).await.filter(|d| backend_state(d, "chat", "openai-mini") == "Ejected") }
+    })
+    .await;
+    println!("error-rate rotation in the ConfigMap after {took:?}");
+    gateway.serve_revision(&doc.revision);
+    let (chat, _) = eventually("chat status shows the ejection", SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let st = route(&client, &ns, "chat").await.status?;
+            let b = st.backends.iter().find(|b| b.name == "openai-mini")?;
+            (b.state == tollgate::api::BackendState::Ejected).then_some(st)
+        }
+    })
+    .await;
+    let b = chat.backends.iter().find(|b| b.name == "openai-mini").unwrap();
+    println!(
+        "ModelRoute chat: openai-mini {:?} errorRate {:?} requests {:?} until {:?}; lastRotation -> {}",
+        b.state,
+        b.error_rate,
+        b.requests,
+        b.ejected_until.as_ref().map(|t| t.0.to_string()),
+        chat.last_rotation.as_ref().unwrap().to
+    );
+    assert_eq!(b.error_rate.as_deref(), Some("0.333333"));
+    assert_eq!(chat.last_rotation.as_ref().unwrap().to, "claude-haiku=100");
+    eventually("a BackendEjected Event", SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { has_event(&events(&client, &ns).await, "BackendEjected", "chat").then_some(()) }
+    })
+    .await;
+
+    // Restart mid-window: SIGKILL (no goodbye), 2 USD more spend while no controller runs.
+    controller.kill();
+    gateway.set("deepseek", 110, 0, 198_000_000_000);
+    let restarted = Instant::now();
+    let controller2 = Controller::start(&ns, "e2e-controller-2");
+    let (spent, took) =
+        eventually("the new controller counts exactly the spend made while none ran", Duration::from_secs(30), || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                let st = budget(&client, &ns, "deepseek-daily").await.status?;
+                (st.spent.as_deref() != Some("196.000000")).then_some(st.spent)
+            }
+        })
+        .await;
+    println!("after the restart ({took:?}, lease takeover included): deepseek-daily spent {spent:?}");
+    assert_eq!(spent.as_deref(), Some("198.000000"), "spend lost or counted twice across the restart");
+    gateway.set("deepseek", 120, 0, 199_500_000_000);
+    let (spent, _) = eventually("spend after the restart", INTERVAL + SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let st = budget(&client, &ns, "deepseek-daily").await.status?;
+            (st.spent.as_deref() != Some("198.000000")).then_some(st.spent)
+        }
+    })
+    .await;
+    assert_eq!(spent.as_deref(), Some("199.500000"));
+    let b = budget(&client, &ns, "deepseek-daily").await.status.unwrap();
+    assert_eq!(b.checkpoints[0].counter, "199.5");
+    // The decisions survived the restart: no new escalation, the ejection still holds.
+    let doc = config(&client, &ns).await.unwrap();
+    assert_eq!(backend_state(&doc, "chat", "openai-mini"), "Ejected");
+    assert_eq!(backend_state(&doc, "chat", "deepseek"), "OverBudget");
+    let ev = events(&client, &ns).await;
+    let repeated: Vec<&Event> = ev
+        .iter()
+        .filter(|e| e.reporting_instance.as_deref() == Some("e2e-controller-2"))
+        .filter(|e| matches!(e.reason.as_deref(), Some("BudgetDeprioritized" | "BackendEjected" | "RouteRotated")))
+        .collect();
+    assert!(repeated.is_empty(), "decisions repeated after the restart: {repeated:?}");
+    println!("restart checked {:?} after the kill", restarted.elapsed());
+
+    // Graceful shutdown: SIGTERM → exit 0.
+    let mut controller2 = controller2;
+    let pid = controller2.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = controller2.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the controller did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    println!("e2e suite took {:?}", suite.elapsed());
+}
