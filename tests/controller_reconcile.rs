@@ -629,3 +629,30 @@ async fn last_route_removed_leaves_an_empty_config() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     h.finish().await;
 }
+
+/// A new controller (a restart, or another replica taking the lease) rebuilds its memory from
+/// the statuses: it writes nothing but the spend the gateway made meanwhile, counted once.
+#[tokio::test]
+async fn restart_neither_loses_nor_double_counts_spend() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    let mut h = harness(first_pass_expects(&doc));
+    h.signals.set(10, 0, 1_000_000_000, &doc.revision);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    apply_writes(&mut world, &h);
+    h.finish().await;
+
+    // The gateway spent 2.5 USD more while no controller ran.
+    let mut h = harness(vec![expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+        let s = status_envelope("ProviderBudget", "openai-daily", b);
+        assert_eq!(s["spent"], "3.500000");
+        assert_eq!(s["checkpoints"], json!([{"gateway": GW_UID, "counter": "3.5"}]));
+        assert_eq!(condition(&s, "Ready")["lastTransitionTime"], "2025-05-14T12:00:00Z");
+    })]);
+    h.signals.set(10, 0, 3_500_000_000, &doc.revision);
+    let r = h.pass(&world, later(60), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.transitions.is_empty(), "{:?}", r.transitions);
+    h.finish().await;
+}

@@ -335,6 +335,15 @@ impl Engine {
             }
         }
 
+        let uids: BTreeSet<String> = snap
+            .routes
+            .iter()
+            .map(|g| uid_of(g.as_ref()))
+            .chain(snap.budgets.iter().map(|g| uid_of(g.as_ref())))
+            .collect();
+        self.unreadable.retain(|uid, _| uids.contains(uid));
+        self.written.retain(|uid, _| uids.contains(uid));
+
         self.restore(&routes, &budgets);
 
         // Signals.
