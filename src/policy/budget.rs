@@ -529,7 +529,7 @@ pub fn evaluate_budget(
         spent: Some(mem.spent.to_string()),
         percent_used: percent,
         state: Some(state),
-        burn_rate_per_hour: burn.map(|b| b.per_hour().to_decimal(2)),
+        burn_rate_per_hour: burn.map(|b| b.per_hour().to_fixed(2)),
         projected_exhaustion: projected_exhaustion.map(Time),
         checkpoints: Vec::new(),
     };
@@ -949,7 +949,7 @@ mod tests {
         assert_eq!(e1.decision.action, None);
         // Half an hour later with 2.5 more: 12.5 over 1.5h.
         let e2 = run(&b, Some(&e1.memory), &Obs::new().spend("openai", "2.5"), plus(t0, 5400));
-        assert_eq!(e2.decision.status.burn_rate_per_hour.as_deref(), Some("8.333333333333"));
+        assert_eq!(e2.decision.status.burn_rate_per_hour.as_deref(), Some("8.33"));
         // Samples older than the lookback are pruned: 3h later only the last 2h count.
         let e3 = run(&b, Some(&e2.memory), &Obs::new().spend("openai", "1"), plus(t0, 3 * 3600));
         assert!(e3.memory.samples.iter().all(|s| s.at >= plus(t0, 3600)));

@@ -89,6 +89,24 @@ impl Money {
     }
 }
 
+impl Money {
+    /// Decimal string rounded (half away from zero) to exactly `decimals` decimals, for display
+    /// only (e.g. a burn rate); amounts that are stored use [`Money::to_decimal`].
+    pub fn to_fixed(self, decimals: u32) -> String {
+        let decimals = decimals.min(12);
+        let unit = 10i128.pow(12 - decimals);
+        let abs = self.0.abs();
+        let rounded = (abs + unit / 2) / unit * unit;
+        let m = Money(if self.0 < 0 { -rounded } else { rounded });
+        let s = m.to_decimal(decimals as usize);
+        match s.split_once('.') {
+            Some((w, f)) if decimals > 0 => format!("{w}.{}", &f[..decimals as usize]),
+            Some((w, _)) => w.to_string(),
+            None => s,
+        }
+    }
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_decimal(6))
@@ -321,6 +339,15 @@ mod tests {
         assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
         assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
         assert!(parse_duration_ms("5 minutes").is_err());
+    }
+
+    #[test]
+    fn fixed_rounds_for_display() {
+        assert_eq!(Money::from_picos(8_333_333_333_333).to_fixed(2), "8.33");
+        assert_eq!(Money::from_picos(8_335_000_000_000).to_fixed(2), "8.34");
+        assert_eq!(Money::from_usd(10).to_fixed(2), "10.00");
+        assert_eq!(Money::from_picos(-1_005_000_000_000).to_fixed(2), "-1.01");
+        assert_eq!(Money::from_picos(999_999_999_999).to_fixed(0), "1");
     }
 
     #[test]
