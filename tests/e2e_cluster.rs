@@ -301,8 +301,14 @@ async fn controller_end_to_end() {
     .await;
     println!("config rendered {took:?} after the manifests: revision {}", doc.revision);
     assert_eq!(backend_state(&doc, "chat", "openai-mini"), "Active");
-    let creds = Api::<Secret>::namespaced(client.clone(), &ns).get("tollgate-credentials").await.unwrap();
-    let keys: Vec<String> = creds.data.unwrap_or_default().keys().cloned().collect();
+    let (keys, _) = eventually("the credentials Secret", Duration::from_secs(10), || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let s = Api::<Secret>::namespaced(client, &ns).get_opt("tollgate-credentials").await.ok()??;
+            Some(s.data.unwrap_or_default().keys().cloned().collect::<Vec<String>>())
+        }
+    })
+    .await;
     assert_eq!(keys, ["anthropic_api-key", "deepseek_api-key", "gemini_api-key", "openai_api-key"]);
     let (chat, _) = eventually("ModelRoute chat Ready", Duration::from_secs(20), || {
         let (client, ns) = (client.clone(), ns.clone());
@@ -491,6 +497,10 @@ async fn controller_end_to_end() {
         .collect();
     assert!(repeated.is_empty(), "decisions repeated after the restart: {repeated:?}");
     println!("restart checked {:?} after the kill", restarted.elapsed());
+    let chat = route(&client, &ns, "chat").await.status.unwrap();
+    println!("final ModelRoute chat status:\n{}", serde_json::to_string_pretty(&chat).unwrap());
+    let b = budget(&client, &ns, "deepseek-daily").await.status.unwrap();
+    println!("final ProviderBudget deepseek-daily status:\n{}", serde_json::to_string_pretty(&b).unwrap());
 
     // Graceful shutdown: SIGTERM → exit 0.
     let mut controller2 = controller2;
