@@ -262,6 +262,19 @@ async fn controller_end_to_end() {
         }
     }
     let client = Client::try_default().await.expect("KUBECONFIG is set but no client could be built from it");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if crds.get_opt("modelroutes.tollgate.dev").await.unwrap().is_none() {
+        // A fresh cluster: the controller must refuse to start, saying why.
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["controller", "--leader-election=false", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+        assert!(line.contains("modelroutes.tollgate.dev is not installed"), "{err}");
+        println!("without the CRDs: exit {:?}, {line}", out.status.code());
+    }
     install_crds(&client).await;
 
     let ns = format!("tollgate-e2e-{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -500,6 +513,18 @@ async fn controller_end_to_end() {
     let chat = route(&client, &ns, "chat").await.status.unwrap();
     println!("final ModelRoute chat status:\n{}", serde_json::to_string_pretty(&chat).unwrap());
     let b = budget(&client, &ns, "deepseek-daily").await.status.unwrap();
+    for e in events(&client, &ns).await {
+        println!(
+            "Event {} {} on {} {} by {}{}: {}",
+            e.type_.as_deref().unwrap_or(""),
+            e.reason.as_deref().unwrap_or(""),
+            e.regarding.as_ref().and_then(|r| r.kind.as_deref()).unwrap_or(""),
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()).unwrap_or(""),
+            e.reporting_instance.as_deref().unwrap_or(""),
+            e.series.as_ref().map(|s| format!(" (x{})", s.count)).unwrap_or_default(),
+            e.note.as_deref().unwrap_or("")
+        );
+    }
     println!("final ProviderBudget deepseek-daily status:\n{}", serde_json::to_string_pretty(&b).unwrap());
 
     // Graceful shutdown: SIGTERM → exit 0.
