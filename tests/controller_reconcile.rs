@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Client;
 use kube::client::Body;
 use kube::core::DeserializeGuard;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use tollgate::api::{ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
@@ -261,12 +261,7 @@ fn harness(expects: Vec<Expect>) -> Harness {
         Reporter { controller: "tollgate-controller".into(), instance: Some("tollgate-controller-0".into()) };
     let metrics = Arc::new(ControllerMetrics::new());
     let settings = Settings { retry_backoff: Duration::from_millis(5), ..Settings::default() };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(client, reporter),
-        metrics: metrics.clone(),
-        settings,
-    });
+    let ctx = Arc::new(Context { client: client.clone(), reporter, metrics: metrics.clone(), settings });
     let signals = FakeSignals::default();
     let engine = Engine::new(ctx, Arc::new(signals.clone()));
     let log: Log = Arc::default();

@@ -470,6 +470,14 @@ async fn controller_end_to_end() {
     })
     .await;
 
+    let rotations = events(&client, &ns)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RouteRotated"))
+        .filter_map(|e| e.note)
+        .collect::<Vec<_>>();
+    assert_eq!(rotations.len(), 2, "one Event per rotation, each with its own evidence: {rotations:?}");
+
     // Restart mid-window: SIGKILL (no goodbye), 2 USD more spend while no controller runs.
     controller.kill();
     gateway.set("deepseek", 110, 0, 198_000_000_000);

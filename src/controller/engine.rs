@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DeserializeGuard, DynamicObject};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
@@ -86,8 +86,8 @@ impl Default for Settings {
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Events recorder (reporter instance = pod name).
-    pub recorder: Recorder,
+    /// Who reports Events (controller name; instance = pod name).
+    pub reporter: Reporter,
     /// Metrics.
     pub metrics: Arc<ControllerMetrics>,
     /// Settings.
@@ -897,7 +897,11 @@ impl Engine {
         let mut errors = Vec::new();
         let mut retry = VecDeque::new();
         while let Some(mut p) = self.outbox.pop_front() {
-            let recorder = self.ctx.recorder.clone();
+            // A recorder per Event: each transition is its own Event with its own evidence (a
+            // shared recorder would fold a second rotation within minutes into a `series`
+            // count of the first, keeping the first note). Repeats of an unchanged problem are
+            // never published twice (see `reported`).
+            let recorder = Recorder::new(self.ctx.client.clone(), self.ctx.reporter.clone());
             match self.retrying(|| recorder.publish(&p.event, &p.reference)).await {
                 Ok(()) => published += 1,
                 Err(source) => {

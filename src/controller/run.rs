@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Client, Resource};
@@ -135,12 +135,7 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         write_grace: args.signal_interval.saturating_mul(2),
         ..Settings::default()
     };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
-        metrics,
-        settings,
-    });
+    let ctx = Arc::new(Context { client: client.clone(), reporter, metrics, settings });
     let timeout = args.signal_interval.min(Duration::from_secs(10));
     let signals: Arc<dyn Signals> = match &args.signals {
         SignalsSource::Scrape => Arc::new(ScrapeSignals::new(timeout).map_err(|e| Error::Flag(e.to_string()))?),
