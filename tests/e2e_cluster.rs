@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -24,6 +25,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tollgate::api::{ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
+use tollgate::controller::source::{self, SourceUpdate};
 
 /// The controller's `--signal-interval` in this suite.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -383,6 +385,32 @@ async fn controller_end_to_end() {
     .await;
     println!("gateway pod {gw_uid} scraped and in sync after {took:?}");
 
+    // What `tollgate gateway --from-configmap NS/tollgate-gateway` follows through the API.
+    let seen: Arc<Mutex<Vec<(Instant, SourceUpdate)>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        let stream = source::updates(client.clone(), &ns, "tollgate-gateway", "tollgate-credentials");
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(u) = stream.next().await {
+                seen.lock().unwrap().push((Instant::now(), u));
+            }
+        });
+    }
+    let source_revision = |seen: &Arc<Mutex<Vec<(Instant, SourceUpdate)>>>| {
+        seen.lock().unwrap().iter().rev().find_map(|(at, u)| match u {
+            SourceUpdate::Config(c) => Some((*at, c.revision.clone())),
+            _ => None,
+        })
+    };
+    let ((_, rev), _) = eventually("the config source's first document", Duration::from_secs(10), || {
+        let seen = seen.clone();
+        async move { source_revision(&seen) }
+    })
+    .await;
+    assert_eq!(rev, doc.revision);
+    assert!(seen.lock().unwrap().iter().any(|(_, u)| matches!(u, SourceUpdate::Credentials(c) if c.len() == 4)));
+
     // Spend over a threshold: deepseek-daily (limit 200, Deprioritize at 95%) → 196 USD.
     gateway.set("deepseek", 100, 0, 196_000_000_000);
     let (doc, took) = eventually("deepseek deprioritized in the ConfigMap", INTERVAL + SLACK, || {
@@ -391,6 +419,16 @@ async fn controller_end_to_end() {
     })
     .await;
     println!("spend rotation in the ConfigMap after {took:?} (signal interval {INTERVAL:?})");
+    let cm_seen = Instant::now();
+    let ((at, _), _) = eventually("the config source follows the rotation", Duration::from_secs(5), || {
+        let (seen, rev) = (seen.clone(), doc.revision.clone());
+        async move { source_revision(&seen).filter(|(_, r)| *r == rev) }
+    })
+    .await;
+    println!(
+        "the API config source (gateway --from-configmap) had the new revision {:?} after this test saw the ConfigMap (0 = already before its 100 ms poll)",
+        at.saturating_duration_since(cm_seen)
+    );
     let deepseek = doc.route("chat").unwrap().backends.iter().find(|b| b.name == "deepseek").unwrap().clone();
     assert_eq!((deepseek.tier, deepseek.serving), (2, true), "moved to the last tier, still a fallback");
     gateway.serve_revision(&doc.revision);
