@@ -499,6 +499,7 @@ impl Engine {
     fn restore(&mut self, routes: &[ModelRoute], budgets: &[ProviderBudget]) {
         let budget_keys: BTreeSet<ObjectKey> = budgets.iter().map(ObjectKey::of).collect();
         self.restored_budgets.retain(|k| budget_keys.contains(k));
+        self.pending.retain(|(k, _), _| budget_keys.contains(k));
         for b in budgets {
             let key = ObjectKey::of(b);
             if !self.restored_budgets.insert(key.clone()) || self.state.budgets.contains_key(&key) {

@@ -330,7 +330,7 @@ async fn run_engine(
                 routes.ready().await && budgets.ready().await && secrets.ready().await
                     && configmaps.ready().await && pods.ready().await
             } => if !synced {
-                return Err(Error::Lease("a watcher stopped before its cache synced".into()));
+                return Err(Error::Io(std::io::Error::other("a watcher stopped before its cache synced")));
             },
         }
         info!("caches synced");
