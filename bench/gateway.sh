@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Gateway overhead benchmark (not a test): wrk against, on loopback,
+#   (a) a fast fixed-body upstream (nginx `return 200` with a chat completion + usage),
+#   (b) nginx as a plain keep-alive reverse proxy in front of it,
+#   (c) `tollgate gateway` in front of it (routing, body rewrite, usage parsing, exact metering).
+# Prints p50/p99 latency at 1 connection, the latency each proxy adds over (a), requests/s at 32
+# connections, the ratios tollgate/nginx and the gateway's RSS.
+#
+#   bench/gateway.sh                      # DURATION=10s per measurement, about 1.5 minutes
+#   DURATION=30s bench/gateway.sh
+#
+# Needs wrk and nginx (Debian: apt-get install wrk nginx-light; installed here when run as root)
+# and builds target/release/tollgate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-32}
+THREADS=${THREADS:-2}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  if [[ $(id -u) == 0 ]] && need apt-get; then
+    echo "installing wrk and nginx-light..." >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
+  else
+    echo "error: needs wrk and nginx (Debian: apt-get install wrk nginx-light)" >&2
+    exit 1
+  fi
+fi
+NGINX=$(command -v nginx)
+
+echo "building target/release/tollgate..." >&2
+cargo build -q --release --bin tollgate
+TOLLGATE=$PWD/target/release/tollgate
+
+WORK=$(mktemp -d -t tollgate-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_PORT=$(free_port)
+NGX_PORT=$(free_port)
+TG_PORT=$(free_port)
+TG_METRICS=$(free_port)
+
+BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
+
+nginx_conf() { # $1 = name, $2 = server block body
+  mkdir -p "$WORK/$1/logs" "$WORK/$1/tmp"
+  cat >"$WORK/$1/nginx.conf" <<EOF
+daemon off;
+worker_processes auto;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1/tmp/body;
+  proxy_temp_path $WORK/$1/tmp/proxy;
+  fastcgi_temp_path $WORK/$1/tmp/fastcgi;
+  uwsgi_temp_path $WORK/$1/tmp/uwsgi;
+  scgi_temp_path $WORK/$1/tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+$2
+}
+EOF
+  "$NGINX" -p "$WORK/$1" -c "$WORK/$1/nginx.conf" &
+  PIDS+=($!)
+}
+
+# (a) the upstream: a fixed JSON body for any path.
+nginx_conf upstream "
+  server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type application/json; return 200 '$BODY'; }
+  }"
+
+# (b) nginx as a keep-alive reverse proxy.
+nginx_conf proxy "
+  upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX_PORT;
+    location / {
+      proxy_pass http://fixed;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering on;
+    }
+  }"
+
+# (c) tollgate: one route whose only backend is the fixed upstream.
+mkdir -p "$WORK/manifests" "$WORK/creds"
+cat >"$WORK/manifests/route.yaml" <<EOF
+apiVersion: tollgate.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: bench}
+spec:
+  backends:
+    - name: fixed
+      provider: openai
+      model: bench-model
+      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
+      pricing: {input: "2.50", cachedInput: "1.25", output: "10.00"}
+EOF
+"$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
+RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
+  --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" >"$WORK/gateway.log" 2>&1 &
+TG_PID=$!
+PIDS+=("$TG_PID")
+
+wait_http() { # url
+  for _ in $(seq 1 100); do
+    if curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d '{"model":"bench"}' "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "error: $1 does not answer" >&2
+  cat "$WORK"/*/logs/error.log "$WORK/gateway.log" >&2 || true
+  exit 1
+}
+A_URL="http://127.0.0.1:$UP_PORT/v1/chat/completions"
+B_URL="http://127.0.0.1:$NGX_PORT/v1/chat/completions"
+C_URL="http://127.0.0.1:$TG_PORT/v1/chat/completions"
+wait_http "$A_URL"; wait_http "$B_URL"; wait_http "$C_URL"
+
+cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
+EOF
+
+# Latency in microseconds from a wrk value (123.45us, 1.20ms, 2.00s).
+to_us() { awk -v v="$1" 'BEGIN {
+  n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
+
+# $1 = url → "p50_us p99_us" at 1 connection
+latency() {
+  wrk -t1 -c1 -d"$WARMUP" -s "$WORK/post.lua" "$1" >/dev/null
+  local out; out=$(wrk -t1 -c1 -d"$DURATION" --latency -s "$WORK/post.lua" "$1")
+  check "$out" "$1"
+  local p50 p99
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  echo "$(to_us "$p50") $(to_us "$p99")"
+}
+
+# $1 = url → requests/s at $CONNS connections
+throughput() {
+  wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$WORK/post.lua" "$1" >/dev/null
+  local out; out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$WORK/post.lua" "$1")
+  check "$out" "$1"
+  awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+}
+
+check() { # fail loudly on errors or non-2xx answers
+  if grep -qE 'Non-2xx|Socket errors' <<<"$1"; then
+    echo "error: $2 had failures:" >&2
+    echo "$1" >&2
+    exit 1
+  fi
+}
+
+echo "measuring (${DURATION} per run, 1 connection for latency, ${CONNS} connections for throughput)..." >&2
+read -r A50 A99 < <(latency "$A_URL")
+read -r B50 B99 < <(latency "$B_URL")
+read -r C50 C99 < <(latency "$C_URL")
+ARPS=$(throughput "$A_URL")
+BRPS=$(throughput "$B_URL")
+CRPS=$(throughput "$C_URL")
+
+RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$TG_PID/status")
+HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$TG_PID/status")
+OK=$(curl -fsS "http://127.0.0.1:$TG_METRICS/metrics" | awk -F' ' '/^tollgate_requests_total\{.*outcome="ok"/ {s += $2} END {print s + 0}')
+NANO=$(curl -fsS "http://127.0.0.1:$TG_METRICS/metrics" | awk -F' ' '/^tollgate_cost_nanousd_total\{/ {s += $2} END {printf "%.0f", s}')
+
+awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99="$C99" \
+    -v arps="$ARPS" -v brps="$BRPS" -v crps="$CRPS" -v rss="$RSS_KB" -v hwm="$HWM_KB" -v ok="$OK" -v nano="$NANO" \
+    -v cores="$(nproc)" -v dur="$DURATION" -v conns="$CONNS" 'BEGIN {
+  printf "\ntollgate gateway benchmark: loopback, %s cores, wrk %s per run\n\n", cores, dur
+  printf "%-22s %10s %10s %12s %12s %14s\n", "target", "p50 (us)", "p99 (us)", "added p50", "added p99", "req/s @" conns
+  printf "%-22s %10.0f %10.0f %12s %12s %14.0f\n", "(a) upstream direct", a50, a99, "-", "-", arps
+  printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(b) nginx proxy", b50, b99, b50 - a50, b99 - a99, brps
+  printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(c) tollgate gateway", c50, c99, c50 - a50, c99 - a99, crps
+  nb50 = b50 - a50; nb99 = b99 - a99
+  printf "\nratios tollgate / nginx: added p50 %.2fx, added p99 %.2fx, req/s %.2fx\n",
+    (nb50 > 0 ? (c50 - a50) / nb50 : 0), (nb99 > 0 ? (c99 - a99) / nb99 : 0), crps / brps
+  printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %d; spend metered: %d nano-USD\n",
+    rss / 1024, hwm / 1024, ok, nano
+}'
