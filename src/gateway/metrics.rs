@@ -334,12 +334,10 @@ impl Metrics {
         Self { registry, meter, duration, ttft }
     }
 
-    pub(crate) fn observe_duration(&self, labels: &BackendLabels, d: Duration) {
-        self.duration.get_or_create(labels).observe(d.as_secs_f64());
-    }
-
-    pub(crate) fn observe_ttft(&self, labels: &BackendLabels, d: Duration) {
-        self.ttft.get_or_create(labels).observe(d.as_secs_f64());
+    /// The duration and time-to-first-token histograms of one series (handles to keep, so the
+    /// request path does not look them up).
+    pub(crate) fn histograms(&self, labels: &BackendLabels) -> (Histogram, Histogram) {
+        (self.duration.get_or_create(labels).clone(), self.ttft.get_or_create(labels).clone())
     }
 
     /// Prometheus text exposition (format 0.0.4).

@@ -47,7 +47,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 pub use errors::ApiError;
@@ -60,6 +60,7 @@ use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, GatewayConfig};
 use crate::policy::money::parse_duration_ms;
 use metrics::{BackendLabels, MeterCell, Metrics};
+use prometheus_client::metrics::histogram::Histogram;
 use select::Candidate;
 
 /// Default directory of the API key files (the mounted `tollgate-credentials` Secret).
@@ -104,7 +105,7 @@ impl Default for GatewayOptions {
 pub enum GatewayError {
     /// The HTTP client could not be built (TLS backend).
     #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] rustls::Error),
     /// The initial config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -126,6 +127,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) cfg: BackendConfig,
     pub(crate) cell: Arc<MeterCell>,
     pub(crate) labels: BackendLabels,
+    pub(crate) duration: Histogram,
+    pub(crate) ttft: Histogram,
     pub(crate) backend_header: HeaderValue,
     pub(crate) provider_header: HeaderValue,
 }
@@ -151,7 +154,7 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 impl Served {
-    fn compile(config: GatewayConfig, meter: &Meter) -> Self {
+    fn compile(config: GatewayConfig, metrics: &Metrics) -> Self {
         let routes = config
             .routes
             .iter()
@@ -161,10 +164,14 @@ impl Served {
                     .iter()
                     .map(|b| {
                         let key = MeterKey::new(&r.name, &b.name, &b.provider, &b.model);
+                        let labels = BackendLabels::of(&key);
+                        let (duration, ttft) = metrics.histograms(&labels);
                         Arc::new(CompiledBackend {
                             cfg: b.clone(),
-                            cell: meter.cell(&key),
-                            labels: BackendLabels::of(&key),
+                            cell: metrics.meter.cell(&key),
+                            labels,
+                            duration,
+                            ttft,
                             backend_header: header_value(&b.name),
                             provider_header: header_value(&b.provider),
                         })
@@ -232,7 +239,7 @@ impl Gateway {
             return Err(e);
         }
         let revision = config.revision.clone();
-        let served = Served::compile(config, &self.inner.metrics.meter);
+        let served = Served::compile(config, &self.inner.metrics);
         self.inner.current.store(Some(Arc::new(served)));
         self.inner.metrics.meter.set_revision(&revision);
         Ok(())
@@ -305,14 +312,7 @@ impl Default for ServeLimits {
     }
 }
 
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then lets
-/// in-flight requests finish for at most `limits.shutdown_grace`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send,
-) {
+fn conn_builder(limits: ServeLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -320,36 +320,126 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    builder
+}
+
+fn serve_stream(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    router: &Router,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+    let conn = graceful.watch(conn.into_owned());
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+}
+
+async fn drain(graceful: GracefulShutdown, grace: Duration) {
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 and h2c) on the current runtime until `shutdown`
+/// resolves, then lets in-flight requests finish for at most `limits.shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let builder = conn_builder(limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => serve_stream(&builder, &graceful, stream, &router),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(limits.shutdown_grace) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
+    drain(graceful, limits.shutdown_grace).await;
+}
+
+/// Thread-per-core serving: this task accepts; `workers` threads, each with its own
+/// single-threaded runtime, serve the connections handed to them in turn. A connection, its
+/// requests and their upstream connections then stay on one thread, without cross-thread
+/// wake-ups (what makes the gateway's added latency close to a plain reverse proxy's).
+/// `workers` ≤ 1 serves on the current runtime.
+pub async fn serve_sharded(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    workers: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if workers <= 1 {
+        serve(listener, router, limits, shutdown.cancelled_owned()).await;
+        return Ok(());
+    }
+    let mut senders = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (router, token) = (router.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new().name(format!("tollgate-api-{i}")).spawn(move || {
+            rt.block_on(async move {
+                let builder = conn_builder(limits);
+                let graceful = GracefulShutdown::new();
+                loop {
+                    tokio::select! {
+                        next = rx.recv() => match next.map(TcpStream::from_std) {
+                            Some(Ok(stream)) => serve_stream(&builder, &graceful, stream, &router),
+                            Some(Err(e)) => tracing::warn!(error = %e, "cannot adopt a connection"),
+                            None => break,
+                        },
+                        () = token.cancelled() => break,
+                    }
+                }
+                drain(graceful, limits.shutdown_grace).await;
+            });
+        })?;
+        senders.push(tx);
+        threads.push(thread);
+    }
+    let mut next = 0usize;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => {
+                    let _ = senders[next % workers].send(stream);
+                    next = next.wrapping_add(1);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.cancelled() => break,
         }
     }
+    drop(listener);
+    drop(senders);
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -411,6 +501,9 @@ pub struct GatewayArgs {
     /// Time in-flight requests get to finish after SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Threads serving the API, each with its own single-threaded runtime (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -491,9 +584,14 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let token = CancellationToken::new();
     tokio::spawn(shutdown_signal(token.clone()));
     let limits = args.limits();
-    let api_server = serve(api, gw.router(), limits, token.clone().cancelled_owned());
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        n => n,
+    };
+    let api_server = serve_sharded(api, gw.router(), limits, workers, token.clone());
     let metrics_server = serve(metrics, gw.metrics_router(), limits, token.clone().cancelled_owned());
-    tokio::join!(api_server, metrics_server);
+    let (api_result, ()) = tokio::join!(api_server, metrics_server);
+    api_result?;
     watcher.abort();
     Ok(())
 }
@@ -501,7 +599,9 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
 /// Entry point of the `tollgate gateway` subcommand.
 pub fn run_gateway(args: GatewayArgs) -> ExitCode {
     init_tracing(args.log_json);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // This runtime accepts, serves /metrics and reloads the config; the API is served by the
+    // worker threads of `serve_sharded`.
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -328,7 +328,6 @@ async fn attempt(
     deadline: Instant,
 ) -> Attempt {
     let opts = &gw.inner.opts;
-    let metrics = &gw.inner.metrics;
     let started = Instant::now();
     let first_byte_deadline = (started + opts.first_byte_timeout).min(deadline);
     let ask_usage = creq.stream && !creq.include_usage && endpoint.usage_needs_stream_options();
@@ -351,7 +350,7 @@ async fn attempt(
     };
     let fail = |outcome: Outcome, status: Option<StatusCode>, message: String| {
         b.cell.record_outcome(outcome, None);
-        metrics.observe_duration(&b.labels, started.elapsed());
+        b.duration.observe(started.elapsed().as_secs_f64());
         Failure { backend: b.cfg.name.clone(), outcome, status, message }
     };
     let UpstreamReply { status, headers, mut body, api_key } = match sent {
@@ -383,7 +382,7 @@ async fn attempt(
         let wait = (Instant::now() + ERROR_BODY_WAIT).min(deadline);
         let raw = read_all(&mut body, MAX_ERROR_BODY, wait).await.unwrap_or_default();
         b.cell.record_outcome(Outcome::ClientError, None);
-        metrics.observe_duration(&b.labels, started.elapsed());
+        b.duration.observe(started.elapsed().as_secs_f64());
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             tracing::error!(route = %route.name, backend = %b.cfg.name, status = status.as_u16(), "upstream refused the gateway's credentials");
             return Attempt::Done(
@@ -421,7 +420,7 @@ async fn attempt(
 
     if !status.is_success() {
         b.cell.record_outcome(Outcome::UpstreamError, None);
-        metrics.observe_duration(&b.labels, started.elapsed());
+        b.duration.observe(started.elapsed().as_secs_f64());
         return Attempt::Done(
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -454,8 +453,7 @@ async fn attempt(
             Ok(Some(Ok(chunk))) => chunk,
         };
         let ttfb = started.elapsed();
-        metrics.observe_ttft(&b.labels, ttfb);
-        let gw2 = gw.clone();
+        b.ttft.observe(ttfb.as_secs_f64());
         let b2 = b.clone();
         let on_end = Box::new(move |end: StreamEnd, usage: Result<TokenCounts, UsageError>| {
             let (outcome, latency, missing_reason) = match end {
@@ -467,7 +465,7 @@ async fn attempt(
                 }
             };
             b2.cell.record_outcome(outcome, latency);
-            gw2.inner.metrics.observe_duration(&b2.labels, started.elapsed());
+            b2.duration.observe(started.elapsed().as_secs_f64());
             bill(&b2, usage, missing_reason);
         });
         let sse = SseProcessor::new(family, ask_usage);
@@ -486,7 +484,7 @@ async fn attempt(
         Ok(r) => r,
         Err(ReadError::Timeout) => {
             b.cell.record_outcome(Outcome::Timeout, None);
-            metrics.observe_duration(&b.labels, started.elapsed());
+            b.duration.observe(started.elapsed().as_secs_f64());
             b.cell.record_usage_missing("unreadable_body");
             return Attempt::Done(
                 ApiError::new(
@@ -505,7 +503,7 @@ async fn attempt(
                 ReadError::Timeout => String::new(),
             };
             b.cell.record_outcome(Outcome::UpstreamError, None);
-            metrics.observe_duration(&b.labels, started.elapsed());
+            b.duration.observe(started.elapsed().as_secs_f64());
             b.cell.record_usage_missing("unreadable_body");
             return Attempt::Done(
                 ApiError::new(
@@ -519,7 +517,7 @@ async fn attempt(
         }
     };
     let elapsed = started.elapsed();
-    metrics.observe_duration(&b.labels, elapsed);
+    b.duration.observe(elapsed.as_secs_f64());
     match body_usage(family, &raw) {
         Err(()) => {
             b.cell.record_outcome(Outcome::UpstreamError, None);

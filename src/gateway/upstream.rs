@@ -1,13 +1,21 @@
 //! Calling a real upstream over HTTP(S): URL, auth headers, credentials, transport errors.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
+use bytes::Bytes;
 use futures::TryStreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use super::GatewayOptions;
@@ -93,21 +101,60 @@ pub(crate) fn redact(text: &str, key: Option<&str>) -> String {
 /// Request headers of the client passed on to upstream.
 const FORWARDED: [&str; 3] = ["openai-beta", "anthropic-beta", "accept"];
 
-/// The HTTP client shared by every upstream call.
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// One connection pool per thread and gateway: with the thread-per-core server, a request
+    /// and its upstream connection stay on one thread (no cross-thread wake-ups).
+    static CLIENTS: RefCell<HashMap<u64, HttpsClient>> = RefCell::new(HashMap::new());
+}
+
+/// The upstream HTTP(S) client: hyper's pooled client over rustls (webpki roots, ring).
 pub(crate) struct Upstream {
-    client: reqwest::Client,
+    id: u64,
+    connect_timeout: Duration,
     pub(crate) credentials: Credentials,
 }
 
 impl Upstream {
-    pub(crate) fn new(opts: &GatewayOptions) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client, credentials: Credentials::new(opts.credentials_dir.clone()) })
+    pub(crate) fn new(opts: &GatewayOptions) -> Result<Self, rustls::Error> {
+        let up = Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connect_timeout: opts.connect_timeout,
+            credentials: Credentials::new(opts.credentials_dir.clone()),
+        };
+        // Fail at start, not on the first request, if TLS cannot be set up.
+        up.build_client()?;
+        Ok(up)
+    }
+
+    fn build_client(&self) -> Result<HttpsClient, rustls::Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https))
+    }
+
+    fn client(&self) -> Result<HttpsClient, SendError> {
+        CLIENTS.with(|c| {
+            let mut map = c.borrow_mut();
+            if let Some(client) = map.get(&self.id) {
+                return Ok(client.clone());
+            }
+            let client = self.build_client().map_err(|e| SendError::Connect(format!("TLS setup: {e}")))?;
+            map.insert(self.id, client.clone());
+            Ok(client)
+        })
     }
 
     /// Sends one attempt and waits for the response headers until `first_byte_deadline`.
@@ -126,9 +173,14 @@ impl Upstream {
             Some(f) => Some(self.credentials.get(f).map_err(SendError::Credentials)?),
             None => None,
         };
-        let url = format!("{base_url}{}", endpoint.path());
-        let mut headers = HeaderMap::new();
+        let uri = Uri::try_from(format!("{base_url}{}", endpoint.path()))
+            .map_err(|e| SendError::Connect(format!("invalid upstream URL: {e}")))?;
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         for name in FORWARDED {
             if let Some(v) = client_headers.get(name) {
                 headers.insert(HeaderName::from_static(name), v.clone());
@@ -152,23 +204,23 @@ impl Upstream {
         if protocol == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
             headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"));
         }
-        let fut = self.client.post(url).headers(headers).body(body).send();
-        let resp = match tokio::time::timeout_at(first_byte_deadline, fut).await {
+        let client = self.client()?;
+        let resp = match tokio::time::timeout_at(first_byte_deadline, client.request(req)).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) if e.is_connect() => return Err(SendError::Connect(describe(&e))),
-            Ok(Err(e)) if e.is_timeout() => return Err(SendError::Timeout),
             Ok(Err(e)) => return Err(SendError::Transport(describe(&e))),
             Ok(Ok(r)) => r,
         };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body: BodyStream = Box::pin(resp.bytes_stream().map_err(|e| io::Error::other(describe(&e))));
-        Ok(UpstreamReply { status, headers, body, api_key })
+        let (parts, body) = resp.into_parts();
+        let body: BodyStream = Box::pin(body.into_data_stream().map_err(|e| io::Error::other(describe(&e))));
+        Ok(UpstreamReply { status: parts.status, headers: parts.headers, body, api_key })
     }
 }
 
-/// An error with its causes (keys never travel in URLs, and reqwest never prints headers).
-fn describe(e: &reqwest::Error) -> String {
+const USER_AGENT: &str = concat!("tollgate/", env!("CARGO_PKG_VERSION"));
+
+/// An error with its causes (keys never travel in URLs, and hyper never prints headers).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {
