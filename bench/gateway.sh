@@ -191,6 +191,6 @@ awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99
   nb50 = b50 - a50; nb99 = b99 - a99
   printf "\nratios tollgate / nginx: added p50 %.2fx, added p99 %.2fx, req/s %.2fx\n",
     (nb50 > 0 ? (c50 - a50) / nb50 : 0), (nb99 > 0 ? (c99 - a99) / nb99 : 0), crps / brps
-  printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %d; spend metered: %d nano-USD\n",
+  printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %s; spend metered: %s nano-USD\n",
     rss / 1024, hwm / 1024, ok, nano
 }'

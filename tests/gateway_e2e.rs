@@ -1389,3 +1389,40 @@ async fn hot_reload_under_load_with_symlink_swaps_and_bad_configs() {
     assert_eq!(billed, per_request.times(total));
     assert_eq!(total as usize, served.lock().unwrap().values().sum::<usize>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_per_core_server_serves_every_connection_and_shuts_down() {
+    let up = fake(Behavior::Provider(Shape::OpenAI)).await;
+    let cfg = config(vec![route(
+        "chat",
+        Strategy::Weighted,
+        vec![backend("oa", "openai", ProviderFamily::OpenAI, http(&up, Protocol::OpenAI, None), openai_prices())],
+    )]);
+    let gw = Gateway::new(Some(cfg), GatewayOptions::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let token = tokio_util::sync::CancellationToken::new();
+    let server =
+        tokio::spawn(tollgate::gateway::serve_sharded(listener, gw.router(), ServeLimits::default(), 3, token.clone()));
+    // Separate clients: separate connections, handed to the workers in turn.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = format!("{base}/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for stream in [false, true] {
+                let r = client.post(&url).json(&json!({"model": "chat", "stream": stream})).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let e = gw.meter().snapshot().backend("chat", "oa");
+    assert_eq!(e.count(Outcome::Ok), 12);
+    assert_eq!(e.cost, usd("0.00725").times(12));
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("shuts down").unwrap().unwrap();
+}

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::Router;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -57,7 +57,7 @@ pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
 
 use crate::api::{RouteState, Strategy};
-use crate::config::{BackendConfig, ConfigError, GatewayConfig};
+use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
 use crate::policy::money::parse_duration_ms;
 use metrics::{BackendLabels, MeterCell, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
@@ -131,6 +131,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) ttft: Histogram,
     pub(crate) backend_header: HeaderValue,
     pub(crate) provider_header: HeaderValue,
+    /// Upstream URL of each endpoint (HTTP backends whose base URL parses).
+    pub(crate) uris: Option<[Uri; 4]>,
 }
 
 /// One route as served.
@@ -166,6 +168,16 @@ impl Served {
                         let key = MeterKey::new(&r.name, &b.name, &b.provider, &b.model);
                         let labels = BackendLabels::of(&key);
                         let (duration, ttft) = metrics.histograms(&labels);
+                        let uris = match &b.endpoint {
+                            EndpointConfig::Http { base_url, .. } => {
+                                let parsed: Result<Vec<Uri>, _> = Endpoint::ALL
+                                    .iter()
+                                    .map(|e| Uri::try_from(format!("{base_url}{}", e.path())))
+                                    .collect();
+                                parsed.ok().and_then(|v| <[Uri; 4]>::try_from(v).ok())
+                            }
+                            EndpointConfig::Mock(_) => None,
+                        };
                         Arc::new(CompiledBackend {
                             cfg: b.clone(),
                             cell: metrics.meter.cell(&key),
@@ -174,6 +186,7 @@ impl Served {
                             ttft,
                             backend_header: header_value(&b.name),
                             provider_header: header_value(&b.provider),
+                            uris,
                         })
                     })
                     .collect();

@@ -36,6 +36,20 @@ impl Endpoint {
         }
     }
 
+    /// Every endpoint, in [`index`](Self::index) order.
+    pub const ALL: [Endpoint; 4] =
+        [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Responses];
+
+    /// Position in [`ALL`](Self::ALL).
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+            Endpoint::Responses => 3,
+        }
+    }
+
     /// Whether a stream carries usage only when `stream_options.include_usage` is set.
     pub fn usage_needs_stream_options(self) -> bool {
         matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)

@@ -261,20 +261,22 @@ enum ReadError {
 
 /// Reads a body whole, until `deadline`, at most `limit` bytes.
 async fn read_all(body: &mut BodyStream, limit: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
-    let mut out = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, body.next()).await {
-            Err(_) => return Err(ReadError::Timeout),
-            Ok(None) => return Ok(out),
-            Ok(Some(Err(e))) => return Err(ReadError::Broken(e.to_string())),
-            Ok(Some(Ok(chunk))) => {
-                if out.len() + chunk.len() > limit {
-                    return Err(ReadError::TooLarge);
-                }
-                out.extend_from_slice(&chunk);
+    let read = async {
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
+            if out.len() + chunk.len() > limit {
+                return Err(ReadError::TooLarge);
             }
+            if out.is_empty() && chunk.len() < limit {
+                out.reserve(chunk.len());
+            }
+            out.extend_from_slice(&chunk);
         }
-    }
+        Ok(out)
+    };
+    // One timer for the whole body, not one per chunk.
+    tokio::time::timeout_at(deadline, read).await.unwrap_or(Err(ReadError::Timeout))
 }
 
 /// The message of an upstream error body, scrubbed of the API key.
@@ -335,12 +337,16 @@ async fn attempt(
     let family = b.cfg.family;
 
     let sent = match &b.cfg.endpoint {
-        EndpointConfig::Http { base_url, protocol, api_key_file } => {
-            gw.inner
-                .upstream
-                .send(base_url, *protocol, api_key_file.as_deref(), endpoint, body, client_headers, first_byte_deadline)
-                .await
-        }
+        EndpointConfig::Http { base_url, protocol, api_key_file } => match &b.uris {
+            Some(uris) => {
+                let uri = uris[endpoint.index()].clone();
+                gw.inner
+                    .upstream
+                    .send(uri, *protocol, api_key_file.as_deref(), body, client_headers, first_byte_deadline)
+                    .await
+            }
+            None => Err(SendError::Connect(format!("invalid upstream base URL {base_url:?}"))),
+        },
         EndpointConfig::Mock(m) => {
             match tokio::time::timeout_at(first_byte_deadline, mock::respond(m, family, endpoint, &body)).await {
                 Ok(r) => Ok(r),

@@ -108,6 +108,28 @@ impl UsageView {
         non_null(&self.usage) && self.choices.as_ref().is_some_and(Vec::is_empty)
     }
 
+    /// A JSON object with just the fields [`parse_usage`] reads (moved out of the view).
+    fn into_value(self) -> Value {
+        let mut m = Map::new();
+        if let Some(k) = self.kind {
+            m.insert("type".into(), k);
+        }
+        if let Some(u) = self.usage {
+            m.insert("usage".into(), u);
+        }
+        if let Some(u) = self.usage_metadata {
+            m.insert("usageMetadata".into(), u);
+        }
+        if let Some(r) = self.response {
+            let mut inner = Map::new();
+            if let Some(u) = r.usage {
+                inner.insert("usage".into(), u);
+            }
+            m.insert("response".into(), Value::Object(inner));
+        }
+        Value::Object(m)
+    }
+
     /// A JSON object with just the fields [`parse_usage`] reads.
     fn to_value(&self) -> Value {
         let mut m = Map::new();
@@ -135,7 +157,7 @@ impl UsageView {
 /// (upstream garbage).
 pub(crate) fn body_usage(family: ProviderFamily, body: &[u8]) -> Result<Result<TokenCounts, UsageError>, ()> {
     let view = UsageView::parse(body).ok_or(())?;
-    Ok(parse_usage(family, &view.to_value()))
+    Ok(parse_usage(family, &view.into_value()))
 }
 
 /// Follows the usage of a stream, event by event.

@@ -19,7 +19,6 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use super::GatewayOptions;
-use super::request::Endpoint;
 use super::stream::BodyStream;
 use crate::api::Protocol;
 
@@ -158,13 +157,11 @@ impl Upstream {
     }
 
     /// Sends one attempt and waits for the response headers until `first_byte_deadline`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send(
         &self,
-        base_url: &str,
+        uri: Uri,
         protocol: Protocol,
         api_key_file: Option<&str>,
-        endpoint: Endpoint,
         body: Vec<u8>,
         client_headers: &HeaderMap,
         first_byte_deadline: Instant,
@@ -173,8 +170,6 @@ impl Upstream {
             Some(f) => Some(self.credentials.get(f).map_err(SendError::Credentials)?),
             None => None,
         };
-        let uri = Uri::try_from(format!("{base_url}{}", endpoint.path()))
-            .map_err(|e| SendError::Connect(format!("invalid upstream URL: {e}")))?;
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
