@@ -17,7 +17,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the CustomResourceDefinitions generated from the Rust types (the content of crds/).
-    Crds,
+    Crds {
+        /// Print the Helm chart's CRD template instead (charts/tollgate/templates/crds.yaml).
+        #[arg(long)]
+        helm: bool,
+    },
     /// Read ModelRoute and ProviderBudget manifests and print the gateway config document the
     /// controller would write (no cluster needed).
     Render {
@@ -52,16 +56,19 @@ fn main() -> ExitCode {
         Command::Status(args) => tollgate::local::run_status(args),
         Command::Load(args) => tollgate::local::load::run_load(args),
         Command::Controller(args) => tollgate::controller::run_controller(*args),
-        Command::Crds => match tollgate::api::crds_yaml() {
-            Ok(y) => {
-                print!("{y}");
-                ExitCode::SUCCESS
+        Command::Crds { helm } => {
+            let yaml = if helm { tollgate::api::crds_helm_template() } else { tollgate::api::crds_yaml() };
+            match yaml {
+                Ok(y) => {
+                    print!("{y}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot serialize the CRDs: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: cannot serialize the CRDs: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Render { dir, namespace } => {
             let manifests = match tollgate::api::validate::load_dir(&dir) {
                 Ok(m) => m,
