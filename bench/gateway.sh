@@ -6,15 +6,21 @@
 # Prints p50/p99 latency at 1 connection, the latency each proxy adds over (a), requests/s at 32
 # connections, the ratios tollgate/nginx and the gateway's RSS.
 #
-#   bench/gateway.sh                      # DURATION=10s per measurement, about 1.5 minutes
-#   DURATION=30s bench/gateway.sh
+#   bench/gateway.sh                      # 3 rounds × 5s per measurement, about 2.5 minutes
+#   ROUNDS=5 DURATION=10s bench/gateway.sh
+#
+# The targets are measured in turns, ROUNDS times, and the median of each figure is printed, so
+# a burst of load from something else on the machine skews one round, not one target. The CPU
+# time each proxy spends per request (from /proc, during the throughput runs) is printed too: it
+# is the figure least sensitive to other load.
 #
 # Needs wrk and nginx (Debian: apt-get install wrk nginx-light; installed here when run as root)
 # and builds target/release/tollgate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
@@ -74,6 +80,7 @@ $2
 EOF
   "$NGINX" -p "$WORK/$1" -c "$WORK/$1/nginx.conf" &
   PIDS+=($!)
+  eval "${1^^}_PID=$!"
 }
 
 # (a) the upstream: a fixed JSON body for any path.
@@ -151,12 +158,26 @@ latency() {
   echo "$(to_us "$p50") $(to_us "$p99")"
 }
 
-# $1 = url → requests/s at $CONNS connections
+# CPU ticks (user + system) of a process and its children (nginx workers).
+ticks() {
+  local t=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+
+# $1 = url, $2 = pid of the proxy (or empty) → "requests/s cpu_us_per_request" at $CONNS connections
 throughput() {
   wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$WORK/post.lua" "$1" >/dev/null
-  local out; out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$WORK/post.lua" "$1")
+  local before after out
+  before=$([[ -n $2 ]] && ticks "$2" || echo 0)
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$WORK/post.lua" "$1")
+  after=$([[ -n $2 ]] && ticks "$2" || echo 0)
   check "$out" "$1"
-  awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+  awk -v d=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    /requests in/ {n = $1} /^Requests\/sec:/ {r = $2}
+    END {printf "%s %.1f\n", r, (n > 0 ? d * 1000000 / hz / n : 0)}' <<<"$out"
 }
 
 check() { # fail loudly on errors or non-2xx answers
@@ -168,12 +189,25 @@ check() { # fail loudly on errors or non-2xx answers
 }
 
 echo "measuring (${DURATION} per run, 1 connection for latency, ${CONNS} connections for throughput)..." >&2
-read -r A50 A99 < <(latency "$A_URL")
-read -r B50 B99 < <(latency "$B_URL")
-read -r C50 C99 < <(latency "$C_URL")
-ARPS=$(throughput "$A_URL")
-BRPS=$(throughput "$B_URL")
-CRPS=$(throughput "$C_URL")
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
+declare -A R
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS..." >&2
+  for t in A B C; do
+    url_var="${t}_URL"
+    read -r p50 p99 < <(latency "${!url_var}")
+    R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "
+  done
+  for t in A B C; do
+    url_var="${t}_URL"
+    case $t in A) pid="" ;; B) pid=$PROXY_PID ;; C) pid=$TG_PID ;; esac
+    read -r rps cpu < <(throughput "${!url_var}" "$pid")
+    R[$t.rps]+="$rps "; R[$t.cpu]+="$cpu "
+  done
+done
+m() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
+A50=$(m A.p50); A99=$(m A.p99); B50=$(m B.p50); B99=$(m B.p99); C50=$(m C.p50); C99=$(m C.p99)
+ARPS=$(m A.rps); BRPS=$(m B.rps); CRPS=$(m C.rps); BCPU=$(m B.cpu); CCPU=$(m C.cpu)
 
 RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$TG_PID/status")
 HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$TG_PID/status")
@@ -182,15 +216,16 @@ NANO=$(curl -fsS "http://127.0.0.1:$TG_METRICS/metrics" | awk -F' ' '/^tollgate_
 
 awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99="$C99" \
     -v arps="$ARPS" -v brps="$BRPS" -v crps="$CRPS" -v rss="$RSS_KB" -v hwm="$HWM_KB" -v ok="$OK" -v nano="$NANO" \
-    -v cores="$(nproc)" -v dur="$DURATION" -v conns="$CONNS" 'BEGIN {
-  printf "\ntollgate gateway benchmark: loopback, %s cores, wrk %s per run\n\n", cores, dur
+    -v cores="$(nproc)" -v dur="$DURATION" -v conns="$CONNS" -v rounds="$ROUNDS" -v bcpu="$BCPU" -v ccpu="$CCPU" 'BEGIN {
+  printf "\ntollgate gateway benchmark: loopback, %s cores, wrk %s per run, median of %s rounds\n\n", cores, dur, rounds
   printf "%-22s %10s %10s %12s %12s %14s\n", "target", "p50 (us)", "p99 (us)", "added p50", "added p99", "req/s @" conns
   printf "%-22s %10.0f %10.0f %12s %12s %14.0f\n", "(a) upstream direct", a50, a99, "-", "-", arps
   printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(b) nginx proxy", b50, b99, b50 - a50, b99 - a99, brps
   printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(c) tollgate gateway", c50, c99, c50 - a50, c99 - a99, crps
   nb50 = b50 - a50; nb99 = b99 - a99
-  printf "\nratios tollgate / nginx: added p50 %.2fx, added p99 %.2fx, req/s %.2fx\n",
-    (nb50 > 0 ? (c50 - a50) / nb50 : 0), (nb99 > 0 ? (c99 - a99) / nb99 : 0), crps / brps
+  printf "\nCPU per request @%s: nginx %.1f us, tollgate %.1f us\n", conns, bcpu, ccpu
+  printf "ratios tollgate / nginx: added p50 %.2fx, added p99 %.2fx, req/s %.2fx, CPU per request %.2fx\n",
+    (nb50 > 0 ? (c50 - a50) / nb50 : 0), (nb99 > 0 ? (c99 - a99) / nb99 : 0), crps / brps, (bcpu > 0 ? ccpu / bcpu : 0)
   printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %s; spend metered: %s nano-USD\n",
     rss / 1024, hwm / 1024, ok, nano
 }'
