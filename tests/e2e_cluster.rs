@@ -127,6 +127,16 @@ impl FakeGateway {
     }
 }
 
+/// Kills the child when dropped (also when the test fails).
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 // ---- the controller process ------------------------------------------------------------------
 
 struct Controller {
@@ -411,6 +421,33 @@ async fn controller_end_to_end() {
     assert_eq!(rev, doc.revision);
     assert!(seen.lock().unwrap().iter().any(|(_, u)| matches!(u, SourceUpdate::Credentials(c) if c.len() == 4)));
 
+    // And the real thing: a `tollgate gateway --from-configmap` process following the API.
+    let gw_api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gw_metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let creds = std::env::temp_dir().join(format!("tollgate-e2e-creds-{ns}"));
+    let mut from_api = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["gateway", "--from-configmap", &format!("{ns}/tollgate-gateway"), "--credentials-dir"])
+            .arg(&creds)
+            .args(["--listen", &format!("127.0.0.1:{gw_api}"), "--metrics-listen", &format!("127.0.0.1:{gw_metrics}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let revision_line = |rev: &str| format!("tollgate_config_revision_info{{revision=\"{rev}\"}} 1");
+    let (_, took) = eventually("gateway --from-configmap serves the document", Duration::from_secs(15), || {
+        let want = revision_line(&doc.revision);
+        async move { http_get(gw_metrics, "/metrics").await.filter(|(c, t)| *c == 200 && t.contains(&want)) }
+    })
+    .await;
+    assert_eq!(http_get(gw_api, "/readyz").await.map(|(c, _)| c), Some(200));
+    let mut files: Vec<String> =
+        std::fs::read_dir(&creds).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "one key file per referenced Secret key: {files:?}");
+    println!("gateway --from-configmap process ready with revision {} after {took:?}", doc.revision);
+
     // Spend over a threshold: deepseek-daily (limit 200, Deprioritize at 95%) → 196 USD.
     gateway.set("deepseek", 100, 0, 196_000_000_000);
     let (doc, took) = eventually("deepseek deprioritized in the ConfigMap", INTERVAL + SLACK, || {
@@ -429,6 +466,14 @@ async fn controller_end_to_end() {
         "the API config source (gateway --from-configmap) had the new revision {:?} after this test saw the ConfigMap (0 = already before its 100 ms poll)",
         at.saturating_duration_since(cm_seen)
     );
+    let (_, took) = eventually("gateway --from-configmap follows the rotation", Duration::from_secs(5), || {
+        let want = revision_line(&doc.revision);
+        async move { http_get(gw_metrics, "/metrics").await.filter(|(c, t)| *c == 200 && t.contains(&want)) }
+    })
+    .await;
+    println!("gateway --from-configmap process serves the rotated revision {:?} after the ConfigMap changed", took);
+    from_api.0.kill().ok();
+    std::fs::remove_dir_all(&creds).ok();
     let deepseek = doc.route("chat").unwrap().backends.iter().find(|b| b.name == "deepseek").unwrap().clone();
     assert_eq!((deepseek.tier, deepseek.serving), (2, true), "moved to the last tier, still a fallback");
     gateway.serve_revision(&doc.revision);

@@ -120,6 +120,9 @@ pub enum GatewayError {
     /// The runtime could not start, or a server failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The config source (the Kubernetes API) cannot be used.
+    #[error("{0}")]
+    Source(String),
 }
 
 /// One backend as served: its config row plus its meter cell and precomputed labels.
@@ -473,8 +476,14 @@ pub struct GatewayArgs {
     /// The gateway config document (`config.json` of the mounted ConfigMap). Watched and
     /// reloaded on change (ConfigMap symlink swaps included); an invalid or missing document
     /// keeps the last good one.
-    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE")]
-    pub config: PathBuf,
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE", required_unless_present = "from_configmap")]
+    pub config: Option<PathBuf>,
+    /// Instead of a file, watch ConfigMap NAMESPACE/NAME (key `config.json`) and the
+    /// credentials Secret `tollgate-credentials` beside it through the Kubernetes API:
+    /// sub-second propagation, same validate-then-swap rules. The API key files are written
+    /// into `--credentials-dir`, which must then be writable (an emptyDir).
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
+    pub from_configmap: Option<String>,
     /// Directory of the API key files the config names (the mounted credentials Secret).
     #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR", value_name = "DIR", default_value = DEFAULT_CREDENTIALS_DIR)]
     pub credentials_dir: PathBuf,
@@ -586,11 +595,16 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let metrics = TcpListener::bind(args.metrics_listen)
         .await
         .map_err(|source| GatewayError::Bind { addr: args.metrics_listen, source })?;
-    let watcher = watch_config_file(gw.clone(), args.config.clone(), args.reload_interval);
+    let watcher = match (&args.config, &args.from_configmap) {
+        (Some(path), _) => watch_config_file(gw.clone(), path.clone(), args.reload_interval),
+        (None, Some(object)) => watch_configmap(gw.clone(), object).await?,
+        (None, None) => return Err(GatewayError::Source("either --config or --from-configmap is required".into())),
+    };
     tracing::info!(
         listen = %args.listen,
         metrics = %args.metrics_listen,
-        config = %args.config.display(),
+        config = ?args.config,
+        from_configmap = ?args.from_configmap,
         ready = gw.is_ready(),
         "tollgate gateway started"
     );
@@ -607,6 +621,41 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     api_result?;
     watcher.abort();
     Ok(())
+}
+
+/// Follows a ConfigMap (and the credentials Secret beside it) through the Kubernetes API.
+async fn watch_configmap(gw: Gateway, object: &str) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+    use crate::controller::source::{SourceUpdate, parse_object_ref, updates, write_credentials};
+    use futures::StreamExt;
+    let (namespace, name) = parse_object_ref(object).map_err(GatewayError::Source)?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| GatewayError::Source(format!("cannot reach the Kubernetes API: {e}")))?;
+    let dir = gw.options().credentials_dir.clone();
+    Ok(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(updates(client, &namespace, &name, crate::config::CREDENTIALS_SECRET));
+        while let Some(update) = stream.next().await {
+            match update {
+                SourceUpdate::Credentials(files) => {
+                    if let Err(e) = write_credentials(&dir, &files) {
+                        // The error names the directory or file, never the key material.
+                        tracing::error!(error = %e, dir = %dir.display(), "cannot write the credential files");
+                    }
+                }
+                SourceUpdate::Config(cfg) => {
+                    let revision = cfg.revision.clone();
+                    match gw.swap_config(*cfg) {
+                        Ok(()) => tracing::info!(%revision, "config loaded from the API"),
+                        Err(e) => tracing::warn!(error = %e, "config from the API refused; keeping the last good one"),
+                    }
+                }
+                SourceUpdate::Rejected(why) => {
+                    gw.record_reload_error();
+                    tracing::warn!(%why, "config from the API refused; keeping the last good one");
+                }
+            }
+        }
+    }))
 }
 
 /// Entry point of the `tollgate gateway` subcommand.
