@@ -4,9 +4,9 @@
   pick RENDERED KIND[,KIND...]      print the documents of those kinds
   pick-name RENDERED NAME           print the documents of that name
   crd-refusal KUBECTL_OUTPUT        check that kubectl refused a CRD only for x-kubernetes-validations
-  controller-sa RENDERED            print the controller's ServiceAccount name
-  controller-args RENDERED          print the controller container's args, one per line
-  controller-env RENDERED NAME      print the value of the controller container's env NAME
+  sa RENDERED SUFFIX                the ServiceAccount of the Deployment named *SUFFIX
+  args RENDERED SUFFIX              its container's args, one per line
+  env RENDERED SUFFIX NAME          the value of its container's env NAME
   invariants RENDERED               check what the chart promises (hardening, labels, mounts)
   calls LOG                         the controller's API calls (kube_client JSON logs): table,
                                     403 check, and the (resource, name, verb) triples used
@@ -68,20 +68,22 @@ def deployment(rendered, suffix):
     return None
 
 
-def controller_container(rendered):
-    return deployment(rendered, "-controller")["spec"]["template"]["spec"]["containers"][0]
+def container(rendered, suffix):
+    return deployment(rendered, suffix)["spec"]["template"]["spec"]["containers"][0]
 
 
-def controller_sa(rendered):
-    print(deployment(rendered, "-controller")["spec"]["template"]["spec"]["serviceAccountName"])
+def sa(rendered, suffix):
+    print(deployment(rendered, suffix)["spec"]["template"]["spec"]["serviceAccountName"])
 
 
-def controller_args(rendered):
-    print("\n".join(controller_container(rendered)["args"]))
+def args(rendered, suffix):
+    d = deployment(rendered, suffix)
+    if d is not None:
+        print("\n".join(d["spec"]["template"]["spec"]["containers"][0]["args"]))
 
 
-def controller_env(rendered, name):
-    for e in controller_container(rendered).get("env", []):
+def env(rendered, suffix, name):
+    for e in container(rendered, suffix).get("env", []):
         if e["name"] == name:
             print(e.get("value", ""))
 
@@ -141,16 +143,26 @@ def invariants(rendered):
             problems.append(f"gateway container has no port named {port_name} (the controller scrapes it)")
         mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
         creds = mounts.get("/var/run/tollgate/credentials")
-        if not creds or not creds.get("readOnly"):
-            problems.append("gateway: credentials not mounted read-only at /var/run/tollgate/credentials")
         vols = {v["name"]: v for v in gw["spec"]["template"]["spec"].get("volumes", [])}
-        if creds and vols.get(creds["name"], {}).get("secret", {}).get("secretName") != "tollgate-credentials":
-            problems.append("gateway: the credentials volume is not Secret tollgate-credentials")
-        cfg = [v for v in vols.values() if v.get("configMap", {}).get("name") == "tollgate-gateway"]
-        if not cfg:
-            problems.append("gateway: ConfigMap tollgate-gateway is not mounted")
-        if gw["spec"]["template"]["spec"].get("automountServiceAccountToken") is not False:
-            problems.append("gateway: a ServiceAccount token is mounted (it needs none)")
+        token = gw["spec"]["template"]["spec"].get("automountServiceAccountToken")
+        ns = gw["metadata"]["namespace"]
+        if any(a.startswith("--from-configmap=") for a in c["args"]):
+            # configSource=api: watches the ConfigMap, writes the keys into a memory emptyDir.
+            if f"--from-configmap={ns}/tollgate-gateway" not in c["args"]:
+                problems.append(f"gateway: --from-configmap is not {ns}/tollgate-gateway")
+            if not creds or vols.get(creds["name"], {}).get("emptyDir", {}).get("medium") != "Memory":
+                problems.append("gateway (api): credentials dir is not a memory emptyDir")
+            if token is not True:
+                problems.append("gateway (api): no ServiceAccount token to read the API with")
+        else:
+            if not creds or not creds.get("readOnly"):
+                problems.append("gateway: credentials not mounted read-only at /var/run/tollgate/credentials")
+            if creds and vols.get(creds["name"], {}).get("secret", {}).get("secretName") != "tollgate-credentials":
+                problems.append("gateway: the credentials volume is not Secret tollgate-credentials")
+            if not [v for v in vols.values() if v.get("configMap", {}).get("name") == "tollgate-gateway"]:
+                problems.append("gateway: ConfigMap tollgate-gateway is not mounted")
+            if token is not False:
+                problems.append("gateway: a ServiceAccount token is mounted (it needs none)")
     for p in problems:
         print(f"FAIL {p}")
     if problems:
@@ -220,7 +232,7 @@ def calls(log):
         rows[row] = rows.get(row, 0) + 1
         if status in (401, 403):
             denied.append(f"{method} {u.path} -> {status}")
-    print("calls the controller made (method, path, HTTP status, count):")
+    print("calls it made (method, path, HTTP status, count):")
     for (method, path, shown), n in sorted(rows.items(), key=lambda r: (r[0][1], r[0][0])):
         print(f"  {method:6} {shown:5} x{n:<3} {path}")
     with open(log + ".used", "w") as f:
@@ -279,21 +291,21 @@ def unused(granted_path, used_path):
         print(f"FAIL granted but never used by the controller in this run: {m}")
     if missing:
         sys.exit(1)
-    print("ok: every granted (resource, name, verb) was used by a call of the controller")
+    print("ok: every granted (resource, name, verb) was used by one of its calls")
 
 
 if __name__ == "__main__":
-    cmd, args = sys.argv[1], sys.argv[2:]
+    cmd, argv = sys.argv[1], sys.argv[2:]
     {
         "split": split,
         "pick": pick,
         "pick-name": pick_name,
         "crd-refusal": crd_refusal,
-        "controller-sa": controller_sa,
-        "controller-args": controller_args,
-        "controller-env": controller_env,
+        "sa": sa,
+        "args": args,
+        "env": env,
         "invariants": invariants,
         "calls": calls,
         "can-i": can_i,
         "unused": unused,
-    }[cmd](*args)
+    }[cmd](*argv)

@@ -81,6 +81,9 @@ app.kubernetes.io/component: gateway
 {{- if and .Values.gateway.enabled .Values.namespaces (not (has .Release.Namespace .Values.namespaces)) }}
 {{- fail (printf "gateway.enabled: the gateway serves the config the controller writes in its own namespace %q, which is not in namespaces %v; add it, or set gateway.enabled=false" .Release.Namespace .Values.namespaces) }}
 {{- end }}
+{{- if and .Values.gateway.enabled (not (contains (printf "app.kubernetes.io/name=%s" (include "tollgate.name" .)) .Values.controller.gatewaySelector)) }}
+{{- fail (printf "controller.gatewaySelector %q does not select this chart's gateway pods (app.kubernetes.io/name=%s, because of nameOverride): adjust it" .Values.controller.gatewaySelector (include "tollgate.name" .)) }}
+{{- end }}
 {{- if and (gt (int .Values.controller.replicas) 1) (eq (include "tollgate.leaderElection" .) "false") }}
 {{- fail "controller.replicas > 1 needs leader election (controller.leaderElection.enabled must not be false): only one controller may write" }}
 {{- end }}
