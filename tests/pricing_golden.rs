@@ -20,12 +20,7 @@ use ProviderFamily::{Anthropic, DeepSeek, Gemini, Mistral, OpenAI, Qwen};
 
 /// USD per 1M tokens: input, cached input, cache write, output (reasoning = output).
 #[derive(Clone, Copy)]
-struct PriceSpec(
-    &'static str,
-    Option<&'static str>,
-    Option<&'static str>,
-    &'static str,
-);
+struct PriceSpec(&'static str, Option<&'static str>, Option<&'static str>, &'static str);
 
 impl PriceSpec {
     fn prices(self) -> Prices {
@@ -834,10 +829,7 @@ fn provider_total(family: ProviderFamily, body: &Value) -> u64 {
     if family == Gemini && body.get("usageMetadata").is_some() {
         return n(body, "/usageMetadata/totalTokenCount");
     }
-    let usage = body
-        .get("usage")
-        .or_else(|| body.pointer("/response/usage"))
-        .unwrap();
+    let usage = body.get("usage").or_else(|| body.pointer("/response/usage")).unwrap();
     if family == Anthropic && usage.get("prompt_tokens").is_none() {
         // Anthropic native has no total: input + cache read + cache creation + output.
         return n(usage, "/input_tokens")
@@ -852,32 +844,17 @@ fn provider_total(family: ProviderFamily, body: &Value) -> u64 {
 fn golden_cases_cost_exactly_what_was_worked_by_hand() {
     let cases = cases();
     for family in [OpenAI, Anthropic, DeepSeek, Gemini, Mistral, Qwen] {
-        assert!(
-            cases.iter().filter(|c| c.family == family).count() >= 2,
-            "{family:?}"
-        );
+        assert!(cases.iter().filter(|c| c.family == family).count() >= 2, "{family:?}");
     }
     for case in &cases {
         let body = json(case.body);
-        let counts =
-            parse_usage(case.family, &body).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let counts = parse_usage(case.family, &body).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let [input, cached_input, cache_write, output, reasoning] = case.counts;
-        let expected = TokenCounts {
-            input,
-            cached_input,
-            cache_write,
-            output,
-            reasoning,
-        };
+        let expected = TokenCounts { input, cached_input, cache_write, output, reasoning };
         assert_eq!(counts, expected, "{}: counts", case.name);
 
         // Each token billed exactly once.
-        assert_eq!(
-            counts.total(),
-            case.total,
-            "{}: total vs hand-worked total",
-            case.name
-        );
+        assert_eq!(counts.total(), case.total, "{}: total vs hand-worked total", case.name);
         assert_eq!(
             counts.total(),
             provider_total(case.family, &body),
@@ -895,44 +872,17 @@ fn golden_cases_cost_exactly_what_was_worked_by_hand() {
             + prices.cache_write.cost(counts.cache_write)
             + prices.output.cost(counts.output)
             + prices.reasoning.cost(counts.reasoning);
-        assert_eq!(
-            cost, per_kind,
-            "{}: cost vs sum of per-kind costs",
-            case.name
-        );
-        let by_kind: Money = counts
-            .cost_by_kind(&prices)
-            .into_iter()
-            .map(|(_, m)| m)
-            .sum();
+        assert_eq!(cost, per_kind, "{}: cost vs sum of per-kind costs", case.name);
+        let by_kind: Money = counts.cost_by_kind(&prices).into_iter().map(|(_, m)| m).sum();
         assert_eq!(cost, by_kind, "{}: cost vs cost_by_kind", case.name);
     }
 }
 
 #[test]
 fn kind_labels_are_the_metric_label_values() {
-    let counts = TokenCounts {
-        input: 5,
-        cached_input: 4,
-        cache_write: 3,
-        output: 2,
-        reasoning: 1,
-    };
-    let labels: Vec<(&str, u64)> = counts
-        .by_kind()
-        .iter()
-        .map(|(k, n)| (k.label(), *n))
-        .collect();
-    assert_eq!(
-        labels,
-        [
-            ("input", 5),
-            ("cached_input", 4),
-            ("cache_write", 3),
-            ("output", 2),
-            ("reasoning", 1)
-        ]
-    );
+    let counts = TokenCounts { input: 5, cached_input: 4, cache_write: 3, output: 2, reasoning: 1 };
+    let labels: Vec<(&str, u64)> = counts.by_kind().iter().map(|(k, n)| (k.label(), *n)).collect();
+    assert_eq!(labels, [("input", 5), ("cached_input", 4), ("cache_write", 3), ("output", 2), ("reasoning", 1)]);
 }
 
 /// Responses without usage are an error, never a zero bill.
@@ -971,11 +921,7 @@ fn missing_usage_is_a_typed_error() {
         ),
     ];
     for (family, body) in cases {
-        assert_eq!(
-            parse_usage(family, &json(body)),
-            Err(UsageError::Missing),
-            "{family:?} {body}"
-        );
+        assert_eq!(parse_usage(family, &json(body)), Err(UsageError::Missing), "{family:?} {body}");
     }
 }
 
@@ -1016,10 +962,7 @@ fn malformed_usage_is_a_typed_error() {
     for (family, body, field, why) in cases {
         assert_eq!(
             parse_usage(family, &json(body)),
-            Err(UsageError::Malformed {
-                field: field.into(),
-                why: why.into()
-            }),
+            Err(UsageError::Malformed { field: field.into(), why: why.into() }),
             "{family:?} {body}"
         );
     }
@@ -1027,10 +970,7 @@ fn malformed_usage_is_a_typed_error() {
     // billed on its own.
     let delta = r#"{"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 15}}"#;
     let err = parse_usage(Anthropic, &json(delta)).unwrap_err();
-    assert!(
-        matches!(&err, UsageError::Malformed { field, .. } if field == "usage.input_tokens"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, UsageError::Malformed { field, .. } if field == "usage.input_tokens"), "{err:?}");
 }
 
 #[test]
@@ -1058,9 +998,6 @@ fn inconsistent_usage_is_a_typed_error() {
     ];
     for (family, body) in cases {
         let got = parse_usage(family, &json(body));
-        assert!(
-            matches!(got, Err(UsageError::Inconsistent { .. })),
-            "{family:?} {body}: {got:?}"
-        );
+        assert!(matches!(got, Err(UsageError::Inconsistent { .. })), "{family:?} {body}: {got:?}");
     }
 }
