@@ -8,6 +8,7 @@
 #
 #   bench/gateway.sh                      # 3 rounds × 5s per measurement, about 2.5 minutes
 #   ROUNDS=5 DURATION=10s bench/gateway.sh
+#   GATEWAY_ARGS="--workers 1" bench/gateway.sh    # extra flags for `tollgate gateway`
 #
 # The targets are measured in turns, ROUNDS times, and the median of each figure is printed, so
 # a burst of load from something else on the machine skews one round, not one target. The CPU
@@ -119,7 +120,7 @@ spec:
 EOF
 "$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
 RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
-  --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" >"$WORK/gateway.log" 2>&1 &
+  --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" ${GATEWAY_ARGS:-} >"$WORK/gateway.log" 2>&1 &
 TG_PID=$!
 PIDS+=("$TG_PID")
 
