@@ -132,18 +132,5 @@ async fn run(args: LoadArgs) -> Result<(), String> {
 
 /// Entry point of `tollgate load`.
 pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    super::block_on_cli(run(args), 1)
 }

@@ -414,6 +414,15 @@ async fn wait_for_signal() -> std::io::Result<()> {
 /// Entry point of the CLI.
 pub fn run_local(args: LocalArgs) -> std::process::ExitCode {
     init_tracing();
+    block_on_cli(run(args), 2)
+}
+
+/// Runs a CLI job on a multi-threaded runtime: exit 0 on success, `error_code` with the error
+/// on stderr otherwise.
+pub fn block_on_cli<E: std::fmt::Display>(
+    job: impl std::future::Future<Output = Result<(), E>>,
+    error_code: u8,
+) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -421,11 +430,11 @@ pub fn run_local(args: LocalArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(job) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(error_code)
         }
     }
 }
@@ -449,31 +458,20 @@ pub struct StatusArgs {
 
 /// Entry point of `tollgate status`.
 pub fn run_status(args: StatusArgs) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    block_on_cli(status(args), 1)
+}
+
+async fn status(args: StatusArgs) -> Result<(), String> {
     let url = format!("{}/status", args.url.trim_end_matches('/'));
-    let result = rt.block_on(async {
+    let fetch = async {
         let resp = reqwest::Client::new().get(&url).timeout(Duration::from_secs(10)).send().await?;
-        let resp = resp.error_for_status()?;
-        resp.json::<StatusReport>().await
-    });
-    match result {
-        Ok(r) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print!("{}", r.to_table());
-            }
-            std::process::ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: cannot read {url}: {e}");
-            std::process::ExitCode::FAILURE
-        }
+        resp.error_for_status()?.json::<StatusReport>().await
+    };
+    let r = fetch.await.map_err(|e| format!("cannot read {url}: {e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        print!("{}", r.to_table());
     }
+    Ok(())
 }
