@@ -212,6 +212,23 @@ fn strip_volatile(v: &Value) -> Value {
     v
 }
 
+/// Sets the `Ready` condition a problem with the object calls for.
+fn set_problem(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    p: &Problem,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let ready = ConditionSpec {
+        type_: condition::READY,
+        status: p.ready,
+        reason: p.reason.into(),
+        message: clip_note(&p.message),
+    };
+    set_ready(conditions, previous, &ready, generation, now);
+}
+
 /// Replaces the `Ready` condition, keeping `lastTransitionTime` when its status did not move.
 fn set_ready(
     conditions: &mut Vec<Condition>,
@@ -754,13 +771,7 @@ impl Engine {
             });
         }
         if let Some(p) = problem {
-            let ready = ConditionSpec {
-                type_: condition::READY,
-                status: p.ready,
-                reason: p.reason.into(),
-                message: clip_note(&p.message),
-            };
-            set_ready(&mut status.conditions, &previous, &ready, generation, now);
+            set_problem(&mut status.conditions, &previous, p, generation, now);
         }
         let desired = to_value(&status, "ModelRoute status")?;
         let current = stored.map(|s| to_value(&s, "ModelRoute status")).transpose()?;
@@ -789,13 +800,7 @@ impl Engine {
             _ => ProviderBudgetStatus { observed_generation: generation, ..Default::default() },
         };
         if let Some(p) = problem {
-            let ready = ConditionSpec {
-                type_: condition::READY,
-                status: p.ready,
-                reason: p.reason.into(),
-                message: clip_note(&p.message),
-            };
-            set_ready(&mut status.conditions, &previous, &ready, generation, now);
+            set_problem(&mut status.conditions, &previous, p, generation, now);
         }
         let desired = to_value(&status, "ProviderBudget status")?;
         let current = stored.map(|s| to_value(&s, "ProviderBudget status")).transpose()?;
