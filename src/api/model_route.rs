@@ -539,6 +539,10 @@ pub struct BackendStatus {
     /// End of the current ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejected_until: Option<StatusTime>,
+    /// Ejections in a row (each doubles the next ejection time); back to none after
+    /// `ejection.max` of continuous health. Kept here so a controller restart keeps the backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trips: Option<u32>,
 }
 
 /// A change of the effective backend table.

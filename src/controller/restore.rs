@@ -106,11 +106,15 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
             since.insert(b.name.clone(), BackendSince { state: b.state, since: s.0 });
         }
         let at = b.since.as_ref().map(|s| s.0);
+        let trips = b.trips.unwrap_or(0);
         let phase = match (b.state, &b.ejected_until, reason.and_then(ramp_stage), at) {
             (_, Some(until), _, _) => Some(Phase::Ejected { until: until.0 }),
             (_, None, Some(stage), Some(started)) => {
                 Some(Phase::Ramping { stage, stage_started: started, requests: 0, errors: 0 })
             }
+            // Back in rotation after ejections: keep the backoff until it has been healthy
+            // for `ejection.max` (counted from when it became Active, as the policy does).
+            (BackendState::Active | BackendState::Standby, None, None, Some(_)) if trips > 0 => Some(Phase::Healthy),
             _ => None,
         };
         if let Some(phase) = phase {
@@ -123,9 +127,10 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
                 }),
                 _ => None,
             };
+            let healthy_since = matches!(phase, Phase::Healthy).then_some(at).flatten();
             health.push((
                 BackendKey::new(&key.namespace, &key.name, &b.name),
-                BackendHealth { phase, trips: 1, last_trip, ..BackendHealth::default() },
+                BackendHealth { phase, trips: trips.max(1), last_trip, healthy_since, ..BackendHealth::default() },
             ));
         }
     }
@@ -150,6 +155,32 @@ mod tests {
         assert_eq!(ramp_stage("ramping stage 2/3 at 50%"), Some(1));
         assert_eq!(ramp_stage("budget x: Deprioritize, moved to tier 2; ramping stage 1/3 at 10%"), Some(0));
         assert_eq!(ramp_stage("standby: weight 0"), None);
+    }
+
+    #[test]
+    fn ejection_backoff_survives_a_restart() {
+        let r: ModelRoute = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "ModelRoute",
+            "metadata": {"name": "chat", "namespace": "n"},
+            "spec": {"backends": [
+                {"name": "a", "provider": "openai", "model": "m", "pricing": {"input": "1", "output": "1"}},
+                {"name": "b", "provider": "openai", "model": "m", "pricing": {"input": "1", "output": "1"}},
+                {"name": "c", "provider": "openai", "model": "m", "pricing": {"input": "1", "output": "1"}}]},
+            "status": {"backends": [
+                {"name": "a", "state": "Ejected", "effectiveWeight": 0, "since": "2026-11-27T10:00:00Z",
+                 "ejectedUntil": "2026-11-27T10:01:00Z", "errorRate": "0.5", "requests": 40, "trips": 2},
+                {"name": "b", "state": "Active", "effectiveWeight": 1, "since": "2026-11-27T09:00:00Z", "trips": 1},
+                {"name": "c", "state": "Active", "effectiveWeight": 1, "since": "2026-11-27T08:00:00Z"}]}
+        }))
+        .unwrap();
+        let (_, health) = route_memory(&r).unwrap();
+        let by_name: BTreeMap<&str, &BackendHealth> = health.iter().map(|(k, h)| (k.backend.as_str(), h)).collect();
+        assert_eq!(by_name["a"].trips, 2, "the next trip doubles from 2, not from 1");
+        assert!(matches!(by_name["a"].phase, Phase::Ejected { .. }));
+        assert_eq!(by_name["b"].trips, 1);
+        assert!(matches!(by_name["b"].phase, Phase::Healthy));
+        assert_eq!(by_name["b"].healthy_since, Some("2026-11-27T09:00:00Z".parse().unwrap()));
+        assert!(!by_name.contains_key("c"), "a backend with no trips needs no memory");
     }
 
     #[test]

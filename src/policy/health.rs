@@ -572,6 +572,9 @@ mod tests {
         assert_eq!(bs.ejected_until.as_ref().map(|t| t.0), Some(plus(t0, 30)));
         assert_eq!(bs.error_rate.as_deref(), Some("0.25"));
         assert_eq!(bs.requests, Some(20));
+        assert_eq!(bs.trips, Some(1), "status carries the backoff so a controller restart keeps it");
+        let other = st.backends.iter().find(|b| b.name != "a").unwrap();
+        assert_eq!(other.trips, None);
     }
 
     #[test]

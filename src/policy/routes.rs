@@ -665,6 +665,7 @@ fn evaluate_route(r: &ModelRoute, effects: &[BudgetEffect], inputs: &Inputs<'_>)
             error_rate,
             requests,
             ejected_until: rows_in[i].ejected_until.map(Time),
+            trips: (h.trips > 0).then_some(h.trips),
         });
     }
     let active = decided.rows.iter().filter(|r| r.serving && r.weight > 0 && Some(r.tier) == decided.best_tier).count();
