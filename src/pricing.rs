@@ -316,6 +316,15 @@ fn carve(whole: (&str, u64), part: (&str, u64)) -> Result<u64, UsageError> {
         .ok_or_else(|| inconsistent(format!("{}={} exceeds {}={}", part.0, part.1, whole.0, whole.1)))
 }
 
+/// Reasoning reported inside an output total (`<total>_details.reasoning_tokens` ⊂ `<total>`):
+/// returns (visible output, reasoning), so each token is billed once.
+fn reasoning_inside(u: &Fields<'_>, total_field: &str, total: u64) -> Result<(u64, u64), UsageError> {
+    let details = format!("{total_field}_details");
+    let reasoning = u.nested(&details, "reasoning_tokens")?.unwrap_or(0);
+    let output = carve((&u.name(total_field), total), (&u.name(&format!("{details}.reasoning_tokens")), reasoning))?;
+    Ok((output, reasoning))
+}
+
 /// Two fields that report the same tokens under different names: either may be given; if both
 /// are, they must agree.
 fn same_tokens(a: (&str, Option<u64>), b: (&str, Option<u64>)) -> Result<Option<u64>, UsageError> {
@@ -486,11 +495,7 @@ fn carve_cache(u: &Fields<'_>, total_key: &str, total: u64, details_key: &str) -
 fn openai_chat(u: &Fields<'_>) -> Result<TokenCounts, UsageError> {
     let (prompt, completion) = prompt_and_completion(u)?;
     let (input, cached_input, cache_write) = carve_cache(u, "prompt_tokens", prompt, "prompt_tokens_details")?;
-    let reasoning = u.nested("completion_tokens_details", "reasoning_tokens")?.unwrap_or(0);
-    let output = carve(
-        (&u.name("completion_tokens"), completion),
-        (&u.name("completion_tokens_details.reasoning_tokens"), reasoning),
-    )?;
+    let (output, reasoning) = reasoning_inside(u, "completion_tokens", completion)?;
     Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
 }
 
@@ -513,11 +518,7 @@ fn openai_responses(u: &Fields<'_>) -> Result<TokenCounts, UsageError> {
         )));
     }
     let (input, cached_input, cache_write) = carve_cache(u, "input_tokens", input_total, "input_tokens_details")?;
-    let reasoning = u.nested("output_tokens_details", "reasoning_tokens")?.unwrap_or(0);
-    let output = carve(
-        (&u.name("output_tokens"), output_total),
-        (&u.name("output_tokens_details.reasoning_tokens"), reasoning),
-    )?;
+    let (output, reasoning) = reasoning_inside(u, "output_tokens", output_total)?;
     Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
 }
 
@@ -564,11 +565,7 @@ fn deepseek(u: &Fields<'_>) -> Result<TokenCounts, UsageError> {
             u.name("prompt_tokens_details.cached_tokens")
         )));
     }
-    let reasoning = u.nested("completion_tokens_details", "reasoning_tokens")?.unwrap_or(0);
-    let output = carve(
-        (&u.name("completion_tokens"), completion),
-        (&u.name("completion_tokens_details.reasoning_tokens"), reasoning),
-    )?;
+    let (output, reasoning) = reasoning_inside(u, "completion_tokens", completion)?;
     Ok(TokenCounts { input: miss, cached_input: hit, cache_write: 0, output, reasoning })
 }
 
@@ -657,11 +654,7 @@ fn anthropic_openai_compat(u: &Fields<'_>) -> Result<TokenCounts, UsageError> {
             )));
         }
     };
-    let reasoning = u.nested("completion_tokens_details", "reasoning_tokens")?.unwrap_or(0);
-    let output = carve(
-        (&u.name("completion_tokens"), completion),
-        (&u.name("completion_tokens_details.reasoning_tokens"), reasoning),
-    )?;
+    let (output, reasoning) = reasoning_inside(u, "completion_tokens", completion)?;
     Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
 }
 
