@@ -3,10 +3,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod cmd;
 pub mod config;
 pub mod controller;
 pub mod gateway;
+pub mod kube_source;
 pub mod local;
+pub mod plan;
 pub mod policy;
 pub mod pricing;
 pub mod render;

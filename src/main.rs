@@ -1,4 +1,5 @@
-//! The `tollgate` binary: one subcommand per job.
+//! The `tollgate` binary: CLI dispatch only, one subcommand per job (each job's `run_*` lives
+//! in the library).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -56,42 +57,7 @@ fn main() -> ExitCode {
         Command::Status(args) => tollgate::local::run_status(args),
         Command::Load(args) => tollgate::local::load::run_load(args),
         Command::Controller(args) => tollgate::controller::run_controller(*args),
-        Command::Crds { helm } => {
-            let yaml = if helm { tollgate::api::crds_helm_template() } else { tollgate::api::crds_yaml() };
-            match yaml {
-                Ok(y) => {
-                    print!("{y}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: cannot serialize the CRDs: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Render { dir, namespace } => {
-            let manifests = match tollgate::api::validate::load_dir(&dir) {
-                Ok(m) => m,
-                Err(errors) => {
-                    eprintln!("error: {}", tollgate::render::RenderError::Manifests(errors));
-                    return ExitCode::from(2);
-                }
-            };
-            for note in tollgate::render::notes(&manifests) {
-                eprintln!("note: {note}");
-            }
-            let result = tollgate::render::pick_namespace(&manifests, namespace.as_deref())
-                .and_then(|ns| tollgate::render::render_manifests(&manifests, &ns, jiff::Timestamp::now()));
-            match result {
-                Ok(doc) => {
-                    print!("{}", doc.to_json_pretty());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Crds { helm } => tollgate::cmd::run_crds(helm),
+        Command::Render { dir, namespace } => tollgate::render::run_render(dir, namespace),
     }
 }

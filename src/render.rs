@@ -1,13 +1,23 @@
 //! `tollgate render -f DIR`: manifests → the gateway config document, offline.
+//!
+//! The manifests are validated as the API server would (an invalid one fails the whole
+//! render, naming file, document and field); the objects then go through the same plan step
+//! as the controller's ([`crate::plan`]), with no observations and no memory, so the document
+//! is the one the controller would write for a fresh namespace. What the controller would
+//! report in a status (a route refused for a duplicate alias, a budget no route uses) is
+//! printed on stderr as a note; the document is still printed and the exit code is 0, as the
+//! cluster would still serve the rest. Credentials are named (file names), never resolved.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use jiff::Timestamp;
 
 use crate::api::validate::{Manifests, load_dir};
 use crate::config::GatewayConfig;
-use crate::policy::{DecisionState, Inputs, ObjectKey, Observations, evaluate};
+use crate::plan::{Plan, PlanInput, kind_name, plan};
+use crate::policy::{DecisionState, ObjectKey, Observations};
 
 /// Why rendering failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,18 +55,52 @@ pub fn pick_namespace(m: &Manifests, namespace: Option<&str>) -> Result<String, 
     }
 }
 
-/// Renders the document of one namespace from validated manifests, with no observations.
-pub fn render_manifests(m: &Manifests, namespace: &str, now: Timestamp) -> Result<GatewayConfig, RenderError> {
-    let observations = Observations::default();
-    let previous = DecisionState::default();
-    let decision = evaluate(Inputs {
+/// The plan of validated manifests: `namespace` is always rendered (empty if no route is in
+/// it); credentials are not resolved.
+pub fn plan_manifests(
+    m: &Manifests,
+    namespace: &str,
+    observations: &Observations,
+    previous: &DecisionState,
+    now: Timestamp,
+) -> Plan {
+    let namespaces = BTreeSet::from([namespace.to_string()]);
+    plan(PlanInput {
         routes: &m.routes,
         budgets: &m.budgets,
-        observations: &observations,
-        previous: &previous,
+        unreadable: &[],
+        namespaces: &namespaces,
+        secrets: None,
+        observations,
+        previous,
         now,
-    });
-    Ok(GatewayConfig::build(namespace, &m.routes, &decision)?)
+    })
+}
+
+/// A rendered namespace: its document and the plan it came from.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The document.
+    pub config: GatewayConfig,
+    /// The plan (problems, decisions, statuses).
+    pub plan: Plan,
+}
+
+/// Renders one namespace of validated manifests, with no observations.
+pub fn render(m: &Manifests, namespace: &str, now: Timestamp) -> Result<Rendered, RenderError> {
+    let plan = plan_manifests(m, namespace, &Observations::default(), &DecisionState::default(), now);
+    let config = match plan.namespaces.get(namespace).map(|n| n.config.clone()) {
+        Some(Ok(doc)) => doc,
+        Some(Err(e)) => return Err(e.into()),
+        // `plan_manifests` always renders `namespace`.
+        None => GatewayConfig::build(namespace, &[], &plan.decision)?,
+    };
+    Ok(Rendered { config, plan })
+}
+
+/// Renders the document of one namespace from validated manifests, with no observations.
+pub fn render_manifests(m: &Manifests, namespace: &str, now: Timestamp) -> Result<GatewayConfig, RenderError> {
+    render(m, namespace, now).map(|r| r.config)
 }
 
 /// Reads `dir`, validates every manifest, and renders.
@@ -66,20 +110,42 @@ pub fn render_dir(dir: &Path, namespace: Option<&str>, now: Timestamp) -> Result
     render_manifests(&m, &ns, now)
 }
 
-/// Notes worth a line on stderr: skipped documents, budgets no route uses.
-pub fn notes(m: &Manifests) -> Vec<String> {
-    let mut out: Vec<String> = m.skipped.iter().map(|s| format!("skipped (not a tollgate kind): {s}")).collect();
-    for b in &m.budgets {
-        let key = ObjectKey::of(b);
-        let used = m.routes.iter().any(|r| {
-            ObjectKey::of(r).namespace == key.namespace && r.spec.backends.iter().any(|x| x.provider == b.spec.provider)
-        });
-        if !used {
-            out.push(format!(
-                "ProviderBudget {key}: no route in namespace {} uses provider {:?}",
-                key.namespace, b.spec.provider
-            ));
+/// Notes worth a line on stderr: skipped documents, then every problem the plan found (what
+/// the controller would put in the object's `Ready` condition).
+pub fn notes(m: &Manifests, plan: Option<&Plan>) -> Vec<String> {
+    let skipped = m.skipped.iter().map(|s| format!("skipped (not a tollgate kind): {s}"));
+    let problems = plan
+        .into_iter()
+        .flat_map(Plan::problems)
+        .map(|(kind, key, p)| format!("{} {key}: {}: {}", kind_name(kind), p.reason, p.message));
+    skipped.chain(problems).collect()
+}
+
+/// `tollgate render -f DIR [-n NS]`: the document on stdout, notes on stderr; exit 2 on
+/// invalid manifests or an ambiguous namespace.
+pub fn run_render(dir: PathBuf, namespace: Option<String>) -> ExitCode {
+    let manifests = match load_dir(&dir) {
+        Ok(m) => m,
+        Err(errors) => {
+            eprintln!("error: {}", RenderError::Manifests(errors));
+            return ExitCode::from(2);
+        }
+    };
+    let result = pick_namespace(&manifests, namespace.as_deref()).and_then(|ns| render(&manifests, &ns, Timestamp::now()));
+    match result {
+        Ok(r) => {
+            for note in notes(&manifests, Some(&r.plan)) {
+                eprintln!("note: {note}");
+            }
+            print!("{}", r.config.to_json_pretty());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for note in notes(&manifests, None) {
+                eprintln!("note: {note}");
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
-    out
 }

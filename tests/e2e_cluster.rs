@@ -25,7 +25,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tollgate::api::{ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
-use tollgate::controller::source::{self, SourceUpdate};
+use tollgate::kube_source::{self as source, SourceUpdate};
 
 /// The controller's `--signal-interval` in this suite.
 const INTERVAL: Duration = Duration::from_secs(2);

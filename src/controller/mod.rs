@@ -6,19 +6,24 @@
 //! Secret; each `--signal-interval` it reads the gateways' signals, runs the policy, re-renders
 //! when the effective tables change, writes statuses and emits one Event per transition.
 //!
-//! - [`engine`]: one reconcile pass (validate → restore → signals → decide → apply → status →
-//!   events), testable against a mocked API server.
+//! - [`engine`]: one reconcile pass (snapshot → restore → signals → plan → apply → status →
+//!   events) and the engine's memory, testable against a mocked API server; its steps:
+//!   [`plan`] (snapshot → the shared [`crate::plan`] step), [`apply`] (ConfigMap and Secret),
+//!   [`status`], [`events`] (the outbox), [`pods`] (gateway targets).
 //! - [`restore`]: the policy's memory rebuilt from statuses after a restart.
 //! - [`run`]: watchers, leader election, the interval loop, SIGTERM, the HTTP endpoints.
-//! - [`source`]: the gateway's side of the API (`tollgate gateway --from-configmap`).
 
+pub mod apply;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod plan;
+pub mod pods;
 pub mod restore;
 pub mod run;
-pub mod source;
+mod status;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -48,14 +53,6 @@ fn parse_signals(s: &str) -> Result<SignalsSource, String> {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let ms = crate::policy::money::parse_duration_ms(s)?;
-    if ms <= 0 {
-        return Err(format!("{s:?} must be longer than zero"));
-    }
-    Ok(Duration::from_millis(u64::try_from(ms).map_err(|e| e.to_string())?))
-}
-
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -78,7 +75,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "metrics")]
     pub metrics_port_name: String,
     /// How often signals are read and the policy runs (it also runs on every spec change).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::cmd::parse_duration_in::<1, { u64::MAX }>)]
     pub signal_interval: Duration,
     /// Signal source: `scrape` (each gateway pod's /metrics) or `prometheus=URL` (PromQL).
     #[arg(long, default_value = "scrape", value_parser = parse_signals)]
@@ -99,7 +96,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// How long a lease lasts without renewal (a crashed leader is replaced after this).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::cmd::parse_duration_in::<1, { u64::MAX }>)]
     pub lease_duration: Duration,
     /// This replica's name: the Event reporter instance and the lease identity.
     #[arg(long, env = "POD_NAME")]
@@ -121,7 +118,8 @@ mod tests {
             Ok(SignalsSource::Prometheus("http://prom:9090".into()))
         );
         assert!(parse_signals("prometheus=prom").is_err());
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("0s").is_err());
+        let positive = crate::cmd::parse_duration_in::<1, { u64::MAX }>;
+        assert_eq!(positive("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(positive("0s").is_err());
     }
 }

@@ -41,56 +41,16 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 
 /// `tollgate controller`: runs until SIGTERM, a lost lease or a fatal error.
 pub fn run_controller(args: ControllerArgs) -> ExitCode {
-    init_tracing(args.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    crate::cmd::init_tracing("info", args.log_format == LogFormat::Json);
+    let rt = match crate::cmd::runtime(None) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %e, kind = e.metric_label(), "controller stopped");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+    let result = rt.block_on(run(args));
+    if let Err(e) = &result {
+        error!(error = %e, kind = e.metric_label(), "controller stopped");
     }
-}
-
-fn init_tracing(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C.
-fn on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                let _ = tokio::signal::ctrl_c().await;
-                token.cancel();
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        token.cancel();
-    });
+    crate::cmd::exit_code(result, 1)
 }
 
 /// Exits early and clearly when the CRDs are not installed.
@@ -113,7 +73,7 @@ pub async fn check_crds(client: &Client, namespaces: &[String]) -> Result<(), Er
 
 async fn run(args: ControllerArgs) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
-    on_signals(shutdown.clone());
+    crate::cmd::cancel_on_shutdown(shutdown.clone());
     let client = Client::try_default().await.map_err(|e| Error::Startup {
         source: Box::new(e),
         what: "connect to the Kubernetes API (kubeconfig or in-cluster)".into(),

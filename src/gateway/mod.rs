@@ -11,6 +11,10 @@
 //! and diffs [`Meter::snapshot`]s into the policy's observations with
 //! [`MeterSnapshot::to_observations_since`].
 //!
+//! Rooms: this file is the facade (the [`Gateway`], its options and errors); `cli.rs` holds
+//! `tollgate gateway`'s flags and job, `serve.rs` the HTTP serving, `source.rs` the Kubernetes
+//! config source (over [`crate::kube_source`]; the gateway never imports the operator).
+//!
 //! ```no_run
 //! # async fn demo(cfg: tollgate::config::GatewayConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! use tollgate::gateway::{Gateway, GatewayOptions, MeterSnapshot};
@@ -22,43 +26,39 @@
 //! # let _ = (api, obs); Ok(()) }
 //! ```
 
+mod cli;
 mod errors;
 mod metrics;
 mod mock;
 mod reload;
 mod request;
 mod select;
+mod serve;
 mod server;
+mod source;
 mod stream;
 mod upstream;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::http::{HeaderValue, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
+pub use cli::{GatewayArgs, run, run_gateway};
 pub use errors::ApiError;
 pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
 pub use mock::mock_tokens;
 pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
+pub use serve::{ServeLimits, serve, serve_sharded};
 
 use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
-use crate::policy::money::parse_duration_ms;
 use metrics::{BackendLabels, MeterCell, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
 use select::Candidate;
@@ -307,375 +307,3 @@ impl Gateway {
     }
 }
 
-/// HTTP server limits.
-#[derive(Clone, Copy, Debug)]
-pub struct ServeLimits {
-    /// Largest request head (request line + headers), bytes.
-    pub max_header_bytes: usize,
-    /// Time allowed to receive a request head.
-    pub header_read_timeout: Duration,
-    /// After shutdown is asked, how long in-flight requests may take to finish.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(25),
-        }
-    }
-}
-
-fn conn_builder(limits: ServeLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-}
-
-fn serve_stream(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    stream: TcpStream,
-    router: &Router,
-) {
-    let _ = stream.set_nodelay(true);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
-    let conn = graceful.watch(conn.into_owned());
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-}
-
-async fn drain(graceful: GracefulShutdown, grace: Duration) {
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
-        }
-    }
-}
-
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) on the current runtime until `shutdown`
-/// resolves, then lets in-flight requests finish for at most `limits.shutdown_grace`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let builder = conn_builder(limits);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_stream(&builder, &graceful, stream, &router),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    drain(graceful, limits.shutdown_grace).await;
-}
-
-/// Thread-per-core serving: this task accepts; `workers` threads, each with its own
-/// single-threaded runtime, serve the connections handed to them in turn. A connection, its
-/// requests and their upstream connections then stay on one thread, without cross-thread
-/// wake-ups (what makes the gateway's added latency close to a plain reverse proxy's).
-/// `workers` ≤ 1 serves on the current runtime.
-pub async fn serve_sharded(
-    listener: TcpListener,
-    router: Router,
-    limits: ServeLimits,
-    workers: usize,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    if workers <= 1 {
-        serve(listener, router, limits, shutdown.cancelled_owned()).await;
-        return Ok(());
-    }
-    let mut senders = Vec::with_capacity(workers);
-    let mut threads = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (router, token) = (router.clone(), shutdown.clone());
-        let thread = std::thread::Builder::new().name(format!("tollgate-api-{i}")).spawn(move || {
-            rt.block_on(async move {
-                let builder = conn_builder(limits);
-                let graceful = GracefulShutdown::new();
-                loop {
-                    tokio::select! {
-                        next = rx.recv() => match next.map(TcpStream::from_std) {
-                            Some(Ok(stream)) => serve_stream(&builder, &graceful, stream, &router),
-                            Some(Err(e)) => tracing::warn!(error = %e, "cannot adopt a connection"),
-                            None => break,
-                        },
-                        () = token.cancelled() => break,
-                    }
-                }
-                drain(graceful, limits.shutdown_grace).await;
-            });
-        })?;
-        senders.push(tx);
-        threads.push(thread);
-    }
-    let mut next = 0usize;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
-                Ok(stream) => {
-                    let _ = senders[next % workers].send(stream);
-                    next = next.wrapping_add(1);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        }
-    }
-    drop(listener);
-    drop(senders);
-    let _ = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-    })
-    .await;
-    Ok(())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let ms = parse_duration_ms(s)?;
-    Ok(Duration::from_millis(u64::try_from(ms).map_err(|_| format!("{s:?}: negative"))?))
-}
-
-fn parse_attempts(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=20).contains(&n) => Ok(n),
-        _ => Err(format!("{s:?}: expected a number from 1 to 20")),
-    }
-}
-
-/// `tollgate gateway`: the flags.
-#[derive(clap::Args, Debug, Clone)]
-pub struct GatewayArgs {
-    /// The gateway config document (`config.json` of the mounted ConfigMap). Watched and
-    /// reloaded on change (ConfigMap symlink swaps included); an invalid or missing document
-    /// keeps the last good one.
-    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE", required_unless_present = "from_configmap")]
-    pub config: Option<PathBuf>,
-    /// Instead of a file, watch ConfigMap NAMESPACE/NAME (key `config.json`) and the
-    /// credentials Secret `tollgate-credentials` beside it through the Kubernetes API:
-    /// sub-second propagation, same validate-then-swap rules. The API key files are written
-    /// into `--credentials-dir`, which must then be writable (an emptyDir).
-    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
-    pub from_configmap: Option<String>,
-    /// Directory of the API key files the config names (the mounted credentials Secret).
-    #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR", value_name = "DIR", default_value = DEFAULT_CREDENTIALS_DIR)]
-    pub credentials_dir: PathBuf,
-    /// Address of the OpenAI-compatible API.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
-    /// Address of `/metrics`.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
-    pub metrics_listen: SocketAddr,
-    /// Upstream attempts per request, failovers included.
-    #[arg(long, default_value = "3", value_parser = parse_attempts)]
-    pub max_attempts: usize,
-    /// Largest request body, bytes (larger: 413).
-    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Largest request head (request line + headers), bytes (at least 8192).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
-    pub max_header_bytes: usize,
-    /// Time allowed to receive a request head.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub header_read_timeout: Duration,
-    /// Upstream TCP + TLS connect timeout.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-    /// Time to the upstream's first byte (for streams: first chunk) before failing over.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
-    pub first_byte_timeout: Duration,
-    /// Time limit of a whole request, streams included.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub total_timeout: Duration,
-    /// Longest silence between two chunks of a stream.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub idle_stream_timeout: Duration,
-    /// Poll interval of the config file (in addition to file-system events).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    pub reload_interval: Duration,
-    /// Time in-flight requests get to finish after SIGTERM.
-    #[arg(long, value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-    /// Threads serving the API, each with its own single-threaded runtime (0: one per CPU).
-    #[arg(long, default_value_t = 0)]
-    pub workers: usize,
-    /// Log JSON lines instead of text.
-    #[arg(long)]
-    pub log_json: bool,
-}
-
-impl GatewayArgs {
-    /// The data-plane options these flags give.
-    pub fn options(&self) -> GatewayOptions {
-        GatewayOptions {
-            credentials_dir: self.credentials_dir.clone(),
-            max_body_bytes: self.max_body_bytes,
-            max_attempts: self.max_attempts,
-            connect_timeout: self.connect_timeout,
-            first_byte_timeout: self.first_byte_timeout,
-            total_timeout: self.total_timeout,
-            idle_stream_timeout: self.idle_stream_timeout,
-        }
-    }
-
-    /// The server limits these flags give.
-    pub fn limits(&self) -> ServeLimits {
-        ServeLimits {
-            max_header_bytes: self.max_header_bytes,
-            header_read_timeout: self.header_read_timeout,
-            shutdown_grace: self.shutdown_grace,
-        }
-    }
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutting down");
-    token.cancel();
-}
-
-/// Runs `tollgate gateway` until SIGTERM / Ctrl-C.
-pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
-    let gw = Gateway::new(None, args.options())?;
-    let api =
-        TcpListener::bind(args.listen).await.map_err(|source| GatewayError::Bind { addr: args.listen, source })?;
-    let metrics = TcpListener::bind(args.metrics_listen)
-        .await
-        .map_err(|source| GatewayError::Bind { addr: args.metrics_listen, source })?;
-    let watcher = match (&args.config, &args.from_configmap) {
-        (Some(path), _) => watch_config_file(gw.clone(), path.clone(), args.reload_interval),
-        (None, Some(object)) => watch_configmap(gw.clone(), object).await?,
-        (None, None) => return Err(GatewayError::Source("either --config or --from-configmap is required".into())),
-    };
-    tracing::info!(
-        listen = %args.listen,
-        metrics = %args.metrics_listen,
-        config = ?args.config,
-        from_configmap = ?args.from_configmap,
-        ready = gw.is_ready(),
-        "tollgate gateway started"
-    );
-    let token = CancellationToken::new();
-    tokio::spawn(shutdown_signal(token.clone()));
-    let limits = args.limits();
-    let workers = match args.workers {
-        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        n => n,
-    };
-    let api_server = serve_sharded(api, gw.router(), limits, workers, token.clone());
-    let metrics_server = serve(metrics, gw.metrics_router(), limits, token.clone().cancelled_owned());
-    let (api_result, ()) = tokio::join!(api_server, metrics_server);
-    api_result?;
-    watcher.abort();
-    Ok(())
-}
-
-/// Follows a ConfigMap (and the credentials Secret beside it) through the Kubernetes API.
-async fn watch_configmap(gw: Gateway, object: &str) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
-    use crate::controller::source::{SourceUpdate, parse_object_ref, updates, write_credentials};
-    use futures::StreamExt;
-    let (namespace, name) = parse_object_ref(object).map_err(GatewayError::Source)?;
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| GatewayError::Source(format!("cannot reach the Kubernetes API: {e}")))?;
-    let dir = gw.options().credentials_dir.clone();
-    Ok(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(updates(client, &namespace, &name, crate::config::CREDENTIALS_SECRET));
-        while let Some(update) = stream.next().await {
-            match update {
-                SourceUpdate::Credentials(files) => {
-                    if let Err(e) = write_credentials(&dir, &files) {
-                        // The error names the directory or file, never the key material.
-                        tracing::error!(error = %e, dir = %dir.display(), "cannot write the credential files");
-                    }
-                }
-                SourceUpdate::Config(cfg) => {
-                    let revision = cfg.revision.clone();
-                    match gw.swap_config(*cfg) {
-                        Ok(()) => tracing::info!(%revision, "config loaded from the API"),
-                        Err(e) => tracing::warn!(error = %e, "config from the API refused; keeping the last good one"),
-                    }
-                }
-                SourceUpdate::Rejected(why) => {
-                    gw.record_reload_error();
-                    tracing::warn!(%why, "config from the API refused; keeping the last good one");
-                }
-            }
-        }
-    }))
-}
-
-/// Entry point of the `tollgate gateway` subcommand.
-pub fn run_gateway(args: GatewayArgs) -> ExitCode {
-    init_tracing(args.log_json);
-    // This runtime accepts, serves /metrics and reloads the config; the API is served by the
-    // worker threads of `serve_sharded`.
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "gateway failed");
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::policy::money::parse_duration_ms;
 
 /// `tollgate load`: the flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -20,7 +19,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rps: u32,
     /// How long to send (at most 1h).
-    #[arg(long, default_value = "60s", value_parser = parse_bounded_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::parse_duration_in::<1, 3_600_000>)]
     pub duration: Duration,
     /// Models to call, comma-separated (default: all that /v1/models lists).
     #[arg(long, value_delimiter = ',')]
@@ -28,14 +27,6 @@ pub struct LoadArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub report_every: u64,
-}
-
-fn parse_bounded_duration(s: &str) -> Result<Duration, String> {
-    let ms = parse_duration_ms(s)?;
-    if !(1..=3_600_000).contains(&ms) {
-        return Err(format!("{s:?}: between 1ms and 1h"));
-    }
-    Ok(Duration::from_millis(ms as u64))
 }
 
 #[derive(Default)]
@@ -132,5 +123,5 @@ async fn run(args: LoadArgs) -> Result<(), String> {
 
 /// Entry point of `tollgate load`.
 pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
-    super::block_on_cli(run(args), 1)
+    crate::cmd::block_on_cli(run(args), 1)
 }

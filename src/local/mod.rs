@@ -11,6 +11,7 @@ pub mod load;
 pub mod state;
 pub mod status;
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,12 +26,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::validate::{Manifests, load_dir};
-use crate::config::GatewayConfig;
 use crate::gateway::MeterSnapshot;
 use crate::gateway::{Gateway, GatewayOptions, ServeLimits, serve};
-use crate::policy::money::parse_duration_ms;
-use crate::policy::{DecisionState, Inputs, ObjectKey, Observations, Transition, evaluate};
-use crate::render::{notes, pick_namespace};
+use crate::plan::{Plan, kind_name};
+use crate::policy::{DecisionState, ObjectKey, ObjectKind, Observations, Transition};
+use crate::render::{notes, pick_namespace, plan_manifests};
 use state::{LocalState, merge_observations};
 use status::{BudgetReport, RouteReport, StatusReport};
 
@@ -50,7 +50,7 @@ pub struct LocalArgs {
     #[arg(long, value_name = "FILE", default_value = "./tollgate-state.json")]
     pub state: PathBuf,
     /// How often the policy runs.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cmd::parse_duration_in::<100, { u64::MAX }>)]
     pub interval: Duration,
     /// Namespace to serve when the manifests span several.
     #[arg(short, long)]
@@ -61,14 +61,6 @@ pub struct LocalArgs {
     /// Print the status table each interval: auto (when stdout is a terminal), always, never.
     #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "always", "never"])]
     pub table: String,
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let ms = parse_duration_ms(s)?;
-    if ms < 100 {
-        return Err(format!("{s:?}: at least 100ms"));
-    }
-    Ok(Duration::from_millis(ms as u64))
 }
 
 /// Why `local` stopped.
@@ -127,6 +119,8 @@ struct Engine {
     report: Arc<RwLock<StatusReport>>,
     gateway: Gateway,
     manifest_error: Option<String>,
+    /// Problems already printed, per object.
+    reported: BTreeMap<(ObjectKind, ObjectKey), String>,
 }
 
 impl Engine {
@@ -175,7 +169,7 @@ impl Engine {
         });
         match loaded {
             Ok((m, ns)) => {
-                for n in notes(&m) {
+                for n in notes(&m, None) {
                     println!("note: {n}");
                 }
                 println!(
@@ -200,70 +194,33 @@ impl Engine {
         }
     }
 
-    /// One evaluation: observe, decide, serve, persist, report.
+    /// One evaluation: observe, plan (the same step as the controller's), serve, persist,
+    /// report.
     fn tick(&mut self, now: Timestamp) -> Vec<Transition> {
         let snapshot = self.gateway.meter().snapshot();
         let mut observations = snapshot.to_observations_since(&self.evaluated, &self.namespace);
         merge_observations(&mut observations, std::mem::take(&mut self.carried));
-        let m = &self.manifests;
-        let d = evaluate(Inputs {
-            routes: &m.routes,
-            budgets: &m.budgets,
-            observations: &observations,
-            previous: &self.decision,
-            now,
-        });
-        match GatewayConfig::build(&self.namespace, &m.routes, &d) {
-            Ok(cfg) => {
+        let plan = plan_manifests(&self.manifests, &self.namespace, &observations, &self.decision, now);
+        match plan.namespaces.get(&self.namespace).map(|n| &n.config) {
+            Some(Ok(cfg)) => {
                 if self.gateway.revision().as_deref() != Some(cfg.revision.as_str())
-                    && let Err(e) = self.gateway.swap_config(cfg)
+                    && let Err(e) = self.gateway.swap_config(cfg.clone())
                 {
                     tracing::error!(error = %e, "the decided config was refused; the gateway keeps the previous one");
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.gateway.record_reload_error();
                 println!("config not updated: {e}");
             }
+            None => {}
         }
-        let m = &self.manifests;
-        let report = StatusReport {
-            time: Some(now),
-            namespace: self.namespace.clone(),
-            config_revision: self.gateway.revision(),
-            manifest_error: self.manifest_error.clone(),
-            routes: m
-                .routes
-                .iter()
-                .filter_map(|r| {
-                    let key = ObjectKey::of(r);
-                    let rd = d.routes.get(&key)?;
-                    (key.namespace == self.namespace).then(|| RouteReport {
-                        name: key.name,
-                        model: rd.alias.clone(),
-                        status: rd.status.clone(),
-                    })
-                })
-                .collect(),
-            budgets: m
-                .budgets
-                .iter()
-                .filter_map(|b| {
-                    let key = ObjectKey::of(b);
-                    let bd = d.budgets.get(&key)?;
-                    (key.namespace == self.namespace).then(|| BudgetReport {
-                        name: key.name,
-                        provider: b.spec.provider.clone(),
-                        limit: b.spec.limit.clone(),
-                        status: bd.status.clone(),
-                    })
-                })
-                .collect(),
-        };
+        self.print_problems(&plan);
+        let report = self.status_report(&plan, now);
         if let Ok(mut r) = self.report.write() {
             *r = report;
         }
-        self.decision = d.state.clone();
+        self.decision = plan.decision.state.clone();
         self.evaluated = snapshot;
         let state = LocalState {
             version: state::STATE_VERSION,
@@ -274,7 +231,57 @@ impl Engine {
         if let Err(e) = self.save(state) {
             tracing::error!(error = %e, "cannot save the state file");
         }
-        d.transitions
+        plan.decision.transitions
+    }
+
+    /// Prints each problem of the plan once, when it appears or changes (as the controller's
+    /// Events do).
+    fn print_problems(&mut self, plan: &Plan) {
+        let mut current = BTreeMap::new();
+        for (kind, key, p) in plan.problems() {
+            let id = (kind, key.clone());
+            if self.reported.get(&id) != Some(&p.message) {
+                println!("problem: {} {key}: {}: {}", kind_name(kind), p.reason, p.message);
+            }
+            current.insert(id, p.message.clone());
+        }
+        self.reported = current;
+    }
+
+    /// `/status`: every route and budget of the namespace served, with the status the
+    /// controller would write.
+    fn status_report(&self, plan: &Plan, now: Timestamp) -> StatusReport {
+        let m = &self.manifests;
+        StatusReport {
+            time: Some(now),
+            namespace: self.namespace.clone(),
+            config_revision: self.gateway.revision(),
+            manifest_error: self.manifest_error.clone(),
+            routes: m
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let key = ObjectKey::of(r);
+                    let status = plan.route_statuses.get(&key)?;
+                    let model = plan.decision.routes.get(&key).map_or_else(|| r.alias(), |d| d.alias.clone());
+                    (key.namespace == self.namespace).then(|| RouteReport { name: key.name, model, status: status.clone() })
+                })
+                .collect(),
+            budgets: m
+                .budgets
+                .iter()
+                .filter_map(|b| {
+                    let key = ObjectKey::of(b);
+                    let status = plan.budget_statuses.get(&key)?;
+                    (key.namespace == self.namespace).then(|| BudgetReport {
+                        name: key.name,
+                        provider: b.spec.provider.clone(),
+                        limit: b.spec.limit.clone(),
+                        status: status.clone(),
+                    })
+                })
+                .collect(),
+        }
     }
 }
 
@@ -288,7 +295,7 @@ fn print_transition(t: &Transition) {
 pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let manifests = load_dir(&args.dir).map_err(crate::render::RenderError::Manifests)?;
     let namespace = pick_namespace(&manifests, args.namespace.as_deref())?;
-    for n in notes(&manifests) {
+    for n in notes(&manifests, None) {
         println!("note: {n}");
     }
     let saved = LocalState::load(&args.state)?;
@@ -309,6 +316,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         report: report.clone(),
         gateway: gateway.clone(),
         manifest_error: None,
+        reported: BTreeMap::new(),
     };
     for t in engine.tick(Timestamp::now()) {
         print_transition(&t);
@@ -353,7 +361,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     let shutdown = {
         let t = token.clone();
         async move {
-            let _ = wait_for_signal().await;
+            crate::cmd::shutdown_signal().await;
             t.cancel();
         }
     };
@@ -396,53 +404,10 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
-}
-
 /// Entry point of the CLI.
 pub fn run_local(args: LocalArgs) -> std::process::ExitCode {
-    init_tracing();
-    block_on_cli(run(args), 2)
-}
-
-/// Runs a CLI job on a multi-threaded runtime: exit 0 on success, `error_code` with the error
-/// on stderr otherwise.
-pub fn block_on_cli<E: std::fmt::Display>(
-    job: impl std::future::Future<Output = Result<(), E>>,
-    error_code: u8,
-) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(job) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::from(error_code)
-        }
-    }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    crate::cmd::init_tracing("error", false);
+    crate::cmd::block_on_cli(run(args), 2)
 }
 
 /// `tollgate status`: prints a running `local`'s status table.
@@ -458,7 +423,7 @@ pub struct StatusArgs {
 
 /// Entry point of `tollgate status`.
 pub fn run_status(args: StatusArgs) -> std::process::ExitCode {
-    block_on_cli(status(args), 1)
+    crate::cmd::block_on_cli(status(args), 1)
 }
 
 async fn status(args: StatusArgs) -> Result<(), String> {

@@ -1,4 +1,4 @@
-//! The gateway reads the API too: `tollgate gateway --from-configmap NAMESPACE/NAME`.
+//! The gateway's Kubernetes config source: `tollgate gateway --from-configmap NAMESPACE/NAME`.
 //!
 //! A mounted ConfigMap volume can take a minute to refresh; watching the ConfigMap and the
 //! credentials Secret through the API propagates a rotation in well under a second. This module
@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn demo(gw: tollgate::gateway::Gateway, dir: std::path::PathBuf) -> Result<(), Box<dyn std::error::Error>> {
 //! use futures::StreamExt;
-//! use tollgate::controller::source::{SourceUpdate, parse_object_ref, updates, write_credentials};
+//! use tollgate::kube_source::{SourceUpdate, parse_object_ref, updates, write_credentials};
 //! let (namespace, name) = parse_object_ref("team-a/tollgate-gateway")?;
 //! let client = kube::Client::try_default().await?;
 //! let mut stream = std::pin::pin!(updates(client, &namespace, &name, tollgate::config::CREDENTIALS_SECRET));

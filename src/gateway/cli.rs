@@ -1,0 +1,161 @@
+//! `tollgate gateway`: its flags, and the job that binds the data plane to its two listeners
+//! and to a config source (a watched file, or a ConfigMap through the API) until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::source::watch_configmap;
+use super::{
+    DEFAULT_CREDENTIALS_DIR, Gateway, GatewayError, GatewayOptions, ServeLimits, serve, serve_sharded,
+    watch_config_file,
+};
+use crate::cmd::parse_duration;
+
+fn parse_attempts(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=20).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: expected a number from 1 to 20")),
+    }
+}
+
+/// `tollgate gateway`: the flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// The gateway config document (`config.json` of the mounted ConfigMap). Watched and
+    /// reloaded on change (ConfigMap symlink swaps included); an invalid or missing document
+    /// keeps the last good one.
+    #[arg(long, env = "TOLLGATE_CONFIG", value_name = "FILE", required_unless_present = "from_configmap")]
+    pub config: Option<PathBuf>,
+    /// Instead of a file, watch ConfigMap NAMESPACE/NAME (key `config.json`) and the
+    /// credentials Secret `tollgate-credentials` beside it through the Kubernetes API:
+    /// sub-second propagation, same validate-then-swap rules. The API key files are written
+    /// into `--credentials-dir`, which must then be writable (an emptyDir).
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
+    pub from_configmap: Option<String>,
+    /// Directory of the API key files the config names (the mounted credentials Secret).
+    #[arg(long, env = "TOLLGATE_CREDENTIALS_DIR", value_name = "DIR", default_value = DEFAULT_CREDENTIALS_DIR)]
+    pub credentials_dir: PathBuf,
+    /// Address of the OpenAI-compatible API.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address of `/metrics`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Upstream attempts per request, failovers included.
+    #[arg(long, default_value = "3", value_parser = parse_attempts)]
+    pub max_attempts: usize,
+    /// Largest request body, bytes (larger: 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest request head (request line + headers), bytes (at least 8192).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Time allowed to receive a request head.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Upstream TCP + TLS connect timeout.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time to the upstream's first byte (for streams: first chunk) before failing over.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub first_byte_timeout: Duration,
+    /// Time limit of a whole request, streams included.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub total_timeout: Duration,
+    /// Longest silence between two chunks of a stream.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_stream_timeout: Duration,
+    /// Poll interval of the config file (in addition to file-system events).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Time in-flight requests get to finish after SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Threads serving the API, each with its own single-threaded runtime (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl GatewayArgs {
+    /// The data-plane options these flags give.
+    pub fn options(&self) -> GatewayOptions {
+        GatewayOptions {
+            credentials_dir: self.credentials_dir.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_attempts: self.max_attempts,
+            connect_timeout: self.connect_timeout,
+            first_byte_timeout: self.first_byte_timeout,
+            total_timeout: self.total_timeout,
+            idle_stream_timeout: self.idle_stream_timeout,
+        }
+    }
+
+    /// The server limits these flags give.
+    pub fn limits(&self) -> ServeLimits {
+        ServeLimits {
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// Runs `tollgate gateway` until SIGTERM / Ctrl-C.
+pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
+    let gw = Gateway::new(None, args.options())?;
+    let api =
+        TcpListener::bind(args.listen).await.map_err(|source| GatewayError::Bind { addr: args.listen, source })?;
+    let metrics = TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|source| GatewayError::Bind { addr: args.metrics_listen, source })?;
+    let watcher = match (&args.config, &args.from_configmap) {
+        (Some(path), _) => watch_config_file(gw.clone(), path.clone(), args.reload_interval),
+        (None, Some(object)) => watch_configmap(gw.clone(), object).await?,
+        (None, None) => return Err(GatewayError::Source("either --config or --from-configmap is required".into())),
+    };
+    tracing::info!(
+        listen = %args.listen,
+        metrics = %args.metrics_listen,
+        config = ?args.config,
+        from_configmap = ?args.from_configmap,
+        ready = gw.is_ready(),
+        "tollgate gateway started"
+    );
+    let token = CancellationToken::new();
+    crate::cmd::cancel_on_shutdown(token.clone());
+    let limits = args.limits();
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        n => n,
+    };
+    let api_server = serve_sharded(api, gw.router(), limits, workers, token.clone());
+    let metrics_server = serve(metrics, gw.metrics_router(), limits, token.clone().cancelled_owned());
+    let (api_result, ()) = tokio::join!(api_server, metrics_server);
+    api_result?;
+    watcher.abort();
+    Ok(())
+}
+
+/// Entry point of the `tollgate gateway` subcommand.
+pub fn run_gateway(args: GatewayArgs) -> ExitCode {
+    crate::cmd::init_tracing("info", args.log_json);
+    // This runtime accepts, serves /metrics and reloads the config; the API is served by the
+    // worker threads of `serve_sharded`.
+    let rt = match crate::cmd::runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(run(args));
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "gateway failed");
+    }
+    crate::cmd::exit_code(result, 1)
+}
