@@ -63,7 +63,9 @@ fn a_changed_document_gets_a_new_revision_and_a_tampered_one_is_refused() {
 }
 
 #[test]
-fn duplicate_aliases_in_a_namespace_are_refused() {
+fn a_duplicate_alias_goes_to_the_route_whose_name_sorts_first() {
+    // The controller's rule (oldest creationTimestamp, then name); files carry no timestamps,
+    // so the name decides, whatever the file order.
     let dir = std::env::temp_dir().join(format!("tollgate-alias-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let route = |name: &str| {
@@ -71,11 +73,18 @@ fn duplicate_aliases_in_a_namespace_are_refused() {
             "apiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata: {{name: {name}}}\nspec:\n  model: chat\n  backends:\n    - {{name: a, provider: openai, model: m, pricing: {{input: \"1\", output: \"2\"}}}}\n"
         )
     };
-    std::fs::write(dir.join("a.yaml"), route("one")).unwrap();
-    std::fs::write(dir.join("b.yaml"), route("two")).unwrap();
-    let err = tollgate::render::render_dir(&dir, None, now()).unwrap_err();
+    std::fs::write(dir.join("a.yaml"), route("two")).unwrap();
+    std::fs::write(dir.join("b.yaml"), route("one")).unwrap();
+    let m = tollgate::api::validate::load_dir(&dir).unwrap();
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!(err.to_string(), "routes one and two both serve model \"chat\"");
+    let rendered = tollgate::render::render(&m, "default", now()).unwrap();
+    assert_eq!(rendered.config.routes.len(), 1);
+    assert_eq!(rendered.config.route("chat").unwrap().name, "one");
+    let notes = tollgate::render::notes(&m, Some(&rendered.plan));
+    assert_eq!(
+        notes,
+        ["ModelRoute default/two: InvalidSpec: spec.model: model \"chat\" is already served by ModelRoute one"]
+    );
 }
 
 #[test]
