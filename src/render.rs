@@ -131,7 +131,8 @@ pub fn run_render(dir: PathBuf, namespace: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = pick_namespace(&manifests, namespace.as_deref()).and_then(|ns| render(&manifests, &ns, Timestamp::now()));
+    let result =
+        pick_namespace(&manifests, namespace.as_deref()).and_then(|ns| render(&manifests, &ns, Timestamp::now()));
     match result {
         Ok(r) => {
             for note in notes(&manifests, Some(&r.plan)) {

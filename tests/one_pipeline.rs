@@ -219,7 +219,8 @@ async fn local_serves_what_render_and_the_controller_decide() {
         let expected = plan_ready(&controller.route_statuses[&key].conditions);
         assert_eq!(ready_condition(&r["status"]), Some(expected), "{r}");
     }
-    let route_names: Vec<&str> = status["routes"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    let route_names: Vec<&str> =
+        status["routes"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
     assert_eq!(route_names, ["zeta", "alpha", "solo"], "every route of the files is reported");
     let zeta = &status["routes"][0]["status"];
     assert!(ready_condition(zeta).unwrap().2.contains("already served by ModelRoute alpha"), "{zeta}");

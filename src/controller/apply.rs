@@ -78,8 +78,10 @@ impl Engine {
         let current = snap.configmaps.iter().find(|cm| {
             cm.metadata.namespace.as_deref() == Some(ns) && cm.metadata.name.as_deref() == Some(name.as_str())
         });
-        let in_store = current
-            .is_some_and(|cm| is_managed(cm, &self.ctx.settings.configmap_name) && cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)) == Some(&text));
+        let in_store = current.is_some_and(|cm| {
+            is_managed(cm, &self.ctx.settings.configmap_name)
+                && cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)) == Some(&text)
+        });
         if in_store || self.recently(self.applied_config.get(ns), &text, now) {
             return Ok(false);
         }

@@ -40,7 +40,6 @@ use crate::signals::{CheckpointSeed, GatewayTarget, Observed, Signals, Tracker};
 
 pub use super::apply::MANAGED_BY;
 
-
 /// What the controller writes and how.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -234,9 +233,7 @@ impl Engine {
                         Err(e) => report.errors.push(e),
                     }
                 }
-                Err(source) => {
-                    report.errors.push(Error::BuildConfig { namespace: ns.clone(), source: source.clone() })
-                }
+                Err(source) => report.errors.push(Error::BuildConfig { namespace: ns.clone(), source: source.clone() }),
             }
             match self.apply_secret(snap, ns, out.credentials.clone(), now).await {
                 Ok(true) => report.secrets_applied.push(ns.clone()),

@@ -26,7 +26,6 @@ pub(super) struct PendingEvent {
 }
 
 impl Engine {
-
     /// Queues the Events of one pass: transitions, and problems new or changed.
     pub(super) fn queue_events(
         &mut self,

@@ -306,4 +306,3 @@ impl Gateway {
         self.inner.metrics.encode()
     }
 }
-

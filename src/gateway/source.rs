@@ -40,4 +40,3 @@ pub(super) async fn watch_configmap(gw: Gateway, object: &str) -> Result<tokio::
         }
     }))
 }
-

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 /// `tollgate load`: the flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {

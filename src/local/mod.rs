@@ -264,7 +264,11 @@ impl Engine {
                     let key = ObjectKey::of(r);
                     let status = plan.route_statuses.get(&key)?;
                     let model = plan.decision.routes.get(&key).map_or_else(|| r.alias(), |d| d.alias.clone());
-                    (key.namespace == self.namespace).then(|| RouteReport { name: key.name, model, status: status.clone() })
+                    (key.namespace == self.namespace).then(|| RouteReport {
+                        name: key.name,
+                        model,
+                        status: status.clone(),
+                    })
                 })
                 .collect(),
             budgets: m

@@ -247,9 +247,8 @@ pub fn plan_admitted(input: PlanInput<'_>, admitted: Admitted) -> Plan {
     // Build, per namespace.
     let mut namespaces: BTreeSet<String> = input.namespaces.clone();
     namespaces.extend(input.routes.iter().map(|r| ObjectKey::of(r).namespace));
-    namespaces.extend(
-        input.unreadable.iter().filter(|u| u.kind == ObjectKind::ModelRoute).map(|u| u.key.namespace.clone()),
-    );
+    namespaces
+        .extend(input.unreadable.iter().filter(|u| u.kind == ObjectKind::ModelRoute).map(|u| u.key.namespace.clone()));
     let mut out = BTreeMap::new();
     for ns in namespaces {
         let mut served: Vec<ModelRoute> =
@@ -379,11 +378,7 @@ fn build_config(
         served.retain(|r| r.metadata.name.as_deref() != Some(culprit.0.as_str()));
         if served.len() == before {
             // The builder named a route that is not there: stop rather than loop.
-            return Err(ConfigError::Invalid {
-                route: culprit.0,
-                field: "(route)".into(),
-                message: culprit.1.message,
-            });
+            return Err(ConfigError::Invalid { route: culprit.0, field: "(route)".into(), message: culprit.1.message });
         }
         problems.insert(ObjectKey::new(ns, culprit.0), culprit.1);
     }
