@@ -598,6 +598,49 @@ async fn bad_input_is_reported_not_fatal() {
     h.finish().await;
 }
 
+/// Two routes serving one alias: the older keeps it, even when the newer one's name sorts
+/// first (the one rule `render` and `local` apply too, by name, as files carry no timestamps).
+#[tokio::test]
+async fn a_duplicate_alias_stays_with_the_older_route() {
+    let mut copy = route_json(
+        "aaa-copy",
+        json!([{"name": "m", "provider": "mistral", "model": "small", "endpoint": {"mock": {}},
+                "pricing": {"input": "1", "output": "1"}}]),
+        json!({"model": "chat"}),
+    );
+    copy["metadata"]["creationTimestamp"] = json!("2025-05-10T00:00:00Z");
+    let world = World::new(vec![copy, chat()], vec![openai_secret()]);
+    let doc = expected_doc(&[chat()]);
+    let expects = vec![
+        expect("PATCH", CM_URI, move |b| assert_eq!(doc_of(b), doc, "only the older route is served")),
+        expect("PATCH", SECRET_URI, |_| {}),
+        expect("PATCH", status_uri("modelroutes", "aaa-copy"), |b| {
+            let s = status_envelope("ModelRoute", "aaa-copy", b);
+            let ready = condition(&s, "Ready");
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidSpec")));
+            assert_eq!(ready["message"], "spec.model: model \"chat\" is already served by ModelRoute chat");
+            assert!(s.get("state").is_none(), "{s}");
+        }),
+        expect("PATCH", status_uri("modelroutes", "chat"), |b| {
+            let s = status_envelope("ModelRoute", "chat", b);
+            assert_eq!(condition(&s, "Ready")["status"], "True");
+            assert_eq!(s["state"], "Serving");
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |_| {}),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!(b["reason"], "InvalidSpec");
+            assert_eq!(b["regarding"]["name"], "aaa-copy");
+            assert!(b["note"].as_str().unwrap().contains("already served by ModelRoute chat"));
+        }),
+    ];
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, "sha256:none");
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.events_published, 1);
+    h.finish().await;
+}
+
 /// The last route removed: the ConfigMap stays, with an empty route list.
 #[tokio::test]
 async fn last_route_removed_leaves_an_empty_config() {

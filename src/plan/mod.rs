@@ -5,7 +5,9 @@
 //! Secrets' data when credentials are resolved), out: problems per object, the policy's
 //! [`Decision`], one config document (and credentials) per namespace, and the status each
 //! object should carry. Pure: no client, no clock, no I/O. Applying the documents, writing the
-//! statuses and publishing Events stay in the adapters.
+//! statuses and publishing Events stay in the adapters. [`plan`] runs it all; the controller
+//! runs [`admit`] (validate) and [`plan_admitted`] (decide, build) apart, to restore the
+//! policy's memory of the admitted routes from their statuses in between.
 //!
 //! Rules, the same for every entry point:
 //! - A route or budget whose spec fails validation (schema, CEL, what no schema says) gets an
