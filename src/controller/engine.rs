@@ -420,6 +420,7 @@ impl Engine {
             }
         }
         unused_budgets(&budgets, &routes, &mut budget_problems);
+        self.ctx.metrics.observe_policy(&decision, &budgets, &revisions, &targets, &self.revisions);
 
         // Status.
         for g in &snap.routes {
