@@ -90,11 +90,8 @@ struct Proc {
 impl Proc {
     fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let child =
+            cmd.stdout(Stdio::null()).stderr(file).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Self { name: name.to_string(), child, log }
     }
 
@@ -109,7 +106,12 @@ impl Drop for Proc {
         if std::thread::panicking() {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- {} log {} (tail) ---\n{}", self.name, self.log.display(), lines[lines.len().saturating_sub(25)..].join("\n"));
+            eprintln!(
+                "--- {} log {} (tail) ---\n{}",
+                self.name,
+                self.log.display(),
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            );
         }
         self.kill();
     }
@@ -258,7 +260,8 @@ impl Gateway {
     }
 
     async fn reading(&self) -> GatewayReading {
-        let (code, body) = http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics)).await.expect("gateway /metrics");
+        let (code, body) =
+            http_get(&format!("http://127.0.0.1:{}/metrics", self.metrics)).await.expect("gateway /metrics");
         assert_eq!(code, 200, "{body}");
         GatewayReading::from_text(&body)
     }
@@ -278,7 +281,11 @@ impl Gateway {
 }
 
 fn attempts(r: &GatewayReading, route: &str, backend: &str, outcome: Outcome) -> u64 {
-    r.requests.iter().filter(|((k, o), _)| k.route == route && k.backend == backend && *o == outcome).map(|(_, n)| n).sum()
+    r.requests
+        .iter()
+        .filter(|((k, o), _)| k.route == route && k.backend == backend && *o == outcome)
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn total_cost(readings: &[GatewayReading], provider: &str) -> u64 {
@@ -327,7 +334,9 @@ impl Prometheus {
         let port = free_port();
         let targets: Vec<Value> = gateways
             .iter()
-            .map(|g| json!({"targets": [format!("127.0.0.1:{}", g.metrics)], "labels": {"namespace": ns, "pod": g.pod}}))
+            .map(
+                |g| json!({"targets": [format!("127.0.0.1:{}", g.metrics)], "labels": {"namespace": ns, "pod": g.pod}}),
+            )
             .collect();
         let config = json!({
             "global": {"scrape_interval": SCRAPE, "scrape_timeout": SCRAPE, "evaluation_interval": SCRAPE},
@@ -456,8 +465,11 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
     }
     let mut gateways = [Gateway::new("gateway-0", &dir), Gateway::new("gateway-1", &dir)];
     let controller_port = free_port();
-    let prometheus =
-        if with_prometheus { Some(Prometheus::start(&dir, &ns, &[&gateways[0], &gateways[1]], controller_port).await) } else { None };
+    let prometheus = if with_prometheus {
+        Some(Prometheus::start(&dir, &ns, &[&gateways[0], &gateways[1]], controller_port).await)
+    } else {
+        None
+    };
     let signals = prometheus.as_ref().map_or("scrape".to_string(), |p| format!("prometheus={}", p.url));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.args(["controller", "--namespaces", &ns, "--signal-interval", &format!("{}s", INTERVAL.as_secs())])
@@ -508,7 +520,10 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
         async move { config(&client, &ns).await.filter(|d| backend_state(d, "chat", "openai-mini") == "OverBudget") }
     })
     .await;
-    println!("[{mode}] spend rotation in the ConfigMap {took:?} after the traffic ({}s signal interval)", INTERVAL.as_secs());
+    println!(
+        "[{mode}] spend rotation in the ConfigMap {took:?} after the traffic ({}s signal interval)",
+        INTERVAL.as_secs()
+    );
     let mut readings = Vec::new();
     for gw in &gateways {
         readings.push(gw.reading().await);
@@ -521,7 +536,9 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
         async move { budget_spent(&client, &ns, "openai-budget").await.filter(|s| *s == want) }
     })
     .await;
-    println!("[{mode}] openai-budget spent {got} USD = the gateways' tollgate_cost_nanousd_total ({openai}) after {took:?}");
+    println!(
+        "[{mode}] openai-budget spent {got} USD = the gateways' tollgate_cost_nanousd_total ({openai}) after {took:?}"
+    );
     let chat = route(&client, &ns, "chat").await.status.unwrap();
     let spend_rotation_to = chat.last_rotation.as_ref().map(|r| r.to.clone()).unwrap_or_default();
     println!("[{mode}] chat lastRotation -> {spend_rotation_to} ({})", chat.last_rotation.as_ref().unwrap().reason);
@@ -539,8 +556,14 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
             gw.chat(&http, "chat", i == 0).await;
         }
         let after = gw.reading().await;
-        assert_eq!(attempts(&after, "chat", "openai-mini", Outcome::Ok), attempts(&before, "chat", "openai-mini", Outcome::Ok));
-        assert_eq!(attempts(&after, "chat", "deepseek", Outcome::Ok), attempts(&before, "chat", "deepseek", Outcome::Ok) + 5);
+        assert_eq!(
+            attempts(&after, "chat", "openai-mini", Outcome::Ok),
+            attempts(&before, "chat", "openai-mini", Outcome::Ok)
+        );
+        assert_eq!(
+            attempts(&after, "chat", "deepseek", Outcome::Ok),
+            attempts(&before, "chat", "deepseek", Outcome::Ok) + 5
+        );
     }
 
     // 3. Error rate: mistral fails every attempt (each retried on qwen) until it has 12.
@@ -599,7 +622,9 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
         gateways[1].chat(&http, "chat", i % 4 == 0).await;
     }
     let new = gateways[1].reading().await.cost_matching("deepseek", &[]);
-    assert!(new < old, "the restarted gateway's counter ({new}) must be below its old one ({old}) for this check");
+    // More than before the restart: a plain difference (new - old) would under-count; the reset is
+    // known from the counters that went down (openai-mini's and summarize's are gone).
+    assert!(new > old, "the restarted gateway's deepseek counter ({new}) should exceed its old one ({old})");
     let want = spent(deepseek_before + new);
     let (got, took) = eventually("deepseek-budget counts the restarted gateway from zero", DECIDE, || {
         let (client, ns, want) = (client.clone(), ns.clone(), want.clone());
@@ -620,7 +645,10 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
         assert!(queries.len() >= 15, "{} dashboard queries", queries.len());
         let mut empty = Vec::new();
         for (title, expr) in &queries {
-            let result = prom.query(expr).await.unwrap_or_else(|e| panic!("dashboard panel {title:?}: Prometheus refused {expr}: {e}"));
+            let result = prom
+                .query(expr)
+                .await
+                .unwrap_or_else(|e| panic!("dashboard panel {title:?}: Prometheus refused {expr}: {e}"));
             println!("[{mode}] dashboard {title:?}: {} series", result.len());
             if result.is_empty() {
                 empty.push(format!("{title}: {expr}"));
@@ -629,16 +657,21 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
         // This traffic reads usage from every answer: the usage-missing series is never created.
         let unexpected: Vec<&String> = empty.iter().filter(|e| !e.contains("tollgate_usage_missing_total")).collect();
         assert!(unexpected.is_empty(), "dashboard queries without data after the traffic: {unexpected:#?}");
-        let (alert, took) = eventually("TollgateBackendEjected firing for mistral", Duration::from_secs(30), || async {
-            let body: Value = reqwest::get(format!("{}/api/v1/alerts", prom.url)).await.ok()?.json().await.ok()?;
-            body["data"]["alerts"].as_array()?.iter().find(|a| {
-                a["labels"]["alertname"] == "TollgateBackendEjected"
-                    && a["labels"]["backend"] == "mistral"
-                    && a["labels"]["namespace"] == ns.as_str()
-                    && a["state"] == "firing"
-            }).cloned()
-        })
-        .await;
+        let (alert, took) =
+            eventually("TollgateBackendEjected firing for mistral", Duration::from_secs(30), || async {
+                let body: Value = reqwest::get(format!("{}/api/v1/alerts", prom.url)).await.ok()?.json().await.ok()?;
+                body["data"]["alerts"]
+                    .as_array()?
+                    .iter()
+                    .find(|a| {
+                        a["labels"]["alertname"] == "TollgateBackendEjected"
+                            && a["labels"]["backend"] == "mistral"
+                            && a["labels"]["namespace"] == ns.as_str()
+                            && a["state"] == "firing"
+                    })
+                    .cloned()
+            })
+            .await;
         println!("[{mode}] alert firing after {took:?}: {}", alert["annotations"]["summary"]);
     }
 
@@ -663,7 +696,7 @@ fn expected() -> Outcomes {
     Outcomes {
         spend_rotation_to: "deepseek=100".into(),
         errors_rotation_to: "qwen=100".into(),
-        mistral_error_rate: "1.000000".into(),
+        mistral_error_rate: "1.00".into(),
         deepseek_spent_exact_after_restart: true,
     }
 }

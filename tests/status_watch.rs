@@ -64,8 +64,7 @@ async fn watch_appends_plain_frames_when_piped() {
     let text = lines.join("\n");
     assert!(!text.contains('\x1b'), "escape sequences in piped output:\n{text}");
     let headers: Vec<&String> = lines.iter().filter(|l| l.starts_with("tollgate · namespace")).collect();
-    let names: Vec<String> =
-        headers.iter().map(|h| h.split(" · ").nth(1).unwrap_or_default().to_string()).collect();
+    let names: Vec<String> = headers.iter().map(|h| h.split(" · ").nth(1).unwrap_or_default().to_string()).collect();
     assert_eq!(names, ["namespace read-0", "namespace read-1", "namespace read-3", "namespace read-4"], "{text}");
     assert!(text.contains("cannot read http://127.0.0.1:"), "the failed read is shown:\n{text}");
     // Frames are separated by a blank line, and each one is a whole table.
