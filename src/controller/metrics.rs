@@ -1,9 +1,10 @@
 //! The controller's own Prometheus metrics (`/metrics`), with the `tollgate_controller` prefix.
 //!
 //! Besides the pass counters, the last pass's decisions are exposed as gauges (what the chart's
-//! alerts and dashboard read): per budget its exact spend and limit in USD (floats for humans;
-//! status keeps the exact decimal), burn rate, window end and state (one series per state, 1 for
-//! the current one, kube-state-metrics style); per route backend its state; per namespace the
+//! alerts and dashboard read): per budget its spend and limit in USD (floats for humans; status
+//! keeps the exact decimal), burn rate, window end and state (one series per state, 1 for the
+//! current one, kube-state-metrics style); per route backend its decided state (for a `DryRun`
+//! route: decided and reported, not applied, as in its status); per namespace the
 //! config revision written and how many gateways serve it. They are encoded from one snapshot
 //! replaced whole at the end of each pass ([`ControllerMetrics::observe_policy`]), so a scrape
 //! never sees half a pass and a deleted object's series disappear with it. The `namespace` label
