@@ -13,6 +13,9 @@
   can-i FILE                        `kubectl auth can-i --list` output -> one line per
                                     (resource, resource name, verb), sorted
   unused GRANTED_FILE USED_FILE     granted triples no call used, minus the documented ones
+  monitoring RENDERED VALUES        the PrometheusRule carries files/prometheus-rules.yaml (plus
+                                    prometheusRule.alertLabels) and the dashboard ConfigMap
+                                    carries files/grafana-dashboard.json, with the sidecar label
 """
 
 import json
@@ -31,7 +34,10 @@ def docs(path):
 def split(rendered, out):
     groups = {"crds": [], "rest": [], "servicemonitors": []}
     for d in docs(rendered):
-        key = {"CustomResourceDefinition": "crds", "ServiceMonitor": "servicemonitors"}.get(d["kind"], "rest")
+        # PrometheusRule: also a monitoring.coreos.com object (no schema in kubernetes-validate, CRD
+        # not installed on the test API server), checked with the ServiceMonitors.
+        key = {"CustomResourceDefinition": "crds", "ServiceMonitor": "servicemonitors",
+               "PrometheusRule": "servicemonitors"}.get(d["kind"], "rest")
         groups[key].append(d)
     for key, items in groups.items():
         with open(f"{out}/{key}.yaml", "w") as f:
@@ -294,6 +300,54 @@ def unused(granted_path, used_path):
     print("ok: every granted (resource, name, verb) was used by one of its calls")
 
 
+def monitoring(rendered, values_file=""):
+    """The alerts and the dashboard of the rendered chart are the repository's files."""
+    import os
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    chart = os.path.join(root, "charts", "tollgate")
+    values = yaml.safe_load(open(os.path.join(chart, "values.yaml")))
+    if values_file:
+        for k, v in (yaml.safe_load(open(values_file)) or {}).items():
+            if isinstance(v, dict) and isinstance(values.get(k), dict):
+                values[k] = {**values[k], **v}
+            else:
+                values[k] = v
+    objs = docs(rendered)
+    problems = []
+    rules = [d for d in objs if d["kind"] == "PrometheusRule"]
+    if values["prometheusRule"]["enabled"]:
+        want = yaml.safe_load(open(os.path.join(chart, "files", "prometheus-rules.yaml")))
+        for g in want["groups"]:
+            for r in g["rules"]:
+                r["labels"] = {**values["prometheusRule"].get("alertLabels", {}), **r.get("labels", {})}
+        if len(rules) != 1:
+            problems.append(f"{len(rules)} PrometheusRules rendered, expected 1")
+        elif rules[0]["spec"] != want:
+            problems.append("the PrometheusRule's spec is not files/prometheus-rules.yaml (with alertLabels)")
+    elif rules:
+        problems.append("a PrometheusRule was rendered with prometheusRule.enabled false")
+    cms = [d for d in objs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    if values["grafanaDashboard"]["enabled"]:
+        want = json.load(open(os.path.join(chart, "files", "grafana-dashboard.json")))
+        if len(cms) != 1:
+            problems.append(f"{len(cms)} dashboard ConfigMaps rendered, expected 1")
+        else:
+            cm = cms[0]
+            if json.loads(cm["data"]["tollgate.json"]) != want:
+                problems.append("the dashboard ConfigMap does not carry files/grafana-dashboard.json")
+            for k, v in values["grafanaDashboard"]["labels"].items():
+                if cm["metadata"]["labels"].get(k) != v:
+                    problems.append(f"the dashboard ConfigMap lacks the sidecar label {k}: {v!r}")
+    elif cms:
+        problems.append("a dashboard ConfigMap was rendered with grafanaDashboard.enabled false")
+    for p in problems:
+        print(f"FAIL {p}")
+    if problems:
+        sys.exit(1)
+    print(f"ok: PrometheusRule {'rendered from files/prometheus-rules.yaml' if rules else 'off'}, "
+          f"dashboard {'rendered from files/grafana-dashboard.json' if cms else 'off'}")
+
+
 if __name__ == "__main__":
     cmd, argv = sys.argv[1], sys.argv[2:]
     {
@@ -308,4 +362,5 @@ if __name__ == "__main__":
         "calls": calls,
         "can-i": can_i,
         "unused": unused,
+        "monitoring": monitoring,
     }[cmd](*argv)

@@ -241,6 +241,7 @@ impl Engine {
                 Err(e) => report.errors.push(e),
             }
         }
+        self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
 
         // Status.
         for g in &snap.routes {

@@ -423,6 +423,12 @@ pub struct StatusArgs {
     /// Print the JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Redraw every `--interval` until Ctrl-C: in place on a terminal, appended otherwise.
+    #[arg(short, long)]
+    pub watch: bool,
+    /// How often `--watch` reads the status.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::cmd::parse_duration)]
+    pub interval: Duration,
 }
 
 /// Entry point of `tollgate status`.
@@ -431,16 +437,5 @@ pub fn run_status(args: StatusArgs) -> std::process::ExitCode {
 }
 
 async fn status(args: StatusArgs) -> Result<(), String> {
-    let url = format!("{}/status", args.url.trim_end_matches('/'));
-    let fetch = async {
-        let resp = reqwest::Client::new().get(&url).timeout(Duration::from_secs(10)).send().await?;
-        resp.error_for_status()?.json::<StatusReport>().await
-    };
-    let r = fetch.await.map_err(|e| format!("cannot read {url}: {e}"))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-    } else {
-        print!("{}", r.to_table());
-    }
-    Ok(())
+    status::show(&args.url, args.json, args.watch.then_some(args.interval)).await
 }

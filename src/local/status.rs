@@ -1,7 +1,18 @@
 //! What `local` shows: the `/status` JSON (the same fields as the CRD statuses) and the compact
 //! table printed each interval and by `tollgate status`.
+//!
+//! `tollgate status --watch` ([`show`]) reads `/status` every interval until Ctrl-C. On a
+//! terminal each table is drawn over the previous one ([`Redraw::InPlace`]: the screen is cleared
+//! once, then every frame moves the cursor home, erases each line's rest and everything below, so
+//! the picture neither scrolls nor flickers). When stdout is not a terminal (a pipe, a file, CI)
+//! frames are appended, separated by a blank line, with no escape sequence ([`Redraw::Append`]);
+//! with `--json` each frame is one compact JSON document per line. A failed read during a watch
+//! is shown in place of the table and the watch goes on (the `local` it reads may be
+//! restarting); without `--watch` it is the command's error.
 
 use std::fmt::Write;
+use std::io::IsTerminal;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -137,5 +148,140 @@ impl StatusReport {
         out.push('\n');
         out.push_str(&table(&rows));
         out
+    }
+}
+
+/// How `--watch` puts a frame on screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redraw {
+    /// Over the previous frame (a terminal).
+    InPlace,
+    /// After the previous frame (a pipe or a file).
+    Append,
+}
+
+impl Redraw {
+    /// In place when stdout is a terminal, appended otherwise.
+    pub fn for_stdout() -> Self {
+        if std::io::stdout().is_terminal() { Redraw::InPlace } else { Redraw::Append }
+    }
+}
+
+/// Clear the screen (the first in-place frame).
+const CLEAR_SCREEN: &str = "\x1b[2J";
+/// Cursor to the top left.
+const HOME: &str = "\x1b[H";
+/// Erase from the cursor to the end of the line.
+const ERASE_LINE_REST: &str = "\x1b[K";
+/// Erase from the cursor to the end of the screen.
+const ERASE_BELOW: &str = "\x1b[J";
+
+/// The text that draws `body` as frame number `index` (0 = the first).
+pub fn frame(body: &str, redraw: Redraw, index: u64) -> String {
+    match redraw {
+        Redraw::Append if index == 0 => body.to_string(),
+        Redraw::Append => format!("\n{body}"),
+        Redraw::InPlace => {
+            let mut out = String::with_capacity(body.len() + 64);
+            if index == 0 {
+                out.push_str(CLEAR_SCREEN);
+            }
+            out.push_str(HOME);
+            for line in body.lines() {
+                out.push_str(line);
+                out.push_str(ERASE_LINE_REST);
+                out.push('\n');
+            }
+            out.push_str(ERASE_BELOW);
+            out
+        }
+    }
+}
+
+/// Reads `GET {base}/status`.
+pub async fn fetch(client: &reqwest::Client, base: &str) -> Result<StatusReport, String> {
+    let url = format!("{}/status", base.trim_end_matches('/'));
+    let read = async {
+        let resp = client.get(&url).timeout(Duration::from_secs(10)).send().await?;
+        resp.error_for_status()?.json::<StatusReport>().await
+    };
+    read.await.map_err(|e| format!("cannot read {url}: {e}"))
+}
+
+fn render(report: &StatusReport, json: bool, watching: bool) -> String {
+    match (json, watching) {
+        (true, true) => format!("{}\n", serde_json::to_string(report).unwrap_or_default()),
+        (true, false) => format!("{}\n", serde_json::to_string_pretty(report).unwrap_or_default()),
+        (false, _) => report.to_table(),
+    }
+}
+
+/// `tollgate status`: prints `/status` of the `local` at `base` once, or with `watch` every
+/// interval until Ctrl-C (see the module documentation for how frames are drawn).
+pub async fn show(base: &str, json: bool, watch: Option<Duration>) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let Some(every) = watch else {
+        print!("{}", render(&fetch(&client, base).await?, json, false));
+        return Ok(());
+    };
+    let redraw = if json { Redraw::Append } else { Redraw::for_stdout() };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut index = 0u64;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        let body = match fetch(&client, base).await {
+            Ok(r) => render(&r, json, true),
+            Err(e) if json => {
+                eprintln!("error: {e}");
+                continue;
+            }
+            Err(e) => format!("{e}\n(retrying every {every:?}; Ctrl-C to stop)\n"),
+        };
+        let text = if json { body } else { frame(&body, redraw, index) };
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) ends the watch.
+            if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
+        index += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_frames_are_plain_text() {
+        assert_eq!(frame("a\nb\n", Redraw::Append, 0), "a\nb\n");
+        assert_eq!(frame("a\nb\n", Redraw::Append, 1), "\na\nb\n");
+        assert!(!frame("a\n", Redraw::Append, 3).contains('\x1b'));
+    }
+
+    #[test]
+    fn in_place_frames_overwrite_the_previous_one() {
+        let first = frame("tollgate\nROUTE\n", Redraw::InPlace, 0);
+        assert_eq!(first, "\x1b[2J\x1b[Htollgate\x1b[K\nROUTE\x1b[K\n\x1b[J");
+        // Later frames do not clear the whole screen (no flicker): home, each line's rest, below.
+        let next = frame("tollgate\n", Redraw::InPlace, 1);
+        assert_eq!(next, "\x1b[Htollgate\x1b[K\n\x1b[J");
+    }
+
+    #[test]
+    fn watch_json_is_one_document_per_line() {
+        let r = StatusReport { namespace: "default".into(), ..Default::default() };
+        let text = render(&r, true, true);
+        assert_eq!(text.lines().count(), 1);
+        assert_eq!(serde_json::from_str::<StatusReport>(text.trim()).unwrap(), r);
+        assert!(render(&r, true, false).lines().count() > 1);
     }
 }
