@@ -147,8 +147,7 @@ fn provider_body(shape: Shape, path: &str, req: &Value) -> Response {
     };
     let stream = req["stream"].as_bool().unwrap_or(false);
     let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-    let sse_response =
-        |text: String| ([("content-type", "text/event-stream")], text).into_response();
+    let sse_response = |text: String| ([("content-type", "text/event-stream")], text).into_response();
     match path {
         "/v1/chat/completions" if stream => {
             let mut events = vec![

@@ -344,7 +344,7 @@ async fn raw_exchange(port: u16, request: &[u8], limit: Duration) -> String {
 
 /// `--max-header-bytes`: a request head over the limit gets 431 (one under it is served);
 /// `--header-read-timeout`: a client trickling its headers (slowloris) is disconnected once the
-/// timeout has passed, without an answer.
+/// timeout has passed, without an answer (hyper closes the connection; no 408 is sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_head_size_limit_and_header_read_timeout() {
     let gw = gateway(
@@ -382,8 +382,7 @@ async fn request_head_size_limit_and_header_read_timeout() {
     trickle.abort();
     assert!(read.is_ok(), "the connection was still open after {took:?}");
     assert!(took >= timeout, "closed before the header read timeout: {took:?}");
-    let answer = String::from_utf8_lossy(&out);
-    assert!(!answer.contains("200 OK"), "a trickled head was served: {answer}");
+    assert_eq!(String::from_utf8_lossy(&out), "", "closed without an answer");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,8 +402,9 @@ async fn refused(port: u16) -> bool {
 async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_connections() {
     let chunks = 25;
     let slow = Fake::start(move |_, _| paced_sse(chat_stream_events(chunks), Duration::from_millis(100), &[])).await;
-    let mut gw = gateway("gwterm", &[route_yaml("chat", &[Row("s", slow.base_url(), 0)], "")], &["--shutdown-grace", "20s"])
-        .await;
+    let mut gw =
+        gateway("gwterm", &[route_yaml("chat", &[Row("s", slow.base_url(), 0)], "")], &["--shutdown-grace", "20s"])
+            .await;
     let r = gw.post("/v1/chat/completions", json!({"model": "chat", "stream": true})).await;
     assert_eq!(r.status(), 200);
     let mut body = r.bytes_stream();
@@ -441,12 +441,9 @@ async fn sigterm_cuts_streams_still_running_at_the_end_of_the_grace() {
     let chunks = 100; // 10 s of stream
     let slow = Fake::start(move |_, _| paced_sse(chat_stream_events(chunks), every, &[])).await;
     let grace = Duration::from_millis(500);
-    let mut gw = gateway(
-        "gwgrace",
-        &[route_yaml("chat", &[Row("s", slow.base_url(), 0)], "")],
-        &["--shutdown-grace", "500ms"],
-    )
-    .await;
+    let mut gw =
+        gateway("gwgrace", &[route_yaml("chat", &[Row("s", slow.base_url(), 0)], "")], &["--shutdown-grace", "500ms"])
+            .await;
     let r = gw.post("/v1/chat/completions", json!({"model": "chat", "stream": true})).await;
     assert_eq!(r.status(), 200);
     let mut body = r.bytes_stream();
@@ -570,13 +567,16 @@ async fn completions_end_to_end_with_exact_cost_and_request_ids() {
 /// `connect_error` (all failed over: the spare answers), 4xx → `client_error` (not failed over).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_failure_is_labelled_by_its_outcome() {
-    let limited = Fake::fixed(429, r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#, &[])
-        .await;
+    let limited =
+        Fake::fixed(429, r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#, &[])
+            .await;
     let broken = Fake::fixed(503, r#"{"error":{"message":"overloaded"}}"#, &[]).await;
-    let bad = Fake::fixed(400, r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#, &[])
-        .await;
+    let bad =
+        Fake::fixed(400, r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#, &[])
+            .await;
     let first_byte = Duration::from_secs(1);
-    let slow = Fake::start(move |_, _| paced_sse(vec![String::new(), content_chunk(0)], Duration::from_secs(20), &[])).await;
+    let slow =
+        Fake::start(move |_, _| paced_sse(vec![String::new(), content_chunk(0)], Duration::from_secs(20), &[])).await;
     let closed = format!("http://127.0.0.1:{}/v1", free_port());
     let spare = chat_provider().await;
     let routes: Vec<String> = [

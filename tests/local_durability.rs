@@ -172,10 +172,7 @@ fn spent(status: &Value) -> i128 {
 fn pending_spend(state: &Path) -> i128 {
     let Ok(text) = std::fs::read_to_string(state) else { return 0 };
     let v: Value = serde_json::from_str(&text).unwrap();
-    v["pending"]["spend"]
-        .as_object()
-        .map(|m| m.values().map(|s| usd_picos(s.as_str().unwrap())).sum())
-        .unwrap_or(0)
+    v["pending"]["spend"].as_object().map(|m| m.values().map(|s| usd_picos(s.as_str().unwrap())).sum()).unwrap_or(0)
 }
 
 fn backend_state(s: &Value, route: &str, backend: &str) -> String {
@@ -186,7 +183,11 @@ fn backend_state(s: &Value, route: &str, backend: &str) -> String {
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,7 +212,8 @@ async fn state_file_is_only_ever_replaced_whole() {
             let ino = f.metadata().unwrap().ino();
             let mut text = String::new();
             std::io::Read::read_to_string(&mut f, &mut text).unwrap();
-            let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("a reader saw a partial state file ({e}):\n{text}"));
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("a reader saw a partial state file ({e}):\n{text}"));
             assert_eq!(v["version"], 1, "{text}");
             reads += 1;
             if last_ino.is_some_and(|i| i != ino) {
@@ -260,7 +262,9 @@ async fn sigkill_loses_at_most_the_last_second_of_spend() {
     })
     .await;
     let saved_after = done.elapsed();
-    assert!(saved_after < Duration::from_millis(2500), "pending spend saved after {saved_after:?}, not each second");
+    // Checkpoints run each second; 3 s leaves room for a loaded machine and still fails a
+    // cadence of several seconds.
+    assert!(saved_after < Duration::from_secs(3), "pending spend saved after {saved_after:?}, not each second");
 
     let t_last = Instant::now();
     local.spend(n2 as usize).await;
@@ -275,6 +279,9 @@ async fn sigkill_loses_at_most_the_last_second_of_spend() {
     let after = spent(&s);
     let metered = (n1 + n2) * COST;
     let lost = metered - after;
+    println!(
+        "metered {metered} pico-USD, restored {after}, lost {lost} (last batch {n2} requests in {last_window:?}, checkpoint after {saved_after:?})"
+    );
     assert_eq!(after % COST, 0, "spend is whole requests: {after}");
     assert!(
         after >= n1 * COST && lost <= n2 * COST,
@@ -338,7 +345,10 @@ async fn an_invalid_live_edit_is_refused_reported_and_the_last_good_policy_serve
     assert_eq!(s["manifestError"].as_str(), Some(report.as_str()), "still reported after evaluations");
     let (code, table, _) = run(&["status", "--url", &local.url]);
     assert_eq!(code, Some(0));
-    assert!(table.contains(&format!("! manifest edit refused, still serving the last good policy: {report}")), "{table}");
+    assert!(
+        table.contains(&format!("! manifest edit refused, still serving the last good policy: {report}")),
+        "{table}"
+    );
     assert!(local.proc.stdout().contains("refused manifest edit (still serving the last good policy)"));
 
     // A valid edit: $3.00 input → 1000 × $3 + 1000 × $1 = $0.004 per request.
@@ -407,10 +417,12 @@ async fn status_and_load_commands() {
 /// with a mock spare; six requests each, trip at 50% over at least 4 requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_and_connect_errors_eject_but_client_errors_do_not() {
-    let limited = Fake::fixed(429, r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#, &[])
-        .await;
-    let bad = Fake::fixed(400, r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#, &[])
-        .await;
+    let limited =
+        Fake::fixed(429, r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#, &[])
+            .await;
+    let bad =
+        Fake::fixed(400, r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#, &[])
+            .await;
     let closed = format!("http://127.0.0.1:{}/v1", free_port());
     let route = |name: &str, url: &str| {
         format!(
