@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn writes_and_prunes_credential_files() {
-        let dir = std::env::temp_dir().join(format!("tollgate-creds-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tollgate-creds-source-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         write_credentials(&dir, &BTreeMap::from([("a_key".into(), b"1".to_vec()), ("b_key".into(), b"2".to_vec())]))
             .unwrap();

@@ -129,7 +129,15 @@ fn chat_chunk(model: &str, choices: Value, usage: Option<Value>, with_usage_fiel
     v
 }
 
-fn provider_answer(shape: Shape, path: &str, req: &Value) -> Response {
+/// Answers like a provider; every answer carries `x-request-id: req-<calls>` (unique per
+/// request to this fake), as real providers send one.
+fn provider_answer(shape: Shape, path: &str, req: &Value, calls: usize) -> Response {
+    let mut resp = provider_body(shape, path, req);
+    resp.headers_mut().insert("x-request-id", format!("req-{calls}").parse().unwrap());
+    resp
+}
+
+fn provider_body(shape: Shape, path: &str, req: &Value) -> Response {
     let upstream_model = format!("{}-served", req["model"].as_str().unwrap_or("?"));
     let chat_usage = match shape {
         Shape::OpenAI => usage::openai_chat(),
@@ -139,8 +147,7 @@ fn provider_answer(shape: Shape, path: &str, req: &Value) -> Response {
     };
     let stream = req["stream"].as_bool().unwrap_or(false);
     let include_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
-    let sse_response =
-        |text: String| ([("content-type", "text/event-stream"), ("x-request-id", "req-123")], text).into_response();
+    let sse_response = |text: String| ([("content-type", "text/event-stream")], text).into_response();
     match path {
         "/v1/chat/completions" if stream => {
             let mut events = vec![
@@ -184,7 +191,7 @@ fn provider_answer(shape: Shape, path: &str, req: &Value) -> Response {
 
 async fn behave(b: Behavior, path: String, req: Value, calls: usize) -> Response {
     match b {
-        Behavior::Provider(shape) => provider_answer(shape, &path, &req),
+        Behavior::Provider(shape) => provider_answer(shape, &path, &req, calls),
         Behavior::Fixed(status, body) => {
             (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response()
         }
@@ -364,12 +371,14 @@ impl Drop for TempDir {
 const OPENAI_KEY: &str = "sk-test-openai-0123456789";
 const ANTHROPIC_KEY: &str = "sk-ant-test-9876543210";
 
-fn fast_opts(creds: &Path) -> GatewayOptions {
+/// Generous timeouts, so a loaded machine does not fail a test that is not about timing; the
+/// tests about timeouts set tight ones themselves.
+fn test_opts(creds: &Path) -> GatewayOptions {
     GatewayOptions {
         credentials_dir: creds.to_path_buf(),
-        first_byte_timeout: Duration::from_millis(700),
-        idle_stream_timeout: Duration::from_millis(700),
-        total_timeout: Duration::from_secs(10),
+        first_byte_timeout: Duration::from_secs(30),
+        idle_stream_timeout: Duration::from_secs(30),
+        total_timeout: Duration::from_secs(60),
         ..GatewayOptions::default()
     }
 }
@@ -378,7 +387,7 @@ async fn start_with(cfg: Option<GatewayConfig>, tweak: impl FnOnce(&mut GatewayO
     let creds = TempDir::new("creds");
     std::fs::write(creds.path().join("openai_api-key"), format!("{OPENAI_KEY}\n")).unwrap();
     std::fs::write(creds.path().join("anthropic_api-key"), ANTHROPIC_KEY).unwrap();
-    let mut opts = fast_opts(creds.path());
+    let mut opts = test_opts(creds.path());
     tweak(&mut opts);
     let gw = Gateway::new(cfg, opts).unwrap();
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -511,7 +520,7 @@ async fn openai_chat_is_proxied_untouched_and_billed_exactly() {
     assert_eq!(header(&r, "x-tollgate-backend"), Some("oa"));
     assert_eq!(header(&r, "x-tollgate-provider"), Some("openai"));
     assert_eq!(header(&r, "x-tollgate-attempts"), None);
-    assert_eq!(header(&r, "x-request-id"), None);
+    assert_eq!(header(&r, "x-request-id"), Some("req-1"), "upstream's request id reaches the client");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["model"], "oa-model-served", "the response keeps upstream's model");
     assert_eq!(v["choices"][0]["message"]["content"], "Hello world");
@@ -569,6 +578,7 @@ async fn streaming_chat_without_include_usage_gets_exactly_what_it_asked_for() {
     let r = h.post("/v1/chat/completions", json!({"model": "chat", "stream": true, "messages": []})).await;
     assert_eq!(r.status(), 200);
     assert!(header(&r, "content-type").unwrap().starts_with("text/event-stream"));
+    assert_eq!(header(&r, "x-request-id"), Some("req-1"), "upstream's request id reaches a streaming client");
     let (text, end, _) = read_stream(r).await;
     end.unwrap();
     // The gateway asked upstream for usage...
@@ -763,7 +773,7 @@ async fn connection_reset_mid_stream_is_not_retried_and_counted() {
     assert!(text.contains("c0 ") && text.contains("c1 "), "bytes before the reset reached the client: {text}");
     assert!(end.is_err(), "the client sees a broken stream, not a clean end");
     assert_eq!(spare.hits(), 0, "never retried after bytes reached the client");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for("the broken stream metered", || h.entry("chat", "a").count(Outcome::UpstreamError) == 1).await;
     let e = h.entry("chat", "a");
     assert_eq!(e.count(Outcome::UpstreamError), 1);
     assert_eq!(e.usage_missing["stream_interrupted"], 1);
@@ -786,12 +796,13 @@ async fn connection_reset_mid_stream_is_not_retried_and_counted() {
 
 #[tokio::test]
 async fn timeout_before_first_byte_fails_over() {
-    let slow_headers = fake(Behavior::Delay(Duration::from_secs(3), Box::new(Behavior::Provider(Shape::OpenAI)))).await;
+    let first_byte = Duration::from_secs(1);
+    let upstream_delay = Duration::from_secs(30);
+    let slow_headers = fake(Behavior::Delay(upstream_delay, Box::new(Behavior::Provider(Shape::OpenAI)))).await;
     let slow_first_chunk =
-        fake(Behavior::Stream { first: Duration::from_secs(3), every: Duration::ZERO, chunks: 1, break_after: None })
-            .await;
+        fake(Behavior::Stream { first: upstream_delay, every: Duration::ZERO, chunks: 1, break_after: None }).await;
     let good = fake(Behavior::Provider(Shape::OpenAI)).await;
-    let h = start(config(vec![route(
+    let cfg = config(vec![route(
         "chat",
         Strategy::Priority,
         vec![
@@ -811,8 +822,8 @@ async fn timeout_before_first_byte_fails_over() {
             ),
             backend("good", "openai", ProviderFamily::OpenAI, http(&good, Protocol::OpenAI, None), openai_prices()),
         ],
-    )]))
-    .await;
+    )]);
+    let h = start_with(Some(cfg), |o| o.first_byte_timeout = first_byte).await;
     let t0 = Instant::now();
     let r = h.post("/v1/chat/completions", json!({"model": "chat", "stream": true})).await;
     assert_eq!(r.status(), 200);
@@ -821,7 +832,10 @@ async fn timeout_before_first_byte_fails_over() {
     let (text, end, _) = read_stream(r).await;
     end.unwrap();
     assert!(text.contains("Hello"));
-    assert!(t0.elapsed() < Duration::from_millis(2500), "each attempt bounded by the first-byte timeout");
+    // Two attempts each waited for the whole first-byte timeout, and neither for the upstream.
+    let took = t0.elapsed();
+    assert!(took >= first_byte * 2, "both slow attempts ran to the first-byte timeout: {took:?}");
+    assert!(took < upstream_delay, "each attempt bounded by the first-byte timeout: {took:?}");
     assert_eq!(h.entry("chat", "hdr").count(Outcome::Timeout), 1);
     assert_eq!(h.entry("chat", "chunk").count(Outcome::Timeout), 1);
     assert_eq!(h.entry("chat", "good").count(Outcome::Ok), 1);
@@ -841,7 +855,7 @@ async fn slow_stream_passes_through_without_buffering_and_idle_streams_time_out(
     let stuck =
         fake(Behavior::Stream { first: Duration::ZERO, every: Duration::from_secs(5), chunks: 3, break_after: None })
             .await;
-    let h = start(config(vec![
+    let cfg = config(vec![
         route(
             "slow",
             Strategy::Weighted,
@@ -852,8 +866,9 @@ async fn slow_stream_passes_through_without_buffering_and_idle_streams_time_out(
             Strategy::Weighted,
             vec![backend("t", "openai", ProviderFamily::OpenAI, http(&stuck, Protocol::OpenAI, None), openai_prices())],
         ),
-    ]))
-    .await;
+    ]);
+    // Tight idle timeout: this test is about it (the slow stream's 150 ms gaps stay under it).
+    let h = start_with(Some(cfg), |o| o.idle_stream_timeout = Duration::from_secs(1)).await;
     let r = h
         .post(
             "/v1/chat/completions",
@@ -875,7 +890,7 @@ async fn slow_stream_passes_through_without_buffering_and_idle_streams_time_out(
     let (text, end, _) = read_stream(r).await;
     assert!(text.contains("c0 "));
     assert!(end.is_err());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_for("the idle stream metered", || h.entry("stuck", "t").count(Outcome::Timeout) == 1).await;
     let e = h.entry("stuck", "t");
     assert_eq!(e.count(Outcome::Timeout), 1);
     assert_eq!(e.usage_missing["stream_interrupted"], 1);
@@ -1356,7 +1371,7 @@ async fn hot_reload_under_load_with_symlink_swaps_and_bad_configs() {
     let v3 = mock_route_config("three");
     let tmp = volume.dir.path().join("new.json");
     std::fs::write(&tmp, v3.to_json_pretty()).unwrap();
-    std::fs::remove_file(volume.file()).unwrap();
+    // rename(2) replaces the symlink in one step: the watcher never sees the file missing.
     std::fs::rename(&tmp, volume.file()).unwrap();
     wait_for("v3 served", || h.gw.revision() == Some(v3.revision.clone())).await;
     wait_for("traffic on v3", || seen("three") > 20).await;

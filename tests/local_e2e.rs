@@ -1,5 +1,9 @@
 //! `tollgate local` end to end: a real process on loopback, real traffic, the policy loop,
 //! the state file, live manifest edits, SIGKILL and restart.
+//!
+//! The budget window is Rolling and ~8000 years long (aligned to the Unix epoch), so a run
+//! cannot cross a window boundary (a Daily window failed runs crossing midnight UTC). Every
+//! wait has a deadline; each test has its own directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,11 +66,11 @@ spec:
 const BUDGETS: &str = r#"
 apiVersion: tollgate.dev/v1alpha1
 kind: ProviderBudget
-metadata: {name: openai-daily}
+metadata: {name: openai-window}
 spec:
   provider: openai
   limit: "0.02"
-  window: {period: Daily, timeZone: UTC}
+  window: {period: Rolling, duration: 70000000h}
   thresholds:
     - {percent: 50, action: Warn}
     - {percent: 80, action: Deprioritize}
@@ -132,9 +136,11 @@ async fn settle(client: &reqwest::Client, url: &str) -> Value {
     let first = wait_ready(client, url).await["time"].clone();
     let mut seen = 0;
     let mut last = first;
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        assert!(Instant::now() < deadline, "{url}: no two policy evaluations within 20 s (interval 300ms)");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let s = status(client, url).await.unwrap();
+        let Some(s) = status(client, url).await else { continue };
         if s["time"] != last {
             seen += 1;
             last = s["time"].clone();
@@ -167,8 +173,11 @@ fn backend_state(s: &Value, route: &str, backend: &str) -> String {
     b["state"].as_str().unwrap().to_string()
 }
 
+/// A directory of its own per call (pid + counter), so no two tests share files.
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tollgate-local-{name}-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("tollgate-local-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -202,7 +211,7 @@ async fn budgets_cross_routes_rotate_backends_recover_and_spend_survives_sigkill
         }
         chat_backends.push(backend);
         let s = settle(&client, &local.url).await;
-        let st = budget(&s, "openai-daily")["status"]["state"].as_str().unwrap_or("Ok").to_string();
+        let st = budget(&s, "openai-window")["status"]["state"].as_str().unwrap_or("Ok").to_string();
         if states.last() != Some(&st) {
             states.push(st);
         }
@@ -217,7 +226,7 @@ async fn budgets_cross_routes_rotate_backends_recover_and_spend_survives_sigkill
 
     // Spend is exact: $0.002000 per openai answer, nothing else.
     let s = settle(&client, &local.url).await;
-    let spent = budget(&s, "openai-daily")["status"]["spent"].as_str().unwrap().to_string();
+    let spent = budget(&s, "openai-window")["status"]["spent"].as_str().unwrap().to_string();
     let expected = format!("0.{:06}", openai_served * 2000);
     assert_eq!(spent, expected, "{openai_served} openai answers");
 
@@ -246,15 +255,15 @@ async fn budgets_cross_routes_rotate_backends_recover_and_spend_survives_sigkill
 
     // 3. SIGKILL mid-window, restart on the same state file: spend exactly preserved.
     let before = settle(&client, &local.url).await;
-    let spent_before = budget(&before, "openai-daily")["status"]["spent"].clone();
+    let spent_before = budget(&before, "openai-window")["status"]["spent"].clone();
     local.child.kill().unwrap(); // SIGKILL
     local.child.wait().unwrap();
     let local = start(&dir, &state);
     let after = settle(&client, &local.url).await;
-    assert_eq!(budget(&after, "openai-daily")["status"]["spent"], spent_before, "spend preserved exactly");
-    assert_eq!(budget(&after, "openai-daily")["status"]["state"], "Exhausted", "no de-escalation inside the window");
+    assert_eq!(budget(&after, "openai-window")["status"]["spent"], spent_before, "spend preserved exactly");
+    assert_eq!(budget(&after, "openai-window")["status"]["state"], "Exhausted", "no de-escalation inside the window");
     let after = settle(&client, &local.url).await;
-    assert_eq!(budget(&after, "openai-daily")["status"]["spent"], spent_before, "nothing counted twice");
+    assert_eq!(budget(&after, "openai-window")["status"]["spent"], spent_before, "nothing counted twice");
     let (code, _, body) = chat(&client, &local.url, "solo").await;
     assert_eq!((code, body["error"]["code"].as_str()), (429, Some("budget_exhausted")));
     drop(local);

@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn credentials_are_read_trimmed_and_errors_name_only_the_file() {
-        let dir = std::env::temp_dir().join(format!("tollgate-creds-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tollgate-creds-upstream-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("openai_api-key"), "sk-secret-123\n").unwrap();
         let c = Credentials::new(dir.clone());

@@ -1,9 +1,16 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests. Each test binary uses a part of them, so the
+//! process and upstream helpers allow dead code.
 
 use std::path::Path;
 
+#[allow(dead_code)]
+pub mod proc;
+#[allow(dead_code)]
+pub mod upstream;
+
 /// Fails unless the committed file at `path` (relative to the repository root) is exactly
 /// `generated`, naming the command that regenerates it.
+#[allow(dead_code)]
 pub fn assert_committed_matches(path: &str, generated: &str, regenerate: &str) {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     let committed = std::fs::read_to_string(&full).unwrap_or_default();
