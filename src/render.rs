@@ -50,8 +50,8 @@ pub fn render_manifests(m: &Manifests, namespace: &str, now: Timestamp) -> Resul
     let observations = Observations::default();
     let previous = DecisionState::default();
     let decision = evaluate(Inputs {
-        routes: &m.routes,
-        budgets: &m.budgets,
+        routes: &crate::api::convert::route_inputs(&m.routes),
+        budgets: &crate::api::convert::budget_inputs(&m.budgets),
         observations: &observations,
         previous: &previous,
         now,

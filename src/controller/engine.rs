@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use crate::api::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DeserializeGuard, DynamicObject};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -378,8 +378,8 @@ impl Engine {
 
         // Decide.
         let decision = evaluate(Inputs {
-            routes: &routes,
-            budgets: &budgets,
+            routes: &crate::api::convert::route_inputs(&routes),
+            budgets: &crate::api::convert::budget_inputs(&budgets),
             observations: &observations,
             previous: &self.state,
             now,

@@ -207,8 +207,8 @@ impl Engine {
         merge_observations(&mut observations, std::mem::take(&mut self.carried));
         let m = &self.manifests;
         let d = evaluate(Inputs {
-            routes: &m.routes,
-            budgets: &m.budgets,
+            routes: &crate::api::convert::route_inputs(&m.routes),
+            budgets: &crate::api::convert::budget_inputs(&m.budgets),
             observations: &observations,
             previous: &self.decision,
             now,
