@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tollgate::api::{BackendState, Mode, ModelRoute, OnExhausted, ProviderBudget, RouteState, ThresholdAction};
 use tollgate::api::convert;
+use tollgate::api::{BackendState, Mode, ModelRoute, OnExhausted, ProviderBudget, RouteState, ThresholdAction};
 use tollgate::policy::{
-    BackendKey, BudgetInput, RouteInput, BackendObservation, Decision, DecisionState, Inputs, Money, ObjectKey, Observations, Outcome, SpendKey,
-    evaluate,
+    BackendKey, BackendObservation, BudgetInput, Decision, DecisionState, Inputs, Money, ObjectKey, Observations,
+    Outcome, RouteInput, SpendKey, evaluate,
 };
 
 const PROVIDERS: [&str; 3] = ["openai", "deepseek", "mistral"];
@@ -268,7 +268,12 @@ fn run(s: &Scenario, mut check: impl FnMut(Option<&Decision>, &Decision, &Step<'
         let ctx = Step {
             routes: &routes,
             budgets: &budgets,
-            route_inputs: &route_inputs, budget_inputs: &budget_inputs, observations: &obs, previous: &state, now };
+            route_inputs: &route_inputs,
+            budget_inputs: &budget_inputs,
+            observations: &obs,
+            previous: &state,
+            now,
+        };
         let d = evaluate(ctx.inputs());
         check(prev.as_ref(), &d, &ctx);
         state = d.state.clone();

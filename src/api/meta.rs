@@ -149,8 +149,9 @@ mod tests {
 
     #[test]
     fn condition_schema_requires_what_kubernetes_requires() {
-        let s = schemars::schema_for!(Condition);
-        let v = serde_json::to_value(&s).unwrap();
+        let mut settings = schemars::generate::SchemaSettings::default();
+        settings.inline_subschemas = true;
+        let v = serde_json::to_value(settings.into_generator().into_root_schema_for::<Condition>()).unwrap();
         assert_eq!(v["required"], serde_json::json!(["lastTransitionTime", "message", "reason", "status", "type"]));
         assert_eq!(v["properties"]["lastTransitionTime"]["format"], "date-time");
         assert_eq!(v["properties"]["observedGeneration"]["format"], "int64");

@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::Condition;
 use base64::Engine as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
-use crate::api::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::{ApiResource, DeserializeGuard, DynamicObject};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};

@@ -35,8 +35,8 @@ use super::{
     merge_conditions,
 };
 use crate::api::{
-    BudgetState, Condition, ProviderBudgetSpec, ProviderBudgetStatus, Threshold,
-    ThresholdAction, Time, WindowStatus, condition,
+    BudgetState, Condition, ProviderBudgetSpec, ProviderBudgetStatus, Threshold, ThresholdAction, Time, WindowStatus,
+    condition,
 };
 
 const MS_PER_HOUR: i128 = 3_600_000;
@@ -210,12 +210,7 @@ impl Burn {
 }
 
 /// Evaluates one budget.
-pub fn evaluate_budget(
-    b: &BudgetInput,
-    obs: &Observations,
-    prev: Option<&BudgetMemory>,
-    now: Timestamp,
-) -> BudgetEval {
+pub fn evaluate_budget(b: &BudgetInput, obs: &Observations, prev: Option<&BudgetMemory>, now: Timestamp) -> BudgetEval {
     let key = b.key.clone();
     let spec = &b.spec;
     let generation = b.generation;
@@ -389,10 +384,7 @@ pub fn evaluate_budget(
             kind: ObjectKind::ProviderBudget,
             object: key.clone(),
             reason: reason_of(action).into(),
-            message: clip(format!(
-                "budget for provider {}: {how} in window {window_ev}; {what}",
-                spec.provider
-            )),
+            message: clip(format!("budget for provider {}: {how} in window {window_ev}; {what}", spec.provider)),
             warning: true,
             evidence: ev,
             time: now,

@@ -142,16 +142,12 @@ fn bad_window_fields_are_reported_not_panicked() {
     let again = run(&bad_tz, Some(&ev.memory), &Obs::new(), plus(now, 60));
     assert!(again.transitions.is_empty());
 
-    let bad_rolling = budget(
-        "b",
-        json!({"provider": "openai", "limit": "10", "window": {"period": "Rolling", "duration": "0s"}}),
-    );
+    let bad_rolling =
+        budget("b", json!({"provider": "openai", "limit": "10", "window": {"period": "Rolling", "duration": "0s"}}));
     let ev = run(&bad_rolling, None, &Obs::new(), now);
     assert!(cond(&ev.decision.status.conditions, "Ready").message.contains("spec.window.duration"));
-    let bad_lookback = budget(
-        "b",
-        json!({"provider": "openai", "limit": "10", "forecast": {"enabled": true, "lookback": "soon"}}),
-    );
+    let bad_lookback =
+        budget("b", json!({"provider": "openai", "limit": "10", "forecast": {"enabled": true, "lookback": "soon"}}));
     let ev = run(&bad_lookback, None, &Obs::new(), now);
     assert!(cond(&ev.decision.status.conditions, "Ready").message.contains("spec.forecast.lookback"));
 }
@@ -173,10 +169,8 @@ fn invalid_spec_keeps_counting_and_keeps_the_action_until_the_window_ends() {
 
 #[test]
 fn spend_counts_only_matching_deltas() {
-    let b = budget(
-        "b",
-        json!({"provider": "openai", "models": ["gpt-4o"], "limit": "100", "window": {"period": "Daily"}}),
-    );
+    let b =
+        budget("b", json!({"provider": "openai", "models": ["gpt-4o"], "limit": "100", "window": {"period": "Daily"}}));
     let obs = Obs::new()
         .spend_in("default", "openai", "gpt-4o", "1.25")
         .spend_in("default", "openai", "gpt-4o-mini", "7")

@@ -116,7 +116,8 @@ mod tests {
     fn merged_conditions_keep_their_time_while_the_status_holds() {
         let t0: Timestamp = "2025-05-14T10:00:00Z".parse().unwrap();
         let t1 = add_ms(t0, 60_000);
-        let want = |status| ConditionSpec { type_: condition::READY, status, reason: "R".into(), message: String::new() };
+        let want =
+            |status| ConditionSpec { type_: condition::READY, status, reason: "R".into(), message: String::new() };
         let first = merge_conditions(&[], &[want(true)], Some(2), t0);
         assert_eq!(first[0].message, "R");
         assert_eq!(first[0].observed_generation, Some(2));

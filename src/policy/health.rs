@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::money::parse_duration_ms;
 use super::common::{add_ms, clip};
+use super::money::parse_duration_ms;
 use super::{BackendKey, ObjectKey, ObjectKind, Observations, Ppm, Transition};
 use crate::api::{Backend, HealthPolicy};
 

@@ -236,8 +236,7 @@ fn max_ejected_percent_is_never_exceeded_and_reported_once() {
     assert_eq!(reasons(&d), ["EjectionSuppressed"]);
     // Four backends at 50%: two may be out.
     let mut s = sim(4, json!({}));
-    let d =
-        s.step(t0, &Obs::new().req("r", "a", 0, 20).req("r", "b", 0, 20).req("r", "c", 0, 20).req("r", "d", 5, 15));
+    let d = s.step(t0, &Obs::new().req("r", "a", 0, 20).req("r", "b", 0, 20).req("r", "c", 0, 20).req("r", "d", 5, 15));
     let out = d.routes.values().next().unwrap().decided.iter().filter(|r| r.state == BackendState::Ejected).count();
     assert_eq!(out, 2);
     assert_eq!(row(&d, "d").state, BackendState::Active);

@@ -387,7 +387,8 @@ mod tests {
             assert!(pattern.is_valid(&serde_json::json!(text)), "{text}");
             assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
         }
-        for text in ["", "1.5h", "-1s", "+1s", "30", "s", "1d", "1 h", "1H", "1h ", "1us", "1msx", "1234567890s", "ms"] {
+        for text in ["", "1.5h", "-1s", "+1s", "30", "s", "1d", "1 h", "1H", "1h ", "1us", "1msx", "1234567890s", "ms"]
+        {
             assert!(!pattern.is_valid(&serde_json::json!(text)), "{text}");
             let err = parse_duration_ms(text).unwrap_err();
             assert!(err.contains(&format!("{text:?}")), "{err}");

@@ -38,8 +38,8 @@ use super::common::{clip, invalid_spec_transition};
 use super::coverage::covers;
 use super::health::{self, BackendHealth, HealthParams, Phase};
 use super::{
-    BackendKey, ConditionSpec, EffectiveBackend, Inputs, Money, ObjectKey, ObjectKind, PricePerMillion,
-    RouteDecision, RouteInput, Transition, merge_conditions,
+    BackendKey, ConditionSpec, EffectiveBackend, Inputs, Money, ObjectKey, ObjectKind, PricePerMillion, RouteDecision,
+    RouteInput, Transition, merge_conditions,
 };
 use crate::api::{
     Backend, BackendState, BackendStatus, Condition, Mode, ModelRouteStatus, OnExhausted, Rotation, RouteState,
@@ -630,9 +630,7 @@ fn route_conditions(cx: &mut RouteCtx<'_>, decided: &Table, baseline: &Table, v:
         (RouteState::Degraded, None) => {
             degraded(true, "BackendsOutOfRotation", clip(format!("{prefix}{}", v.out_of_rotation.join(", "))))
         }
-        (RouteState::Serving, _) => {
-            degraded(false, "Serving", format!("{prefix}no backend is ejected or over budget"))
-        }
+        (RouteState::Serving, _) => degraded(false, "Serving", format!("{prefix}no backend is ejected or over budget")),
     };
     let rotated = decided.rows.len() != baseline.rows.len()
         || decided.rows.iter().zip(&baseline.rows).any(|(a, b)| !same_row(a, b));

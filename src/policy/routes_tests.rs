@@ -22,13 +22,7 @@ fn weights(rows: &[EffectiveBackend]) -> Vec<(String, BackendState, u32, u32, bo
     rows.iter().map(|r| (r.name.clone(), r.state, r.tier, r.weight, r.serving)).collect()
 }
 
-fn w(
-    name: &str,
-    state: BackendState,
-    tier: u32,
-    weight: u32,
-    serving: bool,
-) -> (String, BackendState, u32, u32, bool) {
+fn w(name: &str, state: BackendState, tier: u32, weight: u32, serving: bool) -> (String, BackendState, u32, u32, bool) {
     (name.to_string(), state, tier, weight, serving)
 }
 
@@ -122,12 +116,9 @@ fn drain_takes_the_provider_out_and_the_next_tier_serves() {
 #[test]
 fn budgets_apply_by_namespace_provider_and_model_and_the_strongest_wins() {
     let route = route("chat", json!({"backends": [backend("a", "openai", 1, 0), backend("b", "deepseek", 1, 0)]}));
-    let other_ns =
-        budget_in("other", "x", json!({"provider": "openai", "limit": "1", "window": {"period": "Daily"}}));
-    let other_model = budget(
-        "y",
-        json!({"provider": "openai", "models": ["gpt-5"], "limit": "1", "window": {"period": "Daily"}}),
-    );
+    let other_ns = budget_in("other", "x", json!({"provider": "openai", "limit": "1", "window": {"period": "Daily"}}));
+    let other_model =
+        budget("y", json!({"provider": "openai", "models": ["gpt-5"], "limit": "1", "window": {"period": "Daily"}}));
     let mut s = Sim::new(vec![route.clone()], vec![other_ns, other_model]);
     let d = s.step(
         t(T0),
@@ -187,8 +178,7 @@ fn reject_when_nothing_serves() {
 
 #[test]
 fn fallback_fails_open_to_the_least_over_budget() {
-    let route =
-        route("chat", json!({"backends": [backend("a", "openai", 70, 0), backend("b", "deepseek", 30, 0)]}));
+    let route = route("chat", json!({"backends": [backend("a", "openai", 70, 0), backend("b", "deepseek", 30, 0)]}));
     let mut s = Sim::new(vec![route], vec![drain("openai", "100"), drain("deepseek", "100")]);
     let d = s.step(t(T0), &Obs::new().spend("openai", "150").spend("deepseek", "110"));
     let r = rd(&d);
@@ -346,9 +336,8 @@ fn conditions_and_since_only_move_on_a_change() {
     let st = &rd(&d).status;
     assert_eq!(cond(&st.conditions, "Degraded").last_transition_time.0, plus(t0, 60));
     assert_eq!(cond(&st.conditions, "Ready").last_transition_time.0, t0);
-    let since = |d: &Decision, n: &str| {
-        rd(d).status.backends.iter().find(|b| b.name == n).unwrap().since.clone().unwrap().0
-    };
+    let since =
+        |d: &Decision, n: &str| rd(d).status.backends.iter().find(|b| b.name == n).unwrap().since.clone().unwrap().0;
     assert_eq!(since(&d, "openai"), plus(t0, 60));
     assert_eq!(since(&d, "deepseek"), t0);
     let d = s.idle(plus(t0, 120));

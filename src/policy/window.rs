@@ -63,4 +63,3 @@ fn anchored(first: Date, anchor: i8) -> Result<Date, jiff::Error> {
     let day = anchor.min(first.days_in_month());
     Date::new(first.year(), first.month(), day)
 }
-

@@ -1,7 +1,7 @@
 //! Anthropic usage, native (`message`, `message_delta`) and OpenAI-compatible; rules below.
 
-use super::usage::*;
 use super::TokenCounts;
+use super::usage::*;
 
 // ---------------------------------------------------------------------------------------------
 // Anthropic

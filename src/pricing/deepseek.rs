@@ -1,8 +1,8 @@
 //! DeepSeek usage: cache hits and misses split the prompt; rules below.
 
-use super::usage::*;
 use super::TokenCounts;
 use super::openai::prompt_and_completion;
+use super::usage::*;
 
 // ---------------------------------------------------------------------------------------------
 // DeepSeek

@@ -1,8 +1,8 @@
 //! Gemini usage, native (`usageMetadata`) and OpenAI-compatible; rules below.
 
-use super::usage::*;
 use super::TokenCounts;
 use super::openai::carve_cache;
+use super::usage::*;
 
 // ---------------------------------------------------------------------------------------------
 // Gemini

@@ -38,8 +38,8 @@ use anthropic::{anthropic_native, anthropic_openai_compat};
 use deepseek::deepseek;
 use gemini::{gemini_native, gemini_openai_compat};
 use openai::{openai_chat, openai_responses};
-use usage::{Fields, json_kind, malformed};
 pub use usage::UsageError;
+use usage::{Fields, json_kind, malformed};
 
 // ---------------------------------------------------------------------------------------------
 // Prices
@@ -268,7 +268,6 @@ pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, 
         ProviderFamily::Gemini => gemini_openai_compat(&usage),
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,8 @@
 //! OpenAI usage (chat/completions, embeddings, Responses), also used for the OpenAI-shaped
 //! Mistral and Qwen: rules in the comments of each function below.
 
-use super::usage::*;
 use super::TokenCounts;
+use super::usage::*;
 
 // ---------------------------------------------------------------------------------------------
 // OpenAI (and the OpenAI-shaped Mistral and Qwen)
@@ -54,7 +54,12 @@ pub(super) fn prompt_and_completion(u: &Fields<'_>) -> Result<(u64, u64), UsageE
 /// reads; cache writes are `cache_write_tokens` (OpenAI, GPT-5.6 and later) or
 /// `cache_creation_input_tokens` (Qwen / DashScope explicit cache) — the same tokens under two
 /// names, so if both are given they must agree. Reads and writes are disjoint.
-pub(super) fn carve_cache(u: &Fields<'_>, total_key: &str, total: u64, details_key: &str) -> Result<(u64, u64, u64), UsageError> {
+pub(super) fn carve_cache(
+    u: &Fields<'_>,
+    total_key: &str,
+    total: u64,
+    details_key: &str,
+) -> Result<(u64, u64, u64), UsageError> {
     let (cached, write) = match u.child(details_key)? {
         Some(d) => {
             let cached = d.opt("cached_tokens")?.unwrap_or(0);

@@ -166,10 +166,7 @@ fn malformed_counts_name_the_field() {
     }
     assert_eq!(
         err(OpenAI, json!([1, 2])),
-        UsageError::Malformed {
-            field: "(response body)".into(),
-            why: "expected a JSON object, got an array".into()
-        }
+        UsageError::Malformed { field: "(response body)".into(), why: "expected a JSON object, got an array".into() }
     );
     let e = err(Anthropic, json!({"type": "message_delta", "usage": {"output_tokens": 15}}));
     let UsageError::Malformed { field, why } = &e else { panic!("{e:?}") };
@@ -321,8 +318,7 @@ fn deepseek_derives_the_missing_half() {
     use ProviderFamily::DeepSeek;
     let only_hit = json!({"usage": {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 64}});
     assert_eq!(counts(DeepSeek, only_hit), tc(36, 64, 0, 5, 0));
-    let only_miss =
-        json!({"usage": {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_miss_tokens": 36}});
+    let only_miss = json!({"usage": {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_miss_tokens": 36}});
     assert_eq!(counts(DeepSeek, only_miss), tc(36, 64, 0, 5, 0));
     let details_only = json!({"usage": {"prompt_tokens": 100, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 64}}});
     assert_eq!(counts(DeepSeek, details_only), tc(36, 64, 0, 5, 0));
