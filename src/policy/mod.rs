@@ -23,6 +23,7 @@ pub mod coverage;
 pub mod health;
 pub mod money;
 pub mod routes;
+mod table;
 #[cfg(test)]
 pub mod testing;
 pub mod window;

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::policy::table::latency_factor;
 use crate::policy::testing::{Obs, Sim, backend, budget, budget_in, cond, find, plus, reasons, route, t};
 use crate::policy::{Decision, DecisionState, evaluate};
 
