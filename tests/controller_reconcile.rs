@@ -143,8 +143,8 @@ fn expected_doc(routes: &[Value]) -> GatewayConfig {
     let routes: Vec<ModelRoute> = routes.iter().map(|r| serde_json::from_value(r.clone()).unwrap()).collect();
     let budgets: Vec<ProviderBudget> = vec![serde_json::from_value(budget()).unwrap()];
     let decision = evaluate(Inputs {
-        routes: &routes,
-        budgets: &budgets,
+        routes: &tollgate::api::convert::route_inputs(&routes),
+        budgets: &tollgate::api::convert::budget_inputs(&budgets),
         observations: &Observations::default(),
         previous: &DecisionState::default(),
         now: t0(),

@@ -101,3 +101,30 @@ fn every_cel_rule_compiles_within_cost() {
     let warnings = estimate_rule_cost("self.all(b, self.exists_one(c, c.name == b.name))", &compile_schema(&unbounded));
     assert!(!warnings.is_empty(), "an unbounded quadratic rule must be flagged");
 }
+
+/// tollgate's own `Condition` (the core names no Kubernetes crate) has the schema of the
+/// standard one: the same fields with the same types and formats, the same required ones, and
+/// `conditions` stays a list map keyed by `type`.
+#[test]
+fn conditions_keep_the_kubernetes_schema() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as K8sCondition;
+    let mut settings = schemars::generate::SchemaSettings::openapi3();
+    settings.inline_subschemas = true;
+    let k8s = serde_json::to_value(settings.into_generator().into_root_schema_for::<K8sCondition>()).unwrap();
+    let shape = |s: &serde_json::Value| {
+        let props = s["properties"].as_object().unwrap();
+        let fields: Vec<(String, serde_json::Value, serde_json::Value)> =
+            props.iter().map(|(k, v)| (k.clone(), v["type"].clone(), v["format"].clone())).collect();
+        let mut required: Vec<String> =
+            s["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+        required.sort();
+        (fields, required)
+    };
+    for crd in tollgate::api::crds() {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+        let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+        assert_eq!(shape(&conditions["items"]), shape(&k8s), "{:?}", crd.metadata.name);
+    }
+}

@@ -167,7 +167,7 @@ fn ready_condition(status: &Value) -> Option<(String, String, String)> {
     Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str()?.into()))
 }
 
-fn plan_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> (String, String, String) {
+fn plan_ready(conditions: &[tollgate::api::Condition]) -> (String, String, String) {
     let c = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use tollgate::api::convert;
 use tollgate::api::{BackendState, Mode, ModelRoute, OnExhausted, ProviderBudget, RouteState, ThresholdAction};
 use tollgate::policy::{
-    BackendKey, BackendObservation, Decision, DecisionState, Inputs, Money, ObjectKey, Observations, Outcome, SpendKey,
-    evaluate,
+    BackendKey, BackendObservation, BudgetInput, Decision, DecisionState, Inputs, Money, ObjectKey, Observations,
+    Outcome, RouteInput, SpendKey, evaluate,
 };
 
 const PROVIDERS: [&str; 3] = ["openai", "deepseek", "mistral"];
@@ -235,6 +236,8 @@ fn observations(s: &Scenario, step: &StepGen) -> Observations {
 struct Step<'a> {
     routes: &'a [ModelRoute],
     budgets: &'a [ProviderBudget],
+    route_inputs: &'a [RouteInput],
+    budget_inputs: &'a [BudgetInput],
     observations: &'a Observations,
     previous: &'a DecisionState,
     now: Timestamp,
@@ -243,8 +246,8 @@ struct Step<'a> {
 impl Step<'_> {
     fn inputs(&self) -> Inputs<'_> {
         Inputs {
-            routes: self.routes,
-            budgets: self.budgets,
+            routes: self.route_inputs,
+            budgets: self.budget_inputs,
             observations: self.observations,
             previous: self.previous,
             now: self.now,
@@ -255,13 +258,22 @@ impl Step<'_> {
 /// Runs a scenario, calling `check(previous decision, decision, step)` after every step.
 fn run(s: &Scenario, mut check: impl FnMut(Option<&Decision>, &Decision, &Step<'_>)) {
     let (routes, budgets) = objects(s);
+    let (route_inputs, budget_inputs) = (convert::route_inputs(&routes), convert::budget_inputs(&budgets));
     let mut now: Timestamp = "2025-03-29T20:00:00Z".parse().unwrap();
     let mut state = DecisionState::default();
     let mut prev: Option<Decision> = None;
     for step in &s.steps {
         now = now.checked_add(SignedDuration::from_secs(step.dt)).unwrap();
         let obs = observations(s, step);
-        let ctx = Step { routes: &routes, budgets: &budgets, observations: &obs, previous: &state, now };
+        let ctx = Step {
+            routes: &routes,
+            budgets: &budgets,
+            route_inputs: &route_inputs,
+            budget_inputs: &budget_inputs,
+            observations: &obs,
+            previous: &state,
+            now,
+        };
         let d = evaluate(ctx.inputs());
         check(prev.as_ref(), &d, &ctx);
         state = d.state.clone();

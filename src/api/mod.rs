@@ -3,11 +3,14 @@
 //! These types are the public contract. The CRD YAML in `crds/` is generated from them
 //! (`tollgate crds`), and `validate` enforces the same schema and CEL rules outside the cluster.
 
+pub mod convert;
+pub mod meta;
 pub mod model_route;
 pub mod provider_budget;
 pub mod shared;
 pub mod validate;
 
+pub use meta::{Condition, Time};
 pub use model_route::*;
 pub use provider_budget::*;
 pub use shared::*;

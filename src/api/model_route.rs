@@ -543,6 +543,21 @@ pub struct BackendStatus {
     /// `ejection.max` of continuous health. Kept here so a controller restart keeps the backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trips: Option<u32>,
+    /// While returning from an ejection: the `rampUp` stage it is in, 1 for the first. Kept so
+    /// a controller restart resumes the ramp where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_stage: Option<u32>,
+    /// When the current `rampUp` stage started (each stage lasts one `errorRate.window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_stage_since: Option<StatusTime>,
+    /// The route fails open to this backend: nothing else can serve, so it serves although
+    /// ejected or over budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
+    /// The ProviderBudget (same namespace) whose `Deprioritize` threshold moved this backend to
+    /// the last tier, where it still serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprioritized_by: Option<String>,
 }
 
 /// A change of the effective backend table.

@@ -192,6 +192,10 @@ pub struct ProviderBudgetStatus {
     /// `Ok`, `Warning`, `Deprioritized` or `Exhausted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<BudgetState>,
+    /// Whether the action in force (`state`) was reached by the forecast before the spend
+    /// itself crossed its threshold. Kept so a controller restart remembers why.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forecast_triggered: bool,
     /// USD per hour over the forecast lookback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn_rate_per_hour: Option<String>,

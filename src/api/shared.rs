@@ -1,6 +1,6 @@
 //! Types and patterns shared by both resources.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use super::meta::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +25,9 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// Standard Kubernetes condition (`type`, `status`, `reason`, `message`, `lastTransitionTime`,
-/// `observedGeneration`), re-exported so both statuses use the same shape.
+/// A condition in the standard Kubernetes shape (`type`, `status`, `reason`, `message`,
+/// `lastTransitionTime`, `observedGeneration`); tollgate's own type, so the core needs no
+/// Kubernetes crate.
 pub type StatusCondition = Condition;
 
 /// A point in time, RFC 3339 in UTC.

@@ -1,12 +1,18 @@
 //! Rebuilding the policy's memory from the statuses the controller wrote, so a restart (or a
 //! leader change) neither loses nor double-counts spend, and does not flap routes back to their
-//! configured tables: budget windows, spend, the action reached and the per-gateway spend
-//! checkpoints come from `ProviderBudget` status; ejections, ramp stages, tables and conditions
-//! from `ModelRoute` status.
+//! configured tables.
+//!
+//! Rules: only typed status fields are read, never prose (messages, reasons and condition
+//! texts are for people and may be reworded freely). From `ProviderBudget` status: the window,
+//! `spent`, the action in force (`state`), `forecastTriggered` and the per-gateway
+//! `checkpoints`. From each `ModelRoute` `status.backends[]` entry: `state`, `effectiveWeight`,
+//! `tier`, `since`, `ejectedUntil`, `trips`, `rampStage`/`rampStageSince`, `failOpen` and
+//! `deprioritizedBy`. What the statuses do not hold (burn-rate samples, error-rate windows,
+//! the current ramp stage's request counts) starts empty.
 
 use std::collections::BTreeMap;
 
-use crate::api::{BackendState, BudgetState, ModelRoute, ProviderBudget, ThresholdAction, condition};
+use crate::api::{BackendState, BackendStatus, BudgetState, ModelRoute, ProviderBudget, ThresholdAction};
 use crate::policy::budget::{BudgetMemory, BudgetPolicy};
 use crate::policy::health::{BackendHealth, Phase, TripEvidence};
 use crate::policy::routes::{BackendSince, RouteMemory, shares};
@@ -36,16 +42,12 @@ pub fn budget_memory(b: &ProviderBudget) -> Option<BudgetMemory> {
         // under the current spec (an impossible limit never equals a real one).
         Some(BudgetPolicy { limit: Money::from_picos(-1), thresholds: Vec::new(), forecast: false })
     };
-    let forecast = st
-        .conditions
-        .iter()
-        .any(|c| c.type_ == condition::WARNING && c.status == "True" && c.message.contains("reached by forecast"));
     Some(BudgetMemory {
         window_start: window.start.0,
         window_end: window.end.0,
         spent,
         action,
-        forecast,
+        forecast: st.forecast_triggered && action.is_some(),
         total: spent,
         samples: Vec::new(),
         policy,
@@ -62,20 +64,28 @@ pub fn budget_checkpoints(b: &ProviderBudget) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// `ramping stage 2/3 at 50%` → stage index 1.
-fn ramp_stage(reason: &str) -> Option<u32> {
-    let rest = &reason[reason.find("ramping stage ")? + "ramping stage ".len()..];
-    let n: u32 = rest.split('/').next()?.parse().ok()?;
-    n.checked_sub(1)
+/// Whether the gateway may send the backend traffic: in rotation, or out of rotation but still
+/// serving (failed open to, or only moved to the last tier by a `Deprioritize` budget).
+fn is_serving(b: &BackendStatus) -> bool {
+    match b.state {
+        BackendState::Active | BackendState::Ramping | BackendState::Standby => true,
+        BackendState::Ejected | BackendState::OverBudget => b.fail_open || b.deprioritized_by.is_some(),
+    }
 }
 
-fn is_serving(state: BackendState, reason: Option<&str>) -> bool {
-    match state {
-        BackendState::Active | BackendState::Ramping | BackendState::Standby => true,
-        BackendState::Ejected | BackendState::OverBudget => {
-            reason.is_some_and(|r| r.starts_with("fail open") || r.contains(": Deprioritize"))
-        }
+/// The health phase a backend status describes, if the policy must remember one.
+fn phase_of(b: &BackendStatus) -> Option<Phase> {
+    let since = b.since.as_ref().map(|s| s.0);
+    if let Some(until) = &b.ejected_until {
+        return Some(Phase::Ejected { until: until.0 });
     }
+    if let Some(stage) = b.ramp_stage.and_then(|n| n.checked_sub(1)) {
+        let started = b.ramp_stage_since.as_ref().map(|s| s.0).or(since)?;
+        return Some(Phase::Ramping { stage, stage_started: started, requests: 0, errors: 0 });
+    }
+    // Back in rotation after ejections: keep the backoff until it has been healthy for
+    // `ejection.max` (counted from when it entered its state).
+    (b.trips.unwrap_or(0) > 0 && since.is_some()).then_some(Phase::Healthy)
 }
 
 /// The route memory and backend health its status describes, if it has per-backend status.
@@ -88,59 +98,48 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
     let mut table = Vec::with_capacity(st.backends.len());
     let mut since = BTreeMap::new();
     let mut health = Vec::new();
-    let mut fail_open = None;
     for b in &st.backends {
-        let reason = b.reason.as_deref();
-        if reason.is_some_and(|r| r.starts_with("fail open")) {
-            fail_open = Some(b.name.clone());
-        }
         table.push(EffectiveBackend {
             name: b.name.clone(),
             tier: b.tier,
             weight: b.effective_weight,
             state: b.state,
-            serving: is_serving(b.state, reason),
+            serving: is_serving(b),
             reason: b.reason.clone(),
         });
-        if let Some(s) = &b.since {
-            since.insert(b.name.clone(), BackendSince { state: b.state, since: s.0 });
-        }
         let at = b.since.as_ref().map(|s| s.0);
-        let trips = b.trips.unwrap_or(0);
-        let phase = match (b.state, &b.ejected_until, reason.and_then(ramp_stage), at) {
-            (_, Some(until), _, _) => Some(Phase::Ejected { until: until.0 }),
-            (_, None, Some(stage), Some(started)) => {
-                Some(Phase::Ramping { stage, stage_started: started, requests: 0, errors: 0 })
-            }
-            // Back in rotation after ejections: keep the backoff until it has been healthy
-            // for `ejection.max` (counted from when it became Active, as the policy does).
-            (BackendState::Active | BackendState::Standby, None, None, Some(_)) if trips > 0 => Some(Phase::Healthy),
+        if let Some(s) = at {
+            since.insert(b.name.clone(), BackendSince { state: b.state, since: s });
+        }
+        let Some(phase) = phase_of(b) else { continue };
+        let last_trip = match (phase, at) {
+            (Phase::Ejected { .. }, Some(at)) => Some(TripEvidence {
+                at,
+                error_rate: b.error_rate.as_deref().and_then(|e| e.parse::<Ppm>().ok()).unwrap_or_default(),
+                requests: b.requests.unwrap_or(0),
+                errors: 0,
+            }),
             _ => None,
         };
-        if let Some(phase) = phase {
-            let last_trip = match (phase, at) {
-                (Phase::Ejected { .. }, Some(at)) => Some(TripEvidence {
-                    at,
-                    error_rate: b.error_rate.as_deref().and_then(|e| e.parse::<Ppm>().ok()).unwrap_or_default(),
-                    requests: b.requests.unwrap_or(0),
-                    errors: 0,
-                }),
-                _ => None,
-            };
-            let healthy_since = matches!(phase, Phase::Healthy).then_some(at).flatten();
-            health.push((
-                BackendKey::new(&key.namespace, &key.name, &b.name),
-                BackendHealth { phase, trips: trips.max(1), last_trip, healthy_since, ..BackendHealth::default() },
-            ));
-        }
+        let healthy_since = matches!(phase, Phase::Healthy).then_some(at).flatten();
+        health.push((
+            BackendKey::new(&key.namespace, &key.name, &b.name),
+            BackendHealth {
+                phase,
+                trips: b.trips.unwrap_or(0).max(1),
+                last_trip,
+                healthy_since,
+                ..BackendHealth::default()
+            },
+        ));
     }
     let memory = RouteMemory {
         serving: Some(shares(&table)),
+        fail_open: st.backends.iter().find(|b| b.fail_open).map(|b| b.name.clone()),
         table,
         conditions: st.conditions.clone(),
         since,
         state: st.state,
-        fail_open,
         last_rotation: st.last_rotation.clone(),
     };
     Some((memory, health))
@@ -148,13 +147,183 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
+    use serde_json::json;
+
     use super::*;
+    use crate::policy::testing::{Obs, Sim, backend, budget, plus, route, t};
+    use crate::policy::{Decision, DecisionState};
+
+    /// Routes and budgets with the statuses of `d`, as a restarted controller reads them back
+    /// from the API server (through JSON, so times lose their sub-seconds as they would).
+    fn stored(sim: &Sim, d: &Decision) -> (Vec<ModelRoute>, Vec<ProviderBudget>) {
+        fn round<T: serde::Serialize, U: serde::de::DeserializeOwned>(v: &T) -> U {
+            serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap()
+        }
+        let routes = sim
+            .routes
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.status = Some(round(&d.routes[&ObjectKey::of(&r)].status));
+                r
+            })
+            .collect();
+        let budgets = sim
+            .budgets
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b.status = Some(round(&d.budgets[&ObjectKey::of(&b)].status));
+                b
+            })
+            .collect();
+        (routes, budgets)
+    }
+
+    /// The decision state a restarted controller rebuilds from the statuses.
+    fn restored(routes: &[ModelRoute], budgets: &[ProviderBudget]) -> DecisionState {
+        let mut state = DecisionState::default();
+        for b in budgets {
+            if let Some(m) = budget_memory(b) {
+                state.budgets.insert(ObjectKey::of(b), m);
+            }
+        }
+        for r in routes {
+            if let Some((m, health)) = route_memory(r) {
+                state.routes.insert(ObjectKey::of(r), m);
+                state.backends.extend(health);
+            }
+        }
+        state
+    }
+
+    /// The state without its prose (messages, reasons, condition texts), which is for people.
+    fn without_prose(mut s: DecisionState) -> DecisionState {
+        for m in s.routes.values_mut() {
+            m.conditions.clear();
+            m.table.iter_mut().for_each(|r| r.reason = None);
+            if let Some(r) = &mut m.last_rotation {
+                r.reason.clear();
+            }
+        }
+        s.budgets.values_mut().for_each(|m| m.conditions.clear());
+        s
+    }
+
+    /// Ramping, ejection trips (doubling), fail-open and a budget deprioritizing by forecast.
+    fn scenario() -> (Sim, Vec<(Timestamp, Obs)>) {
+        let health = json!({"maxEjectedPercent": 100});
+        let chat = route(
+            "chat",
+            json!({"health": health, "backends": [
+                backend("a", "openai", 70, 0), backend("b", "deepseek", 30, 0), backend("c", "mistral", 10, 1)]}),
+        );
+        let solo = route(
+            "solo",
+            json!({"health": health, "backends": [backend("x", "mistral", 10, 0), backend("y", "qwen", 10, 0)]}),
+        );
+        let openai = budget(
+            "openai",
+            json!({"provider": "openai", "limit": "100", "window": {"period": "Daily"},
+                   "thresholds": [{"percent": 50, "action": "Deprioritize"}],
+                   "forecast": {"enabled": true, "lookback": "1h"}}),
+        );
+        let t0 = t("2025-05-14T00:00:00Z");
+        let at = |s: i64| plus(t0, s);
+        let steps = vec![
+            (at(0), Obs::new()),
+            (at(3600), Obs::new().spend("openai", "10")),
+            (at(3610), Obs::new().req("chat", "b", 0, 20).req("solo", "x", 0, 20)),
+            (at(3620), Obs::new().req("solo", "y", 0, 20)),
+            (at(3640), Obs::new()),
+            (at(3645), Obs::new().req("chat", "b", 0, 20)),
+            (at(3650), Obs::new()),
+            (at(3705), Obs::new()),
+            (at(3950), Obs::new()),
+            (at(4005), Obs::new()),
+            (at(4305), Obs::new()),
+            (at(4605), Obs::new()),
+            (at(4700), Obs::new().req("chat", "b", 0, 20)),
+            (at(4820), Obs::new()),
+            (at(6000), Obs::new()),
+        ];
+        (Sim::new(vec![chat, solo], vec![openai]), steps)
+    }
+
+    /// What a decision decides: tables, route states, budget actions, transitions, health.
+    fn decided(d: &Decision) -> impl PartialEq + std::fmt::Debug {
+        let routes: Vec<_> =
+            d.routes.iter().map(|(k, r)| (k.clone(), r.decided.clone(), r.table.clone(), r.state)).collect();
+        let budgets: Vec<_> = d.budgets.iter().map(|(k, b)| (k.clone(), b.action, b.status.state)).collect();
+        let health: Vec<_> = d.state.backends.iter().map(|(k, h)| (k.clone(), h.phase, h.trips)).collect();
+        (routes, budgets, d.transitions.clone(), health)
+    }
 
     #[test]
-    fn ramp_stage_from_reason() {
-        assert_eq!(ramp_stage("ramping stage 2/3 at 50%"), Some(1));
-        assert_eq!(ramp_stage("budget x: Deprioritize, moved to tier 2; ramping stage 1/3 at 10%"), Some(0));
-        assert_eq!(ramp_stage("standby: weight 0"), None);
+    fn the_scenario_covers_what_must_be_remembered() {
+        let (mut sim, steps) = scenario();
+        let (mut ramping, mut fail_open, mut deprioritized, mut forecast, mut max_trips) = (0, 0, 0, 0, 0);
+        for (now, obs) in &steps {
+            let d = sim.step(*now, obs);
+            for r in d.routes.values() {
+                ramping += r.status.backends.iter().filter(|b| b.ramp_stage.is_some()).count();
+                fail_open += r.status.backends.iter().filter(|b| b.fail_open).count();
+                deprioritized += r.status.backends.iter().filter(|b| b.deprioritized_by.is_some()).count();
+                max_trips = r.status.backends.iter().filter_map(|b| b.trips).fold(max_trips, u32::max);
+            }
+            forecast += d.budgets.values().filter(|b| b.status.forecast_triggered).count();
+        }
+        assert!(
+            ramping > 0 && fail_open > 0 && deprioritized > 0 && forecast > 0,
+            "{ramping} {fail_open} {deprioritized} {forecast}"
+        );
+        assert!(max_trips >= 3, "{max_trips}");
+    }
+
+    #[test]
+    fn restore_reads_no_prose() {
+        let (mut sim, steps) = scenario();
+        for (now, obs) in &steps {
+            let d = sim.step(*now, obs);
+            let (mut routes, mut budgets) = stored(&sim, &d);
+            let before = restored(&routes, &budgets);
+            for r in &mut routes {
+                let st = r.status.as_mut().unwrap();
+                st.conditions.iter_mut().for_each(|c| (c.message, c.reason) = ("x".into(), "x".into()));
+                st.backends.iter_mut().for_each(|b| b.reason = Some("x".into()));
+                if let Some(rot) = &mut st.last_rotation {
+                    rot.reason = "x".into();
+                }
+            }
+            for b in &mut budgets {
+                let st = b.status.as_mut().unwrap();
+                st.conditions.iter_mut().for_each(|c| (c.message, c.reason) = ("x".into(), "x".into()));
+            }
+            let after = restored(&routes, &budgets);
+            assert_eq!(without_prose(after), without_prose(before), "at {now}");
+        }
+    }
+
+    #[test]
+    fn a_restored_memory_decides_as_the_one_that_kept_running() {
+        let (_, steps) = scenario();
+        // From step 1 on: burn-rate samples are not status (a restart starts the forecast's
+        // lookback afresh), so a restart before the forecast first fires would delay it.
+        for restart in 1..steps.len() {
+            let (mut running, _) = scenario();
+            let mut decisions = Vec::new();
+            for (now, obs) in &steps[..=restart] {
+                decisions.push(running.step(*now, obs));
+            }
+            let (routes, budgets) = stored(&running, &decisions[restart]);
+            let mut fresh = Sim::new(running.routes.clone(), running.budgets.clone());
+            fresh.state = restored(&routes, &budgets);
+            for (now, obs) in &steps[restart + 1..] {
+                let (a, b) = (running.step(*now, obs), fresh.step(*now, obs));
+                assert_eq!(decided(&b), decided(&a), "restarted after step {restart}, differs at {now}");
+            }
+        }
     }
 
     #[test]

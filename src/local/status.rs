@@ -78,7 +78,7 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn short_time(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+fn short_time(t: &Option<crate::api::Time>) -> String {
     t.as_ref().map(|t| t.0.strftime("%H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
 }
 

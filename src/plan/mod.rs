@@ -43,18 +43,11 @@ use crate::policy::{
 mod tests;
 
 /// Longest condition message or Event note (the API refuses 1024 bytes and more).
-pub const MAX_NOTE: usize = 1000;
+pub use crate::policy::common::MAX_MESSAGE as MAX_NOTE;
 
-/// Cuts a note to fewer than 1024 bytes on a character boundary.
+/// Cuts a note to fewer than 1024 bytes on a character boundary (the one clip of the policy).
 pub fn clip_note(s: &str) -> String {
-    if s.len() <= MAX_NOTE {
-        return s.to_string();
-    }
-    let mut cut = MAX_NOTE - 3;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}...", &s[..cut])
+    crate::policy::clip(s)
 }
 
 /// A problem with one object, reported in its `Ready` condition (and by one Event).
@@ -239,8 +232,8 @@ pub fn plan_admitted(input: PlanInput<'_>, admitted: Admitted) -> Plan {
 
     // Decide.
     let decision = evaluate(Inputs {
-        routes: &routes,
-        budgets: input.budgets,
+        routes: &crate::api::convert::route_inputs(&routes),
+        budgets: &crate::api::convert::budget_inputs(input.budgets),
         observations: input.observations,
         previous: input.previous,
         now: input.now,
@@ -440,7 +433,7 @@ fn unused_budgets(budgets: &[ProviderBudget], routes: &[ModelRoute], problems: &
         }
         let used = routes.iter().filter(|r| ObjectKey::of(*r).namespace == key.namespace).any(|r| {
             r.spec.backends.iter().any(|x| {
-                x.provider == b.spec.provider && (b.spec.models.is_empty() || b.spec.models.contains(&x.model))
+                crate::policy::coverage::covers(&b.spec.provider, &b.spec.models, &x.provider, &x.model)
             })
         });
         if !used {

@@ -5,26 +5,42 @@
 //! of every route, the status of every resource, the transitions (each with its evidence) and
 //! the next decision state. No I/O, no clock reads, no randomness: the controller and `local`
 //! call the same function, and every rule is unit- and property-tested.
+//!
+//! Layout: [`evaluate`] (here) runs the rule modules in order: `budget` (windows, spend,
+//! escalation), then per route `health` (ejection and ramp-up) and `routes` (the effective
+//! table); `coverage` says which backends a budget covers, `common` holds the helpers they
+//! share (clipping, conditions, time), `money` the exact numbers and durations. The rule
+//! modules import `common` and the types here, never each other's internals, except `routes`
+//! which reads the results of `budget` and `health`.
+//!
+//! The core knows no Kubernetes: its inputs are [`RouteInput`]/[`BudgetInput`] (a key, a
+//! generation and the spec; `crate::api::convert` builds them from the custom resources),
+//! its conditions and times are `crate::api::meta` types. `tests/layering.rs` keeps it so.
 
 pub mod budget;
+pub mod common;
+pub mod coverage;
 pub mod health;
 pub mod money;
 pub mod routes;
+mod table;
 #[cfg(test)]
 pub mod testing;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::api::{
-    BackendState, Mode, ModelRoute, ModelRouteStatus, OnExhausted, ProviderBudget, ProviderBudgetStatus, RouteState,
-    Strategy, ThresholdAction,
+    BackendState, Mode, ModelRouteSpec, ModelRouteStatus, OnExhausted, ProviderBudgetSpec, ProviderBudgetStatus,
+    RouteState, Strategy, ThresholdAction,
 };
+use budget::BudgetEffect;
+pub use common::{ConditionSpec, clip, merge_conditions};
 pub use money::{Money, Ppm, PricePerMillion};
 
 /// Namespace + name of a resource.
@@ -40,12 +56,6 @@ impl ObjectKey {
     /// Builds a key.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         Self { namespace: namespace.into(), name: name.into() }
-    }
-
-    /// The key of any Kubernetes object (namespace defaults to `default`).
-    pub fn of<K: kube::Resource>(obj: &K) -> Self {
-        let meta = obj.meta();
-        Self::new(meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default())
     }
 }
 
@@ -230,13 +240,42 @@ pub struct DecisionState {
     pub routes: BTreeMap<ObjectKey, routes::RouteMemory>,
 }
 
+/// One ModelRoute as the policy sees it (`crate::api::convert` builds it from the resource).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteInput {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.generation`, reported back as `observedGeneration`.
+    pub generation: Option<i64>,
+    /// The spec (the API contract, used as data).
+    pub spec: ModelRouteSpec,
+}
+
+impl RouteInput {
+    /// The alias clients send as `model`: `spec.model`, else the resource name.
+    pub fn alias(&self) -> String {
+        self.spec.model.clone().unwrap_or_else(|| self.key.name.clone())
+    }
+}
+
+/// One ProviderBudget as the policy sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetInput {
+    /// Namespace and name.
+    pub key: ObjectKey,
+    /// `metadata.generation`, reported back as `observedGeneration`.
+    pub generation: Option<i64>,
+    /// The spec.
+    pub spec: ProviderBudgetSpec,
+}
+
 /// Inputs of one evaluation.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
     /// Every ModelRoute in scope (already validated).
-    pub routes: &'a [ModelRoute],
+    pub routes: &'a [RouteInput],
     /// Every ProviderBudget in scope (already validated).
-    pub budgets: &'a [ProviderBudget],
+    pub budgets: &'a [BudgetInput],
     /// Deltas since the previous evaluation.
     pub observations: &'a Observations,
     /// State returned by the previous evaluation (default on the first).
@@ -337,49 +376,34 @@ pub struct Decision {
     pub state: DecisionState,
 }
 
-/// Desired condition before merge with the previous ones.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConditionSpec {
-    /// Type.
-    pub type_: &'static str,
-    /// True / False / Unknown.
-    pub status: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// Non-empty message (the 1.20 API server rejects empty strings).
-    pub message: String,
-}
-
-/// Builds conditions from desired ones, keeping `lastTransitionTime` of a condition whose
-/// status did not change (so status is not rewritten when only time passed).
-pub fn merge_conditions(
-    previous: &[Condition],
-    desired: &[ConditionSpec],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
-    desired
-        .iter()
-        .map(|d| {
-            let status = if d.status { "True" } else { "False" };
-            let last = previous
-                .iter()
-                .find(|p| p.type_ == d.type_ && p.status == status)
-                .map(|p| p.last_transition_time.clone())
-                .unwrap_or(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-            Condition {
-                type_: d.type_.to_string(),
-                status: status.to_string(),
-                reason: d.reason.clone(),
-                message: if d.message.is_empty() { d.reason.clone() } else { d.message.clone() },
-                last_transition_time: last,
-                observed_generation: generation,
-            }
-        })
-        .collect()
-}
-
-/// Runs every rule once. Pure: same inputs, same outputs.
+/// Runs every rule once: budgets first, then each route (health, then table). Pure: same
+/// inputs, same outputs. Transitions come budgets first (they cause route changes), then by
+/// object; stable inside an object.
 pub fn evaluate(inputs: Inputs<'_>) -> Decision {
-    routes::evaluate(inputs)
+    let mut transitions = Vec::new();
+    let mut state = DecisionState::default();
+    let mut budgets = BTreeMap::new();
+    let mut effects: Vec<BudgetEffect> = Vec::new();
+    for b in inputs.budgets {
+        let ev = budget::evaluate_budget(b, inputs.observations, inputs.previous.budgets.get(&b.key), inputs.now);
+        transitions.extend(ev.transitions);
+        state.budgets.insert(b.key.clone(), ev.memory);
+        budgets.insert(b.key.clone(), ev.decision);
+        effects.push(ev.effect);
+    }
+    effects.sort_by(|a, b| a.key.cmp(&b.key));
+
+    let mut routes = BTreeMap::new();
+    for r in inputs.routes {
+        let ev = routes::evaluate_route(r, &effects, &inputs);
+        transitions.extend(ev.transitions);
+        state.backends.extend(ev.health);
+        state.routes.insert(r.key.clone(), ev.memory);
+        routes.insert(r.key.clone(), ev.decision);
+    }
+    transitions.sort_by(|a, b| {
+        let rank = |k: ObjectKind| u8::from(k != ObjectKind::ProviderBudget);
+        rank(a.kind).cmp(&rank(b.kind)).then_with(|| a.object.cmp(&b.object))
+    });
+    Decision { routes, budgets, transitions, state }
 }

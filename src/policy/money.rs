@@ -287,14 +287,42 @@ impl FromStr for Ppm {
     }
 }
 
-/// Parses a Kubernetes-style duration (`30s`, `5m`, `1h30m`, `250ms`) into milliseconds.
+/// Parses a duration as the CRDs' `DURATION_PATTERN` (`^([0-9]{1,9}(ms|s|m|h))+$`) accepts it:
+/// one or more `<integer><unit>` parts, unit `ms`, `s`, `m` or `h` (`30s`, `5m`, `1h30m`,
+/// `250ms`), into milliseconds. No sign, no fraction, no spaces, no empty input; each number
+/// has at most nine digits. Errors say what is wrong with the text.
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let d: kube::core::Duration = s.parse().map_err(|e| format!("{s:?} is not a duration: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?} is not a duration: negative"));
+    let bad = |why: &str| format!("{s:?} is not a duration like 30s, 5m, 1h30m or 250ms ({why})");
+    if s.is_empty() {
+        return Err(bad("empty"));
     }
-    let std: std::time::Duration = d.into();
-    i64::try_from(std.as_millis()).map_err(|_| format!("{s:?} is not a duration: too long"))
+    let mut total: i64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad("each part needs a whole number before its unit"));
+        }
+        if digits > 9 {
+            return Err(bad("a number has more than nine digits"));
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| bad("not a number"))?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else {
+            return Err(bad("each number needs a unit: ms, s, m or h"));
+        };
+        rest = &rest[len..];
+        total = n.checked_mul(unit_ms).and_then(|ms| total.checked_add(ms)).ok_or_else(|| bad("too long"))?;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -339,6 +367,34 @@ mod tests {
         assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
         assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
         assert!(parse_duration_ms("5 minutes").is_err());
+    }
+
+    #[test]
+    fn durations_accept_exactly_the_crd_pattern() {
+        let schema = serde_json::json!({"type": "string", "pattern": crate::api::DURATION_PATTERN});
+        let pattern = jsonschema::validator_for(&schema).unwrap();
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1h30m", 5_400_000),
+            ("500ms", 500),
+            ("0s", 0),
+            ("1m1ms", 60_001),
+            ("2h2h", 14_400_000),
+            ("999999999h", 3_599_999_996_400_000),
+        ] {
+            assert!(pattern.is_valid(&serde_json::json!(text)), "{text}");
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
+        }
+        for text in ["", "1.5h", "-1s", "+1s", "30", "s", "1d", "1 h", "1H", "1h ", "1us", "1msx", "1234567890s", "ms"]
+        {
+            assert!(!pattern.is_valid(&serde_json::json!(text)), "{text}");
+            let err = parse_duration_ms(text).unwrap_err();
+            assert!(err.contains(&format!("{text:?}")), "{err}");
+        }
+        assert!(parse_duration_ms("1.5h").unwrap_err().contains("unit"));
+        assert!(parse_duration_ms("1234567890s").unwrap_err().contains("nine digits"));
     }
 
     #[test]

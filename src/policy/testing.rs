@@ -8,7 +8,8 @@ use super::{
     BackendKey, BackendObservation, Decision, DecisionState, Inputs, Money, Observations, Outcome, SpendKey,
     Transition, evaluate,
 };
-use crate::api::{ModelRoute, ProviderBudget};
+use crate::api::convert::{budget_inputs, route_inputs};
+use crate::api::{Condition, ModelRoute, ProviderBudget};
 
 /// A timestamp from RFC 3339.
 pub fn t(s: &str) -> Timestamp {
@@ -114,8 +115,8 @@ impl Sim {
 
     pub fn step(&mut self, now: Timestamp, obs: &Obs) -> Decision {
         let d = evaluate(Inputs {
-            routes: &self.routes,
-            budgets: &self.budgets,
+            routes: &route_inputs(&self.routes),
+            budgets: &budget_inputs(&self.budgets),
             observations: &obs.0,
             previous: &self.state,
             now,
@@ -143,9 +144,6 @@ pub fn find<'a>(d: &'a Decision, reason: &str) -> &'a Transition {
 }
 
 /// Condition `type_` of a list.
-pub fn cond<'a>(
-    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    type_: &str,
-) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+pub fn cond<'a>(conds: &'a [Condition], type_: &str) -> &'a Condition {
     conds.iter().find(|c| c.type_ == type_).unwrap()
 }

@@ -1,0 +1,273 @@
+//! Usage → cost: what each provider's usage counts include, and the exact price of a request.
+//!
+//! Upstreams disagree on which counts include which. [`parse_usage`] applies one explicit rule
+//! per [`ProviderFamily`] and returns [`TokenCounts`] whose five kinds are **disjoint**: every
+//! token the upstream billed lands in exactly one kind, so [`TokenCounts::total`] equals the
+//! provider's own total and [`TokenCounts::cost`] bills each token exactly once.
+//!
+//! Nothing here is ever guessed as zero: a response without usage is [`UsageError::Missing`], a
+//! count of the wrong type is [`UsageError::Malformed`], and counts that contradict each other
+//! (a part larger than its whole, a total that is not the sum) are [`UsageError::Inconsistent`].
+//! Optional *detail* fields (cached, reasoning, cache-write breakdowns) may be absent and then
+//! count as zero; the totals they are carved out of may not.
+//!
+//! Money is exact ([`Money`] is integer pico-dollars, [`PricePerMillion`] an integer per-token
+//! price): there is no floating point anywhere in this module, and a count written as a JSON
+//! float (`12.0`) is rejected rather than converted.
+//!
+//! Layout: this file holds the prices, the token kinds and [`parse_usage`], which finds the
+//! usage object and hands it to one file per provider family (`openai`, `deepseek`,
+//! `anthropic`, `gemini`); `usage` holds [`UsageError`] and the strict field reader they share.
+//! Kubernetes-free (`tests/layering.rs` checks it).
+
+mod anthropic;
+mod deepseek;
+mod gemini;
+mod openai;
+mod usage;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::{Pricing, ProviderFamily};
+use crate::policy::money::{Money, ParseMoneyError, PricePerMillion};
+
+use anthropic::{anthropic_native, anthropic_openai_compat};
+use deepseek::deepseek;
+use gemini::{gemini_native, gemini_openai_compat};
+use openai::{openai_chat, openai_responses};
+pub use usage::UsageError;
+use usage::{Fields, json_kind, malformed};
+
+// ---------------------------------------------------------------------------------------------
+// Prices
+// ---------------------------------------------------------------------------------------------
+
+/// The price of each token kind, in USD per one million tokens.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Prices {
+    /// Uncached, non-cache-write input tokens.
+    pub input: PricePerMillion,
+    /// Input tokens read from the prompt cache.
+    pub cached_input: PricePerMillion,
+    /// Input tokens written to the prompt cache.
+    pub cache_write: PricePerMillion,
+    /// Visible (non-reasoning) output tokens.
+    pub output: PricePerMillion,
+    /// Reasoning ("thinking") output tokens.
+    pub reasoning: PricePerMillion,
+}
+
+/// A price in a `ModelRoute`'s `pricing` that is not a valid USD-per-1M amount.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pricing.{field}: {source}")]
+pub struct PricingError {
+    /// The spec field, as written in the manifest (`input`, `cachedInput`, `cacheWrite`,
+    /// `output`, `reasoning`).
+    pub field: &'static str,
+    /// Why the value does not parse.
+    pub source: ParseMoneyError,
+}
+
+impl Prices {
+    /// Prices from a route's spec: `cachedInput` and `cacheWrite` default to `input`,
+    /// `reasoning` defaults to `output`.
+    pub fn from_spec(spec: &Pricing) -> Result<Prices, PricingError> {
+        fn price(field: &'static str, s: &str) -> Result<PricePerMillion, PricingError> {
+            s.parse().map_err(|source| PricingError { field, source })
+        }
+        fn or_default(
+            field: &'static str,
+            s: Option<&String>,
+            default: PricePerMillion,
+        ) -> Result<PricePerMillion, PricingError> {
+            s.map_or(Ok(default), |s| price(field, s))
+        }
+        let input = price("input", &spec.input)?;
+        let output = price("output", &spec.output)?;
+        Ok(Prices {
+            input,
+            cached_input: or_default("cachedInput", spec.cached_input.as_ref(), input)?,
+            cache_write: or_default("cacheWrite", spec.cache_write.as_ref(), input)?,
+            output,
+            reasoning: or_default("reasoning", spec.reasoning.as_ref(), output)?,
+        })
+    }
+
+    /// The price of one kind.
+    pub fn get(&self, kind: TokenKind) -> PricePerMillion {
+        match kind {
+            TokenKind::Input => self.input,
+            TokenKind::CachedInput => self.cached_input,
+            TokenKind::CacheWrite => self.cache_write,
+            TokenKind::Output => self.output,
+            TokenKind::Reasoning => self.reasoning,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token counts
+// ---------------------------------------------------------------------------------------------
+
+/// One of the five disjoint kinds a token is billed as.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// Uncached, non-cache-write input.
+    Input,
+    /// Input read from the prompt cache.
+    CachedInput,
+    /// Input written to the prompt cache.
+    CacheWrite,
+    /// Visible (non-reasoning) output.
+    Output,
+    /// Reasoning output.
+    Reasoning,
+}
+
+impl TokenKind {
+    /// Every kind, in label order.
+    pub const ALL: [TokenKind; 5] =
+        [TokenKind::Input, TokenKind::CachedInput, TokenKind::CacheWrite, TokenKind::Output, TokenKind::Reasoning];
+
+    /// The metric label value (`tollgate_tokens_total{kind=...}`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            TokenKind::Input => "input",
+            TokenKind::CachedInput => "cached_input",
+            TokenKind::CacheWrite => "cache_write",
+            TokenKind::Output => "output",
+            TokenKind::Reasoning => "reasoning",
+        }
+    }
+}
+
+impl fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Tokens of one request (or a sum of requests), split into disjoint kinds: each upstream token
+/// is counted in exactly one field.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TokenCounts {
+    /// Uncached input that was neither read from nor written to the prompt cache.
+    pub input: u64,
+    /// Input read from the prompt cache.
+    pub cached_input: u64,
+    /// Input written to the prompt cache.
+    pub cache_write: u64,
+    /// Visible (non-reasoning) output.
+    pub output: u64,
+    /// Reasoning output.
+    pub reasoning: u64,
+}
+
+impl TokenCounts {
+    /// The count of one kind.
+    pub fn get(&self, kind: TokenKind) -> u64 {
+        match kind {
+            TokenKind::Input => self.input,
+            TokenKind::CachedInput => self.cached_input,
+            TokenKind::CacheWrite => self.cache_write,
+            TokenKind::Output => self.output,
+            TokenKind::Reasoning => self.reasoning,
+        }
+    }
+
+    /// `(kind, count)` for every kind, in [`TokenKind::ALL`] order; `kind.label()` is the metric
+    /// label value.
+    pub fn by_kind(&self) -> [(TokenKind, u64); 5] {
+        TokenKind::ALL.map(|k| (k, self.get(k)))
+    }
+
+    /// All tokens, every kind once (saturating, which real counts never reach).
+    pub fn total(&self) -> u64 {
+        self.by_kind().iter().fold(0u64, |acc, (_, n)| acc.saturating_add(*n))
+    }
+
+    /// The cost of each kind, exact.
+    pub fn cost_by_kind(&self, prices: &Prices) -> [(TokenKind, Money); 5] {
+        TokenKind::ALL.map(|k| (k, prices.get(k).cost(self.get(k))))
+    }
+
+    /// The cost of the request: the sum of the per-kind costs, exact.
+    pub fn cost(&self, prices: &Prices) -> Money {
+        self.cost_by_kind(prices).into_iter().map(|(_, m)| m).sum()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locating the usage object
+// ---------------------------------------------------------------------------------------------
+
+/// The token counts of one upstream response.
+///
+/// `body` is a whole response JSON object or the final stream chunk / event. The usage object is
+/// looked up at:
+/// - `usageMetadata` — Gemini native (`generateContent`, and each `streamGenerateContent`
+///   chunk, whose last one carries the final counts); only for [`ProviderFamily::Gemini`];
+/// - `usage` — OpenAI chat/completions/embeddings/Responses objects, the final
+///   `chat.completion.chunk` of a stream with `stream_options.include_usage`, DeepSeek, Mistral,
+///   Qwen, Gemini's and Anthropic's OpenAI-compatible endpoints, an Anthropic native message,
+///   and an Anthropic `message_delta` stream event;
+/// - `response.usage` — an OpenAI Responses stream event (`response.completed`,
+///   `response.incomplete`), whose `response` is the whole response object.
+///
+/// A `usage` that is absent or `null` (every non-final chunk of an OpenAI stream) is
+/// [`UsageError::Missing`].
+pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, UsageError> {
+    let Value::Object(map) = body else {
+        return Err(malformed(
+            "(response body)".to_string(),
+            format!("expected a JSON object, got {}", json_kind(body)),
+        ));
+    };
+    let root = Fields::new(map, String::new());
+
+    if family == ProviderFamily::Gemini
+        && let Some(meta) = root.child("usageMetadata")?
+    {
+        return gemini_native(&meta);
+    }
+
+    let usage = match root.child("usage")? {
+        Some(usage) => usage,
+        None => match map.get("response") {
+            // An OpenAI Responses stream event wraps the whole response object.
+            Some(Value::Object(_)) => match root.child("response")? {
+                Some(response) => response.child("usage")?.ok_or(UsageError::Missing)?,
+                None => return Err(UsageError::Missing),
+            },
+            _ => return Err(UsageError::Missing),
+        },
+    };
+
+    match family {
+        ProviderFamily::OpenAI | ProviderFamily::Mistral | ProviderFamily::Qwen => {
+            if !usage.has("prompt_tokens") && usage.has("input_tokens") {
+                openai_responses(&usage)
+            } else {
+                openai_chat(&usage)
+            }
+        }
+        ProviderFamily::DeepSeek => deepseek(&usage),
+        ProviderFamily::Anthropic => {
+            if usage.has("prompt_tokens") {
+                anthropic_openai_compat(&usage)
+            } else {
+                let is_delta = map.get("type").and_then(Value::as_str) == Some("message_delta");
+                anthropic_native(&usage, is_delta)
+            }
+        }
+        ProviderFamily::Gemini => gemini_openai_compat(&usage),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Why usage could not be read ([`UsageError`]), and the strict reader of usage counts every
+//! provider family shares: counts are non-negative JSON integers up to 2^53 - 1, a part never
+//! exceeds its whole, and a stated total must equal the sum of its parts.
+
+use serde_json::{Map, Value};
+
+// ---------------------------------------------------------------------------------------------
+// Usage errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why an upstream response's usage could not be turned into [`TokenCounts`]. Never a reason to
+/// bill zero.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// The response (or stream event) carries no usage object at all, or it is `null`.
+    #[error("the upstream response carries no usage object (usage is never assumed to be zero)")]
+    Missing,
+    /// A usage field is absent though required, or not a non-negative integer.
+    #[error("usage field {field}: {why}")]
+    Malformed {
+        /// JSON path of the field, e.g. `usage.prompt_tokens_details.cached_tokens`.
+        field: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The counts contradict each other (a part larger than its whole, a total that is not the
+    /// sum of its parts).
+    #[error("inconsistent usage: {why}")]
+    Inconsistent {
+        /// Which counts disagree, with their values.
+        why: String,
+    },
+}
+
+impl UsageError {
+    /// Label value for an error-kind metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            UsageError::Missing => "missing",
+            UsageError::Malformed { .. } => "malformed",
+            UsageError::Inconsistent { .. } => "inconsistent",
+        }
+    }
+}
+
+pub(super) fn malformed(field: String, why: impl Into<String>) -> UsageError {
+    UsageError::Malformed { field, why: why.into() }
+}
+
+pub(super) fn inconsistent(why: String) -> UsageError {
+    UsageError::Inconsistent { why }
+}
+
+/// Largest accepted count (2^53 - 1, the largest integer every JSON implementation keeps
+/// exact). Far beyond any real request, and it keeps every sum below in `u64`.
+pub(super) const MAX_TOKENS: u64 = (1 << 53) - 1;
+
+/// A JSON object of usage counts, with the path it was found at (for error messages).
+pub(super) struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+}
+
+impl<'a> Fields<'a> {
+    pub(super) fn new(map: &'a Map<String, Value>, path: String) -> Self {
+        Fields { map, path }
+    }
+
+    pub(super) fn name(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+    }
+
+    /// Present and not `null`.
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    /// An optional count: absent or `null` is `None`; anything but a non-negative integer is
+    /// malformed.
+    pub(super) fn opt(&self, key: &str) -> Result<Option<u64>, UsageError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(v) if v <= MAX_TOKENS => Ok(Some(v)),
+                Some(v) => {
+                    Err(malformed(self.name(key), format!("{v} is not a plausible token count (above 2^53 - 1)")))
+                }
+                None if n.is_i64() => Err(malformed(self.name(key), format!("{n} is negative"))),
+                None => Err(malformed(self.name(key), format!("{n} is not an integer"))),
+            },
+            Some(other) => {
+                Err(malformed(self.name(key), format!("expected a non-negative integer, got {}", json_kind(other))))
+            }
+        }
+    }
+
+    /// A required count.
+    pub(super) fn req(&self, key: &str) -> Result<u64, UsageError> {
+        self.opt(key)?.ok_or_else(|| malformed(self.name(key), "missing"))
+    }
+
+    /// A nested object: absent or `null` is `None`.
+    pub(super) fn child(&self, key: &str) -> Result<Option<Fields<'a>>, UsageError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(Fields::new(m, self.name(key)))),
+            Some(other) => Err(malformed(self.name(key), format!("expected an object, got {}", json_kind(other)))),
+        }
+    }
+
+    /// An optional count inside an optional nested object.
+    pub(super) fn nested(&self, child: &str, key: &str) -> Result<Option<u64>, UsageError> {
+        match self.child(child)? {
+            Some(c) => c.opt(key),
+            None => Ok(None),
+        }
+    }
+}
+
+pub(super) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `whole - part`, or an inconsistency naming both.
+pub(super) fn carve(whole: (&str, u64), part: (&str, u64)) -> Result<u64, UsageError> {
+    whole
+        .1
+        .checked_sub(part.1)
+        .ok_or_else(|| inconsistent(format!("{}={} exceeds {}={}", part.0, part.1, whole.0, whole.1)))
+}
+
+/// Reasoning reported inside an output total (`<total>_details.reasoning_tokens` ⊂ `<total>`):
+/// returns (visible output, reasoning), so each token is billed once.
+pub(super) fn reasoning_inside(u: &Fields<'_>, total_field: &str, total: u64) -> Result<(u64, u64), UsageError> {
+    let details = format!("{total_field}_details");
+    let reasoning = u.nested(&details, "reasoning_tokens")?.unwrap_or(0);
+    let output = carve((&u.name(total_field), total), (&u.name(&format!("{details}.reasoning_tokens")), reasoning))?;
+    Ok((output, reasoning))
+}
+
+/// Two fields that report the same tokens under different names: either may be given; if both
+/// are, they must agree.
+pub(super) fn same_tokens(a: (&str, Option<u64>), b: (&str, Option<u64>)) -> Result<Option<u64>, UsageError> {
+    match (a.1, b.1) {
+        (Some(x), Some(y)) if x != y => {
+            Err(inconsistent(format!("{}={x} and {}={y} report the same tokens but disagree", a.0, b.0)))
+        }
+        (Some(x), _) | (None, Some(x)) => Ok(Some(x)),
+        (None, None) => Ok(None),
+    }
+}
