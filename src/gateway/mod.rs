@@ -30,6 +30,7 @@ mod request;
 mod select;
 mod server;
 mod stream;
+pub mod translate;
 mod upstream;
 
 use std::collections::HashMap;
