@@ -941,6 +941,11 @@ fn inbound_messages_request_to_chat() {
         "messages[0].content[0].type",
     );
     refuse(json!({"messages": [{"role": "system", "content": "x"}]}), "messages[0].role");
+    // A thinking mode without a budget has no effort to pick: dropped, listed.
+    let b = json!({"model": "chat", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+                   "thinking": {"type": "adaptive"}});
+    let out = messages_to_chat(&b, &opts).unwrap();
+    assert_eq!((out.value.reasoning_effort, out.dropped), (None, vec!["thinking".to_string()]));
 }
 
 #[test]

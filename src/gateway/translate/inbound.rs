@@ -10,7 +10,7 @@
 //!   `tool` message each, before that turn's other content (text only; `is_error` is dropped);
 //!   `stop_sequences` → `stop`; `temperature`, `top_p`; `max_tokens` → `max_tokens` or, for
 //!   OpenAI itself, `max_completion_tokens`; `thinking.budget_tokens` → `reasoning_effort`
-//!   (≤ 2048 `low`, ≤ 8192 `medium`, more `high`); `tools` → function tools; `tool_choice`
+//!   (≤ 2048 `low`, ≤ 8192 `medium`, more `high`; a thinking mode without a budget is dropped); `tools` → function tools; `tool_choice`
 //!   auto/any/tool/none → auto/required/named/none and `disable_parallel_tool_use` →
 //!   `parallel_tool_calls: false`; `metadata.user_id` → `user`; a stream asks for usage
 //!   (`stream_options.include_usage`). Refused: server tools (a tool with a `type` other than
@@ -86,12 +86,8 @@ pub fn messages_to_chat(body: &Value, opts: &InboundOptions) -> Result<Translate
                     out.insert("reasoning_effort".into(), effort.into());
                 }
                 (Some("disabled"), _) => {}
-                _ => {
-                    return Err(TranslateError::invalid(
-                        "thinking",
-                        "expected {type: enabled, budget_tokens} or {type: disabled}",
-                    ));
-                }
+                // Another mode (e.g. one without a budget): no OpenAI equivalent to pick.
+                _ => drop_field(&mut dropped, "thinking"),
             },
             "metadata" => {
                 if let Some(u) = value.get("user_id").and_then(Value::as_str) {
