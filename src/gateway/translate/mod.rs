@@ -51,9 +51,10 @@ pub use inbound_stream::{ChatToMessagesStream, MessagesEvent};
 pub use sse::{SseEvent, SseParser};
 
 /// Largest single SSE event (or line) a stream translator buffers before it gives up with
-/// [`TranslateError::EventTooLarge`]: 1 MiB. Real events are a few KiB; a tool call's whole
-/// arguments never travel in one event.
-pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// [`TranslateError::EventTooLarge`]: 4 MiB. Anthropic and OpenAI events are a few KiB (tool
+/// arguments arrive in fragments), but Gemini sends a function call whole in one event, so a
+/// tool call writing a large file needs room.
+pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// Why a translation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
