@@ -143,9 +143,9 @@ pub fn chat_to_gemini(req: &ChatRequest) -> Result<Translated<GenerateContentReq
             "modalities" if value.as_array().is_some_and(|m| m.iter().any(|x| x != "text")) => {
                 return Err(TranslateError::unsupported("modalities", TARGET, "only text output"));
             }
-            "seed" => drop_null(&mut config, "seed", value),
-            "presence_penalty" => drop_null(&mut config, "presencePenalty", value),
-            "frequency_penalty" => drop_null(&mut config, "frequencyPenalty", value),
+            "seed" => insert_non_null(&mut config, "seed", value),
+            "presence_penalty" => insert_non_null(&mut config, "presencePenalty", value),
+            "frequency_penalty" => insert_non_null(&mut config, "frequencyPenalty", value),
             "modalities" | "n" => {}
             _ => drop_field(&mut dropped, key.clone()),
         }
@@ -216,7 +216,7 @@ pub fn chat_to_gemini(req: &ChatRequest) -> Result<Translated<GenerateContentReq
     Ok(Translated { value, dropped })
 }
 
-fn drop_null(config: &mut Map<String, Value>, key: &str, value: &Value) {
+fn insert_non_null(config: &mut Map<String, Value>, key: &str, value: &Value) {
     if !value.is_null() {
         config.insert(key.into(), value.clone());
     }
