@@ -37,6 +37,7 @@ mod serve;
 mod server;
 mod source;
 mod stream;
+pub mod translate;
 mod upstream;
 
 use std::collections::HashMap;
