@@ -59,7 +59,7 @@ pub use request::Endpoint;
 use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
 use crate::policy::money::parse_duration_ms;
-use metrics::{BackendLabels, MeterCell, Metrics};
+use metrics::{BackendLabels, GenAiBackend, MeterCell, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
 use select::Candidate;
 
@@ -132,6 +132,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) labels: BackendLabels,
     pub(crate) duration: Histogram,
     pub(crate) ttft: Histogram,
+    /// OpenTelemetry gen_ai instruments (by endpoint).
+    pub(crate) gen_ai: GenAiBackend,
     pub(crate) backend_header: HeaderValue,
     pub(crate) provider_header: HeaderValue,
     /// Upstream URL of each endpoint (HTTP backends whose base URL parses).
@@ -187,6 +189,7 @@ impl Served {
                             labels,
                             duration,
                             ttft,
+                            gen_ai: metrics.gen_ai(&b.provider, &b.model),
                             backend_header: header_value(&b.name),
                             provider_header: header_value(&b.provider),
                             uris,
