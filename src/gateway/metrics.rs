@@ -5,6 +5,11 @@
 //! `tollgate_cost_nanousd_total` is exactly `floor(total pico-dollars / 1000)` and
 //! `tollgate_cost_usd_total` is a float computed from the exact total (no float accumulation).
 //! Histograms are ordinary prometheus-client families.
+//!
+//! Every metric and label name comes from [`crate::signals::contract`] (the controller reads
+//! with the same names); snapshot deltas go through [`crate::signals::delta`] (the controller's
+//! tracker and `tollgate local` use the same functions). The OpenTelemetry gen_ai families
+//! beside them are in [`gen_ai`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,34 +26,19 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::money::{Money, PICOS_PER_USD};
-use crate::policy::{BackendKey, BackendObservation, Observations, Outcome, SpendKey};
+use crate::policy::{Observations, Outcome};
 use crate::pricing::{TokenCounts, TokenKind};
+use crate::signals::contract::{self, SeriesKey};
+use crate::signals::delta::{self, SeriesTotals};
 
-/// Identity of a metered series: route + backend, with the provider and upstream model the
-/// backend had when it served (a reload may change them).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct MeterKey {
-    /// Route (ModelRoute name).
-    pub route: String,
-    /// Backend name inside the route.
-    pub backend: String,
-    /// Provider name.
-    pub provider: String,
-    /// Upstream model id.
-    pub model: String,
-}
+pub(crate) mod gen_ai;
 
-impl MeterKey {
-    /// Builds a key.
-    pub fn new(
-        route: impl Into<String>,
-        backend: impl Into<String>,
-        provider: impl Into<String>,
-        model: impl Into<String>,
-    ) -> Self {
-        Self { route: route.into(), backend: backend.into(), provider: provider.into(), model: model.into() }
-    }
-}
+use gen_ai::GenAi;
+pub(crate) use gen_ai::GenAiBackend;
+
+/// Identity of a metered series: the contract's [`SeriesKey`] (route + backend, with the
+/// provider and upstream model the backend had when it served; a reload may change them).
+pub type MeterKey = SeriesKey;
 
 /// Totals of one series since the gateway started. Every field only grows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +67,17 @@ impl MeterEntry {
     /// Responses with missing usage, all reasons.
     pub fn usage_missing_total(&self) -> u64 {
         self.usage_missing.values().sum()
+    }
+
+    /// The cumulative totals [`delta`] diffs: latency as whole milliseconds of the cumulative
+    /// microsecond sum, spend exact.
+    pub fn totals(&self) -> SeriesTotals {
+        SeriesTotals {
+            outcomes: self.outcomes.clone(),
+            latency_ms_sum: self.latency_us_sum / 1000,
+            latency_count: self.latency_count,
+            spend: self.cost,
+        }
     }
 }
 
@@ -249,37 +250,18 @@ impl MeterSnapshot {
     /// `namespace` (the namespace of the config the gateway serves). Pass
     /// `MeterSnapshot::default()` as `previous` for everything since start.
     pub fn to_observations_since(&self, previous: &MeterSnapshot, namespace: &str) -> Observations {
-        let empty = MeterEntry::default();
-        let mut obs = Observations::default();
-        for (k, now) in &self.entries {
-            let before = previous.entries.get(k).unwrap_or(&empty);
-            let mut delta = BackendObservation::default();
-            for (o, n) in &now.outcomes {
-                let d = n.saturating_sub(before.count(*o));
-                if d > 0 {
-                    delta.outcomes.insert(*o, d);
-                }
-            }
-            delta.latency_ms_sum = (now.latency_us_sum / 1000).saturating_sub(before.latency_us_sum / 1000);
-            delta.latency_count = now.latency_count.saturating_sub(before.latency_count);
-            if !delta.outcomes.is_empty() || delta.latency_count > 0 {
-                let slot = obs.backends.entry(BackendKey::new(namespace, &k.route, &k.backend)).or_default();
-                for (o, n) in delta.outcomes {
-                    *slot.outcomes.entry(o).or_insert(0) += n;
-                }
-                slot.latency_ms_sum += delta.latency_ms_sum;
-                slot.latency_count += delta.latency_count;
-            }
-            let spent = now.cost.saturating_sub(before.cost);
-            if spent > Money::ZERO {
-                *obs.spend.entry(SpendKey::new(namespace, &k.provider, &k.model)).or_default() += spent;
-            }
-        }
-        obs
+        delta::observations_between(namespace, &previous.totals(), &self.totals())
+    }
+
+    /// The cumulative totals of every series.
+    pub fn totals(&self) -> BTreeMap<MeterKey, SeriesTotals> {
+        self.entries.iter().map(|(k, e)| (k.clone(), e.totals())).collect()
     }
 }
 
-/// Labels of the histograms.
+/// Labels of the histograms: the contract's [`contract::ROUTE`], [`contract::BACKEND`],
+/// [`contract::PROVIDER`] and [`contract::MODEL`] (field names are label names; a test checks
+/// the exposition against the contract).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct BackendLabels {
     pub(crate) route: String,
@@ -312,6 +294,7 @@ pub(crate) struct Metrics {
     pub(crate) meter: Arc<Meter>,
     duration: HistogramFamily,
     ttft: HistogramFamily,
+    gen_ai: Arc<GenAi>,
 }
 
 impl Metrics {
@@ -321,17 +304,23 @@ impl Metrics {
         let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let ttft: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
-            "tollgate_request_duration_seconds",
+            contract::REQUEST_DURATION,
             "Duration of each upstream attempt, from sending it to the end of the answer",
             duration.clone(),
         );
         registry.register(
-            "tollgate_time_to_first_token_seconds",
+            contract::TIME_TO_FIRST_TOKEN,
             "Time from sending a streaming request upstream to its first chunk",
             ttft.clone(),
         );
         registry.register_collector(Box::new(MeterCollector(meter.clone())));
-        Self { registry, meter, duration, ttft }
+        let gen_ai = GenAi::register(&mut registry);
+        Self { registry, meter, duration, ttft, gen_ai }
+    }
+
+    /// The gen_ai instruments of a backend with this provider and upstream model.
+    pub(crate) fn gen_ai(&self, provider: &str, model: &str) -> GenAiBackend {
+        GenAiBackend::new(self.gen_ai.clone(), provider, model)
     }
 
     /// The duration and time-to-first-token histograms of one series (handles to keep, so the
@@ -356,84 +345,80 @@ pub(crate) const METRICS_CONTENT_TYPE: &str = prometheus_client::encoding::prome
 #[derive(Debug)]
 struct MeterCollector(Arc<Meter>);
 
-fn series(k: &MeterKey) -> [(&'static str, &str); 4] {
-    [("route", &k.route), ("backend", &k.backend), ("provider", &k.provider), ("model", &k.model)]
-}
-
 impl Collector for MeterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.0.snapshot();
 
         let mut fam = encoder.encode_descriptor(
-            "tollgate_requests",
+            contract::REQUESTS,
             "Upstream attempts by outcome (ok, client_error, rate_limited, upstream_error, timeout, connect_error, budget_rejected)",
             None,
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
-            let [a, b, c, d] = series(k);
+            let [a, b, c, d] = k.labels();
             for o in Outcome::ALL {
                 let n = e.count(o);
                 if n == 0 && o != Outcome::Ok {
                     continue;
                 }
-                let labels = [a, b, c, d, ("outcome", o.label())];
+                let labels = [a, b, c, d, (contract::OUTCOME, o.label())];
                 ConstCounter::new(n).encode(fam.encode_family(&labels)?)?;
             }
         }
 
         let mut fam = encoder.encode_descriptor(
-            "tollgate_tokens",
+            contract::TOKENS,
             "Tokens billed, by kind (disjoint kinds)",
             None,
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
-            let [a, b, c, d] = series(k);
+            let [a, b, c, d] = k.labels();
             for kind in TokenKind::ALL {
-                let labels = [a, b, c, d, ("kind", kind.label())];
+                let labels = [a, b, c, d, (contract::KIND, kind.label())];
                 ConstCounter::new(e.tokens.get(kind)).encode(fam.encode_family(&labels)?)?;
             }
         }
 
         let mut fam = encoder.encode_descriptor(
-            "tollgate_cost_usd",
+            contract::COST_USD,
             "Spend in USD (float for humans; tollgate_cost_nanousd_total is exact)",
             None,
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
             let usd = e.cost.picos() as f64 / PICOS_PER_USD as f64;
-            ConstCounter::new(usd).encode(fam.encode_family(&series(k))?)?;
+            ConstCounter::new(usd).encode(fam.encode_family(&k.labels())?)?;
         }
 
         let mut fam = encoder.encode_descriptor(
-            "tollgate_cost_nanousd",
+            contract::COST_NANOUSD,
             "Spend in nano-USD: floor of the exact pico-dollar total / 1000",
             None,
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
             let nanos = u64::try_from((e.cost.picos() / 1000).max(0)).unwrap_or(u64::MAX);
-            ConstCounter::new(nanos).encode(fam.encode_family(&series(k))?)?;
+            ConstCounter::new(nanos).encode(fam.encode_family(&k.labels())?)?;
         }
 
         let mut fam = encoder.encode_descriptor(
-            "tollgate_usage_missing",
+            contract::USAGE_MISSING,
             "Successful upstream answers whose usage could not be read (never billed as zero silently)",
             None,
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
-            let [a, b, c, d] = series(k);
+            let [a, b, c, d] = k.labels();
             for (reason, n) in &e.usage_missing {
-                let labels = [a, b, c, d, ("reason", reason.as_str())];
+                let labels = [a, b, c, d, (contract::REASON, reason.as_str())];
                 ConstCounter::new(*n).encode(fam.encode_family(&labels)?)?;
             }
         }
 
         let fam = encoder.encode_descriptor(
-            "tollgate_config_reload_errors",
+            contract::CONFIG_RELOAD_ERRORS,
             "Config documents refused (unreadable, missing or invalid); the last good one keeps serving",
             None,
             MetricType::Counter,
@@ -442,12 +427,12 @@ impl Collector for MeterCollector {
 
         if let Some(rev) = self.0.revision() {
             let mut fam = encoder.encode_descriptor(
-                "tollgate_config_revision",
+                contract::CONFIG_REVISION,
                 "Revision of the config document being served",
                 None,
                 MetricType::Info,
             )?;
-            fam.encode_info(&[("revision", rev.as_str())])?;
+            fam.encode_info(&[(contract::REVISION, rev.as_str())])?;
         }
         Ok(())
     }
@@ -456,6 +441,7 @@ impl Collector for MeterCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{BackendKey, SpendKey};
 
     fn key(route: &str, backend: &str) -> MeterKey {
         MeterKey::new(route, backend, "openai", "gpt-x")
@@ -494,6 +480,32 @@ mod tests {
         assert!(text.contains("tollgate_config_revision_info{revision=\"sha256:abc\"} 1"));
         assert!(text.contains("tollgate_config_reload_errors_total 1"));
         assert!(text.contains("tollgate_cost_usd_total{"));
+    }
+
+    #[test]
+    fn what_the_gateway_writes_the_controller_reads() {
+        let m = Metrics::new();
+        let cell = m.meter.cell(&key("chat", "a"));
+        cell.record_outcome(Outcome::Ok, Some(Duration::from_millis(250)));
+        cell.record_outcome(Outcome::UpstreamError, None);
+        cell.record_usage(&TokenCounts::default(), Money::from_picos(7_000_999));
+        m.meter.set_revision("sha256:r1");
+        let (duration, _) = m.histograms(&BackendLabels::of(&key("chat", "a")));
+        duration.observe(0.25);
+        let r = crate::signals::GatewayReading::from_text(&m.encode());
+        assert_eq!(r.revision.as_deref(), Some("sha256:r1"));
+        assert_eq!(r.requests[&(key("chat", "a"), Outcome::Ok)], 1);
+        assert_eq!(r.requests[&(key("chat", "a"), Outcome::UpstreamError)], 1);
+        assert_eq!(r.cost_nanousd[&key("chat", "a")], 7000);
+        assert_eq!(r.latency[&key("chat", "a")].count, 1);
+        // The same delta definition on both sides: the reading and the meter agree on spend and
+        // outcomes (latency differs by source: scraped histogram vs. the meter's success latency).
+        let via_reading = crate::signals::delta::observations_between("ns", &BTreeMap::new(), &r.totals());
+        let via_meter = m.meter.snapshot().to_observations_since(&MeterSnapshot::default(), "ns");
+        assert_eq!(via_reading.spend[&SpendKey::new("ns", "openai", "gpt-x")], Money::from_picos(7_000_000));
+        assert_eq!(via_meter.spend[&SpendKey::new("ns", "openai", "gpt-x")], Money::from_picos(7_000_999));
+        let bk = BackendKey::new("ns", "chat", "a");
+        assert_eq!(via_reading.backends[&bk].outcomes, via_meter.backends[&bk].outcomes);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub use serve::{ServeLimits, serve, serve_sharded};
 
 use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
-use metrics::{BackendLabels, MeterCell, Metrics};
+use metrics::{BackendLabels, GenAiBackend, MeterCell, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
 use select::Candidate;
 
@@ -133,6 +133,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) labels: BackendLabels,
     pub(crate) duration: Histogram,
     pub(crate) ttft: Histogram,
+    /// OpenTelemetry gen_ai instruments (by endpoint).
+    pub(crate) gen_ai: GenAiBackend,
     pub(crate) backend_header: HeaderValue,
     pub(crate) provider_header: HeaderValue,
     /// Upstream URL of each endpoint (HTTP backends whose base URL parses).
@@ -188,6 +190,7 @@ impl Served {
                             labels,
                             duration,
                             ttft,
+                            gen_ai: metrics.gen_ai(&b.provider, &b.model),
                             backend_header: header_value(&b.name),
                             provider_header: header_value(&b.provider),
                             uris,

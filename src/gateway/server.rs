@@ -309,9 +309,18 @@ fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 /// Meters what a successful answer's usage said.
-fn bill(b: &CompiledBackend, usage: Result<TokenCounts, UsageError>, reason_if_missing: Option<&str>) {
+fn bill(
+    b: &CompiledBackend,
+    endpoint: Endpoint,
+    usage: Result<TokenCounts, UsageError>,
+    reason_if_missing: Option<&str>,
+) {
     match usage {
-        Ok(t) => b.cell.record_usage(&t, t.cost(&b.cfg.pricing)),
+        Ok(t) => {
+            let cost = t.cost(&b.cfg.pricing);
+            b.cell.record_usage(&t, cost);
+            b.gen_ai.usage(endpoint, &t, cost);
+        }
         Err(e) => {
             let reason = reason_if_missing.unwrap_or(e.metric_label());
             tracing::warn!(route = %b.labels.route, backend = %b.cfg.name, reason, error = %e, "answer without usable usage: not billed");
@@ -356,7 +365,9 @@ async fn attempt(
     };
     let fail = |outcome: Outcome, status: Option<StatusCode>, message: String| {
         b.cell.record_outcome(outcome, None);
-        b.duration.observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        b.duration.observe(secs);
+        b.gen_ai.duration(endpoint, outcome, secs);
         Failure { backend: b.cfg.name.clone(), outcome, status, message }
     };
     let UpstreamReply { status, headers, mut body, api_key } = match sent {
@@ -388,7 +399,9 @@ async fn attempt(
         let wait = (Instant::now() + ERROR_BODY_WAIT).min(deadline);
         let raw = read_all(&mut body, MAX_ERROR_BODY, wait).await.unwrap_or_default();
         b.cell.record_outcome(Outcome::ClientError, None);
-        b.duration.observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        b.duration.observe(secs);
+        b.gen_ai.duration(endpoint, Outcome::ClientError, secs);
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             tracing::error!(route = %route.name, backend = %b.cfg.name, status = status.as_u16(), "upstream refused the gateway's credentials");
             return Attempt::Done(
@@ -426,7 +439,9 @@ async fn attempt(
 
     if !status.is_success() {
         b.cell.record_outcome(Outcome::UpstreamError, None);
-        b.duration.observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        b.duration.observe(secs);
+        b.gen_ai.duration(endpoint, Outcome::UpstreamError, secs);
         return Attempt::Done(
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -460,6 +475,7 @@ async fn attempt(
         };
         let ttfb = started.elapsed();
         b.ttft.observe(ttfb.as_secs_f64());
+        b.gen_ai.time_to_first_token(endpoint, ttfb.as_secs_f64());
         let b2 = b.clone();
         let on_end = Box::new(move |end: StreamEnd, usage: Result<TokenCounts, UsageError>| {
             let (outcome, latency, missing_reason) = match end {
@@ -471,8 +487,10 @@ async fn attempt(
                 }
             };
             b2.cell.record_outcome(outcome, latency);
-            b2.duration.observe(started.elapsed().as_secs_f64());
-            bill(&b2, usage, missing_reason);
+            let secs = started.elapsed().as_secs_f64();
+            b2.duration.observe(secs);
+            b2.gen_ai.duration(endpoint, outcome, secs);
+            bill(&b2, endpoint, usage, missing_reason);
         });
         let sse = SseProcessor::new(family, ask_usage);
         let stream = metered(first, body, sse, opts.idle_stream_timeout, deadline, on_end);
@@ -490,7 +508,9 @@ async fn attempt(
         Ok(r) => r,
         Err(ReadError::Timeout) => {
             b.cell.record_outcome(Outcome::Timeout, None);
-            b.duration.observe(started.elapsed().as_secs_f64());
+            let secs = started.elapsed().as_secs_f64();
+            b.duration.observe(secs);
+            b.gen_ai.duration(endpoint, Outcome::Timeout, secs);
             b.cell.record_usage_missing("unreadable_body");
             return Attempt::Done(
                 ApiError::new(
@@ -509,7 +529,9 @@ async fn attempt(
                 ReadError::Timeout => String::new(),
             };
             b.cell.record_outcome(Outcome::UpstreamError, None);
-            b.duration.observe(started.elapsed().as_secs_f64());
+            let secs = started.elapsed().as_secs_f64();
+            b.duration.observe(secs);
+            b.gen_ai.duration(endpoint, Outcome::UpstreamError, secs);
             b.cell.record_usage_missing("unreadable_body");
             return Attempt::Done(
                 ApiError::new(
@@ -526,6 +548,7 @@ async fn attempt(
     b.duration.observe(elapsed.as_secs_f64());
     match body_usage(family, &raw) {
         Err(()) => {
+            b.gen_ai.duration(endpoint, Outcome::UpstreamError, elapsed.as_secs_f64());
             b.cell.record_outcome(Outcome::UpstreamError, None);
             b.cell.record_usage_missing("unparseable_body");
             tracing::warn!(route = %route.name, backend = %b.cfg.name, "upstream answered 2xx with a body that is not a JSON object");
@@ -540,8 +563,9 @@ async fn attempt(
             )
         }
         Ok(usage) => {
+            b.gen_ai.duration(endpoint, Outcome::Ok, elapsed.as_secs_f64());
             b.cell.record_outcome(Outcome::Ok, Some(elapsed));
-            bill(b, usage, None);
+            bill(b, endpoint, usage, None);
             let mut resp = Response::new(Body::from(raw));
             *resp.status_mut() = status;
             let h = resp.headers_mut();

@@ -1,5 +1,8 @@
 //! The state file of `tollgate local`: everything the policy remembers plus the spend and
 //! outcomes observed since the last evaluation, written atomically.
+//!
+//! Merging observations carried between evaluations uses the shared
+//! [`crate::signals::delta::merge_observations`] (re-exported here).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,20 +116,8 @@ impl LocalState {
     }
 }
 
-/// Adds `more` into `into` (outcome counts, latency sums, spend).
-pub fn merge_observations(into: &mut Observations, more: Observations) {
-    for (k, o) in more.backends {
-        let slot = into.backends.entry(k).or_default();
-        for (outcome, n) in o.outcomes {
-            *slot.outcomes.entry(outcome).or_insert(0) += n;
-        }
-        slot.latency_ms_sum += o.latency_ms_sum;
-        slot.latency_count += o.latency_count;
-    }
-    for (k, m) in more.spend {
-        *into.spend.entry(k).or_default() += m;
-    }
-}
+/// Adds `more` into `into`: the one definition lives in [`crate::signals::delta`].
+pub use crate::signals::delta::merge_observations;
 
 #[cfg(test)]
 mod tests {
@@ -160,16 +151,5 @@ mod tests {
         std::fs::write(&p, b"{\"version\": 9, \"decision\": {}}").unwrap();
         assert!(matches!(LocalState::load(&p), Err(StateError::Version { found: 9, .. })));
         std::fs::remove_file(&p).ok();
-    }
-
-    #[test]
-    fn merging_adds_everything() {
-        let k = SpendKey::new("default", "openai", "gpt-5");
-        let mut a = Observations::default();
-        a.spend.insert(k.clone(), Money::from_picos(5));
-        let mut b = Observations::default();
-        b.spend.insert(k.clone(), Money::from_picos(7));
-        merge_observations(&mut a, b);
-        assert_eq!(a.spend[&k], Money::from_picos(12));
     }
 }

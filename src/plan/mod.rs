@@ -432,9 +432,10 @@ fn unused_budgets(budgets: &[ProviderBudget], routes: &[ModelRoute], problems: &
             continue;
         }
         let used = routes.iter().filter(|r| ObjectKey::of(*r).namespace == key.namespace).any(|r| {
-            r.spec.backends.iter().any(|x| {
-                crate::policy::coverage::covers(&b.spec.provider, &b.spec.models, &x.provider, &x.model)
-            })
+            r.spec
+                .backends
+                .iter()
+                .any(|x| crate::policy::coverage::covers(&b.spec.provider, &b.spec.models, &x.provider, &x.model))
         });
         if !used {
             let models =

@@ -9,7 +9,13 @@
 //! detects counter resets (a gateway restarted) and keeps the per-gateway cumulative spend the
 //! controller checkpoints in `ProviderBudget` status. Spend is read from
 //! `tollgate_cost_nanousd_total` (integers), so it stays exact end to end.
+//!
+//! [`contract`] names every metric and label both sides use (the gateway writes with it, the
+//! readers here read with it); [`delta`] is the one definition of observation deltas and merges
+//! (also used by the gateway's meter and by `tollgate local`). Both are free of Kubernetes.
 
+pub mod contract;
+pub mod delta;
 pub mod prometheus;
 pub mod scrape;
 pub mod text;
@@ -18,18 +24,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
 
-use crate::policy::{BackendKey, BackendObservation, Money, Observations, Outcome, SpendKey};
+pub use contract::SeriesKey;
+use delta::SeriesTotals;
 
-/// Counter of requests by route, backend and outcome.
-pub const REQUESTS_METRIC: &str = "tollgate_requests_total";
-/// Exact spend counter (integer nano-USD, floor of the exact total).
-pub const COST_NANOUSD_METRIC: &str = "tollgate_cost_nanousd_total";
-/// Request duration histogram: its `_sum` (seconds).
-pub const DURATION_SUM_METRIC: &str = "tollgate_request_duration_seconds_sum";
-/// Request duration histogram: its `_count`.
-pub const DURATION_COUNT_METRIC: &str = "tollgate_request_duration_seconds_count";
-/// Info metric carrying the revision of the config document a gateway serves.
-pub const REVISION_METRIC: &str = "tollgate_config_revision_info";
+use crate::policy::{Money, Observations, Outcome};
 
 /// Pico-dollars per nano-dollar.
 const PICOS_PER_NANO: i128 = 1000;
@@ -45,19 +43,6 @@ pub struct GatewayTarget {
     pub name: String,
     /// `ip:port` of its metrics listener (the container port named `metrics`), if known.
     pub address: Option<String>,
-}
-
-/// Identity of one metered backend series.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SeriesKey {
-    /// ModelRoute name.
-    pub route: String,
-    /// Backend name.
-    pub backend: String,
-    /// Provider.
-    pub provider: String,
-    /// Upstream model id.
-    pub model: String,
 }
 
 /// Cumulative latency of one series.
@@ -86,42 +71,37 @@ impl GatewayReading {
     /// Adds one sample of the signal contract; other metrics are ignored. `value` is the text
     /// of the sample value (integers are read exactly).
     pub fn add_sample(&mut self, metric: &str, labels: &BTreeMap<String, String>, value: &str) {
-        let series = || {
-            Some(SeriesKey {
-                route: labels.get("route")?.clone(),
-                backend: labels.get("backend")?.clone(),
-                provider: labels.get("provider").cloned().unwrap_or_default(),
-                model: labels.get("model").cloned().unwrap_or_default(),
-            })
-        };
+        let series = || SeriesKey::from_labels(labels);
         match metric {
-            REQUESTS_METRIC => {
-                let (Some(k), Some(o), Some(n)) =
-                    (series(), labels.get("outcome").and_then(|o| Outcome::from_label(o)), text::parse_count(value))
-                else {
+            contract::REQUESTS_TOTAL => {
+                let (Some(k), Some(o), Some(n)) = (
+                    series(),
+                    labels.get(contract::OUTCOME).and_then(|o| Outcome::from_label(o)),
+                    text::parse_count(value),
+                ) else {
                     return;
                 };
                 *self.requests.entry((k, o)).or_insert(0) += n;
             }
-            COST_NANOUSD_METRIC => {
+            contract::COST_NANOUSD_TOTAL => {
                 if let (Some(k), Some(n)) = (series(), text::parse_count(value)) {
                     *self.cost_nanousd.entry(k).or_insert(0) += n;
                 }
             }
-            DURATION_SUM_METRIC => {
+            contract::REQUEST_DURATION_SUM => {
                 if let (Some(k), Ok(v)) = (series(), value.parse::<f64>())
                     && v.is_finite()
                 {
                     self.latency.entry(k).or_default().sum_seconds += v;
                 }
             }
-            DURATION_COUNT_METRIC => {
+            contract::REQUEST_DURATION_COUNT => {
                 if let (Some(k), Some(n)) = (series(), text::parse_count(value)) {
                     self.latency.entry(k).or_default().count += n;
                 }
             }
-            REVISION_METRIC => {
-                if let Some(r) = labels.get("revision")
+            contract::CONFIG_REVISION_INFO => {
+                if let Some(r) = labels.get(contract::REVISION)
                     && text::parse_count(value).unwrap_or(0) > 0
                 {
                     self.revision = Some(r.clone());
@@ -140,6 +120,26 @@ impl GatewayReading {
         r
     }
 
+    /// The cumulative totals of each series, in the units of [`delta`]: latency as the whole
+    /// milliseconds of the cumulative sum (rounded once), spend as exact pico-dollars.
+    pub fn totals(&self) -> BTreeMap<SeriesKey, SeriesTotals> {
+        let mut out: BTreeMap<SeriesKey, SeriesTotals> = BTreeMap::new();
+        for ((k, o), n) in &self.requests {
+            *out.entry(k.clone()).or_default().outcomes.entry(*o).or_insert(0) += n;
+        }
+        for (k, l) in &self.latency {
+            let t = out.entry(k.clone()).or_default();
+            let ms = (l.sum_seconds.max(0.0) * 1000.0).round();
+            // Latency is not money: a float-to-integer conversion of milliseconds is fine here.
+            t.latency_ms_sum = if ms.is_finite() && ms < u64::MAX as f64 { ms as u64 } else { 0 };
+            t.latency_count = l.count;
+        }
+        for (k, n) in &self.cost_nanousd {
+            out.entry(k.clone()).or_default().spend = Money::from_picos(i128::from(*n) * PICOS_PER_NANO);
+        }
+        out
+    }
+
     /// Whether any counter went down compared with `earlier` (the gateway restarted).
     pub fn is_reset_of(&self, earlier: &GatewayReading) -> bool {
         let req = earlier.requests.iter().any(|(k, v)| self.requests.get(k).copied().unwrap_or(0) < *v);
@@ -153,7 +153,7 @@ impl GatewayReading {
     pub fn cost_matching(&self, provider: &str, models: &[String]) -> u64 {
         self.cost_nanousd
             .iter()
-            .filter(|(k, _)| k.provider == provider && (models.is_empty() || models.contains(&k.model)))
+            .filter(|(k, _)| crate::policy::coverage::covers(provider, models, &k.provider, &k.model))
             .map(|(_, v)| *v)
             .fold(0u64, u64::saturating_add)
     }
@@ -306,7 +306,7 @@ impl Tracker {
                     }
                 }
             };
-            add_deltas(&mut out.observations, &t.namespace, &prev, &reading);
+            delta::add_between(&mut out.observations, &t.namespace, &prev.totals(), &reading.totals());
             self.gateways.insert(t.uid.clone(), Tracked { namespace: t.namespace.clone(), last: reading });
         }
         out
@@ -325,7 +325,7 @@ fn seed_baselines(reading: &GatewayReading, seeds: &[CheckpointSeed]) -> BTreeMa
         let matching: Vec<(&SeriesKey, u64)> = reading
             .cost_nanousd
             .iter()
-            .filter(|(k, _)| k.provider == seed.provider && (seed.models.is_empty() || seed.models.contains(&k.model)))
+            .filter(|(k, _)| crate::policy::coverage::covers(&seed.provider, &seed.models, &k.provider, &k.model))
             .map(|(k, v)| (k, *v))
             .collect();
         let total: u64 = matching.iter().map(|(_, v)| *v).fold(0, u64::saturating_add);
@@ -349,41 +349,10 @@ fn seed_baselines(reading: &GatewayReading, seeds: &[CheckpointSeed]) -> BTreeMa
     base
 }
 
-fn add_deltas(obs: &mut Observations, namespace: &str, prev: &GatewayReading, now: &GatewayReading) {
-    for ((k, outcome), n) in &now.requests {
-        let before = prev.requests.get(&(k.clone(), *outcome)).copied().unwrap_or(0);
-        let d = n.saturating_sub(before);
-        if d > 0 {
-            let slot = obs.backends.entry(BackendKey::new(namespace, &k.route, &k.backend)).or_default();
-            *slot.outcomes.entry(*outcome).or_insert(0) += d;
-        }
-    }
-    for (k, l) in &now.latency {
-        let before = prev.latency.get(k).copied().unwrap_or_default();
-        let count = l.count.saturating_sub(before.count);
-        if count == 0 {
-            continue;
-        }
-        let ms = ((l.sum_seconds - before.sum_seconds).max(0.0) * 1000.0).round();
-        let slot: &mut BackendObservation =
-            obs.backends.entry(BackendKey::new(namespace, &k.route, &k.backend)).or_default();
-        slot.latency_count += count;
-        // Latency is not money: a float-to-integer conversion of milliseconds is fine here.
-        slot.latency_ms_sum += if ms.is_finite() && ms < u64::MAX as f64 { ms as u64 } else { 0 };
-    }
-    for (k, n) in &now.cost_nanousd {
-        let before = prev.cost_nanousd.get(k).copied().unwrap_or(0);
-        let d = n.saturating_sub(before);
-        if d > 0 {
-            *obs.spend.entry(SpendKey::new(namespace, &k.provider, &k.model)).or_default() +=
-                Money::from_picos(i128::from(d) * PICOS_PER_NANO);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::BackendKey;
 
     fn target(uid: &str) -> GatewayTarget {
         GatewayTarget { uid: uid.into(), namespace: "team-a".into(), name: uid.into(), address: None }

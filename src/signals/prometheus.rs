@@ -16,10 +16,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use super::{
-    COST_NANOUSD_METRIC, DURATION_COUNT_METRIC, DURATION_SUM_METRIC, GatewayReading, GatewayTarget, REQUESTS_METRIC,
-    REVISION_METRIC, ReadingResult, Signals,
-};
+use super::contract::READ_BY_CONTROLLER;
+use super::{GatewayReading, GatewayTarget, ReadingResult, Signals};
 
 /// Reads gateway counters from Prometheus' HTTP API (`/api/v1/query`).
 #[derive(Clone, Debug)]
@@ -66,13 +64,12 @@ impl PrometheusSignals {
         })
     }
 
-    /// The PromQL selecting every counter of the contract.
+    /// The PromQL selecting every sample the controller reads ([`READ_BY_CONTROLLER`]): one
+    /// instant vector selector on `__name__` (Prometheus anchors the regex at both ends). The
+    /// same query serves every budget and route: the controller filters by provider and models
+    /// itself, from the `provider` and `model` labels of the answer.
     pub fn query() -> String {
-        format!(
-            "{{__name__=~\"{}\"}}",
-            [REQUESTS_METRIC, COST_NANOUSD_METRIC, DURATION_SUM_METRIC, DURATION_COUNT_METRIC, REVISION_METRIC]
-                .join("|")
-        )
+        format!("{{__name__=~\"{}\"}}", READ_BY_CONTROLLER.join("|"))
     }
 
     async fn fetch(&self) -> Result<Vec<VectorSample>, String> {
@@ -174,6 +171,12 @@ mod tests {
         assert_eq!(u1.cost_matching("openai", &[]), 1500);
         assert_eq!(u1.revision.as_deref(), Some("sha256:1"));
         assert!(r["u2"].is_err());
-        assert!(PrometheusSignals::query().starts_with("{__name__=~\"tollgate_requests_total|"));
+        // Written out by hand: a renamed metric in the contract must show up here.
+        assert_eq!(
+            PrometheusSignals::query(),
+            "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|\
+             tollgate_request_duration_seconds_sum|tollgate_request_duration_seconds_count|\
+             tollgate_config_revision_info\"}"
+        );
     }
 }

@@ -1,0 +1,159 @@
+//! Observation deltas and merges, defined once: the gateway's exact meter (`tollgate local`),
+//! the controller's tracker of scraped or Prometheus readings and `local`'s carried-over
+//! observations all go through these functions.
+//!
+//! Rules:
+//! - Input is the *cumulative* totals of each series ([`SeriesTotals`]) at two times; output is
+//!   what happened in between, as the policy's [`Observations`] of one namespace.
+//! - A counter lower than before counts as zero (never a negative delta). Detecting a restarted
+//!   gateway (and then diffing against zero) is the caller's job.
+//! - Latency is in whole milliseconds of the cumulative sum, so successive deltas add up to the
+//!   total (each source rounds its cumulative sum once, not each delta).
+//! - A series that did nothing adds no entry: no empty backend rows, no zero spend.
+//! - Spend is exact [`Money`] (pico-dollars), never a float.
+
+use std::collections::BTreeMap;
+
+use super::contract::SeriesKey;
+use crate::policy::{BackendKey, BackendObservation, Money, Observations, Outcome, SpendKey};
+
+/// Cumulative totals of one series, in the units of the policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeriesTotals {
+    /// Attempts by outcome.
+    pub outcomes: BTreeMap<Outcome, u64>,
+    /// Sum of the latency of successful attempts, whole milliseconds.
+    pub latency_ms_sum: u64,
+    /// Number of successful attempts in `latency_ms_sum`.
+    pub latency_count: u64,
+    /// Exact spend.
+    pub spend: Money,
+}
+
+/// Adds to `obs` what series `key` of `namespace` did between `before` and `now`.
+pub fn add_delta(obs: &mut Observations, namespace: &str, key: &SeriesKey, before: &SeriesTotals, now: &SeriesTotals) {
+    let mut delta = BackendObservation::default();
+    for (o, n) in &now.outcomes {
+        let d = n.saturating_sub(before.outcomes.get(o).copied().unwrap_or(0));
+        if d > 0 {
+            delta.outcomes.insert(*o, d);
+        }
+    }
+    delta.latency_count = now.latency_count.saturating_sub(before.latency_count);
+    if delta.latency_count > 0 {
+        delta.latency_ms_sum = now.latency_ms_sum.saturating_sub(before.latency_ms_sum);
+    }
+    if !delta.outcomes.is_empty() || delta.latency_count > 0 {
+        let slot = obs.backends.entry(BackendKey::new(namespace, &key.route, &key.backend)).or_default();
+        add_backend(slot, &delta);
+    }
+    let spent = now.spend.saturating_sub(before.spend);
+    if spent > Money::ZERO {
+        *obs.spend.entry(SpendKey::new(namespace, &key.provider, &key.model)).or_default() += spent;
+    }
+}
+
+/// Adds to `obs` what every series in `now` did since `before` (a series missing from `before`
+/// counts from zero; one missing from `now` did nothing).
+pub fn add_between(
+    obs: &mut Observations,
+    namespace: &str,
+    before: &BTreeMap<SeriesKey, SeriesTotals>,
+    now: &BTreeMap<SeriesKey, SeriesTotals>,
+) {
+    let zero = SeriesTotals::default();
+    for (k, n) in now {
+        add_delta(obs, namespace, k, before.get(k).unwrap_or(&zero), n);
+    }
+}
+
+/// [`add_between`] into empty observations.
+pub fn observations_between(
+    namespace: &str,
+    before: &BTreeMap<SeriesKey, SeriesTotals>,
+    now: &BTreeMap<SeriesKey, SeriesTotals>,
+) -> Observations {
+    let mut obs = Observations::default();
+    add_between(&mut obs, namespace, before, now);
+    obs
+}
+
+/// Adds `more` into `into` (outcome counts, latency sums, spend).
+pub fn merge_observations(into: &mut Observations, more: Observations) {
+    for (k, o) in more.backends {
+        add_backend(into.backends.entry(k).or_default(), &o);
+    }
+    for (k, m) in more.spend {
+        *into.spend.entry(k).or_default() += m;
+    }
+}
+
+fn add_backend(slot: &mut BackendObservation, more: &BackendObservation) {
+    for (outcome, n) in &more.outcomes {
+        let c = slot.outcomes.entry(*outcome).or_insert(0);
+        *c = c.saturating_add(*n);
+    }
+    slot.latency_ms_sum = slot.latency_ms_sum.saturating_add(more.latency_ms_sum);
+    slot.latency_count = slot.latency_count.saturating_add(more.latency_count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(ok: u64, timeouts: u64, ms: u64, count: u64, picos: i128) -> SeriesTotals {
+        SeriesTotals {
+            outcomes: BTreeMap::from([(Outcome::Ok, ok), (Outcome::Timeout, timeouts)]),
+            latency_ms_sum: ms,
+            latency_count: count,
+            spend: Money::from_picos(picos),
+        }
+    }
+
+    #[test]
+    fn deltas_count_only_what_grew() {
+        let k = SeriesKey::new("chat", "a", "openai", "gpt");
+        let before = BTreeMap::from([(k.clone(), totals(3, 1, 30, 3, 100))]);
+        let now = BTreeMap::from([(k.clone(), totals(5, 1, 55, 5, 142))]);
+        let obs = observations_between("ns", &before, &now);
+        let b = &obs.backends[&BackendKey::new("ns", "chat", "a")];
+        assert_eq!(b.outcomes, BTreeMap::from([(Outcome::Ok, 2)]));
+        assert_eq!((b.latency_ms_sum, b.latency_count), (25, 2));
+        assert_eq!(obs.spend[&SpendKey::new("ns", "openai", "gpt")], Money::from_picos(42));
+        // Nothing happened: no rows at all.
+        assert_eq!(observations_between("ns", &now, &now), Observations::default());
+        // Counters that went down never give negative deltas.
+        assert_eq!(observations_between("ns", &now, &before), Observations::default());
+        // Unknown before: from zero.
+        let all = observations_between("ns", &BTreeMap::new(), &now);
+        assert_eq!(all.backends[&BackendKey::new("ns", "chat", "a")].requests(), 6);
+        assert_eq!(all.spend[&SpendKey::new("ns", "openai", "gpt")], Money::from_picos(142));
+    }
+
+    #[test]
+    fn merging_adds_everything() {
+        let k = SpendKey::new("default", "openai", "gpt-5");
+        let bk = BackendKey::new("default", "chat", "a");
+        let mut a = Observations::default();
+        a.spend.insert(k.clone(), Money::from_picos(5));
+        a.backends.insert(
+            bk.clone(),
+            BackendObservation { outcomes: BTreeMap::from([(Outcome::Ok, 1)]), latency_ms_sum: 10, latency_count: 1 },
+        );
+        let mut b = Observations::default();
+        b.spend.insert(k.clone(), Money::from_picos(7));
+        b.backends.insert(
+            bk.clone(),
+            BackendObservation {
+                outcomes: BTreeMap::from([(Outcome::Ok, 2), (Outcome::Timeout, 1)]),
+                latency_ms_sum: 25,
+                latency_count: 2,
+            },
+        );
+        merge_observations(&mut a, b);
+        assert_eq!(a.spend[&k], Money::from_picos(12));
+        let m = &a.backends[&bk];
+        assert_eq!(m.outcomes, BTreeMap::from([(Outcome::Ok, 3), (Outcome::Timeout, 1)]));
+        assert_eq!((m.latency_ms_sum, m.latency_count), (35, 3));
+    }
+}
