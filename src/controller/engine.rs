@@ -1002,7 +1002,10 @@ fn build_config(
 }
 
 /// The credentials Secret's data for the served routes; missing Secrets and keys are reported
-/// on the routes that reference them (the rest keeps working).
+/// on the routes that reference them (the rest keeps working). Only Secrets labelled
+/// `tollgate.dev/provider-key=true` are read: the watch sees no other, and the label is checked
+/// here again (defence in depth), so an unlabelled or missing one is `SecretNotOptedIn` and its
+/// value is never copied.
 fn credentials(
     snap: &Snapshot,
     ns: &str,
@@ -1011,12 +1014,22 @@ fn credentials(
 ) -> BTreeMap<String, Vec<u8>> {
     let mut data = BTreeMap::new();
     for (file, r) in credential_refs(served) {
-        let secret = snap
-            .secrets
-            .iter()
-            .find(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.name.as_deref() == Some(&r.name));
+        let label = crate::config::PROVIDER_KEY_LABEL;
+        let secret = snap.secrets.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata.name.as_deref() == Some(&r.name)
+                && s.metadata.labels.as_ref().and_then(|l| l.get(label)).map(String::as_str) == Some("true")
+        });
         let missing = match secret {
-            None => Some(("SecretNotFound", format!("Secret {ns}/{} not found", r.name))),
+            None => Some((
+                "SecretNotOptedIn",
+                format!(
+                    "Secret {ns}/{name} is missing or not labelled {label}=true, so tollgate may not read it; \
+                     if it holds this provider's key, its owner can opt it in with \
+                     `kubectl label secret -n {ns} {name} {label}=true`",
+                    name = r.name
+                ),
+            )),
             Some(s) => match s.data.as_ref().and_then(|d| d.get(&r.key)) {
                 Some(v) => {
                     data.insert(file, v.0.clone());
