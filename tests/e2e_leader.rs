@@ -65,15 +65,14 @@ async fn config_text(client: &Client, ns: &str) -> Option<String> {
 /// model: a write only the leader can make.
 async fn change_and_wait(client: &Client, ns: &str, weight: u32) -> Duration {
     let api = Api::<ModelRoute>::namespaced(client.clone(), ns);
-    api.patch("chat", &PatchParams::default(), &Patch::Merge(json!({"spec": route(weight)["spec"]})))
-        .await
-        .unwrap();
+    api.patch("chat", &PatchParams::default(), &Patch::Merge(json!({"spec": route(weight)["spec"]}))).await.unwrap();
     let want = format!("\"gpt-5-nano-{weight}\"");
-    let (_, took) = eventually(&format!("the ConfigMap with model gpt-5-nano-{weight}"), Duration::from_secs(15), || {
-        let (client, ns, want) = (client.clone(), ns.to_string(), want.clone());
-        async move { config_text(&client, &ns).await.filter(|d| d.contains(&want)) }
-    })
-    .await;
+    let (_, took) =
+        eventually(&format!("the ConfigMap with model gpt-5-nano-{weight}"), Duration::from_secs(15), || {
+            let (client, ns, want) = (client.clone(), ns.to_string(), want.clone());
+            async move { config_text(&client, &ns).await.filter(|d| d.contains(&want)) }
+        })
+        .await;
     took
 }
 

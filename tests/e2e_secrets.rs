@@ -42,12 +42,7 @@ async fn fake_upstream() -> (u16, Seen) {
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let s = s.clone();
         async move {
-            let auth = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
+            let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
             s.lock().unwrap().push((req.uri().path().to_string(), auth));
             axum::Json(json!({
                 "id": "chatcmpl-e2e", "object": "chat.completion", "created": 0, "model": "m",
@@ -64,7 +59,8 @@ async fn fake_upstream() -> (u16, Seen) {
 
 /// A client acting as ServiceAccount `sa` of `ns`, with a token from the TokenRequest API.
 async fn client_as(admin: &Client, ns: &str, sa: &str) -> Client {
-    let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let tr: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
     let token = Api::<ServiceAccount>::namespaced(admin.clone(), ns)
         .create_token_request(sa, &PostParams::default(), &tr)
         .await
@@ -155,8 +151,12 @@ async fn a_route_cannot_read_an_unlabelled_secret() {
     let team_key = format!("sk-team-{:016x}", rand::random::<u64>());
 
     // The Secrets' owner: a database password (unlabelled) and a provider key (labelled).
-    create::<Secret>(&admin, &ns, json!({"metadata": {"name": "db-password"}, "stringData": {"password": secret_value}}))
-        .await;
+    create::<Secret>(
+        &admin,
+        &ns,
+        json!({"metadata": {"name": "db-password"}, "stringData": {"password": secret_value}}),
+    )
+    .await;
     create::<Secret>(
         &admin,
         &ns,

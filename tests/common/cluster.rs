@@ -311,8 +311,9 @@ impl FakeGateway {
 
     pub fn text(&self) -> String {
         let g = self.0.lock().unwrap();
-        let labels =
-            |k: &[String; 4]| format!("route=\"{}\",backend=\"{}\",provider=\"{}\",model=\"{}\"", k[0], k[1], k[2], k[3]);
+        let labels = |k: &[String; 4]| {
+            format!("route=\"{}\",backend=\"{}\",provider=\"{}\",model=\"{}\"", k[0], k[1], k[2], k[3])
+        };
         let mut out = String::from("# TYPE tollgate_requests counter\n");
         for (k, c) in &g.0 {
             let l = labels(k);
