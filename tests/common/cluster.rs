@@ -294,9 +294,12 @@ pub struct Counters {
     pub nanousd: u64,
 }
 
+/// Counters by [route, backend, provider, model], and the config revision served.
+type Gauges = (BTreeMap<[String; 4], Counters>, String);
+
 /// What a fake gateway's `/metrics` serves: the gateway's own metric families, written by hand.
 #[derive(Clone, Default)]
-pub struct FakeGateway(Arc<Mutex<(BTreeMap<[String; 4], Counters>, String)>>);
+pub struct FakeGateway(Arc<Mutex<Gauges>>);
 
 impl FakeGateway {
     /// Sets the counters of route/backend (provider, model) to these cumulative values.
