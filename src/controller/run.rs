@@ -175,9 +175,10 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
 ///
 /// Standby: kube-lease-manager alone sleeps until the holder's lease would expire, even after the
 /// holder released it (a SIGTERM'd leader), so a standby took ~5 s to take over. Here the standby
-/// also reads the Lease every [`STANDBY_POLL`]; when it is free it starts over with a fresh
-/// manager (whose first step reads the Lease and takes it), so a released lease is taken within
-/// about `STANDBY_POLL` plus two API calls. A crashed holder's lease is taken when it expires.
+/// also reads the Lease every [`STANDBY_POLL`]; when another holder's lease becomes free it
+/// starts over with a fresh manager (whose first step reads the Lease and takes it), so a
+/// released lease is taken within about `STANDBY_POLL` plus a few API calls. A crashed holder's
+/// lease is taken when it expires (plus up to `STANDBY_POLL`).
 /// Each replica uses its own field manager (the crate's documented requirement), so that two
 /// standbys taking a free lease at once conflict instead of both winning.
 async fn lead(
@@ -272,19 +273,21 @@ async fn lead(
     result
 }
 
-/// Resolves when the Lease has no holder, is gone, or names `identity` (a lock of ours that the
-/// manager did not see through); errors and other holders keep it waiting.
+/// Resolves when the Lease, after being seen held by another replica, has no holder or is gone
+/// (released, or force-released once expired). A Lease free from the start resolves nothing: the
+/// running manager takes it, and is not interrupted mid-lock. Errors keep it waiting.
 async fn lease_free(leases: &Api<Lease>, name: &str, identity: &str) {
+    let mut held_by_other = false;
     loop {
         tokio::time::sleep(STANDBY_POLL).await;
-        match leases.get_opt(name).await {
-            Ok(None) => return,
-            Ok(Some(l)) => match l.spec.and_then(|s| s.holder_identity) {
-                None => return,
-                Some(h) if h == identity => return,
-                Some(_) => {}
-            },
-            Err(_) => {}
+        let holder = match leases.get_opt(name).await {
+            Ok(l) => l.and_then(|l| l.spec).and_then(|s| s.holder_identity),
+            Err(_) => continue,
+        };
+        match holder {
+            Some(h) if h != identity => held_by_other = true,
+            None if held_by_other => return,
+            _ => {}
         }
     }
 }
