@@ -173,7 +173,7 @@ pub fn free_port() -> u16 {
 // ---- tollgate processes ------------------------------------------------------------------------
 
 /// A `tollgate` child process with its stderr in a log file; killed when dropped, its log tail
-/// printed when the test is failing.
+/// printed when the test is failing (the log is kept then, removed otherwise).
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
@@ -227,10 +227,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.kill();
         if std::thread::panicking() {
             eprintln!("--- {} log {} (tail) ---\n{}", self.name, self.log.display(), self.log_tail(40));
+        } else {
+            let _ = std::fs::remove_file(&self.log);
         }
-        self.kill();
     }
 }
 
