@@ -93,10 +93,19 @@ fn with_status(mut obj: Value, status: &Value) -> Value {
 fn openai_secret() -> Secret {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "openai", "namespace": NS, "uid": "uid-secret-openai"},
+        "metadata": {"name": "openai", "namespace": NS, "uid": "uid-secret-openai",
+                     "labels": {"tollgate.dev/provider-key": "true"}},
         "data": {"api-key": base64::engine::general_purpose::STANDARD.encode("sk-test")}
     }))
     .unwrap()
+}
+
+/// The same Secret without the opt-in label (issue 18): the watch never delivers it, and the
+/// controller must not read it if it did.
+fn unlabelled_openai_secret() -> Secret {
+    let mut s = openai_secret();
+    s.metadata.labels = None;
+    s
 }
 
 fn gateway_pod() -> Pod {
@@ -524,7 +533,7 @@ async fn conflicts_and_server_errors_are_retried() {
     h.finish().await;
 }
 
-/// A missing Secret, a route that breaks a CEL rule and a route the Rust type cannot read: each
+/// A Secret not opted in, a route that breaks a CEL rule and a route the Rust type cannot read: each
 /// gets a condition naming the field and one Event; the rest of the namespace keeps working.
 #[tokio::test]
 async fn bad_input_is_reported_not_fatal() {
@@ -534,7 +543,8 @@ async fn bad_input_is_reported_not_fatal() {
         json!({"health": {"errorRate": {"trip": "0.10", "recover": "0.50"}}}),
     );
     let unreadable = route_json("unreadable", chat_backends(), json!({"strategy": "Fastest"}));
-    let world = World::new(vec![broken.clone(), chat(), unreadable.clone()], vec![]);
+    // The Secret is in the store but not opted in (as if the watch had delivered it anyway).
+    let world = World::new(vec![broken.clone(), chat(), unreadable.clone()], vec![unlabelled_openai_secret()]);
     let doc = expected_doc(&[chat()]);
     let raw = unreadable.clone();
     let expects = vec![
@@ -545,7 +555,7 @@ async fn bad_input_is_reported_not_fatal() {
             let d = doc_of(b);
             assert_eq!(d, doc, "only the valid route is served");
         }),
-        // The referenced Secret is missing: the credentials Secret has no key for it.
+        // The referenced Secret is not opted in: the credentials Secret has no key for it.
         expect("PATCH", SECRET_URI, |b| assert_eq!(b, &secret_body(json!({})))),
         expect("PATCH", status_uri("modelroutes", "broken"), |b| {
             let s = status_envelope("ModelRoute", "broken", b);
@@ -558,8 +568,13 @@ async fn bad_input_is_reported_not_fatal() {
         expect("PATCH", status_uri("modelroutes", "chat"), |b| {
             let s = status_envelope("ModelRoute", "chat", b);
             let ready = condition(&s, "Ready");
-            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("SecretNotFound")));
-            assert_eq!(ready["message"], "spec.backends[0].endpoint.apiKeySecretRef: Secret team-a/openai not found");
+            assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("SecretNotOptedIn")));
+            assert_eq!(
+                ready["message"],
+                "spec.backends[0].endpoint.apiKeySecretRef: Secret team-a/openai is missing or not labelled \
+                 tollgate.dev/provider-key=true, so tollgate may not read it; if it holds this provider's key, its \
+                 owner can opt it in with `kubectl label secret -n team-a openai tollgate.dev/provider-key=true`"
+            );
             // Still decided and served.
             assert_eq!(s["state"], "Serving");
         }),
@@ -579,7 +594,8 @@ async fn bad_input_is_reported_not_fatal() {
             assert_eq!(b["regarding"]["name"], "broken");
         }),
         expect("POST", EVENTS_URI, |b| {
-            assert_eq!(b["reason"], "SecretNotFound");
+            assert_eq!(b["reason"], "SecretNotOptedIn");
+            assert_eq!(b["type"], "Warning");
             assert_eq!(b["regarding"]["name"], "chat");
             assert!(b["note"].as_str().unwrap().contains("apiKeySecretRef"));
         }),

@@ -300,10 +300,11 @@ async fn controller_end_to_end() {
         .await;
     println!("namespace {ns}");
 
-    // The referenced Secrets, then the example manifests (chat's ejection lengthened so that it
+    // The referenced Secrets (opted in with the provider-key label), then the example manifests (chat's ejection lengthened so that it
     // outlasts the restart below).
     for name in ["openai", "deepseek", "anthropic", "gemini"] {
-        let s = json!({"metadata": {"name": name}, "stringData": {"api-key": format!("sk-{name}-e2e")}});
+        let s = json!({"metadata": {"name": name, "labels": {"tollgate.dev/provider-key": "true"}},
+                       "stringData": {"api-key": format!("sk-{name}-e2e")}});
         create::<Secret>(&client, &ns, s).await;
     }
     let mut controller = Controller::start(&ns, "e2e-controller-1");

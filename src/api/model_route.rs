@@ -198,8 +198,11 @@ pub struct Endpoint {
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s]+$"))]
     pub base_url: Option<String>,
 
-    /// Secret key holding the API key. The key is copied into the gateway credentials Secret,
-    /// never into the ConfigMap, a status, an event or a log line.
+    /// Secret key holding the API key. The Secret must carry the label
+    /// `tollgate.dev/provider-key: "true"` (set by whoever may write Secrets: their consent);
+    /// the controller neither sees nor reads other Secrets, and a route naming one is not Ready
+    /// (reason `SecretNotOptedIn`). The key is copied into the gateway credentials Secret, never
+    /// into the ConfigMap, a status, an event or a log line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
 

@@ -34,6 +34,11 @@ impl SnapshotObjects {
         let secrets = snap
             .secrets
             .iter()
+            // Defence in depth (issue 18): only opted-in Secrets, whatever the store holds.
+            .filter(|s| {
+                s.metadata.labels.as_ref().and_then(|l| l.get(crate::config::PROVIDER_KEY_LABEL)).map(String::as_str)
+                    == Some("true")
+            })
             .filter_map(|s| {
                 let key = ObjectKey::new(s.metadata.namespace.clone()?, s.metadata.name.clone()?);
                 let data = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();

@@ -1,5 +1,9 @@
 //! Wiring: API client, CRD check, watchers and their stores, leader election, the interval
 //! loop, SIGTERM, the HTTP endpoints.
+//!
+//! Secrets are watched with the label selector `tollgate.dev/provider-key=true` only (issue 18):
+//! other Secrets are never listed, watched or cached. A standby reads the Lease every
+//! `STANDBY_POLL` so that a released lease is taken at once (see `lead`).
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -9,6 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
@@ -38,6 +43,8 @@ use crate::signals::scrape::ScrapeSignals;
 const DEBOUNCE: Duration = Duration::from_millis(250);
 /// First retry of a failed pass.
 const RETRY_MIN: Duration = Duration::from_secs(1);
+/// How often a standby reads the Lease to see it released (one GET each).
+const STANDBY_POLL: Duration = Duration::from_millis(200);
 
 /// `tollgate controller`: runs until SIGTERM, a lost lease or a fatal error.
 pub fn run_controller(args: ControllerArgs) -> ExitCode {
@@ -125,6 +132,15 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
 }
 
 /// Waits for the lease, runs the engine while holding it, exits when it is lost.
+///
+/// Standby: kube-lease-manager alone sleeps until the holder's lease would expire, even after the
+/// holder released it (a SIGTERM'd leader), so a standby took ~5 s to take over. Here the standby
+/// also reads the Lease every [`STANDBY_POLL`]; when another holder's lease becomes free it
+/// starts over with a fresh manager (whose first step reads the Lease and takes it), so a
+/// released lease is taken within about `STANDBY_POLL` plus a few API calls. A crashed holder's
+/// lease is taken when it expires (plus up to `STANDBY_POLL`).
+/// Each replica uses its own field manager (the crate's documented requirement), so that two
+/// standbys taking a free lease at once conflict instead of both winning.
 async fn lead(
     ctx: Arc<Context>,
     signals: Arc<dyn Signals>,
@@ -136,32 +152,56 @@ async fn lead(
     let namespace = args.lease_namespace.clone().unwrap_or_else(|| ctx.client.default_namespace().to_string());
     let duration = args.lease_duration.as_secs().max(2);
     let identity = format!("{pod_name}-{:08x}", rand::random::<u32>());
-    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .with_field_manager("tollgate-controller-lease")
-        .build()
-        .await
-        .map_err(|e| Error::Lease(format!("Lease {namespace}/{}: {e}", args.lease_name)))?;
-    let (mut leader, task) = manager.watch().await;
+    let lease = format!("{namespace}/{}", args.lease_name);
+    let build = || async {
+        LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .with_field_manager(format!("tollgate-controller-lease-{identity}"))
+            .build()
+            .await
+            .map_err(|e| Error::Lease(format!("Lease {lease}: {e}")))
+    };
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
     health.set(Phase::Standby);
-    info!(lease = %format!("{namespace}/{}", args.lease_name), %identity, "waiting for the leader lease");
-    while !*leader.borrow_and_update() {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                drop(leader);
-                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-                return Ok(());
-            }
-            changed = leader.changed() => {
-                if changed.is_err() {
-                    return Err(Error::Lease("the lease task stopped".into()));
+    info!(%lease, %identity, "waiting for the leader lease");
+    enum Standby {
+        Acquired,
+        Free,
+        Failed(kube_lease_manager::LeaseManagerError),
+        Stop,
+    }
+    let manager = loop {
+        let manager = build().await?;
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => Standby::Stop,
+            r = manager.changed() => match r {
+                Ok(true) => Standby::Acquired,
+                Ok(false) => Standby::Free,
+                Err(e) => Standby::Failed(e),
+            },
+            _ = lease_free(&leases, &args.lease_name, &identity) => Standby::Free,
+        };
+        match outcome {
+            Standby::Acquired => break manager,
+            Standby::Free => {}
+            Standby::Failed(e) => {
+                warn!(%lease, error = %e, "leader election step failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(RETRY_MIN) => {}
                 }
             }
+            Standby::Stop => {
+                // A lock that completed as the signal came is given back.
+                let _ = tokio::time::timeout(Duration::from_secs(5), manager.release()).await;
+                return Ok(());
+            }
         }
-    }
+    };
+    let (mut leader, task) = manager.watch().await;
     info!(%identity, "acquired the leader lease");
     ctx.metrics.leader.set(1);
     let stop = shutdown.child_token();
@@ -191,6 +231,25 @@ async fn lead(
         _ => warn!("could not release the leader lease in time"),
     }
     result
+}
+
+/// Resolves when the Lease, after being seen held by another replica, has no holder or is gone
+/// (released, or force-released once expired). A Lease free from the start resolves nothing: the
+/// running manager takes it, and is not interrupted mid-lock. Errors keep it waiting.
+async fn lease_free(leases: &Api<Lease>, name: &str, identity: &str) {
+    let mut held_by_other = false;
+    loop {
+        tokio::time::sleep(STANDBY_POLL).await;
+        let holder = match leases.get_opt(name).await {
+            Ok(l) => l.and_then(|l| l.spec).and_then(|s| s.holder_identity),
+            Err(_) => continue,
+        };
+        match holder {
+            Some(h) if h != identity => held_by_other = true,
+            None if held_by_other => return,
+            _ => {}
+        }
+    }
 }
 
 /// Reflector stores of one kind, one per watched scope.
@@ -273,7 +332,21 @@ async fn run_engine(
         watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
     let budgets: Stores<DeserializeGuard<ProviderBudget>> =
         watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
-    let secrets: Stores<Secret> = watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
+    // Only opted-in Secrets (issue 18): the others are never listed, watched or cached.
+    let secrets: Stores<Secret> = watch(
+        apis(client, ns),
+        watcher::Config::default().labels(crate::config::PROVIDER_KEY_SELECTOR),
+        Some(notify.clone()),
+        &mut tasks,
+    );
+    // The credentials Secret the controller itself writes (to skip writes that change nothing);
+    // it carries no opt-in label, so the plan never reads it as a provider key.
+    let own_secrets: Stores<Secret> = watch(
+        apis(client, ns),
+        watcher::Config::default().fields(&format!("metadata.name={}", ctx.settings.credentials_secret)),
+        None,
+        &mut tasks,
+    );
     let configmaps: Stores<ConfigMap> = watch(
         apis(client, ns),
         watcher::Config::default().fields(&format!("metadata.name={}", args.configmap_name)),
@@ -287,7 +360,7 @@ async fn run_engine(
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             synced = async {
-                routes.ready().await && budgets.ready().await && secrets.ready().await
+                routes.ready().await && budgets.ready().await && secrets.ready().await && own_secrets.ready().await
                     && configmaps.ready().await && pods.ready().await
             } => if !synced {
                 return Err(Error::Io(std::io::Error::other("a watcher stopped before its cache synced")));
@@ -319,7 +392,7 @@ async fn run_engine(
             let snap = Snapshot {
                 routes: routes.state(),
                 budgets: budgets.state(),
-                secrets: secrets.state(),
+                secrets: secrets.state().into_iter().chain(own_secrets.state()).collect(),
                 pods: pods.state(),
                 configmaps: configmaps.state(),
             };

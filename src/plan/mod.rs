@@ -53,7 +53,7 @@ pub fn clip_note(s: &str) -> String {
 /// A problem with one object, reported in its `Ready` condition (and by one Event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// CamelCase reason (`InvalidSpec`, `SecretNotFound`...).
+    /// CamelCase reason (`InvalidSpec`, `SecretNotOptedIn`...).
     pub reason: &'static str,
     /// What is wrong, naming the field.
     pub message: String,
@@ -380,7 +380,9 @@ fn build_config(
 }
 
 /// The credentials Secret's data for the served routes; missing Secrets and keys are reported
-/// on the routes that reference them (the rest keeps working).
+/// on the routes that reference them (the rest keeps working). `secrets` holds only Secrets
+/// labelled `tollgate.dev/provider-key=true` (the adapter filters them, issue 18), so a missing
+/// or unlabelled one is `SecretNotOptedIn` and its value is never copied.
 fn credentials(
     secrets: &SecretData,
     ns: &str,
@@ -390,7 +392,18 @@ fn credentials(
     let mut data = BTreeMap::new();
     for (file, r) in credential_refs(served) {
         let missing = match secrets.get(&ObjectKey::new(ns, r.name.clone())) {
-            None => Some(("SecretNotFound", format!("Secret {ns}/{} not found", r.name))),
+            None => {
+                let label = crate::config::PROVIDER_KEY_LABEL;
+                Some((
+                    "SecretNotOptedIn",
+                    format!(
+                        "Secret {ns}/{name} is missing or not labelled {label}=true, so tollgate may not read it; \
+                         if it holds this provider's key, its owner can opt it in with \
+                         `kubectl label secret -n {ns} {name} {label}=true`",
+                        name = r.name
+                    ),
+                ))
+            }
             Some(s) => match s.get(&r.key) {
                 Some(v) => {
                     data.insert(file, v.clone());

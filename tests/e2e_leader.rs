@@ -1,0 +1,194 @@
+//! Leader election of `tollgate controller` on a real API server (`KUBECONFIG`; skips without).
+//!
+//! Two replicas on one namespace: the Lease names the first as holder, only it writes (its
+//! Events, its log says "applied", the standby's does not and reports `standby` on /readyz and
+//! leader 0 on /metrics). SIGTERM of the holder releases the Lease and the standby holds it in
+//! under a second (measured from the signal to the Lease naming the standby, printed). A third
+//! replica takes over from a SIGKILLed holder within the lease duration plus slack (printed).
+//! Finally the holder's Lease is taken over through the API (holderIdentity overwritten): the
+//! replica exits non-zero, saying that it lost the lease.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::time::{Duration, Instant};
+
+use cluster::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tollgate::api::ModelRoute;
+
+/// The controllers' `--lease-duration` (see `Controller::start`).
+const LEASE: Duration = Duration::from_secs(4);
+/// Default `--lease-name`.
+const LEASE_NAME: &str = "tollgate-controller";
+
+fn route(weight: u32) -> serde_json::Value {
+    json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "ModelRoute",
+        "metadata": {"name": "chat"},
+        "spec": {"backends": [
+            {"name": "mock-a", "provider": "openai", "model": "gpt-5-mini", "weight": weight,
+             "endpoint": {"mock": {"latency": "1ms"}}, "pricing": {"input": "0.25", "output": "2.00"}},
+            {"name": "mock-b", "provider": "openai", "model": format!("gpt-5-nano-{weight}"), "weight": 10,
+             "endpoint": {"mock": {"latency": "1ms"}}, "pricing": {"input": "0.05", "output": "0.40"}}
+        ]}
+    })
+}
+
+/// Waits until the Lease names a replica of `name` (identities are `{pod name}-{8 hex}`).
+async fn wait_holder(client: &Client, ns: &str, name: &str, limit: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let prefix = format!("{name}-");
+    loop {
+        if let Some(h) = lease_holder(client, ns, LEASE_NAME).await.filter(|h| h.starts_with(&prefix)) {
+            return (h, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "the Lease did not name {name} within {limit:?} (holder {:?})",
+            lease_holder(client, ns, LEASE_NAME).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn config_text(client: &Client, ns: &str) -> Option<String> {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("tollgate-gateway").await.ok()??;
+    cm.data?.get("config.json").cloned()
+}
+
+/// Changes the route (mock-b's model names `weight`) and waits until the ConfigMap has the new
+/// model: a write only the leader can make.
+async fn change_and_wait(client: &Client, ns: &str, weight: u32) -> Duration {
+    let api = Api::<ModelRoute>::namespaced(client.clone(), ns);
+    api.patch("chat", &PatchParams::default(), &Patch::Merge(json!({"spec": route(weight)["spec"]}))).await.unwrap();
+    let want = format!("\"gpt-5-nano-{weight}\"");
+    let (_, took) =
+        eventually(&format!("the ConfigMap with model gpt-5-nano-{weight}"), Duration::from_secs(15), || {
+            let (client, ns, want) = (client.clone(), ns.to_string(), want.clone());
+            async move { config_text(&client, &ns).await.filter(|d| d.contains(&want)) }
+        })
+        .await;
+    took
+}
+
+fn applied_lines(p: &Proc) -> usize {
+    p.log_text().lines().filter(|l| l.contains("applied gateway config")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_fast_handover() {
+    let suite = Instant::now();
+    let Some(client) = client_or_skip("e2e_leader").await else { return };
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client, "tollgate-leader").await;
+    create::<ModelRoute>(&client, &ns, route(90)).await;
+
+    // Replica a starts first and takes the Lease; replica b waits.
+    let a = Controller::start(&ns, "leader-a", &[]);
+    let (holder_a, took) = wait_holder(&client, &ns, "leader-a", Duration::from_secs(20)).await;
+    println!("leader-a holds the Lease as {holder_a} {took:?} after its start");
+    let mut a = a;
+    let b = Controller::start(&ns, "leader-b", &[]);
+    eventually("leader-b in standby", Duration::from_secs(15), || async {
+        (b.phase().await.as_deref() == Some("standby")).then_some(())
+    })
+    .await;
+    eventually("leader-a leading", Duration::from_secs(15), || async {
+        (a.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+    assert_eq!(a.leader_gauge().await.as_deref(), Some("1"));
+    assert_eq!(b.leader_gauge().await.as_deref(), Some("0"));
+    assert_eq!(lease_holder(&client, &ns, LEASE_NAME).await.as_deref(), Some(holder_a.as_str()));
+
+    // Only the holder writes: a change while both run is applied by a alone.
+    eventually("the first ConfigMap", Duration::from_secs(15), || async {
+        config_text(&client, &ns).await.filter(|d| d.contains("\"gpt-5-nano-90\""))
+    })
+    .await;
+    let took = change_and_wait(&client, &ns, 80).await;
+    println!("ConfigMap followed a route change in {took:?} (leader-a)");
+    // (Its log line follows the write it reports.)
+    eventually("leader-a's two \"applied gateway config\" lines", Duration::from_secs(5), || async {
+        (applied_lines(&a.proc) >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(applied_lines(&b.proc), 0, "the standby wrote:\n{}", b.proc.log_text());
+    assert!(!b.proc.log_text().contains("caches synced"), "the standby started its watchers");
+    // The route change is a rotation: its Event comes from the leader.
+    let (ev, _) = eventually("a RouteRotated Event", Duration::from_secs(10), || async {
+        let ev = events(&client, &ns).await;
+        (!events_of(&ev, "RouteRotated", "chat").is_empty()).then_some(ev)
+    })
+    .await;
+    for e in &ev {
+        assert_eq!(e.reporting_instance.as_deref(), Some("leader-a"), "{e:?}");
+    }
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get("tollgate-gateway").await.unwrap();
+    let managers: Vec<String> =
+        cm.metadata.managed_fields.unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    println!("ConfigMap field managers: {managers:?}; {} Events, all reported by leader-a", ev.len());
+
+    // SIGTERM: a releases the Lease on its way out and b takes it at once.
+    a.proc.signal("-TERM");
+    let (holder_b, handover) = wait_holder(&client, &ns, "leader-b", Duration::from_secs(10)).await;
+    let status = a.proc.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "leader-a after SIGTERM: {status}\n{}", a.proc.log_tail(20));
+    assert!(a.proc.log_text().contains("released the leader lease"), "{}", a.proc.log_tail(20));
+    println!("TAKE-OVER after SIGTERM of the holder: {handover:?} (SIGTERM sent -> Lease names {holder_b})");
+    assert!(handover < Duration::from_secs(1), "take-over after a released Lease took {handover:?}");
+    eventually("leader-b leading", Duration::from_secs(10), || async {
+        (b.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+    let took = change_and_wait(&client, &ns, 70).await;
+    println!("ConfigMap followed a route change in {took:?} (leader-b)");
+    eventually("leader-b's \"applied gateway config\" line", Duration::from_secs(5), || async {
+        (applied_lines(&b.proc) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(b.leader_gauge().await.as_deref(), Some("1"));
+
+    // SIGKILL: no release; replica c takes over when b's lease expires.
+    let mut b = b;
+    let c = Controller::start(&ns, "leader-c", &[]);
+    eventually("leader-c in standby", Duration::from_secs(15), || async {
+        (c.phase().await.as_deref() == Some("standby")).then_some(())
+    })
+    .await;
+    let renewed = Api::<Lease>::namespaced(client.clone(), &ns).get(LEASE_NAME).await.unwrap();
+    b.proc.kill();
+    let (holder_c, crash) = wait_holder(&client, &ns, "leader-c", LEASE + Duration::from_secs(3)).await;
+    println!(
+        "TAKE-OVER after SIGKILL of the holder: {crash:?} (lease duration {LEASE:?}; last renewal {:?})",
+        renewed.spec.and_then(|s| s.renew_time).map(|t| t.0.to_string())
+    );
+    assert!(crash <= LEASE + Duration::from_millis(1500), "take-over after a crash took {crash:?}");
+    eventually("leader-c leading", Duration::from_secs(10), || async {
+        (c.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+
+    // Someone else takes the Lease through the API: c notices at its next renewal and exits 1.
+    let mut c = c;
+    let stolen = Instant::now();
+    Api::<Lease>::namespaced(client.clone(), &ns)
+        .patch(
+            LEASE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 60,
+                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now())}})),
+        )
+        .await
+        .unwrap();
+    let status = c.proc.wait_exit(LEASE + Duration::from_secs(3)).await;
+    println!("replica that lost its Lease ({holder_c}) exited {status} {:?} after the overwrite", stolen.elapsed());
+    assert!(!status.success(), "a replica that lost its lease must exit non-zero");
+    assert!(c.proc.log_text().contains("lost the leader lease"), "{}", c.proc.log_tail(20));
+    println!("e2e_leader took {:?}", suite.elapsed());
+}
