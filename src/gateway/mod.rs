@@ -22,8 +22,12 @@
 //! # let _ = (api, obs); Ok(()) }
 //! ```
 
+mod answer;
 mod errors;
+mod limits;
+mod listen;
 mod metrics;
+mod redact;
 mod mock;
 mod reload;
 mod request;
@@ -33,7 +37,6 @@ mod stream;
 mod upstream;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,14 +46,11 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::http::{HeaderValue, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use errors::ApiError;
+pub use listen::{ServeLimits, ShutdownCut, serve, serve_sharded};
 pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
 pub use mock::mock_tokens;
 pub use reload::{ReloadOutcome, watch_config_file};
@@ -84,6 +84,18 @@ pub struct GatewayOptions {
     pub total_timeout: Duration,
     /// Longest silence between two chunks of a stream.
     pub idle_stream_timeout: Duration,
+    /// Longest silence while reading a request body (past it: 408, connection closed).
+    pub body_read_timeout: Duration,
+    /// Largest server-sent event of an upstream stream (larger: the stream ends with an error
+    /// event).
+    pub max_sse_event_bytes: usize,
+    /// Bytes of whole (non-stream) upstream answers held at once, all requests together (over
+    /// it: 503).
+    pub max_buffered_bytes: usize,
+    /// After a streaming client left, how long the upstream is still read for its usage.
+    pub disconnect_drain_timeout: Duration,
+    /// After a streaming client left, how many upstream bytes are still read for its usage.
+    pub disconnect_drain_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -96,6 +108,11 @@ impl Default for GatewayOptions {
             first_byte_timeout: Duration::from_secs(120),
             total_timeout: Duration::from_secs(600),
             idle_stream_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_sse_event_bytes: limits::DEFAULT_MAX_SSE_EVENT_BYTES,
+            max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
+            disconnect_drain_timeout: Duration::from_secs(30),
+            disconnect_drain_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -218,6 +235,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) upstream: upstream::Upstream,
     pub(crate) opts: GatewayOptions,
+    pub(crate) limits: limits::Shared,
 }
 
 /// The data plane, without sockets. Cheap to clone (all clones share state).
@@ -238,7 +256,13 @@ impl Gateway {
     pub fn new(initial: Option<GatewayConfig>, opts: GatewayOptions) -> Result<Self, GatewayError> {
         let upstream = upstream::Upstream::new(&opts)?;
         let gw = Gateway {
-            inner: Arc::new(Inner { current: ArcSwapOption::empty(), metrics: Metrics::new(), upstream, opts }),
+            inner: Arc::new(Inner {
+                current: ArcSwapOption::empty(),
+                metrics: Metrics::new(),
+                upstream,
+                limits: limits::Shared::new(&opts),
+                opts,
+            }),
         };
         if let Some(cfg) = initial {
             gw.swap_config(cfg)?;
@@ -307,157 +331,6 @@ impl Gateway {
     }
 }
 
-/// HTTP server limits.
-#[derive(Clone, Copy, Debug)]
-pub struct ServeLimits {
-    /// Largest request head (request line + headers), bytes.
-    pub max_header_bytes: usize,
-    /// Time allowed to receive a request head.
-    pub header_read_timeout: Duration,
-    /// After shutdown is asked, how long in-flight requests may take to finish.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(25),
-        }
-    }
-}
-
-fn conn_builder(limits: ServeLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-}
-
-fn serve_stream(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    stream: TcpStream,
-    router: &Router,
-) {
-    let _ = stream.set_nodelay(true);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
-    let conn = graceful.watch(conn.into_owned());
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-}
-
-async fn drain(graceful: GracefulShutdown, grace: Duration) {
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
-        }
-    }
-}
-
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) on the current runtime until `shutdown`
-/// resolves, then lets in-flight requests finish for at most `limits.shutdown_grace`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    limits: ServeLimits,
-    shutdown: impl Future<Output = ()> + Send,
-) {
-    let builder = conn_builder(limits);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_stream(&builder, &graceful, stream, &router),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    drain(graceful, limits.shutdown_grace).await;
-}
-
-/// Thread-per-core serving: this task accepts; `workers` threads, each with its own
-/// single-threaded runtime, serve the connections handed to them in turn. A connection, its
-/// requests and their upstream connections then stay on one thread, without cross-thread
-/// wake-ups (what makes the gateway's added latency close to a plain reverse proxy's).
-/// `workers` ≤ 1 serves on the current runtime.
-pub async fn serve_sharded(
-    listener: TcpListener,
-    router: Router,
-    limits: ServeLimits,
-    workers: usize,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    if workers <= 1 {
-        serve(listener, router, limits, shutdown.cancelled_owned()).await;
-        return Ok(());
-    }
-    let mut senders = Vec::with_capacity(workers);
-    let mut threads = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (router, token) = (router.clone(), shutdown.clone());
-        let thread = std::thread::Builder::new().name(format!("tollgate-api-{i}")).spawn(move || {
-            rt.block_on(async move {
-                let builder = conn_builder(limits);
-                let graceful = GracefulShutdown::new();
-                loop {
-                    tokio::select! {
-                        next = rx.recv() => match next.map(TcpStream::from_std) {
-                            Some(Ok(stream)) => serve_stream(&builder, &graceful, stream, &router),
-                            Some(Err(e)) => tracing::warn!(error = %e, "cannot adopt a connection"),
-                            None => break,
-                        },
-                        () = token.cancelled() => break,
-                    }
-                }
-                drain(graceful, limits.shutdown_grace).await;
-            });
-        })?;
-        senders.push(tx);
-        threads.push(thread);
-    }
-    let mut next = 0usize;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
-                Ok(stream) => {
-                    let _ = senders[next % workers].send(stream);
-                    next = next.wrapping_add(1);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        }
-    }
-    drop(listener);
-    drop(senders);
-    let _ = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-    })
-    .await;
-    Ok(())
-}
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let ms = parse_duration_ms(s)?;
     Ok(Duration::from_millis(u64::try_from(ms).map_err(|_| format!("{s:?}: negative"))?))
@@ -517,6 +390,32 @@ pub struct GatewayArgs {
     /// Longest silence between two chunks of a stream.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_stream_timeout: Duration,
+    /// Longest silence while reading a request body (past it: 408 and the connection closes).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Longest a client connection may make no progress: idle between requests (keep-alive),
+    /// or not reading its response.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub client_idle_timeout: Duration,
+    /// Client connections served at once per listener; more wait in the listen backlog
+    /// (0: half the open-file limit, at most 16384).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Largest server-sent event of an upstream stream, bytes (larger: the stream ends with an
+    /// error event).
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_SSE_EVENT_BYTES)]
+    pub max_sse_event_bytes: usize,
+    /// Bytes of whole (non-stream) upstream answers held at once, all requests together (over
+    /// it: 503).
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_BUFFERED_BYTES)]
+    pub max_buffered_bytes: usize,
+    /// After a streaming client disconnects, how long the upstream is still read for its usage.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub disconnect_drain_timeout: Duration,
+    /// After a streaming client disconnects, how many upstream bytes are still read for its
+    /// usage.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub disconnect_drain_bytes: usize,
     /// Poll interval of the config file (in addition to file-system events).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -542,6 +441,11 @@ impl GatewayArgs {
             first_byte_timeout: self.first_byte_timeout,
             total_timeout: self.total_timeout,
             idle_stream_timeout: self.idle_stream_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_sse_event_bytes: self.max_sse_event_bytes,
+            max_buffered_bytes: self.max_buffered_bytes,
+            disconnect_drain_timeout: self.disconnect_drain_timeout,
+            disconnect_drain_bytes: self.disconnect_drain_bytes,
         }
     }
 
@@ -550,6 +454,8 @@ impl GatewayArgs {
         ServeLimits {
             max_header_bytes: self.max_header_bytes,
             header_read_timeout: self.header_read_timeout,
+            client_idle_timeout: self.client_idle_timeout,
+            max_connections: self.max_connections,
             shutdown_grace: self.shutdown_grace,
         }
     }
