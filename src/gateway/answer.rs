@@ -25,7 +25,12 @@ use crate::pricing::{TokenCounts, UsageError};
 const PASSED_HEADERS: [&str; 3] = ["x-request-id", "request-id", "openai-processing-ms"];
 /// Reads the body up to the limit; a silence longer than `stall` between two pieces of it is
 /// a 408 (with `Connection: close`, so the rest of the body is never read).
-pub(crate) async fn read_body(mut body: Body, headers: &HeaderMap, limit: usize, stall: Duration) -> Result<Bytes, Response> {
+pub(crate) async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: Duration,
+) -> Result<Bytes, Response> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {

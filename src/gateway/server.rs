@@ -289,7 +289,8 @@ async fn attempt(
     ctx: &AttemptCtx<'_>,
     deadline: Instant,
 ) -> Attempt {
-    let (endpoint, creq, client_headers, request_bytes) = (ctx.endpoint, ctx.creq, ctx.client_headers, ctx.request_bytes);
+    let (endpoint, creq, client_headers, request_bytes) =
+        (ctx.endpoint, ctx.creq, ctx.client_headers, ctx.request_bytes);
     let opts = &gw.inner.opts;
     let started = Instant::now();
     let first_byte_deadline = (started + opts.first_byte_timeout).min(deadline);

@@ -553,7 +553,13 @@ impl Drop for Metered {
 /// broken transfer rather than a clean end; an event over the size limit ends it with an error
 /// event. When the client leaves first, the upstream is read on (within the drain bounds) so
 /// the usage the provider bills is still metered.
-pub(crate) fn metered(first: Bytes, rest: BodyStream, sse: SseProcessor, bounds: StreamBounds, on_end: OnEnd) -> BodyStream {
+pub(crate) fn metered(
+    first: Bytes,
+    rest: BodyStream,
+    sse: SseProcessor,
+    bounds: StreamBounds,
+    on_end: OnEnd,
+) -> BodyStream {
     let max_event = sse.max_event;
     let state = Metered {
         first: Some(first),
@@ -722,7 +728,8 @@ mod tests {
                 let sep = if i % 3 == 0 { "\r\n\r\n" } else { "\n\n" };
                 s.extend_from_slice(format!("data: {{\"i\":{i},\"c\":\"{content}\"}}{sep}").as_bytes());
             }
-            let usage = json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
+            let usage =
+                json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
             s.extend_from_slice(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes());
             s
         }
