@@ -666,7 +666,7 @@ async fn whole_answers_over_the_memory_budget_get_503() {
 #[tokio::test]
 async fn a_client_hanging_up_after_finish_reason_is_billed_exactly() {
     let (up, _) = fake(|_req: Request| async move {
-        let events = vec![
+        let events = [
             json!({"choices": [{"delta": {"content": "hel"}, "finish_reason": null}], "usage": null}),
             json!({"choices": [{"delta": {"content": "lo"}, "finish_reason": null}], "usage": null}),
             json!({"choices": [{"delta": {}, "finish_reason": "stop"}], "usage": null}),

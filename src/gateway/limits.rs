@@ -106,7 +106,7 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
         Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
     } else {
         let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-        let at = SystemTime::try_from(at).ok()?;
+        let at = SystemTime::from(at);
         at.duration_since(now).ok()?
     };
     if wait.is_zero() { None } else { Some(wait.min(MAX_PAUSE)) }
