@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -23,18 +23,59 @@ use crate::pricing::{TokenCounts, UsageError};
 
 /// Upstream response headers passed on to the client.
 const PASSED_HEADERS: [&str; 3] = ["x-request-id", "request-id", "openai-processing-ms"];
-/// Reads the body up to the limit; a silence longer than `stall` between two pieces of it is
-/// a 408 (with `Connection: close`, so the rest of the body is never read).
+/// Most bytes of an over-limit HTTP/2 request body read and thrown away before the 413 (a
+/// multiple of the limit, at least 1 MiB).
+const DISCARD_FACTOR: usize = 4;
+/// Longest time spent throwing away an over-limit HTTP/2 request body.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// The 413 answer. Over HTTP/1.1 the connection is closed (the rest of the body is never
+/// read). Over HTTP/2 the rest of the body is first read and thrown away (at most
+/// [`DISCARD_FACTOR`] × the limit, for at most [`DISCARD_TIME`]): answering while the client is
+/// still uploading ends the stream with a reset, and some clients (curl) then show the reset
+/// instead of the 413.
+async fn too_large(
+    body: &mut Body,
+    version: Version,
+    limit: usize,
+    stall: Duration,
+    declared: Option<u64>,
+) -> Response {
+    if version == Version::HTTP_2 {
+        let max = limit.saturating_mul(DISCARD_FACTOR).max(1 << 20);
+        if declared.is_none_or(|n| n <= max as u64) {
+            let discard = async {
+                let mut seen = 0usize;
+                while let Ok(Some(Ok(frame))) = tokio::time::timeout(stall, body.frame()).await {
+                    seen = seen.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+                    if seen > max {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
+        }
+        return ApiError::payload_too_large(limit).into_response();
+    }
+    let mut resp = ApiError::payload_too_large(limit).into_response();
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Reads the body up to the limit (larger: 413, see [`too_large`]); a silence longer than
+/// `stall` between two pieces of it is a 408 (with `Connection: close`, so the rest of the body
+/// is never read).
 pub(crate) async fn read_body(
     mut body: Body,
     headers: &HeaderMap,
+    version: Version,
     limit: usize,
     stall: Duration,
 ) -> Result<Bytes, Response> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::payload_too_large(limit).into_response());
+        return Err(too_large(&mut body, version, limit, stall, declared).await);
     }
     let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     loop {
@@ -52,9 +93,8 @@ pub(crate) async fn read_body(
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     if out.len() + data.len() > limit {
-                        let mut resp = ApiError::payload_too_large(limit).into_response();
-                        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        return Err(resp);
+                        drop(out);
+                        return Err(too_large(&mut body, version, limit, stall, declared).await);
                     }
                     out.extend_from_slice(&data);
                 }

@@ -139,7 +139,8 @@ fn set_headers(resp: &mut Response, route: &CompiledRoute, backend: Option<&Comp
 async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let opts = &gw.inner.opts;
-    let bytes = match read_body(body, &parts.headers, opts.max_body_bytes, opts.body_read_timeout).await {
+    let bytes = match read_body(body, &parts.headers, parts.version, opts.max_body_bytes, opts.body_read_timeout).await
+    {
         Ok(b) => b,
         Err(resp) => return resp,
     };
