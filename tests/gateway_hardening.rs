@@ -324,7 +324,11 @@ async fn out_of_file_descriptors_backs_off_without_a_log_storm() {
     drop(silent);
     let log = child.stop();
     let storms = log.lines().filter(|l| l.contains("accept failed")).count();
-    eprintln!("{} silent connections under ulimit -n 48: {storms} 'accept failed' log line(s), served again after {:?}", silent_count, t0.elapsed());
+    eprintln!(
+        "{} silent connections under ulimit -n 48: {storms} 'accept failed' log line(s), served again after {:?}",
+        silent_count,
+        t0.elapsed()
+    );
     assert!(storms >= 1, "expected the accept failure to be logged once: {log}");
     assert!(storms <= 3, "{storms} 'accept failed' lines: a log storm\n{log}");
 }

@@ -516,7 +516,8 @@ pub async fn serve_sharded(
     for i in 0..workers {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (router, token, cut) = (router.clone(), shutdown.clone(), lst.cut.clone());
+        // Each worker cuts its own connections when its own grace is over.
+        let (router, token, cut) = (router.clone(), shutdown.clone(), CancellationToken::new());
         let thread = std::thread::Builder::new().name(format!("tollgate-api-{i}")).spawn(move || {
             rt.block_on(async move {
                 let builder = conn_builder(limits);

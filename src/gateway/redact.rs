@@ -6,9 +6,8 @@
 //! - literally;
 //! - with any mix of JSON string escapes (`\/`, `\\`, `\uXXXX` for any character, surrogate
 //!   pairs included, hex digits in either case) and URL percent-encoding (`%2F`, `%73`...):
-//!   the text is decoded one escape at a time into a side buffer that remembers where each
-//!   decoded byte came from, the key is searched there, and the original (encoded) span is
-//!   replaced;
+//!   the text is decoded one escape at a time, the key is matched against the decoded bytes
+//!   (each remembering where it came from), and the original (encoded) span is replaced;
 //! - base64 (standard and URL-safe alphabets, padded or not), at any alignment inside a longer
 //!   base64 text (e.g. `Basic` credentials): the characters that encode only key bytes are the
 //!   same whatever surrounds the key, so they are searched literally (keys of 8 bytes or more).
@@ -16,9 +15,11 @@
 //! Every match is replaced by `[redacted]`. Keys shorter than 4 bytes are never searched (they
 //! would match ordinary text). Not covered: doubly-encoded forms (`%255C`, `\\u0073`), other
 //! encodings (hex, HTML entities). Cost: one pass over text without `\` or `%` (memchr), else
-//! one decoding pass; the fast path returns the input unchanged (no copy).
+//! one decoding pass keeping only the last few decoded bytes (memory bounded by the longest
+//! key, not by the text); the fast path returns the input unchanged (no copy).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -154,31 +155,36 @@ impl Redactor {
             }
             return spans;
         }
-        // Decode every escape, remembering the source span of each decoded byte.
-        let mut decoded = Vec::with_capacity(text.len());
-        let mut from = Vec::with_capacity(text.len());
+        // Decode escape by escape; the last `longest` decoded bytes are kept with the source
+        // span of each (memory bounded by the longest key, whatever the text's size).
+        let longest = self.keys.iter().map(Vec::len).max().unwrap_or(0);
+        let mut window: VecDeque<(u8, usize, usize)> = VecDeque::with_capacity(longest + 4);
         let mut i = 0;
         let mut tmp = [0u8; 4];
         while i < text.len() {
-            match decode_one(text, i, &mut tmp) {
-                Some((n, len)) => {
-                    for &b in &tmp[..n] {
-                        decoded.push(b);
-                        from.push((i, i + len));
-                    }
-                    i += len;
-                }
+            let (n, len) = match decode_one(text, i, &mut tmp) {
+                Some(d) => d,
                 None => {
-                    decoded.push(text[i]);
-                    from.push((i, i + 1));
-                    i += 1;
+                    tmp[0] = text[i];
+                    (1, 1)
+                }
+            };
+            for &b in &tmp[..n] {
+                if window.len() == longest {
+                    window.pop_front();
+                }
+                window.push_back((b, i, i + len));
+                for k in &self.keys {
+                    let w = window.len();
+                    if k.last() == Some(&b)
+                        && w >= k.len()
+                        && k.iter().enumerate().all(|(j, &kb)| window[w - k.len() + j].0 == kb)
+                    {
+                        spans.push((window[w - k.len()].1, window[w - 1].2));
+                    }
                 }
             }
-        }
-        for k in &self.keys {
-            for at in memmem::find_iter(&decoded, k) {
-                spans.push((from[at].0, from[at + k.len() - 1].1));
-            }
+            i += len;
         }
         spans
     }
@@ -236,7 +242,9 @@ mod tests {
 
     #[test]
     fn every_encoding_of_the_key_is_scrubbed() {
-        let r = Redactor::new([KEY, "x"]);
+        let r = Redactor::new([KEY, "x", "other-key-12345"]);
+        let out = r.redact_str(r"two keys: other\u002dkey-12345 and sk-proj\/Ab+c_9xYz0123456789 end");
+        assert_eq!(out, "two keys: [redacted] and [redacted] end");
         let url: String = KEY.bytes().map(|b| format!("%{b:02X}")).collect();
         let mixed = KEY.replace('/', "\\/").replacen('s', "\\u0073", 1).replace('A', "\\u0041");
         let cases = vec![
