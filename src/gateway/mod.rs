@@ -25,13 +25,13 @@
 mod answer;
 mod errors;
 mod limits;
-mod listen;
 mod metrics;
 mod mock;
 mod redact;
 mod reload;
 mod request;
 mod select;
+mod serve;
 mod server;
 mod stream;
 mod upstream;
@@ -50,11 +50,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use errors::ApiError;
-pub use listen::{ServeLimits, ShutdownCut, serve, serve_sharded};
 pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
 pub use mock::mock_tokens;
 pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
+pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
 
 use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
