@@ -772,6 +772,34 @@ mod tests {
                     prop_assert!(!p.overflowed());
                 }
             }
+
+            /// Arbitrary bytes never panic the usage parsers or the processor, and usage read
+            /// from them is never above the plausible maximum once checked.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+                usage in (any::<i64>(), any::<u64>(), 0u8..4),
+            ) {
+                let _ = body_usage(ProviderFamily::OpenAI, &bytes);
+                let _ = body_usage(ProviderFamily::Anthropic, &bytes);
+                let _ = body_usage(ProviderFamily::Gemini, &bytes);
+                let mut p = SseProcessor::new(ProviderFamily::Anthropic, true, 512, Arc::new(Redactor::new([KEY])));
+                let _ = p.feed(&bytes);
+                let _ = p.finish();
+                let _ = p.usage();
+                let (a, b, shape) = usage;
+                let body = match shape {
+                    0 => json!({"usage": {"prompt_tokens": a, "completion_tokens": b, "total_tokens": b}}),
+                    1 => json!({"usage": {"prompt_tokens": b, "completion_tokens": b, "total_tokens": a}}),
+                    2 => json!({"usage": {"input_tokens": a as f64 / 3.0, "output_tokens": b}}),
+                    _ => json!({"usageMetadata": {"promptTokenCount": b, "candidatesTokenCount": a}}),
+                };
+                if let Ok(Ok(t)) = body_usage(ProviderFamily::OpenAI, body.to_string().as_bytes())
+                    && let Ok(t) = crate::gateway::limits::plausible(t)
+                {
+                    prop_assert!(t.input + t.output + t.cached_input + t.cache_write + t.reasoning <= crate::gateway::limits::MAX_TOKENS_PER_ANSWER);
+                }
+            }
         }
     }
 }
