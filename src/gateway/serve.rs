@@ -233,7 +233,7 @@ impl Activity {
         }
     }
 
-    /// When the connection is to be closed if nothing changes (`None`: not now).
+    /// When the connection is to be closed if nothing changes.
     fn deadline(&self, limits: &ServeLimits) -> Instant {
         let blocked = self.blocked_since.load(Ordering::Relaxed);
         if self.active.load(Ordering::Acquire) > 0 {
