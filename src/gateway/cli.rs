@@ -70,6 +70,32 @@ pub struct GatewayArgs {
     /// Longest silence between two chunks of a stream.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_stream_timeout: Duration,
+    /// Longest silence while reading a request body (past it: 408 and the connection closes).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Longest a client connection may make no progress: idle between requests (keep-alive),
+    /// or not reading its response.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub client_idle_timeout: Duration,
+    /// Client connections served at once per listener; more wait in the listen backlog
+    /// (0: half the open-file limit, at most 16384).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Largest server-sent event of an upstream stream, bytes (larger: the stream ends with an
+    /// error event).
+    #[arg(long, value_name = "BYTES", default_value_t = super::limits::DEFAULT_MAX_SSE_EVENT_BYTES)]
+    pub max_sse_event_bytes: usize,
+    /// Bytes of whole (non-stream) upstream answers held at once, all requests together (over
+    /// it: 503).
+    #[arg(long, value_name = "BYTES", default_value_t = super::limits::DEFAULT_MAX_BUFFERED_BYTES)]
+    pub max_buffered_bytes: usize,
+    /// After a streaming client disconnects, how long the upstream is still read for its usage.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub disconnect_drain_timeout: Duration,
+    /// After a streaming client disconnects, how many upstream bytes are still read for its
+    /// usage.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub disconnect_drain_bytes: usize,
     /// Poll interval of the config file (in addition to file-system events).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -95,6 +121,11 @@ impl GatewayArgs {
             first_byte_timeout: self.first_byte_timeout,
             total_timeout: self.total_timeout,
             idle_stream_timeout: self.idle_stream_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_sse_event_bytes: self.max_sse_event_bytes,
+            max_buffered_bytes: self.max_buffered_bytes,
+            disconnect_drain_timeout: self.disconnect_drain_timeout,
+            disconnect_drain_bytes: self.disconnect_drain_bytes,
         }
     }
 
@@ -103,6 +134,8 @@ impl GatewayArgs {
         ServeLimits {
             max_header_bytes: self.max_header_bytes,
             header_read_timeout: self.header_read_timeout,
+            client_idle_timeout: self.client_idle_timeout,
+            max_connections: self.max_connections,
             shutdown_grace: self.shutdown_grace,
         }
     }

@@ -1,8 +1,15 @@
 //! OpenAI-shaped errors: every error the gateway answers is
 //! `{"error":{"message":...,"type":...,"param":null,"code":...}}`.
+//!
+//! An upstream 4xx error body passed on to the client is rebuilt from its known fields only
+//! (`error.message`, `error.type`, `error.code`, `error.param`; strings, numbers or null, each
+//! scrubbed of API keys and clipped), so nothing else an upstream echoes reaches the client.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::redact::Redactor;
 
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +75,21 @@ impl ApiError {
         )
     }
 
+    /// 408: the request body stalled.
+    pub fn request_timeout(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!("The request body stalled: no data for {} ms.", after.as_millis()),
+        )
+    }
+
+    /// 503: the gateway's memory budget for whole answers is used up.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "gateway_overloaded", message)
+    }
+
     /// 429: the route refuses requests because a budget is exhausted (`onExhausted: Reject`).
     pub fn budget_exhausted(route: &str) -> Self {
         Self::new(
@@ -130,6 +152,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An upstream error body `{"error":{...}}` rebuilt from its known fields, scrubbed; `None`
+/// when it is not that shape.
+pub(crate) fn rebuild_upstream_error(raw: &[u8], redactor: &Redactor) -> Option<String> {
+    let v: Value = serde_json::from_slice(raw).ok()?;
+    let err = v.get("error")?.as_object()?;
+    let field = |name: &str, max: usize| match err.get(name) {
+        Some(Value::String(s)) => Value::String(clip(&redactor.redact_str(s), max)),
+        Some(n @ Value::Number(_)) => n.clone(),
+        Some(Value::Null) | None => Value::Null,
+        Some(other) => Value::String(clip(&redactor.redact_str(&other.to_string()), max)),
+    };
+    let body = serde_json::json!({"error": {
+        "message": field("message", 2000),
+        "type": field("type", 200),
+        "param": field("param", 200),
+        "code": field("code", 200),
+    }});
+    Some(body.to_string())
+}
+
 /// At most `max` bytes of `s`, cut at a character boundary, with `…` when cut.
 pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -155,6 +197,18 @@ mod tests {
         assert!(v["error"]["message"].as_str().unwrap().contains("chat"));
         assert!(v["error"]["param"].is_null());
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn upstream_errors_keep_only_known_fields_scrubbed() {
+        let r = Redactor::new(["sk-live/0123456789abcdef"]);
+        let raw = br#"{"error":{"message":"bad key sk-live\/0123456789abcdef","type":"invalid_request_error","code":"invalid_api_key","param":null,"echo":"sk-live/0123456789abcdef"},"headers":{"authorization":"x"}}"#;
+        let out = rebuild_upstream_error(raw, &r).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["error"]["message"], "bad key [redacted]");
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        assert!(v["error"].get("echo").is_none() && v.get("headers").is_none());
+        assert!(rebuild_upstream_error(b"[1]", &r).is_none());
     }
 
     #[test]

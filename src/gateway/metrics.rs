@@ -56,6 +56,10 @@ pub struct MeterEntry {
     pub cost: Money,
     /// Successful responses whose usage could not be read, by reason.
     pub usage_missing: BTreeMap<String, u64>,
+    /// Estimated cost of the answers counted in `usage_missing` (kept apart from `cost`, which
+    /// is exact).
+    #[serde(default)]
+    pub estimated_cost: Money,
 }
 
 impl MeterEntry {
@@ -120,11 +124,39 @@ impl MeterCell {
         }
     }
 
-    /// Bills the usage of one successful response.
-    pub(crate) fn record_usage(&self, tokens: &TokenCounts, cost: Money) {
+    /// Bills the usage of one successful response. Refused (nothing recorded) when a total
+    /// would pass what its exported counter can hold (`u64` tokens, `u64` nano-USD): a counter
+    /// never saturates silently.
+    pub(crate) fn record_usage(&self, tokens: &TokenCounts, cost: Money) -> Result<(), String> {
         let mut e = lock(&self.entry);
-        add_tokens(&mut e.tokens, tokens);
-        e.cost += cost;
+        let mut sum = e.tokens;
+        for kind in TokenKind::ALL {
+            let total = sum.get(kind).checked_add(tokens.get(kind));
+            let Some(total) = total else {
+                return Err(format!("the {} token total would overflow its counter", kind.label()));
+            };
+            match kind {
+                TokenKind::Input => sum.input = total,
+                TokenKind::CachedInput => sum.cached_input = total,
+                TokenKind::CacheWrite => sum.cache_write = total,
+                TokenKind::Output => sum.output = total,
+                TokenKind::Reasoning => sum.reasoning = total,
+            }
+        }
+        let picos = e.cost.picos().checked_add(cost.picos()).filter(|p| *p >= 0 && *p / 1000 <= i128::from(u64::MAX));
+        let Some(picos) = picos else {
+            return Err("the cost total would overflow its nano-USD counter".into());
+        };
+        e.tokens = sum;
+        e.cost = Money::from_picos(picos);
+        Ok(())
+    }
+
+    /// Adds the estimated cost of an answer whose usage could not be read.
+    pub(crate) fn record_estimate(&self, cost: Money) {
+        let mut e = lock(&self.entry);
+        let picos = e.estimated_cost.picos().saturating_add(cost.picos()).min(i128::from(u64::MAX) * 1000);
+        e.estimated_cost = Money::from_picos(picos);
     }
 
     /// Counts a successful response without usable usage.
@@ -224,6 +256,7 @@ impl MeterSnapshot {
                 out.latency_count += e.latency_count;
                 add_tokens(&mut out.tokens, &e.tokens);
                 out.cost += e.cost;
+                out.estimated_cost += e.estimated_cost;
                 for (r, n) in &e.usage_missing {
                     *out.usage_missing.entry(r.clone()).or_insert(0) += n;
                 }
@@ -404,6 +437,20 @@ impl Collector for MeterCollector {
         }
 
         let mut fam = encoder.encode_descriptor(
+            contract::COST_ESTIMATED_NANOUSD,
+            "Estimated spend in nano-USD of the answers counted in tollgate_usage_missing_total (request size and streamed events; not exact)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (k, e) in &snap.entries {
+            if e.estimated_cost == Money::ZERO {
+                continue;
+            }
+            let nanos = u64::try_from((e.estimated_cost.picos() / 1000).max(0)).unwrap_or(u64::MAX);
+            ConstCounter::new(nanos).encode(fam.encode_family(&k.labels())?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
             contract::USAGE_MISSING,
             "Successful upstream answers whose usage could not be read (never billed as zero silently)",
             None,
@@ -454,8 +501,8 @@ mod tests {
         cell.record_outcome(Outcome::Ok, Some(Duration::from_millis(12)));
         cell.record_outcome(Outcome::RateLimited, None);
         let t = TokenCounts { input: 3, cached_input: 1, cache_write: 0, output: 2, reasoning: 0 };
-        cell.record_usage(&t, Money::from_picos(1_234_567));
-        cell.record_usage(&t, Money::from_picos(1_999));
+        cell.record_usage(&t, Money::from_picos(1_234_567)).unwrap();
+        cell.record_usage(&t, Money::from_picos(1_999)).unwrap();
         cell.record_usage_missing("missing");
         m.meter.set_revision("sha256:abc");
         m.meter.inc_reload_errors();
@@ -513,11 +560,11 @@ mod tests {
         let meter = Meter::default();
         let a = meter.cell(&key("chat", "a"));
         a.record_outcome(Outcome::Ok, Some(Duration::from_micros(1500)));
-        a.record_usage(&TokenCounts::default(), Money::from_picos(10));
+        a.record_usage(&TokenCounts::default(), Money::from_picos(10)).unwrap();
         let before = meter.snapshot();
         a.record_outcome(Outcome::Ok, Some(Duration::from_micros(1600)));
         a.record_outcome(Outcome::Timeout, None);
-        a.record_usage(&TokenCounts::default(), Money::from_picos(32));
+        a.record_usage(&TokenCounts::default(), Money::from_picos(32)).unwrap();
         let after = meter.snapshot();
         let obs = after.to_observations_since(&before, "ns");
         let b = &obs.backends[&BackendKey::new("ns", "chat", "a")];

@@ -174,7 +174,7 @@ fn reply(status: StatusCode, content_type: &'static str, chunks: Vec<Bytes>) -> 
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     let body: BodyStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)));
-    UpstreamReply { status, headers, body, api_key: None }
+    UpstreamReply { status, headers, body }
 }
 
 fn json_reply(status: StatusCode, v: &Value) -> UpstreamReply {
@@ -405,8 +405,8 @@ mod tests {
                 .await;
                 assert_eq!(r.headers[header::CONTENT_TYPE], "text/event-stream");
                 let body = collect(r).await;
-                let mut p = SseProcessor::new(family, false);
-                p.feed(Bytes::from(body));
+                let mut p = SseProcessor::new(family, false, 1 << 24, std::sync::Arc::default());
+                p.feed(&body);
                 assert_eq!(p.usage().unwrap(), mock_tokens(&m, family, endpoint), "{family:?} {endpoint:?}");
             }
             // Without include_usage a chat stream has no usage at all.

@@ -27,9 +27,12 @@
 //! ```
 
 mod cli;
+mod answer;
 mod errors;
+mod limits;
 mod metrics;
 mod mock;
+mod redact;
 mod reload;
 mod request;
 mod select;
@@ -56,7 +59,7 @@ pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
 pub use mock::mock_tokens;
 pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
-pub use serve::{ServeLimits, serve, serve_sharded};
+pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
 
 use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
@@ -85,6 +88,18 @@ pub struct GatewayOptions {
     pub total_timeout: Duration,
     /// Longest silence between two chunks of a stream.
     pub idle_stream_timeout: Duration,
+    /// Longest silence while reading a request body (past it: 408, connection closed).
+    pub body_read_timeout: Duration,
+    /// Largest server-sent event of an upstream stream (larger: the stream ends with an error
+    /// event).
+    pub max_sse_event_bytes: usize,
+    /// Bytes of whole (non-stream) upstream answers held at once, all requests together (over
+    /// it: 503).
+    pub max_buffered_bytes: usize,
+    /// After a streaming client left, how long the upstream is still read for its usage.
+    pub disconnect_drain_timeout: Duration,
+    /// After a streaming client left, how many upstream bytes are still read for its usage.
+    pub disconnect_drain_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -97,6 +112,11 @@ impl Default for GatewayOptions {
             first_byte_timeout: Duration::from_secs(120),
             total_timeout: Duration::from_secs(600),
             idle_stream_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_sse_event_bytes: limits::DEFAULT_MAX_SSE_EVENT_BYTES,
+            max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
+            disconnect_drain_timeout: Duration::from_secs(30),
+            disconnect_drain_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -222,6 +242,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) upstream: upstream::Upstream,
     pub(crate) opts: GatewayOptions,
+    pub(crate) limits: limits::Shared,
 }
 
 /// The data plane, without sockets. Cheap to clone (all clones share state).
@@ -242,7 +263,13 @@ impl Gateway {
     pub fn new(initial: Option<GatewayConfig>, opts: GatewayOptions) -> Result<Self, GatewayError> {
         let upstream = upstream::Upstream::new(&opts)?;
         let gw = Gateway {
-            inner: Arc::new(Inner { current: ArcSwapOption::empty(), metrics: Metrics::new(), upstream, opts }),
+            inner: Arc::new(Inner {
+                current: ArcSwapOption::empty(),
+                metrics: Metrics::new(),
+                upstream,
+                limits: limits::Shared::new(&opts),
+                opts,
+            }),
         };
         if let Some(cfg) = initial {
             gw.swap_config(cfg)?;

@@ -4,8 +4,11 @@
 //! kubelet atomically renames a new `..data` symlink over the old one. So the watcher watches
 //! the file's *directory* (inotify events for the swap arrive there), and, in case events are
 //! lost or unsupported (some network and overlay filesystems), it also polls: every interval it
-//! reads the file through its symlinks and compares the bytes with the last ones seen. A new
-//! document is validated completely ([`GatewayConfig::from_json`]) and swapped in atomically; a
+//! looks at the file's metadata through its symlinks (size, modification and change times,
+//! inode, device) and reads the file only when that changed; what it read is compared by
+//! SHA-256 with the last content seen, so a large document left in place (valid or not) is
+//! neither re-read nor re-parsed each poll. A file larger than [`MAX_CONFIG_BYTES`] is refused
+//! without being read. A new document is validated completely ([`GatewayConfig::from_json`]) and swapped in atomically; a
 //! missing, unreadable or invalid document keeps the last good one and counts once in
 //! `tollgate_config_reload_errors_total` (once per distinct bad content, not once per poll).
 
@@ -13,24 +16,53 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Gateway;
 use crate::config::GatewayConfig;
 
+/// Largest config document read, bytes.
+pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+
 /// What the watcher last saw at the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
     Nothing,
     Missing(String),
-    Bytes(Vec<u8>),
+    Content([u8; 32]),
+}
+
+/// Metadata that changes when the file (or the target of its symlinks) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ids: (u64, u64, i64, i64),
+}
+
+impl Fingerprint {
+    fn of(m: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            ids: (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 /// Reads and applies the file; keeps track of what it saw so each change counts once.
 pub(crate) struct FileSource {
     path: PathBuf,
     seen: Seen,
+    fingerprint: Option<Fingerprint>,
+    /// Whole reads of the file (to show that an unchanged file is not re-read).
+    pub(crate) reads: u64,
 }
 
 /// Result of one check.
@@ -46,12 +78,40 @@ pub enum ReloadOutcome {
 
 impl FileSource {
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path, seen: Seen::Nothing }
+        Self { path, seen: Seen::Nothing, fingerprint: None, reads: 0 }
+    }
+
+    fn read(&mut self) -> std::io::Result<Vec<u8>> {
+        let meta = std::fs::metadata(&self.path)?;
+        let fp = Fingerprint::of(&meta);
+        if self.fingerprint == Some(fp) {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "unchanged"));
+        }
+        self.fingerprint = Some(fp);
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(std::io::Error::other(format!(
+                "{} bytes, larger than the limit of {MAX_CONFIG_BYTES} bytes",
+                meta.len()
+            )));
+        }
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        self.reads += 1;
+        std::fs::read(&self.path)
     }
 
     /// Reads the file and, if it changed, validates and applies it.
     pub(crate) fn check(&mut self, gw: &Gateway) -> ReloadOutcome {
-        match std::fs::read(&self.path) {
+        let read = self.read();
+        if read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists) {
+            return ReloadOutcome::Unchanged;
+        }
+        if read.is_err() {
+            // Look again next time: the file may come back with the same metadata.
+            self.fingerprint = None;
+        }
+        match read {
             Err(e) => {
                 let why = format!("cannot read config file {}: {e}", self.path.display());
                 if self.seen == Seen::Missing(why.clone()) {
@@ -63,11 +123,13 @@ impl FileSource {
                 ReloadOutcome::Refused(why)
             }
             Ok(bytes) => {
-                if matches!(&self.seen, Seen::Bytes(b) if *b == bytes) {
+                let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                if self.seen == Seen::Content(hash) {
                     return ReloadOutcome::Unchanged;
                 }
                 let parsed = GatewayConfig::from_json(&bytes);
-                self.seen = Seen::Bytes(bytes);
+                drop(bytes);
+                self.seen = Seen::Content(hash);
                 match parsed {
                     Ok(cfg) => {
                         let rev = cfg.revision.clone();
@@ -140,5 +202,36 @@ fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recommende
             tracing::warn!(error = %e, "file watching unavailable; polling only");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::GatewayOptions;
+
+    #[test]
+    fn an_invalid_file_left_in_place_is_read_once() {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-reload-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+        let gw = Gateway::new(None, GatewayOptions::default()).unwrap();
+        let mut src = FileSource::new(path.clone());
+        assert!(matches!(src.check(&gw), ReloadOutcome::Refused(_)));
+        for _ in 0..20 {
+            assert_eq!(src.check(&gw), ReloadOutcome::Unchanged);
+        }
+        assert_eq!(src.reads, 1, "an unchanged file is not read again");
+        assert_eq!(gw.meter().reload_errors(), 1);
+        // A change (other size) is seen; the same bad content under new metadata counts once.
+        std::fs::write(&path, b"{").unwrap();
+        assert!(matches!(src.check(&gw), ReloadOutcome::Refused(_)));
+        assert_eq!(src.reads, 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,25 +1,78 @@
-//! Serving a router on a listener: HTTP/1.1 and h2c, keep-alive, a bounded request head and
-//! its read timeout, graceful shutdown with a grace period. [`serve`] runs on the current
-//! runtime; [`serve_sharded`] hands connections to per-thread single-threaded runtimes.
+//! Listeners: accepting connections with a cap, and every phase of a client connection bounded
+//! in time.
+//!
+//! Rules (the defaults are in [`ServeLimits::default`]):
+//! - **Connection cap.** At most `max_connections` client connections per listener are served
+//!   at once; the accept loop takes a slot *before* accepting, so the next connection waits in
+//!   the kernel's listen backlog (it is not refused, and no file descriptor is spent on it)
+//!   until a slot frees. Reaching the cap logs one warning, then at most one per
+//!   [`LOG_EVERY`] with the number of times it was hit meanwhile. `0` derives the cap from the
+//!   process's open-file limit (half of the soft `RLIMIT_NOFILE` minus a reserve: each client
+//!   connection may hold one upstream connection too), at most [`MAX_DERIVED_CONNECTIONS`].
+//! - **Accept errors never spin.** Out of file descriptors (`EMFILE`/`ENFILE`) or memory, the
+//!   loop sleeps with a doubling back-off (10 ms up to 1 s) instead of retrying at once, and
+//!   logs at most one line per [`LOG_EVERY`] (with the count of suppressed errors).
+//! - **Timeouts of a connection** (checked by one watchdog per connection, over the bytes the
+//!   socket actually moves, so they hold before hyper even knows the protocol):
+//!   - a new connection must deliver a complete request head within `header_read_timeout` of
+//!     being accepted (a client that never sends a byte is closed then);
+//!   - a kept-alive connection may stay idle `client_idle_timeout` between requests; once the
+//!     next request's first byte arrives, its head must be complete within
+//!     `header_read_timeout`;
+//!   - while a request is in flight, a response the client does not read (writes blocked) for
+//!     `client_idle_timeout` closes the connection;
+//!   - reading a request *body* is bounded by the API handler (`body_read_timeout` of
+//!     [`GatewayOptions`](super::GatewayOptions): a body that stalls gets 408 and the
+//!     connection is closed); the metrics listener never reads bodies (hyper closes such a
+//!     connection after the answer).
+//! - **Shutdown.** After `shutdown` resolves, no new connection is accepted and in-flight
+//!   requests get `shutdown_grace`; when the grace is over, the [`ShutdownCut`] token every
+//!   request carries (an extension) is cancelled *before* the remaining connections are
+//!   dropped, so a stream cut there is metered as `shutdown_cut`, not as a client that left.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Least time between two log lines about the same listener trouble (cap reached, accept
+/// errors).
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Upper bound of a connection cap derived from the open-file limit.
+pub const MAX_DERIVED_CONNECTIONS: usize = 16_384;
+/// File descriptors kept aside (config, credentials, logs, listeners) when deriving the cap.
+const FD_RESERVE: u64 = 64;
 
 /// HTTP server limits.
 #[derive(Clone, Copy, Debug)]
 pub struct ServeLimits {
     /// Largest request head (request line + headers), bytes.
     pub max_header_bytes: usize,
-    /// Time allowed to receive a request head.
+    /// Time allowed to receive a complete request head: from the accept for a new connection,
+    /// from its first byte for a later request of a kept-alive connection.
     pub header_read_timeout: Duration,
+    /// Longest a connection may make no progress: idle between two requests, or with a
+    /// response the client does not read.
+    pub client_idle_timeout: Duration,
+    /// Connections served at once (0: derived from the open-file limit).
+    pub max_connections: usize,
     /// After shutdown is asked, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
 }
@@ -29,8 +82,325 @@ impl Default for ServeLimits {
         Self {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections: 0,
             shutdown_grace: Duration::from_secs(25),
         }
+    }
+}
+
+/// The soft open-file limit of this process, when it can be read (`/proc/self/limits`).
+fn open_file_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.trim_start_matches("Max open files").split_whitespace().next()?;
+    if soft == "unlimited" { Some(u64::MAX) } else { soft.parse().ok() }
+}
+
+impl ServeLimits {
+    /// The connection cap in force: `max_connections`, or derived from the open-file limit.
+    pub fn connection_cap(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        match open_file_limit() {
+            Some(n) => {
+                let derived = n.saturating_sub(FD_RESERVE) / 2;
+                usize::try_from(derived).unwrap_or(usize::MAX).clamp(16, MAX_DERIVED_CONNECTIONS)
+            }
+            None => 4096,
+        }
+    }
+}
+
+/// Cancelled when the shutdown grace is over, just before the remaining connections are
+/// dropped. Every request served by [`serve`] / [`serve_sharded`] carries it as an extension.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownCut(pub CancellationToken);
+
+/// One log line per [`LOG_EVERY`] at most; counts what it kept quiet.
+#[derive(Debug, Default)]
+struct Throttle(Mutex<(Option<Instant>, u64)>);
+
+impl Throttle {
+    /// `Some(suppressed since the last line)` when a line may be written now.
+    fn hit(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match g.0 {
+            Some(at) if now.duration_since(at) < LOG_EVERY => {
+                g.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = g.1;
+                *g = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+/// What a listener shares between its accept loop and its connections.
+struct Listener {
+    slots: Arc<Semaphore>,
+    cap: usize,
+    cap_log: Throttle,
+    error_log: Throttle,
+    cut: CancellationToken,
+}
+
+impl Listener {
+    fn new(limits: &ServeLimits) -> Self {
+        let cap = limits.connection_cap();
+        Self {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            cap_log: Throttle::default(),
+            error_log: Throttle::default(),
+            cut: CancellationToken::new(),
+        }
+    }
+
+    /// A connection slot: at once if one is free, else after logging (throttled) and waiting.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if let Some(suppressed) = self.cap_log.hit() {
+            tracing::warn!(
+                max_connections = self.cap,
+                times_since_last_log = suppressed,
+                "connection limit reached: new connections wait in the listen backlog until one closes"
+            );
+        }
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Handles an accept error; returns how long to back off.
+    fn accept_error(&self, e: &io::Error, backoff: &mut Duration) -> Duration {
+        // EMFILE (24), ENFILE (23), ENOBUFS (105), ENOMEM (12): resources, not the peer.
+        let starved = matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12));
+        if let Some(suppressed) = self.error_log.hit() {
+            tracing::warn!(error = %e, errors_since_last_log = suppressed, out_of_resources = starved, "accept failed");
+        }
+        if starved {
+            *backoff = (*backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            *backoff
+        } else {
+            Duration::from_millis(1)
+        }
+    }
+}
+
+/// Activity of one connection, as its watchdog sees it. Times are ms since `born` (+1, so 0
+/// means "not set").
+struct Activity {
+    born: Instant,
+    /// End of the last response (or the accept).
+    idle_since: AtomicU64,
+    /// First byte of a request head read while no request was in flight.
+    head_since: AtomicU64,
+    /// A write has been blocked since.
+    blocked_since: AtomicU64,
+    active: AtomicUsize,
+    served: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            idle_since: AtomicU64::new(1),
+            head_since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.born + Duration::from_millis(ms.saturating_sub(1))
+    }
+
+    fn read_some(&self) {
+        if self.active.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection is to be closed if nothing changes.
+    fn deadline(&self, limits: &ServeLimits) -> Instant {
+        let blocked = self.blocked_since.load(Ordering::Relaxed);
+        if self.active.load(Ordering::Acquire) > 0 {
+            return if blocked != 0 {
+                self.at(blocked) + limits.client_idle_timeout
+            } else {
+                Instant::now() + limits.client_idle_timeout
+            };
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            return self.at(head) + limits.header_read_timeout;
+        }
+        let idle = self.at(self.idle_since.load(Ordering::Relaxed));
+        if self.served.load(Ordering::Relaxed) == 0 {
+            idle + limits.header_read_timeout
+        } else {
+            idle + limits.client_idle_timeout
+        }
+    }
+}
+
+/// Resolves when the connection has broken one of its time limits.
+async fn watchdog(act: Arc<Activity>, limits: ServeLimits) {
+    loop {
+        let deadline = act.deadline(&limits);
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+        if Instant::now() >= act.deadline(&limits) {
+            return;
+        }
+    }
+}
+
+/// The socket, counting the bytes it moves for the watchdog.
+struct WatchedIo {
+    inner: TcpStream,
+    act: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.act.read_some();
+        }
+        r
+    }
+}
+
+impl WatchedIo {
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Pending => {
+                if self.act.blocked_since.load(Ordering::Relaxed) == 0 {
+                    self.act.blocked_since.store(self.act.now_ms(), Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => self.act.blocked_since.store(0, Ordering::Relaxed),
+        }
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Marks a request in flight until its response body is done (or dropped).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(act: Arc<Activity>) -> Self {
+        act.active.fetch_add(1, Ordering::AcqRel);
+        act.head_since.store(0, Ordering::Relaxed);
+        Self(act)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let act = &self.0;
+        act.idle_since.store(act.now_ms(), Ordering::Relaxed);
+        act.served.fetch_add(1, Ordering::Relaxed);
+        act.head_since.store(0, Ordering::Relaxed);
+        act.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request marked in flight.
+struct TrackedBody {
+    inner: Body,
+    _flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The router as a hyper service that tracks requests in flight and hands each request the
+/// [`ShutdownCut`] token.
+#[derive(Clone)]
+struct ConnService {
+    inner: TowerToHyperService<Router>,
+    act: Arc<Activity>,
+    cut: ShutdownCut,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<TrackedBody>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let flight = InFlight::new(self.act.clone());
+        req.extensions_mut().insert(self.cut.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(|inner| TrackedBody { inner, _flight: flight }))
+        })
     }
 }
 
@@ -42,6 +412,7 @@ fn conn_builder(limits: ServeLimits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
     builder
 }
 
@@ -50,22 +421,40 @@ fn serve_stream(
     graceful: &GracefulShutdown,
     stream: TcpStream,
     router: &Router,
+    limits: ServeLimits,
+    cut: &CancellationToken,
+    slot: Option<OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
-    let conn = graceful.watch(conn.into_owned());
+    let act = Arc::new(Activity::new());
+    let io = TokioIo::new(WatchedIo { inner: stream, act: act.clone() });
+    let svc = ConnService {
+        inner: TowerToHyperService::new(router.clone()),
+        act: act.clone(),
+        cut: ShutdownCut(cut.clone()),
+    };
+    let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+    let cut = cut.clone();
     tokio::spawn(async move {
-        let _ = conn.await;
+        tokio::select! {
+            _ = conn => {}
+            () = watchdog(act, limits) => tracing::debug!("client connection closed by a timeout"),
+            () = cut.cancelled() => {}
+        }
+        drop(slot);
     });
 }
 
-async fn drain(graceful: GracefulShutdown, grace: Duration) {
+async fn drain(graceful: GracefulShutdown, grace: Duration, cut: &CancellationToken) {
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
+    cut.cancel();
+    // Let the connection tasks see the cut and drop their connections (and meter them).
+    tokio::task::yield_now().await;
 }
 
 /// Serves `router` on `listener` (HTTP/1.1 and h2c) on the current runtime until `shutdown`
@@ -78,28 +467,37 @@ pub async fn serve(
 ) {
     let builder = conn_builder(limits);
     let graceful = GracefulShutdown::new();
+    let lst = Listener::new(&limits);
+    let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            s = lst.slot() => s,
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => serve_stream(&builder, &graceful, stream, &router),
+                Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
+                    serve_stream(&builder, &graceful, stream, &router, limits, &lst.cut, slot);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(slot);
+                    tokio::time::sleep(lst.accept_error(&e, &mut backoff)).await;
                 }
             },
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    drain(graceful, limits.shutdown_grace).await;
+    drain(graceful, limits.shutdown_grace, &lst.cut).await;
 }
 
 /// Thread-per-core serving: this task accepts; `workers` threads, each with its own
 /// single-threaded runtime, serve the connections handed to them in turn. A connection, its
 /// requests and their upstream connections then stay on one thread, without cross-thread
 /// wake-ups (what makes the gateway's added latency close to a plain reverse proxy's).
-/// `workers` ≤ 1 serves on the current runtime.
+/// `workers` ≤ 1 serves on the current runtime. The connection cap is shared by all workers.
 pub async fn serve_sharded(
     listener: TcpListener,
     router: Router,
@@ -111,43 +509,54 @@ pub async fn serve_sharded(
         serve(listener, router, limits, shutdown.cancelled_owned()).await;
         return Ok(());
     }
+    let lst = Listener::new(&limits);
     let mut senders = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
+    type Handoff = (std::net::TcpStream, Option<OwnedSemaphorePermit>);
     for i in 0..workers {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (router, token) = (router.clone(), shutdown.clone());
+        // Each worker cuts its own connections when its own grace is over.
+        let (router, token, cut) = (router.clone(), shutdown.clone(), CancellationToken::new());
         let thread = std::thread::Builder::new().name(format!("tollgate-api-{i}")).spawn(move || {
             rt.block_on(async move {
                 let builder = conn_builder(limits);
                 let graceful = GracefulShutdown::new();
                 loop {
                     tokio::select! {
-                        next = rx.recv() => match next.map(TcpStream::from_std) {
-                            Some(Ok(stream)) => serve_stream(&builder, &graceful, stream, &router),
-                            Some(Err(e)) => tracing::warn!(error = %e, "cannot adopt a connection"),
+                        next = rx.recv() => match next {
+                            Some((std_stream, slot)) => match TcpStream::from_std(std_stream) {
+                                Ok(stream) => serve_stream(&builder, &graceful, stream, &router, limits, &cut, slot),
+                                Err(e) => tracing::warn!(error = %e, "cannot adopt a connection"),
+                            },
                             None => break,
                         },
                         () = token.cancelled() => break,
                     }
                 }
-                drain(graceful, limits.shutdown_grace).await;
+                drain(graceful, limits.shutdown_grace, &cut).await;
             });
         })?;
         senders.push(tx);
         threads.push(thread);
     }
     let mut next = 0usize;
+    let mut backoff = Duration::ZERO;
     loop {
+        let slot = tokio::select! {
+            s = lst.slot() => s,
+            () = shutdown.cancelled() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
                 Ok(stream) => {
-                    let _ = senders[next % workers].send(stream);
+                    backoff = Duration::ZERO;
+                    let _ = senders[next % workers].send((stream, slot));
                     next = next.wrapping_add(1);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(slot);
+                    tokio::time::sleep(lst.accept_error(&e, &mut backoff)).await;
                 }
             },
             () = shutdown.cancelled() => break,
@@ -162,4 +571,26 @@ pub async fn serve_sharded(
     })
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_explicit_or_derived_within_bounds() {
+        let l = ServeLimits { max_connections: 7, ..ServeLimits::default() };
+        assert_eq!(l.connection_cap(), 7);
+        let derived = ServeLimits::default().connection_cap();
+        assert!((16..=MAX_DERIVED_CONNECTIONS).contains(&derived), "{derived}");
+    }
+
+    #[test]
+    fn throttle_speaks_once_per_period() {
+        let t = Throttle::default();
+        assert_eq!(t.hit(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(t.hit(), None);
+        }
+    }
 }

@@ -1,5 +1,14 @@
 //! The HTTP surface and the per-request pipeline: parse → route → attempts with failover →
 //! answer (whole or streamed) → meter.
+//!
+//! Edge cases: a request body that stalls longer than `body_read_timeout` gets 408 (and the
+//! connection closes); backends paused by a `Retry-After` are skipped, and when every backend of
+//! the plan is paused the client gets 429 with `Retry-After`; every upstream byte passed on
+//! (error bodies, the passed-through headers, whole answers, stream events) is scrubbed of the
+//! API keys ([`Redactor`]); whole answers count against the shared memory budget (503 when it is
+//! used up); usage above [`limits::MAX_TOKENS_PER_ANSWER`] is refused (502, `malformed`); an
+//! answer the provider bills but whose usage cannot be read is metered as an estimate in a
+//! separate series (`usage_missing{reason}` + `tollgate_cost_estimated_nanousd_total`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,20 +21,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::errors::{ApiError, clip};
+use super::answer::{ReadError, bill, error_message, is_event_stream, pass_headers, read_all, read_body};
+use super::errors::{ApiError, rebuild_upstream_error};
+use super::limits::{self, HeldBody};
 use super::metrics::METRICS_CONTENT_TYPE;
 use super::request::{ClientRequest, Endpoint};
-use super::stream::{BodyStream, SseProcessor, StreamEnd, body_usage, metered};
-use super::upstream::{SendError, UpstreamReply, redact};
+use super::serve::ShutdownCut;
+use super::stream::{SseProcessor, StreamBounds, StreamEnd, StreamSummary, body_usage, metered};
+use super::upstream::{SendError, UpstreamReply};
 use super::{CompiledBackend, CompiledRoute, Gateway, mock, select};
 use crate::api::RouteState;
 use crate::config::EndpointConfig;
 use crate::policy::Outcome;
-use crate::pricing::{TokenCounts, UsageError};
+use crate::pricing::UsageError;
 
 static ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tollgate-route");
 static BACKEND_HEADER: HeaderName = HeaderName::from_static("x-tollgate-backend");
@@ -38,8 +49,6 @@ const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
 const MAX_ERROR_BODY: usize = 256 * 1024;
 /// Longest wait for an upstream error body.
 const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
-/// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [&str; 3] = ["x-request-id", "request-id", "openai-processing-ms"];
 
 pub(crate) fn api_router(gw: Gateway) -> Router {
     Router::new()
@@ -100,21 +109,6 @@ async fn get_model(State(gw): State<Gateway>, Path(model): Path<String>) -> Resp
     }
 }
 
-/// Reads the body up to the limit.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        && len > limit as u64
-    {
-        return Err(ApiError::payload_too_large(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(limit)),
-        Err(e) => Err(ApiError::bad_request("body_read_error", format!("Could not read the request body: {e}"))),
-    }
-}
-
 /// Why an attempt failed in a way that lets the next backend be tried.
 struct Failure {
     backend: String,
@@ -145,10 +139,12 @@ fn set_headers(resp: &mut Response, route: &CompiledRoute, backend: Option<&Comp
 async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let opts = &gw.inner.opts;
-    let bytes = match read_body(body, &parts.headers, opts.max_body_bytes).await {
+    let bytes = match read_body(body, &parts.headers, parts.version, opts.max_body_bytes, opts.body_read_timeout).await
+    {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(resp) => return resp,
     };
+    let request_bytes = bytes.len();
     let creq = match ClientRequest::parse(&bytes) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -185,6 +181,25 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         set_headers(&mut resp, &route, None, 1);
         return resp;
     }
+    let shared = &gw.inner.limits;
+    let pause_of = |i: usize| route.backends.get(i).and_then(|b| shared.paused_until(&route.name, &b.cfg.name));
+    let (plan, paused): (Vec<usize>, Vec<usize>) = plan.into_iter().partition(|&i| pause_of(i).is_none());
+    if plan.is_empty() {
+        let until = paused.iter().filter_map(|&i| pause_of(i)).min();
+        let secs = until.map_or(1, limits::retry_after_secs);
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            format!("Every backend of model route `{}` asked to pause (Retry-After); retry in {secs} s.", route.name),
+        )
+        .into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        set_headers(&mut resp, &route, None, 1);
+        return resp;
+    }
+    let cut = parts.extensions.get::<ShutdownCut>().map(|c| c.0.clone());
+    let ctx = AttemptCtx { endpoint, creq: &creq, client_headers: &parts.headers, request_bytes, cut };
 
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<Failure> = None;
@@ -192,7 +207,7 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         let Some(backend) = route.backends.get(idx).cloned() else {
             continue;
         };
-        match attempt(&gw, &route, &backend, endpoint, &creq, &parts.headers, deadline).await {
+        match attempt(&gw, &route, &backend, &ctx, deadline).await {
             Attempt::Done(mut resp) => {
                 set_headers(&mut resp, &route, Some(&backend), n + 1);
                 return resp;
@@ -207,9 +222,24 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         }
     }
     let attempts = plan.len();
+    let rate_limited = last.as_ref().is_some_and(|f| f.outcome == Outcome::RateLimited);
     let mut resp = exhausted(last, attempts).into_response();
+    if rate_limited
+        && let Some(until) = route.backends.iter().filter_map(|b| shared.paused_until(&route.name, &b.cfg.name)).min()
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limits::retry_after_secs(until)));
+    }
     set_headers(&mut resp, &route, None, attempts);
     resp
+}
+
+/// What every attempt of one request shares.
+struct AttemptCtx<'a> {
+    endpoint: Endpoint,
+    creq: &'a ClientRequest,
+    client_headers: &'a HeaderMap,
+    request_bytes: usize,
+    cut: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// The error answered when every attempt failed.
@@ -253,91 +283,15 @@ fn exhausted(last: Option<Failure>, attempts: usize) -> ApiError {
     }
 }
 
-enum ReadError {
-    Timeout,
-    TooLarge,
-    Broken(String),
-}
-
-/// Reads a body whole, until `deadline`, at most `limit` bytes.
-async fn read_all(body: &mut BodyStream, limit: usize, deadline: Instant) -> Result<Vec<u8>, ReadError> {
-    let read = async {
-        let mut out = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
-            if out.len() + chunk.len() > limit {
-                return Err(ReadError::TooLarge);
-            }
-            if out.is_empty() && chunk.len() < limit {
-                out.reserve(chunk.len());
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
-    };
-    // One timer for the whole body, not one per chunk.
-    tokio::time::timeout_at(deadline, read).await.unwrap_or(Err(ReadError::Timeout))
-}
-
-/// The message of an upstream error body, scrubbed of the API key.
-fn error_message(body: &[u8], key: Option<&str>) -> String {
-    let text = match serde_json::from_slice::<Value>(body) {
-        Ok(v) => v
-            .pointer("/error/message")
-            .or_else(|| v.get("message"))
-            .or_else(|| v.get("error"))
-            .map(|m| m.as_str().map(str::to_string).unwrap_or_else(|| m.to_string()))
-            .unwrap_or_else(|| "(no message)".into()),
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    clip(&redact(&text, key), 300)
-}
-
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
-}
-
-fn pass_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for name in PASSED_HEADERS {
-        if let Some(v) = from.get(name) {
-            to.insert(HeaderName::from_static(name), v.clone());
-        }
-    }
-}
-
-/// Meters what a successful answer's usage said.
-fn bill(
-    b: &CompiledBackend,
-    endpoint: Endpoint,
-    usage: Result<TokenCounts, UsageError>,
-    reason_if_missing: Option<&str>,
-) {
-    match usage {
-        Ok(t) => {
-            let cost = t.cost(&b.cfg.pricing);
-            b.cell.record_usage(&t, cost);
-            b.gen_ai.usage(endpoint, &t, cost);
-        }
-        Err(e) => {
-            let reason = reason_if_missing.unwrap_or(e.metric_label());
-            tracing::warn!(route = %b.labels.route, backend = %b.cfg.name, reason, error = %e, "answer without usable usage: not billed");
-            b.cell.record_usage_missing(reason);
-        }
-    }
-}
-
 async fn attempt(
     gw: &Gateway,
     route: &CompiledRoute,
     b: &Arc<CompiledBackend>,
-    endpoint: Endpoint,
-    creq: &ClientRequest,
-    client_headers: &HeaderMap,
+    ctx: &AttemptCtx<'_>,
     deadline: Instant,
 ) -> Attempt {
+    let (endpoint, creq, client_headers, request_bytes) =
+        (ctx.endpoint, ctx.creq, ctx.client_headers, ctx.request_bytes);
     let opts = &gw.inner.opts;
     let started = Instant::now();
     let first_byte_deadline = (started + opts.first_byte_timeout).min(deadline);
@@ -370,7 +324,7 @@ async fn attempt(
         b.gen_ai.duration(endpoint, outcome, secs);
         Failure { backend: b.cfg.name.clone(), outcome, status, message }
     };
-    let UpstreamReply { status, headers, mut body, api_key } = match sent {
+    let UpstreamReply { status, headers, mut body } = match sent {
         Ok(r) => r,
         Err(e) => {
             let outcome = match &e {
@@ -381,11 +335,22 @@ async fn attempt(
             return Attempt::Retry(fail(outcome, None, e.to_string()));
         }
     };
-    let key = api_key.as_deref();
+    let redactor = gw.inner.upstream.credentials.redactor();
+    let key = &*redactor;
+
+    if status == StatusCode::TOO_MANY_REQUESTS
+        && let Some(wait) = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| limits::parse_retry_after(v, std::time::SystemTime::now()))
+    {
+        tracing::info!(route = %route.name, backend = %b.cfg.name, pause_s = wait.as_secs(), "backend asked to pause (Retry-After): skipped until then");
+        gw.inner.limits.pause(&route.name, &b.cfg.name, Instant::now() + wait);
+    }
 
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         let wait = (Instant::now() + ERROR_BODY_WAIT).min(deadline);
-        let msg = match read_all(&mut body, MAX_ERROR_BODY, wait).await {
+        let msg = match read_all(&mut body, MAX_ERROR_BODY, wait, None).await {
             Ok(b) => error_message(&b, key),
             Err(_) => "(unreadable error body)".into(),
         };
@@ -397,7 +362,7 @@ async fn attempt(
     if status.is_client_error() {
         // The request's fault, not the backend's: answered as is, never retried.
         let wait = (Instant::now() + ERROR_BODY_WAIT).min(deadline);
-        let raw = read_all(&mut body, MAX_ERROR_BODY, wait).await.unwrap_or_default();
+        let raw = read_all(&mut body, MAX_ERROR_BODY, wait, None).await.unwrap_or_default();
         b.cell.record_outcome(Outcome::ClientError, None);
         let secs = started.elapsed().as_secs_f64();
         b.duration.observe(secs);
@@ -419,14 +384,13 @@ async fn attempt(
                 .into_response(),
             );
         }
-        let resp = match serde_json::from_slice::<Value>(&raw) {
-            Ok(v) if v.get("error").is_some_and(Value::is_object) => {
-                let text = redact(&String::from_utf8_lossy(&raw), key);
+        let mut resp = match rebuild_upstream_error(&raw, key) {
+            Some(text) => {
                 let mut r = (status, text).into_response();
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 r
             }
-            _ => ApiError::new(
+            None => ApiError::new(
                 status,
                 "invalid_request_error",
                 "upstream_rejected",
@@ -434,6 +398,7 @@ async fn attempt(
             )
             .into_response(),
         };
+        pass_headers(&headers, resp.headers_mut(), key);
         return Attempt::Done(resp);
     }
 
@@ -477,10 +442,12 @@ async fn attempt(
         b.ttft.observe(ttfb.as_secs_f64());
         b.gen_ai.time_to_first_token(endpoint, ttfb.as_secs_f64());
         let b2 = b.clone();
-        let on_end = Box::new(move |end: StreamEnd, usage: Result<TokenCounts, UsageError>| {
-            let (outcome, latency, missing_reason) = match end {
+        let on_end = Box::new(move |sum: StreamSummary| {
+            let (outcome, latency, missing_reason) = match sum.end {
                 StreamEnd::Complete => (Outcome::Ok, Some(ttfb), None),
                 StreamEnd::ClientGone => (Outcome::Ok, Some(ttfb), Some("client_disconnected")),
+                StreamEnd::ShutdownCut => (Outcome::Ok, Some(ttfb), Some("shutdown_cut")),
+                StreamEnd::EventTooLarge => (Outcome::UpstreamError, None, Some("event_too_large")),
                 StreamEnd::UpstreamError => (Outcome::UpstreamError, None, Some("stream_interrupted")),
                 StreamEnd::IdleTimeout | StreamEnd::TotalTimeout => {
                     (Outcome::Timeout, None, Some("stream_interrupted"))
@@ -490,28 +457,53 @@ async fn attempt(
             let secs = started.elapsed().as_secs_f64();
             b2.duration.observe(secs);
             b2.gen_ai.duration(endpoint, outcome, secs);
-            bill(&b2, endpoint, usage, missing_reason);
+            // An event over the limit ends the stream whatever usage came before it.
+            let usage = if sum.end == StreamEnd::EventTooLarge { Err(UsageError::Missing) } else { sum.usage };
+            bill(&b2, endpoint, usage, missing_reason, request_bytes, sum.data_events);
         });
-        let sse = SseProcessor::new(family, ask_usage);
-        let stream = metered(first, body, sse, opts.idle_stream_timeout, deadline, on_end);
+        let sse = SseProcessor::new(family, ask_usage, opts.max_sse_event_bytes, redactor.clone());
+        let bounds = StreamBounds {
+            idle: opts.idle_stream_timeout,
+            deadline,
+            drain_timeout: opts.disconnect_drain_timeout,
+            drain_bytes: opts.disconnect_drain_bytes,
+            cut: ctx.cut.clone(),
+        };
+        let stream = metered(first, body, sse, bounds, on_end);
         let mut resp = Response::new(Body::from_stream(stream));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
-        pass_headers(&headers, h);
+        pass_headers(&headers, h, key);
         return Attempt::Done(resp);
     }
 
-    let raw = match read_all(&mut body, MAX_UPSTREAM_BODY, deadline).await {
+    let mut held = None;
+    let shared = &gw.inner.limits;
+    let raw = match read_all(&mut body, MAX_UPSTREAM_BODY, deadline, Some((shared, &mut held))).await {
         Ok(r) => r,
+        Err(ReadError::OverBudget) => {
+            drop(held);
+            b.cell.record_outcome(Outcome::UpstreamError, None);
+            b.duration.observe(started.elapsed().as_secs_f64());
+            bill(b, endpoint, Err(UsageError::Missing), Some("over_memory_budget"), request_bytes, 0);
+            tracing::warn!(route = %route.name, backend = %b.cfg.name, budget_bytes = shared.budget_bytes, "whole answers in memory reached the budget; answer dropped");
+            return Attempt::Done(
+                ApiError::overloaded(format!(
+                    "The gateway is holding its limit of {} bytes of upstream answers; retry shortly.",
+                    shared.budget_bytes
+                ))
+                .into_response(),
+            );
+        }
         Err(ReadError::Timeout) => {
             b.cell.record_outcome(Outcome::Timeout, None);
             let secs = started.elapsed().as_secs_f64();
             b.duration.observe(secs);
             b.gen_ai.duration(endpoint, Outcome::Timeout, secs);
-            b.cell.record_usage_missing("unreadable_body");
+            bill(b, endpoint, Err(UsageError::Missing), Some("unreadable_body"), request_bytes, 0);
             return Attempt::Done(
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -526,13 +518,13 @@ async fn attempt(
             let why = match e {
                 ReadError::TooLarge => format!("larger than {MAX_UPSTREAM_BODY} bytes"),
                 ReadError::Broken(e) => e,
-                ReadError::Timeout => String::new(),
+                ReadError::Timeout | ReadError::OverBudget => String::new(),
             };
             b.cell.record_outcome(Outcome::UpstreamError, None);
             let secs = started.elapsed().as_secs_f64();
             b.duration.observe(secs);
             b.gen_ai.duration(endpoint, Outcome::UpstreamError, secs);
-            b.cell.record_usage_missing("unreadable_body");
+            bill(b, endpoint, Err(UsageError::Missing), Some("unreadable_body"), request_bytes, 0);
             return Attempt::Done(
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -550,7 +542,7 @@ async fn attempt(
         Err(()) => {
             b.gen_ai.duration(endpoint, Outcome::UpstreamError, elapsed.as_secs_f64());
             b.cell.record_outcome(Outcome::UpstreamError, None);
-            b.cell.record_usage_missing("unparseable_body");
+            bill(b, endpoint, Err(UsageError::Missing), Some("unparseable_body"), request_bytes, 0);
             tracing::warn!(route = %route.name, backend = %b.cfg.name, "upstream answered 2xx with a body that is not a JSON object");
             Attempt::Done(
                 ApiError::new(
@@ -562,11 +554,32 @@ async fn attempt(
                 .into_response(),
             )
         }
+        Ok(Ok(t)) if limits::plausible(t).is_err() => {
+            b.cell.record_outcome(Outcome::UpstreamError, None);
+            bill(b, endpoint, Ok(t), None, request_bytes, 0);
+            Attempt::Done(
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "upstream_invalid_usage",
+                    format!(
+                        "Backend `{}` reported usage above {} tokens for one answer; the answer was refused.",
+                        b.cfg.name,
+                        limits::MAX_TOKENS_PER_ANSWER
+                    ),
+                )
+                .into_response(),
+            )
+        }
         Ok(usage) => {
             b.gen_ai.duration(endpoint, Outcome::Ok, elapsed.as_secs_f64());
             b.cell.record_outcome(Outcome::Ok, Some(elapsed));
-            bill(b, endpoint, usage, None);
-            let mut resp = Response::new(Body::from(raw));
+            bill(b, endpoint, usage, None, request_bytes, 0);
+            let raw = match key.redact(&raw) {
+                std::borrow::Cow::Borrowed(_) => Bytes::from(raw),
+                std::borrow::Cow::Owned(v) => Bytes::from(v),
+            };
+            let mut resp = Response::new(Body::new(HeldBody::new(raw, held)));
             *resp.status_mut() = status;
             let h = resp.headers_mut();
             let ct = headers
@@ -574,7 +587,7 @@ async fn attempt(
                 .cloned()
                 .unwrap_or_else(|| HeaderValue::from_static("application/json"));
             h.insert(header::CONTENT_TYPE, ct);
-            pass_headers(&headers, h);
+            pass_headers(&headers, h, key);
             Attempt::Done(resp)
         }
     }

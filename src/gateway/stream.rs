@@ -1,14 +1,24 @@
 //! Usage extraction from answers, and the metered pass-through of streams.
 //!
 //! A whole JSON answer is parsed once for its usage (only the usage-bearing fields are kept).
-//! A server-sent-event stream is forwarded chunk by chunk as it arrives; complete events are
-//! inspected on the side for usage (the final chunk or event carries it; Anthropic's
+//! A server-sent-event stream is forwarded event by event as complete events arrive (each
+//! scrubbed of API keys); events are inspected on the side for usage (the final chunk or event carries it; Anthropic's
 //! `message_start` input counts are merged into the final `message_delta`). When the gateway
 //! itself asked upstream for stream usage, the usage-only chunk (`choices: []` + `usage`) is
 //! removed before the client sees it, so the client gets exactly the stream it asked for.
+//!
+//! Bounds: an incomplete event is buffered up to `max_sse_event_bytes`; past it the stream ends
+//! with a `data: {"error":...,"code":"upstream_event_too_large"}` event (metered as
+//! `event_too_large`). The event-end search resumes where the last one stopped (each byte is
+//! searched once, memchr), so a huge event costs linear time. When the client leaves before the
+//! end, the upstream is read on in the background (at most `disconnect_drain_timeout` and
+//! `disconnect_drain_bytes`) so the usage the provider bills is metered exactly; a stream cut
+//! by the shutdown grace is not drained and ends as [`StreamEnd::ShutdownCut`].
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +28,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use super::redact::Redactor;
 use crate::api::ProviderFamily;
 use crate::pricing::{TokenCounts, UsageError, parse_usage};
 
@@ -212,21 +224,32 @@ impl UsageTracker {
     }
 }
 
-/// Splits a server-sent-event stream into events, forwards it, and reads usage on the side.
+/// Splits a server-sent-event stream into events, forwards them, and reads usage on the side.
 pub(crate) struct SseProcessor {
     strip_usage_chunk: bool,
+    /// The incomplete event (everything after the last complete one).
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for an event end.
+    scanned: usize,
+    max_event: usize,
+    overflowed: bool,
+    data_events: u64,
     tracker: UsageTracker,
+    redactor: Arc<Redactor>,
 }
 
-/// End of the first complete event in `buf`: the index just past its blank line.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// End of the first complete event in `buf[from..]`: the index in `buf` just past its blank
+/// line (`\n\n` or `\r\n\r\n`). Each byte is searched once per pattern.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let hay = buf.get(from..)?;
+    let lf = memmem::find(hay, b"\n\n").map(|i| i + 2);
+    // A `\r\n\r\n` ending before the `\n\n` lies entirely before it.
+    let crlf = memmem::find(&hay[..lf.unwrap_or(hay.len())], b"\r\n\r\n").map(|i| i + 4);
+    let end = match (lf, crlf) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(from + end)
 }
 
 /// The `data:` payload of an event (lines joined by `\n`).
@@ -249,7 +272,7 @@ fn event_data(event: &[u8]) -> Vec<u8> {
 /// `include_usage` is set (only when the gateway set it, so the client sees the chunks it would
 /// have seen without it). Works on bytes: inside a JSON string a quote is always escaped, so
 /// these sequences only ever match the member itself.
-fn without_null_usage(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+fn without_null_usage(event: &[u8]) -> Cow<'_, [u8]> {
     const PATTERNS: [&[u8]; 6] = [
         b",\"usage\":null",
         b", \"usage\": null",
@@ -259,7 +282,7 @@ fn without_null_usage(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         b"\"usage\": null,",
     ];
     if memmem::find(event, b"\"usage\"").is_none() {
-        return std::borrow::Cow::Borrowed(event);
+        return Cow::Borrowed(event);
     }
     let mut out = event.to_vec();
     for p in PATTERNS {
@@ -267,18 +290,46 @@ fn without_null_usage(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
             out.drain(i..i + p.len());
         }
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
+}
+
+/// The event sent to the client when an upstream event is over the size limit.
+pub(crate) fn too_large_event(limit: usize) -> Bytes {
+    let body = serde_json::json!({"error": {
+        "message": format!("The upstream sent a server-sent event larger than the gateway's limit of {limit} bytes; the stream was ended."),
+        "type": "api_error",
+        "param": null,
+        "code": "upstream_event_too_large",
+    }});
+    Bytes::from(format!("data: {body}\n\n"))
 }
 
 impl SseProcessor {
     /// `strip_usage_chunk`: the gateway set `include_usage` itself, so the usage-only chunk is
-    /// removed from what the client receives.
-    pub(crate) fn new(family: ProviderFamily, strip_usage_chunk: bool) -> Self {
-        Self { strip_usage_chunk, buf: Vec::new(), tracker: UsageTracker::new(family) }
+    /// removed from what the client receives. `max_event`: largest event, bytes.
+    pub(crate) fn new(
+        family: ProviderFamily,
+        strip_usage_chunk: bool,
+        max_event: usize,
+        redactor: Arc<Redactor>,
+    ) -> Self {
+        Self {
+            strip_usage_chunk,
+            buf: Vec::new(),
+            scanned: 0,
+            max_event,
+            overflowed: false,
+            data_events: 0,
+            tracker: UsageTracker::new(family),
+            redactor,
+        }
     }
 
     /// Inspects one event; `true` when it is to be forwarded.
     fn inspect(&mut self, event: &[u8]) -> bool {
+        if memmem::find(event, b"data:").is_some() {
+            self.data_events += 1;
+        }
         if memmem::find(event, b"usage").is_none() {
             return true;
         }
@@ -291,36 +342,66 @@ impl SseProcessor {
         !drop_it
     }
 
-    /// Takes one upstream chunk; returns what the client gets now.
-    pub(crate) fn feed(&mut self, chunk: Bytes) -> Bytes {
-        self.buf.extend_from_slice(&chunk);
-        if !self.strip_usage_chunk {
-            // Pure pass-through: the chunk goes out as it came; complete events are read on
-            // the side.
-            while let Some(end) = event_end(&self.buf) {
-                let event: Vec<u8> = self.buf.drain(..end).collect();
-                self.inspect(&event);
-            }
-            return chunk;
+    /// Forwards one event (stripped and scrubbed) into `out`.
+    fn forward(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        if !self.inspect(event) {
+            return;
         }
+        let event = if self.strip_usage_chunk { without_null_usage(event) } else { Cow::Borrowed(event) };
+        out.extend_from_slice(&self.redactor.redact(&event));
+    }
+
+    /// Takes one upstream chunk; returns the complete events the client gets now. Once an
+    /// incomplete event is larger than the limit, [`overflowed`](Self::overflowed) is set, the
+    /// buffer is freed and nothing more is taken.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        if self.overflowed {
+            return Bytes::new();
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(chunk.len());
-        while let Some(end) = event_end(&self.buf) {
-            let event: Vec<u8> = self.buf.drain(..end).collect();
-            if self.inspect(&event) {
-                out.extend_from_slice(&without_null_usage(&event));
-            }
+        let mut start = 0;
+        let mut from = self.scanned.saturating_sub(3);
+        while let Some(end) = event_end(&buf, from) {
+            self.forward(&buf[start..end], &mut out);
+            start = end;
+            from = end;
         }
+        buf.drain(..start);
+        self.scanned = buf.len();
+        if buf.len() > self.max_event {
+            self.overflowed = true;
+            buf = Vec::new();
+            self.scanned = 0;
+        }
+        self.buf = buf;
         Bytes::from(out)
+    }
+
+    /// Whether an event over the size limit ended the stream.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// Events with a `data:` line seen so far.
+    pub(crate) fn data_events(&self) -> u64 {
+        self.data_events
     }
 
     /// The upstream ended: whatever is left (an event without its final blank line).
     pub(crate) fn finish(&mut self) -> Bytes {
         let rest = std::mem::take(&mut self.buf);
-        if rest.iter().all(u8::is_ascii_whitespace) {
-            return if self.strip_usage_chunk { Bytes::from(rest) } else { Bytes::new() };
+        self.scanned = 0;
+        if rest.is_empty() {
+            return Bytes::new();
         }
-        let keep = self.inspect(&rest);
-        if self.strip_usage_chunk && keep { Bytes::from(without_null_usage(&rest).into_owned()) } else { Bytes::new() }
+        if rest.iter().all(u8::is_ascii_whitespace) {
+            return Bytes::from(rest);
+        }
+        let mut out = Vec::with_capacity(rest.len());
+        self.forward(&rest, &mut out);
+        Bytes::from(out)
     }
 
     /// The usage of the stream so far.
@@ -340,67 +421,172 @@ pub(crate) enum StreamEnd {
     IdleTimeout,
     /// The total time ran out.
     TotalTimeout,
-    /// The client went away before the end.
+    /// The client went away before the end (the upstream was then read on, within the drain
+    /// bounds, for its usage).
     ClientGone,
+    /// The shutdown grace period ran out with the stream still open.
+    ShutdownCut,
+    /// An upstream event was larger than the limit.
+    EventTooLarge,
 }
 
-/// Called once when a stream ends, with the usage read from it.
-pub(crate) type OnEnd = Box<dyn FnOnce(StreamEnd, Result<TokenCounts, UsageError>) + Send>;
+/// How a stream ended and what was read of it.
+pub(crate) struct StreamSummary {
+    pub(crate) end: StreamEnd,
+    pub(crate) usage: Result<TokenCounts, UsageError>,
+    /// Events with a `data:` line received.
+    pub(crate) data_events: u64,
+}
+
+/// Called once when a stream ends.
+pub(crate) type OnEnd = Box<dyn FnOnce(StreamSummary) + Send>;
+
+/// Time and size bounds of a forwarded stream.
+#[derive(Clone)]
+pub(crate) struct StreamBounds {
+    /// Longest silence between two upstream chunks.
+    pub(crate) idle: Duration,
+    /// End of the request's total time.
+    pub(crate) deadline: Instant,
+    /// After the client left: longest time the upstream is still read.
+    pub(crate) drain_timeout: Duration,
+    /// After the client left: most upstream bytes still read.
+    pub(crate) drain_bytes: usize,
+    /// Cancelled when the shutdown grace is over.
+    pub(crate) cut: Option<CancellationToken>,
+}
+
+/// The upstream side of a stream and its meter callback. Dropped with the callback still
+/// pending (e.g. the runtime shuts down in the middle of a drain), it meters what it read.
+struct Tail {
+    rest: BodyStream,
+    sse: SseProcessor,
+    on_end: Option<OnEnd>,
+}
+
+impl Tail {
+    fn finish(&mut self, end: StreamEnd) {
+        if let Some(f) = self.on_end.take() {
+            f(StreamSummary { end, usage: self.sse.usage(), data_events: self.sse.data_events() });
+        }
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.finish(StreamEnd::ClientGone);
+    }
+}
+
+/// Reads the upstream on after the client left, for its usage, within the drain bounds.
+async fn drain_for_usage(mut tail: Tail, until: Instant, max_bytes: usize) {
+    let mut read = 0usize;
+    loop {
+        match tokio::time::timeout_at(until, tail.rest.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                read = read.saturating_add(chunk.len());
+                tail.sse.feed(&chunk);
+                if tail.sse.overflowed() || read > max_bytes {
+                    break;
+                }
+            }
+            Ok(None) => {
+                tail.sse.finish();
+                break;
+            }
+            Ok(Some(Err(_))) | Err(_) => break,
+        }
+    }
+    tail.finish(StreamEnd::ClientGone);
+}
 
 struct Metered {
     first: Option<Bytes>,
-    rest: BodyStream,
-    sse: SseProcessor,
-    idle: Duration,
-    deadline: Instant,
-    on_end: Option<OnEnd>,
+    tail: Option<Tail>,
+    bounds: StreamBounds,
+    max_event: usize,
     done: bool,
 }
 
 impl Metered {
     fn end(&mut self, how: StreamEnd) {
         self.done = true;
-        if let Some(f) = self.on_end.take() {
-            f(how, self.sse.usage());
+        if let Some(mut t) = self.tail.take() {
+            t.finish(how);
         }
+    }
+
+    /// What to send for a chunk the processor turned into `out`; `None`: nothing yet.
+    fn after_feed(&mut self, out: Bytes) -> Option<Bytes> {
+        if self.tail.as_ref().is_some_and(|t| t.sse.overflowed()) {
+            self.end(StreamEnd::EventTooLarge);
+            let mut v = out.to_vec();
+            v.extend_from_slice(&too_large_event(self.max_event));
+            return Some(Bytes::from(v));
+        }
+        (!out.is_empty()).then_some(out)
     }
 }
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        self.end(StreamEnd::ClientGone);
+        let Some(mut tail) = self.tail.take() else {
+            return;
+        };
+        if self.bounds.cut.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            tail.finish(StreamEnd::ShutdownCut);
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let until = self.bounds.deadline.min(Instant::now() + self.bounds.drain_timeout);
+                rt.spawn(drain_for_usage(tail, until, self.bounds.drain_bytes));
+            }
+            Err(_) => tail.finish(StreamEnd::ClientGone),
+        }
     }
 }
 
 /// The client-facing stream: `first` (already received) then the rest of upstream, forwarded
-/// without buffering, metered, bounded by the idle and total timeouts. On an upstream error or a
-/// timeout the stream ends with an error, so the client sees a broken transfer rather than a
-/// clean end.
+/// event by event as complete events arrive, metered, bounded by the idle and total timeouts.
+/// On an upstream error or a timeout the stream ends with an error, so the client sees a
+/// broken transfer rather than a clean end; an event over the size limit ends it with an error
+/// event. When the client leaves first, the upstream is read on (within the drain bounds) so
+/// the usage the provider bills is still metered.
 pub(crate) fn metered(
     first: Bytes,
     rest: BodyStream,
     sse: SseProcessor,
-    idle: Duration,
-    deadline: Instant,
+    bounds: StreamBounds,
     on_end: OnEnd,
 ) -> BodyStream {
-    let state = Metered { first: Some(first), rest, sse, idle, deadline, on_end: Some(on_end), done: false };
+    let max_event = sse.max_event;
+    let state = Metered {
+        first: Some(first),
+        tail: Some(Tail { rest, sse, on_end: Some(on_end) }),
+        bounds,
+        max_event,
+        done: false,
+    };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
         }
-        if let Some(first) = st.first.take() {
-            let out = st.sse.feed(first);
-            if !out.is_empty() {
+        if let Some(first) = st.first.take()
+            && let Some(t) = st.tail.as_mut()
+        {
+            let out = t.sse.feed(&first);
+            if let Some(out) = st.after_feed(out) {
                 return Some((Ok(out), st));
             }
         }
         loop {
-            let wait = st.deadline.min(Instant::now() + st.idle);
-            match tokio::time::timeout_at(wait, st.rest.next()).await {
+            let wait = st.bounds.deadline.min(Instant::now() + st.bounds.idle);
+            let t = st.tail.as_mut()?;
+            match tokio::time::timeout_at(wait, t.rest.next()).await {
                 Ok(Some(Ok(chunk))) => {
-                    let out = st.sse.feed(chunk);
-                    if !out.is_empty() {
+                    let out = t.sse.feed(&chunk);
+                    if let Some(out) = st.after_feed(out) {
                         return Some((Ok(out), st));
                     }
                 }
@@ -409,13 +595,16 @@ pub(crate) fn metered(
                     return Some((Err(io::Error::other(format!("upstream stream broke: {e}"))), st));
                 }
                 Ok(None) => {
-                    let tail = st.sse.finish();
+                    let tail = t.sse.finish();
                     st.end(StreamEnd::Complete);
                     return if tail.is_empty() { None } else { Some((Ok(tail), st)) };
                 }
                 Err(_) => {
-                    let how =
-                        if Instant::now() >= st.deadline { StreamEnd::TotalTimeout } else { StreamEnd::IdleTimeout };
+                    let how = if Instant::now() >= st.bounds.deadline {
+                        StreamEnd::TotalTimeout
+                    } else {
+                        StreamEnd::IdleTimeout
+                    };
                     st.end(how);
                     return Some((Err(io::Error::new(io::ErrorKind::TimedOut, "upstream stream timed out")), st));
                 }
@@ -448,10 +637,10 @@ mod tests {
         ]);
         let bytes = text.as_bytes();
         for split in 1..bytes.len() {
-            let mut p = SseProcessor::new(ProviderFamily::OpenAI, true);
+            let mut p = SseProcessor::new(ProviderFamily::OpenAI, true, 1 << 20, Arc::default());
             let mut out = Vec::new();
-            out.extend_from_slice(&p.feed(Bytes::copy_from_slice(&bytes[..split])));
-            out.extend_from_slice(&p.feed(Bytes::copy_from_slice(&bytes[split..])));
+            out.extend_from_slice(&p.feed(&bytes[..split]));
+            out.extend_from_slice(&p.feed(&bytes[split..]));
             out.extend_from_slice(&p.finish());
             let out = String::from_utf8(out).unwrap();
             assert!(!out.contains("\"choices\":[]"), "{out}");
@@ -466,8 +655,8 @@ mod tests {
     fn passes_through_untouched_when_the_client_asked_for_usage() {
         let text =
             sse(&[json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})]);
-        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false);
-        let out = p.feed(Bytes::from(text.clone()));
+        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
+        let out = p.feed(text.as_bytes());
         assert_eq!(out, Bytes::from(text));
         assert!(p.finish().is_empty());
         assert_eq!(p.usage().unwrap().input, 3);
@@ -477,8 +666,8 @@ mod tests {
     fn anthropic_message_start_is_merged_into_message_delta() {
         let text = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":3,\"output_tokens\":1}}}\r\n\r\n\
                     event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\r\n\r\n";
-        let mut p = SseProcessor::new(ProviderFamily::Anthropic, false);
-        p.feed(Bytes::from(text));
+        let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
+        p.feed(text.as_bytes());
         let t = p.usage().unwrap();
         assert_eq!(t, TokenCounts { input: 20, cached_input: 7, cache_write: 3, output: 40, reasoning: 0 });
     }
@@ -487,11 +676,11 @@ mod tests {
     fn responses_completed_event_and_missing_usage() {
         let text = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n\
                     event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[],\"usage\":{\"input_tokens\":9,\"output_tokens\":4,\"total_tokens\":13}}}\n\n";
-        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false);
-        p.feed(Bytes::from(text));
+        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
+        p.feed(text.as_bytes());
         assert_eq!(p.usage().unwrap().input, 9);
-        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false);
-        p.feed(Bytes::from(sse(&[json!({"choices": [{"delta": {}}]})])));
+        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
+        p.feed(sse(&[json!({"choices": [{"delta": {}}]})]).as_bytes());
         assert_eq!(p.usage(), Err(UsageError::Missing));
     }
 
@@ -504,5 +693,113 @@ mod tests {
         assert!(body_usage(ProviderFamily::OpenAI, b"[1]").is_err());
         let gemini = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":4,"thoughtsTokenCount":6,"totalTokenCount":20}}"#;
         assert_eq!(body_usage(ProviderFamily::Gemini, gemini).unwrap().unwrap().reasoning, 6);
+    }
+
+    #[test]
+    fn a_huge_event_is_cut_at_the_limit_and_scanned_once() {
+        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
+        assert_eq!(p.feed(b"data: {\"a\":1}\n\ndata: \"").as_ref(), b"data: {\"a\":1}\n\n");
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut fed = 0;
+        while !p.overflowed() {
+            assert!(p.feed(&chunk).is_empty());
+            fed += chunk.len();
+            assert!(fed < 2 << 20, "never overflowed");
+        }
+        assert!(p.buf.capacity() == 0, "the buffer is freed at the limit");
+        assert!(p.feed(b"\n\n").is_empty(), "nothing more is taken");
+        assert_eq!(p.data_events(), 1);
+        let ev = String::from_utf8(too_large_event(1 << 20).to_vec()).unwrap();
+        assert!(ev.starts_with("data: {\"error\":") && ev.ends_with("\n\n") && ev.contains("upstream_event_too_large"));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const KEY: &str = "sk-test-Zq9/abcdefghijklmnop";
+
+        fn stream_of(sizes: &[(usize, bool)]) -> Vec<u8> {
+            let mut s = Vec::new();
+            for (i, &(size, key)) in sizes.iter().enumerate() {
+                let pad = "x".repeat(size);
+                let content = if key { format!("{pad}{}", KEY.replace('/', "\\/")) } else { pad };
+                let sep = if i % 3 == 0 { "\r\n\r\n" } else { "\n\n" };
+                s.extend_from_slice(format!("data: {{\"i\":{i},\"c\":\"{content}\"}}{sep}").as_bytes());
+            }
+            let usage =
+                json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
+            s.extend_from_slice(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes());
+            s
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+            /// Any split of any stream: the client gets exactly the events (keys scrubbed), the
+            /// usage is read, and the size limit trips only for an event over it.
+            #[test]
+            fn splits_never_change_what_the_client_gets(
+                sizes in proptest::collection::vec((0usize..3000, proptest::bool::weighted(0.2)), 0..12),
+                cuts in proptest::collection::vec(0usize..40_000, 0..20),
+                limit in 1000usize..4000,
+            ) {
+                let input = stream_of(&sizes);
+                let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (input.len() + 1)).collect();
+                cuts.push(0);
+                cuts.push(input.len());
+                cuts.sort_unstable();
+                let red = Arc::new(Redactor::new([KEY]));
+                let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, limit, red.clone());
+                let mut out = Vec::new();
+                for w in cuts.windows(2) {
+                    out.extend_from_slice(&p.feed(&input[w[0]..w[1]]));
+                }
+                out.extend_from_slice(&p.finish());
+                // Largest event, blank line included.
+                let biggest = sizes.iter().map(|&(n, k)| n + if k { KEY.len() + 1 } else { 0 } + 40).max().unwrap_or(0);
+                if p.overflowed() {
+                    prop_assert!(biggest > limit, "overflowed with events of at most {} bytes (limit {})", biggest, limit);
+                } else {
+                    prop_assert_eq!(&out, &red.redact(&input).into_owned());
+                    prop_assert!(memmem::find(&out, b"abcdefghijklmnop").is_none());
+                    let t = p.usage().unwrap();
+                    prop_assert_eq!((t.input, t.output), (7, 3));
+                    prop_assert_eq!(p.data_events(), sizes.len() as u64 + 2);
+                }
+                if biggest + 64 < limit {
+                    prop_assert!(!p.overflowed());
+                }
+            }
+
+            /// Arbitrary bytes never panic the usage parsers or the processor, and usage read
+            /// from them is never above the plausible maximum once checked.
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+                usage in (any::<i64>(), any::<u64>(), 0u8..4),
+            ) {
+                let _ = body_usage(ProviderFamily::OpenAI, &bytes);
+                let _ = body_usage(ProviderFamily::Anthropic, &bytes);
+                let _ = body_usage(ProviderFamily::Gemini, &bytes);
+                let mut p = SseProcessor::new(ProviderFamily::Anthropic, true, 512, Arc::new(Redactor::new([KEY])));
+                let _ = p.feed(&bytes);
+                let _ = p.finish();
+                let _ = p.usage();
+                let (a, b, shape) = usage;
+                let body = match shape {
+                    0 => json!({"usage": {"prompt_tokens": a, "completion_tokens": b, "total_tokens": b}}),
+                    1 => json!({"usage": {"prompt_tokens": b, "completion_tokens": b, "total_tokens": a}}),
+                    2 => json!({"usage": {"input_tokens": a as f64 / 3.0, "output_tokens": b}}),
+                    _ => json!({"usageMetadata": {"promptTokenCount": b, "candidatesTokenCount": a}}),
+                };
+                if let Ok(Ok(t)) = body_usage(ProviderFamily::OpenAI, body.to_string().as_bytes())
+                    && let Ok(t) = crate::gateway::limits::plausible(t)
+                {
+                    prop_assert!(t.input + t.output + t.cached_input + t.cache_write + t.reasoning <= crate::gateway::limits::MAX_TOKENS_PER_ANSWER);
+                }
+            }
+        }
     }
 }

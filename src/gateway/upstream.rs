@@ -1,4 +1,8 @@
 //! Calling a real upstream over HTTP(S): URL, auth headers, credentials, transport errors.
+//!
+//! Credentials are read from the credentials directory and cached for [`CREDENTIAL_TTL`]; the
+//! [`Redactor`] of every key loaded so far (what scrubs upstream bytes before a client sees
+//! them) is rebuilt only when that set of keys changes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use super::GatewayOptions;
+use super::redact::Redactor;
 use super::stream::BodyStream;
 use crate::api::Protocol;
 
@@ -27,8 +32,6 @@ pub(crate) struct UpstreamReply {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: BodyStream,
-    /// The API key used, so error bodies passed back to the client can be scrubbed of it.
-    pub(crate) api_key: Option<Arc<str>>,
 }
 
 /// Why no answer came back.
@@ -64,11 +67,31 @@ type CachedKey = (std::time::Instant, Result<Arc<str>, String>);
 pub(crate) struct Credentials {
     dir: PathBuf,
     cache: Mutex<HashMap<String, CachedKey>>,
+    redactor: Mutex<(Vec<Arc<str>>, Arc<Redactor>)>,
 }
 
 impl Credentials {
     pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir, cache: Mutex::new(HashMap::new()) }
+        Self { dir, cache: Mutex::new(HashMap::new()), redactor: Mutex::new((Vec::new(), Arc::default())) }
+    }
+
+    /// A redactor of every key loaded so far (rebuilt only when that set changes).
+    pub(crate) fn redactor(&self) -> Arc<Redactor> {
+        let mut keys: Vec<Arc<str>> = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|(_, v)| v.as_ref().ok().cloned())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut r = self.redactor.lock().unwrap_or_else(PoisonError::into_inner);
+        if r.0 != keys {
+            let built = Arc::new(Redactor::new(keys.iter().map(|k| &**k)));
+            *r = (keys, built);
+        }
+        r.1.clone()
     }
 
     /// The key in `file` (surrounding whitespace trimmed).
@@ -86,14 +109,6 @@ impl Credentials {
         };
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(file.to_string(), (now, v.clone()));
         v
-    }
-}
-
-/// Replaces every occurrence of `key` in `text`.
-pub(crate) fn redact(text: &str, key: Option<&str>) -> String {
-    match key {
-        Some(k) if k.len() >= 4 && text.contains(k) => text.replace(k, "[redacted]"),
-        _ => text.to_string(),
     }
 }
 
@@ -208,7 +223,7 @@ impl Upstream {
         };
         let (parts, body) = resp.into_parts();
         let body: BodyStream = Box::pin(body.into_data_stream().map_err(|e| io::Error::other(describe(&e))));
-        Ok(UpstreamReply { status: parts.status, headers: parts.headers, body, api_key })
+        Ok(UpstreamReply { status: parts.status, headers: parts.headers, body })
     }
 }
 
@@ -239,7 +254,7 @@ mod tests {
         assert_eq!(&*c.get("openai_api-key").unwrap(), "sk-secret-123");
         let e = c.get("missing_key").unwrap_err();
         assert!(e.contains("missing_key") && !e.contains("sk-secret"));
-        assert_eq!(redact("bad key sk-secret-123!", Some("sk-secret-123")), "bad key [redacted]!");
+        assert_eq!(c.redactor().redact_str("bad key sk-secret-123!"), "bad key [redacted]!");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -45,6 +45,9 @@ pub const TOKENS: &str = "tollgate_tokens";
 pub const COST_USD: &str = "tollgate_cost_usd";
 /// Family: successful answers whose usage could not be read, by reason (counter).
 pub const USAGE_MISSING: &str = "tollgate_usage_missing";
+/// Estimated spend (nano-USD) of the answers counted in [`USAGE_MISSING`]: written by the gateway,
+/// not exact, kept apart from [`COST_NANOUSD`].
+pub const COST_ESTIMATED_NANOUSD: &str = "tollgate_cost_estimated_nanousd";
 /// Family: config documents refused (counter).
 pub const CONFIG_RELOAD_ERRORS: &str = "tollgate_config_reload_errors";
 /// Family: time from sending a streaming request to its first chunk, seconds (histogram).
