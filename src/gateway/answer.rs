@@ -18,6 +18,7 @@ use super::CompiledBackend;
 use super::errors::{ApiError, clip};
 use super::limits;
 use super::redact::Redactor;
+use super::request::Endpoint;
 use super::stream::BodyStream;
 use crate::pricing::{TokenCounts, UsageError};
 

@@ -535,7 +535,7 @@ mod tests {
         let cell = m.meter.cell(&key("chat", "a"));
         cell.record_outcome(Outcome::Ok, Some(Duration::from_millis(250)));
         cell.record_outcome(Outcome::UpstreamError, None);
-        cell.record_usage(&TokenCounts::default(), Money::from_picos(7_000_999));
+        cell.record_usage(&TokenCounts::default(), Money::from_picos(7_000_999)).unwrap();
         m.meter.set_revision("sha256:r1");
         let (duration, _) = m.histograms(&BackendLabels::of(&key("chat", "a")));
         duration.observe(0.25);

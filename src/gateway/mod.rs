@@ -26,8 +26,8 @@
 //! # let _ = (api, obs); Ok(()) }
 //! ```
 
-mod cli;
 mod answer;
+mod cli;
 mod errors;
 mod limits;
 mod metrics;
