@@ -67,8 +67,8 @@ async fn the_secret_list_and_watch_carry_the_provider_key_selector() {
     let start = Instant::now();
     let got = loop {
         let s = secrets(&seen);
-        let lists = s.iter().any(|l| l.starts_with("GET ") && !l.contains("watch=true"));
-        let watches = s.iter().any(|l| l.starts_with("GET ") && l.contains("watch=true"));
+        let lists = s.iter().any(|l| l.starts_with("GET ") && !l.contains("watch=true") && l.contains(SELECTOR));
+        let watches = s.iter().any(|l| l.starts_with("GET ") && l.contains("watch=true") && l.contains(SELECTOR));
         if lists && watches {
             break s;
         }
@@ -81,10 +81,17 @@ async fn the_secret_list_and_watch_carry_the_provider_key_selector() {
     let _ = child.kill();
     let _ = child.wait();
     std::fs::remove_dir_all(&dir).ok();
+    // Every Secret request is narrowed: to opted-in Secrets by label, or to the controller's own
+    // credentials Secret by name (watched only to skip writes that change nothing).
+    let own = "fieldSelector=metadata.name%3Dtollgate-credentials";
     for line in &got {
         println!("{line}");
-        assert!(line.contains(SELECTOR), "a Secret request without the provider-key selector: {line}");
+        assert!(
+            line.contains(SELECTOR) || line.contains(own),
+            "a Secret request without the provider-key selector or the own-Secret name: {line}"
+        );
     }
+    assert!(got.iter().any(|l| l.contains(SELECTOR)), "no Secret request with the provider-key selector: {got:#?}");
     // The other watches are not narrowed by mistake: the ConfigMap watch is by name, routes are all.
     let all = seen.lock().unwrap().clone();
     assert!(

@@ -73,6 +73,23 @@ pub struct BudgetMemory {
     pub conditions: Vec<Condition>,
 }
 
+impl BudgetMemory {
+    /// The memory of a budget never evaluated before: window `[start, end)`, nothing spent.
+    pub fn fresh(window_start: Timestamp, window_end: Timestamp) -> Self {
+        Self {
+            window_start,
+            window_end,
+            spent: Money::ZERO,
+            action: None,
+            forecast: false,
+            total: Money::ZERO,
+            samples: Vec::new(),
+            policy: None,
+            conditions: Vec::new(),
+        }
+    }
+}
+
 /// One burn-rate sample.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -284,17 +301,7 @@ pub fn evaluate_budget(b: &BudgetInput, obs: &Observations, prev: Option<&Budget
                 ..p.clone()
             }
         }
-        None => BudgetMemory {
-            window_start: window.0,
-            window_end: window.1,
-            spent: Money::ZERO,
-            action: None,
-            forecast: false,
-            total: Money::ZERO,
-            samples: Vec::new(),
-            policy: None,
-            conditions: Vec::new(),
-        },
+        None => BudgetMemory::fresh(window.0, window.1),
     };
     mem.spent += delta;
     mem.total += delta;
@@ -494,17 +501,7 @@ fn invalid_budget(
     now: Timestamp,
 ) -> BudgetEval {
     let spec = &b.spec;
-    let mut mem = prev.cloned().unwrap_or(BudgetMemory {
-        window_start: now,
-        window_end: now,
-        spent: Money::ZERO,
-        action: None,
-        forecast: false,
-        total: Money::ZERO,
-        samples: Vec::new(),
-        policy: None,
-        conditions: Vec::new(),
-    });
+    let mut mem = prev.cloned().unwrap_or_else(|| BudgetMemory::fresh(now, now));
     let in_window = mem.window_start <= now && now < mem.window_end;
     if in_window {
         mem.spent += delta;

@@ -399,24 +399,11 @@ fn image_part(p: &ContentPart, path: &str, dropped: &mut Vec<String>) -> Result<
 }
 
 fn convert_tools(req: &ChatRequest, dropped: &mut Vec<String>) -> Result<Option<Vec<Value>>, TranslateError> {
-    let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) else {
+    let Some(functions) = super::function_tools(req, TARGET, dropped)? else {
         return Ok(None);
     };
-    let mut decls = Vec::with_capacity(tools.len());
-    for (i, t) in tools.iter().enumerate() {
-        let f = match (t.kind.as_str(), &t.function) {
-            ("function", Some(f)) => f,
-            (kind, _) => {
-                return Err(TranslateError::unsupported(
-                    format!("tools[{i}].type"),
-                    TARGET,
-                    format!("tool type `{kind}` (only `function` with a `function` object)"),
-                ));
-            }
-        };
-        if f.strict.is_some() {
-            drop_field(dropped, "tools[].function.strict");
-        }
+    let mut decls = Vec::with_capacity(functions.len());
+    for f in functions {
         let mut d = Map::new();
         d.insert("name".into(), f.name.clone().into());
         if let Some(desc) = &f.description {

@@ -252,6 +252,37 @@ pub(crate) fn is_http_url(url: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
+/// The function definitions of a request's `tools` (`None` when it has none), for a target
+/// that only takes `function` tools: any other type is refused naming `tools[i].type`, and a
+/// `strict` flag is listed as dropped.
+pub(crate) fn function_tools<'a>(
+    req: &'a openai::ChatRequest,
+    target: &'static str,
+    dropped: &mut Vec<String>,
+) -> Result<Option<Vec<&'a openai::FunctionDef>>, TranslateError> {
+    let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let f = match (t.kind.as_str(), &t.function) {
+            ("function", Some(f)) => f,
+            (kind, _) => {
+                return Err(TranslateError::unsupported(
+                    format!("tools[{i}].type"),
+                    target,
+                    format!("tool type `{kind}` (only `function` with a `function` object)"),
+                ));
+            }
+        };
+        if f.strict.is_some() {
+            drop_field(dropped, "tools[].function.strict");
+        }
+        out.push(f);
+    }
+    Ok(Some(out))
+}
+
 /// Pushes `name` to `dropped` once.
 pub(crate) fn drop_field(dropped: &mut Vec<String>, name: impl Into<String>) {
     let name = name.into();
