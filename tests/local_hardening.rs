@@ -140,7 +140,11 @@ impl Local {
             {
                 return s;
             }
-            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}; log:\n{}", self.proc.logs());
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; log:\n{}",
+                self.proc.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -255,7 +259,10 @@ async fn a_state_path_that_cannot_be_written_stops_local_at_start() {
     assert_eq!(status.code(), Some(2), "{}", local.proc.logs());
     let logs = local.proc.logs();
     assert!(
-        logs.contains(&format!("error: state file {} cannot be written (Read-only file system", setup.state().display())),
+        logs.contains(&format!(
+            "error: state file {} cannot be written (Read-only file system",
+            setup.state().display()
+        )),
         "{logs}"
     );
     assert!(!logs.contains("serving"), "nothing served: {logs}");
@@ -304,7 +311,8 @@ async fn a_failing_save_is_loud_shown_and_fails_the_stop() {
 
     // Space returns: the next save succeeds and the condition clears.
     std::fs::remove_file(&filler).unwrap();
-    let s = local.wait_status("stateSave.ok true again", Duration::from_secs(10), |s| s["stateSave"]["ok"] == true).await;
+    let s =
+        local.wait_status("stateSave.ok true again", Duration::from_secs(10), |s| s["stateSave"]["ok"] == true).await;
     assert!(s["stateSave"].get("error").is_none(), "{s}");
     assert!(local.proc.stdout().contains("state file saved again to"), "{}", local.proc.logs());
 
@@ -316,23 +324,34 @@ async fn a_failing_save_is_loud_shown_and_fails_the_stop() {
     let status = local.proc.wait_exit(Duration::from_secs(15));
     let logs = local.proc.logs();
     assert_eq!(status.code(), Some(2), "{logs}");
-    assert!(logs.contains(&format!("error: stopped, but the state was NOT saved to {}", setup.state().display())), "{logs}");
+    assert!(
+        logs.contains(&format!("error: stopped, but the state was NOT saved to {}", setup.state().display())),
+        "{logs}"
+    );
     assert!(!local.proc.stdout().contains("state saved to"), "{logs}");
     assert_eq!(local.save_errors(), 2, "{logs}");
     assert_eq!(entries(&setup.state_dir), ["filler", "state.json"], "no temporary file left");
 }
 
 /// A state file deleted while `local` runs (and nothing else changes) is rewritten within a
-/// couple of seconds.
+/// couple of seconds, with what it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_state_file_is_rewritten() {
     let setup = Setup::new("lhdeleted");
     let mut local = setup.start("1h").await;
     local.spend(2).await;
     let state = setup.state();
-    wait_until("the state file written", Duration::from_secs(10), || {
+    // Wait until the checkpoint saved the two requests as pending spend: from then on nothing
+    // changes (no traffic, no evaluation within the hour), so only the existence check can
+    // bring the file back.
+    wait_until("the pending spend saved", Duration::from_secs(10), || {
         let state = state.clone();
-        async move { state.exists() }
+        async move {
+            std::fs::read_to_string(&state)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["pending"]["spend"].as_object().is_some_and(|m| !m.is_empty()))
+        }
     })
     .await;
     std::fs::remove_file(&state).unwrap();
@@ -347,6 +366,7 @@ async fn a_deleted_state_file_is_rewritten() {
     assert!(after < Duration::from_secs(3), "rewritten after {after:?}");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(v["version"], 1);
+    assert!(v["pending"]["spend"].as_object().is_some_and(|m| !m.is_empty()), "the pending spend is back: {v}");
     local.proc.signal("TERM");
     assert_eq!(local.proc.wait_exit(Duration::from_secs(15)).code(), Some(0), "{}", local.proc.logs());
 }
@@ -370,7 +390,9 @@ async fn special_files_in_the_manifest_directory_neither_block_nor_balloon() {
     std::fs::File::create(&big).unwrap().set_len(17 * 1024 * 1024).unwrap();
     std::os::unix::fs::symlink("root@host.1234", &lock).unwrap();
 
-    let s = local.wait_status("the special files reported", Duration::from_secs(10), |s| s["manifestError"].is_string()).await;
+    let s = local
+        .wait_status("the special files reported", Duration::from_secs(10), |s| s["manifestError"].is_string())
+        .await;
     let report = s["manifestError"].as_str().unwrap();
     for part in [
         format!("{}: document 0: (file): (file): is a FIFO", fifo.display()),

@@ -171,11 +171,9 @@ impl Engine {
     /// Saves `state` unless the state file already holds it; a failure is logged once per
     /// episode and shown in `/status` until a save succeeds.
     fn save(&mut self, state: LocalState) {
-        let unchanged = self
-            .last_saved
-            .as_ref()
-            .is_some_and(|s| s.decision == state.decision && s.pending == state.pending)
-            && self.state_path.exists();
+        let unchanged =
+            self.last_saved.as_ref().is_some_and(|s| s.decision == state.decision && s.pending == state.pending)
+                && self.state_path.exists();
         if unchanged {
             return;
         }
@@ -387,11 +385,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         evaluated: MeterSnapshot::default(),
         state_path: args.state.clone(),
         last_saved: None,
-        save_status: StateSaveReport {
-            ok: true,
-            path: args.state.display().to_string(),
-            ..Default::default()
-        },
+        save_status: StateSaveReport { ok: true, path: args.state.display().to_string(), ..Default::default() },
         report: report.clone(),
         gateway: gateway.clone(),
         manifest_error: None,
