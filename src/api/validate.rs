@@ -5,9 +5,13 @@
 //! patterns, ranges, enums, required fields; unknown fields refused as `kubectl apply` does by
 //! default), then the CEL rules of `x-kubernetes-validations` — and then the few facts no schema
 //! can express (an IANA time zone that exists). `render`, `local` and the controller use it.
+//!
+//! A manifest directory holds `*.yaml` / `*.yml` regular files (symlinks followed) of at most
+//! [`MAX_MANIFEST_FILE_BYTES`] each; anything else so named is an error naming the file
+//! ([`read_manifest_files`], shared by [`load_dir`] and `tollgate local`'s change detector).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use kube::core::cel::{Validator, apply_defaults};
@@ -295,33 +299,128 @@ pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> R
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
-/// Reads and validates every `*.yaml` / `*.yml` file in `dir` (not recursive, in name order).
-/// All errors are collected; duplicates of the same kind, namespace and name are refused.
+/// The largest manifest file read (16 MiB). A bigger `*.yaml` entry is an error naming the file,
+/// never read into memory.
+pub const MAX_MANIFEST_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a manifest directory entry holds: its bytes, or why it cannot be read.
+pub type ManifestFile = (PathBuf, Result<Vec<u8>, String>);
+
+/// The `*.yaml` / `*.yml` entries of `dir` (not recursive) in name order, each with its bytes
+/// or why it is refused. The one definition of "a manifest file", shared by [`load_dir`] and
+/// `tollgate local`'s change detector:
+/// - symlinks are followed; the target must be a regular file. A FIFO, socket, device or
+///   directory is refused (never opened for reading: a FIFO would block, `/dev/zero` never
+///   ends), and so is a file over [`MAX_MANIFEST_FILE_BYTES`];
+/// - an entry that vanishes while listed, or a symlink to nothing (an editor's lock file such as
+///   Emacs' `.#routes.yaml`), is not a manifest and is skipped;
+/// - the file is opened non-blocking and checked again on the open handle, so a file swapped
+///   for a FIFO between the two checks cannot block the reader, and at most the limit plus one
+///   byte is read even if it grows meanwhile.
+///
+/// Fails only when `dir` itself cannot be listed.
+pub fn read_manifest_files(dir: &Path) -> std::io::Result<Vec<ManifestFile>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files
+        .into_iter()
+        .filter_map(|path| match read_regular_file(&path) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => Some((path, Ok(bytes))),
+            Err(e) => Some((path, Err(e))),
+        })
+        .collect())
+}
+
+/// What kind of non-regular file `t` is, for messages.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses anything but a regular file within the size limit.
+fn check_regular(meta: &std::fs::Metadata) -> Result<(), String> {
+    if !meta.file_type().is_file() {
+        return Err(format!(
+            "is {} (after following symlinks); only regular files are read as manifests",
+            file_kind(meta.file_type())
+        ));
+    }
+    if meta.len() > MAX_MANIFEST_FILE_BYTES {
+        return Err(format!(
+            "is {} bytes, over the limit of {} bytes (16 MiB) per manifest file",
+            meta.len(),
+            MAX_MANIFEST_FILE_BYTES
+        ));
+    }
+    Ok(())
+}
+
+/// Reads one manifest file under the rules of [`read_manifest_files`]; `None` when it is gone.
+fn read_regular_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    check_regular(&meta)?;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    check_regular(&meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_MANIFEST_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_MANIFEST_FILE_BYTES {
+        return Err(format!("grew over the limit of {MAX_MANIFEST_FILE_BYTES} bytes (16 MiB) per manifest file"));
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads and validates every manifest file of `dir` ([`read_manifest_files`]: `*.yaml` /
+/// `*.yml`, regular files only, at most [`MAX_MANIFEST_FILE_BYTES`] each, not recursive, in
+/// name order). All errors are collected; duplicates of the same kind, namespace and name are
+/// refused.
 pub fn load_dir(dir: &Path) -> Result<Manifests, Vec<ManifestError>> {
-    let io_err = |p: &Path, e: std::io::Error| ManifestError {
+    let file_err = |p: &Path, message: String| ManifestError {
         source_name: p.display().to_string(),
         doc: 0,
         object: "(file)".into(),
         field: "(file)".into(),
-        message: e.to_string(),
+        message,
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| vec![io_err(dir, e)])?;
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
+    let files = read_manifest_files(dir).map_err(|e| vec![file_err(dir, e.to_string())])?;
     let mut manifests = Manifests::default();
     let mut errors = Vec::new();
-    for file in &files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => {
-                if let Err(e) = parse_manifests(&file.display().to_string(), &text, &mut manifests) {
+    for (file, content) in &files {
+        match content.as_ref().map(|b| std::str::from_utf8(b)) {
+            Ok(Ok(text)) => {
+                if let Err(e) = parse_manifests(&file.display().to_string(), text, &mut manifests) {
                     errors.extend(e);
                 }
             }
-            Err(e) => errors.push(io_err(file, e)),
+            Ok(Err(e)) => errors.push(file_err(file, format!("not UTF-8 text: {e}"))),
+            Err(e) => errors.push(file_err(file, e.clone())),
         }
     }
     let mut seen = BTreeSet::new();

@@ -6,6 +6,18 @@
 //! tables change, prints the transitions (and a status table on a terminal), and saves the
 //! state atomically. Between evaluations the not-yet-evaluated observations are saved every
 //! second, so a crash loses at most the last second and counts nothing twice.
+//!
+//! Saving is never silent about failing: the state path is written once at start (a path that
+//! cannot be written exits 2 before serving); at runtime a failed save logs one error per
+//! failure episode (not per second), shows `stateSave: {ok: false, error, since}` in `/status`
+//! and is retried each second until it succeeds; a stop while saves fail exits non-zero saying
+//! the state was NOT saved. A save is skipped only when nothing changed since the last
+//! successful save *and* the state file still exists, so a deleted state file is rewritten
+//! within a second.
+//!
+//! Manifest files are read under one definition ([`read_manifest_files`]): regular files only,
+//! 16 MiB at most each, so a FIFO or a symlink to `/dev/zero` named `*.yaml` is a reported error,
+//! never a blocked loop or a ballooning process.
 
 pub mod load;
 pub mod state;
@@ -25,14 +37,14 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::validate::{Manifests, load_dir};
+use crate::api::validate::{Manifests, load_dir, read_manifest_files};
 use crate::gateway::MeterSnapshot;
 use crate::gateway::{Gateway, GatewayOptions, ServeLimits, serve};
 use crate::plan::{Plan, kind_name};
 use crate::policy::{DecisionState, ObjectKey, ObjectKind, Observations, Transition};
 use crate::render::{notes, pick_namespace, plan_manifests};
 use state::{LocalState, merge_observations};
-use status::{BudgetReport, RouteReport, StatusReport};
+use status::{BudgetReport, RouteReport, StateSaveReport, StatusReport};
 
 /// `tollgate local`: the flags.
 #[derive(clap::Args, Debug, Clone)]
@@ -75,6 +87,19 @@ pub enum LocalError {
     /// Gateway could not start.
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
+    /// Stopped while the state file could not be saved.
+    #[error(
+        "stopped, but the state was NOT saved to {path}: {error} (saves failing since {since}); \
+         spend and windows observed since then are lost on restart"
+    )]
+    NotSaved {
+        /// State file.
+        path: PathBuf,
+        /// The last save's error.
+        error: String,
+        /// First failed save of the episode.
+        since: Timestamp,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -85,19 +110,29 @@ pub enum LocalError {
     },
 }
 
-/// Digest of the manifest files (names and contents), to notice edits.
+/// Digest of the manifest files (names, and contents or why they are refused), to notice
+/// edits. Reads exactly what the loader reads ([`read_manifest_files`]: regular files only,
+/// size-limited), so a FIFO or a symlink to `/dev/zero` can neither block nor balloon the loop;
+/// `None` when the directory cannot be listed.
 fn dir_digest(dir: &Path) -> Option<[u8; 32]> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
+    let files = read_manifest_files(dir).ok()?;
     let mut h = Sha256::new();
-    for f in files {
-        h.update(f.to_string_lossy().as_bytes());
-        h.update(std::fs::read(&f).unwrap_or_default());
+    for (path, content) in files {
+        let name = path.to_string_lossy();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        match content {
+            Ok(bytes) => {
+                h.update([0]);
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+            Err(e) => {
+                h.update([1]);
+                h.update((e.len() as u64).to_le_bytes());
+                h.update(e.as_bytes());
+            }
+        }
     }
     Some(h.finalize().into())
 }
@@ -115,7 +150,10 @@ struct Engine {
     /// Meter at the last evaluation.
     evaluated: MeterSnapshot,
     state_path: PathBuf,
+    /// What the state file holds after the last successful save (`None` after a failure).
     last_saved: Option<LocalState>,
+    /// Whether saves work: the `stateSave` of `/status`.
+    save_status: StateSaveReport,
     report: Arc<RwLock<StatusReport>>,
     gateway: Gateway,
     manifest_error: Option<String>,
@@ -130,17 +168,49 @@ impl Engine {
         obs
     }
 
-    fn save(&mut self, state: LocalState) -> Result<(), state::StateError> {
+    /// Saves `state` unless the state file already holds it; a failure is logged once per
+    /// episode and shown in `/status` until a save succeeds.
+    fn save(&mut self, state: LocalState) {
         let unchanged =
-            self.last_saved.as_ref().is_some_and(|s| s.decision == state.decision && s.pending == state.pending);
+            self.last_saved.as_ref().is_some_and(|s| s.decision == state.decision && s.pending == state.pending)
+                && self.state_path.exists();
         if unchanged {
-            return Ok(());
+            return;
         }
+        let now = Timestamp::now();
         let mut stamped = state.clone();
-        stamped.saved_at = Some(Timestamp::now());
-        stamped.save(&self.state_path)?;
-        self.last_saved = Some(state);
-        Ok(())
+        stamped.saved_at = Some(now);
+        match stamped.save(&self.state_path) {
+            Ok(()) => {
+                if let Some(since) = self.save_status.since {
+                    println!(
+                        "state file saved again to {} (saves had failed since {since})",
+                        self.state_path.display()
+                    );
+                }
+                self.last_saved = Some(state);
+                self.save_status.ok = true;
+                self.save_status.error = None;
+                self.save_status.since = None;
+                self.save_status.last_saved = Some(now);
+            }
+            Err(e) => {
+                self.last_saved = None;
+                if self.save_status.since.is_none() {
+                    tracing::error!(
+                        error = %e,
+                        "cannot save the state file: spend observed from now on is not on disk; \
+                         retrying every second, no further error is logged until a save succeeds"
+                    );
+                    self.save_status.since = Some(now);
+                }
+                self.save_status.ok = false;
+                self.save_status.error = Some(e.to_string());
+            }
+        }
+        if let Ok(mut r) = self.report.write() {
+            r.state_save = Some(self.save_status.clone());
+        }
     }
 
     /// Saves what was observed since the last evaluation (every second).
@@ -151,9 +221,7 @@ impl Engine {
             decision: self.decision.clone(),
             pending: self.pending(),
         };
-        if let Err(e) = self.save(state) {
-            tracing::error!(error = %e, "cannot save the state file");
-        }
+        self.save(state);
     }
 
     /// Re-reads the manifests if they changed; an invalid edit is refused and reported.
@@ -228,9 +296,7 @@ impl Engine {
             decision: self.decision.clone(),
             pending: Observations::default(),
         };
-        if let Err(e) = self.save(state) {
-            tracing::error!(error = %e, "cannot save the state file");
-        }
+        self.save(state);
         plan.decision.transitions
     }
 
@@ -257,6 +323,7 @@ impl Engine {
             namespace: self.namespace.clone(),
             config_revision: self.gateway.revision(),
             manifest_error: self.manifest_error.clone(),
+            state_save: Some(self.save_status.clone()),
             routes: m
                 .routes
                 .iter()
@@ -303,6 +370,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         println!("note: {n}");
     }
     let saved = LocalState::load(&args.state)?;
+    saved.check_writable(&args.state)?;
     let opts = GatewayOptions { credentials_dir: args.credentials_dir.clone(), ..GatewayOptions::default() };
     let gateway = Gateway::new(None, opts)?;
     let report = Arc::new(RwLock::new(StatusReport { namespace: namespace.clone(), ..Default::default() }));
@@ -317,6 +385,7 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         evaluated: MeterSnapshot::default(),
         state_path: args.state.clone(),
         last_saved: None,
+        save_status: StateSaveReport { ok: true, path: args.state.display().to_string(), ..Default::default() },
         report: report.clone(),
         gateway: gateway.clone(),
         manifest_error: None,
@@ -403,6 +472,13 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
     }
     for s in servers {
         let _ = s.await;
+    }
+    if let (false, Some(since)) = (engine.save_status.ok, engine.save_status.since) {
+        return Err(LocalError::NotSaved {
+            path: args.state.clone(),
+            error: engine.save_status.error.clone().unwrap_or_default(),
+            since,
+        });
     }
     println!("tollgate local: stopped; state saved to {}", args.state.display());
     Ok(())

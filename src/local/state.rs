@@ -3,6 +3,11 @@
 //!
 //! Merging observations carried between evaluations uses the shared
 //! [`crate::signals::delta::merge_observations`] (re-exported here).
+//!
+//! A save writes a temporary file beside the state file, fsyncs it and renames it over; on any
+//! failure (full disk, read-only file system, immutable file) the temporary file is removed and
+//! the error returned, never swallowed. [`LocalState::check_writable`] does one real save at
+//! start, so a state path that cannot be written stops `local` before it serves anything.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,6 +75,27 @@ pub enum StateError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Could not be written when checked at start.
+    #[error(
+        "state file {path} cannot be written ({source}); refusing to start, as spend that cannot be \
+         saved would be lost on restart. Make {dir} writable, with free space, or choose another --state"
+    )]
+    NotWritable {
+        /// File.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 impl LocalState {
@@ -93,22 +119,41 @@ impl LocalState {
     }
 
     /// Writes `path` atomically: a temporary file beside it, fsync, rename, fsync the directory.
+    /// On failure the temporary file is removed and the state file is left as it was.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let err = |source| StateError::Write { path: path.into(), source };
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        self.write_atomic(path).map_err(|source| StateError::Write { path: path.into(), source })
+    }
+
+    /// Saves `self` to `path` once, as the start-up check that the state file can be written
+    /// (directory missing or read-only, disk full, file immutable): a [`StateError::NotWritable`]
+    /// naming the directory otherwise.
+    pub fn check_writable(&self, path: &Path) -> Result<(), StateError> {
+        self.write_atomic(path).map_err(|source| StateError::NotWritable {
+            path: path.into(),
+            dir: parent_dir(path),
+            source,
+        })
+    }
+
+    fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let dir = parent_dir(path);
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "state".into());
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(err)?;
-            f.write_all(&bytes).map_err(err)?;
-            f.write_all(b"\n").map_err(err)?;
-            f.sync_all().map_err(err)?;
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            // Best effort: the directory may refuse the removal too (read-only), then nothing
+            // was created in the first place.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, path).map_err(err)?;
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
@@ -151,5 +196,28 @@ mod tests {
         std::fs::write(&p, b"{\"version\": 9, \"decision\": {}}").unwrap();
         assert!(matches!(LocalState::load(&p), Err(StateError::Version { found: 9, .. })));
         std::fs::remove_file(&p).ok();
+    }
+
+    #[test]
+    fn a_failed_save_is_an_error_and_leaves_no_temporary_file() {
+        let dir = temp("faildir");
+        std::fs::create_dir_all(&dir).unwrap();
+        // The state path is a non-empty directory: the rename over it fails after the
+        // temporary file was written.
+        let path = dir.join("state.json");
+        std::fs::create_dir_all(path.join("x")).unwrap();
+        let s = LocalState { version: STATE_VERSION, ..Default::default() };
+        let e = s.save(&path).unwrap_err().to_string();
+        assert!(e.starts_with("cannot write state file") && e.contains("state.json"), "{e}");
+        let e = s.check_writable(&path).unwrap_err().to_string();
+        assert!(e.contains("refusing to start") && e.contains(&dir.display().to_string()), "{e}");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["state.json"], "no temporary file left");
+        // A missing directory is refused too.
+        let e = s.check_writable(&dir.join("no/such/dir/state.json")).unwrap_err().to_string();
+        assert!(e.contains("No such file"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -34,10 +34,32 @@ pub struct StatusReport {
     /// The last manifest edit that was refused, if the current files are invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_error: Option<String>,
+    /// Whether the state file is being saved (absent from a `local` older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_save: Option<StateSaveReport>,
     /// Routes, by name.
     pub routes: Vec<RouteReport>,
     /// Budgets, by name.
     pub budgets: Vec<BudgetReport>,
+}
+
+/// `stateSave` of `/status`: whether the state file is being saved.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateSaveReport {
+    /// False while saves fail: what was observed since `since` is not on disk.
+    pub ok: bool,
+    /// The state file.
+    pub path: String,
+    /// The last failed save's error, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// First failed save of the current failure episode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    /// Last successful save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_saved: Option<Timestamp>,
 }
 
 /// One route.
@@ -100,6 +122,14 @@ impl StatusReport {
         );
         if let Some(e) = &self.manifest_error {
             let _ = writeln!(out, "! manifest edit refused, still serving the last good policy: {e}");
+        }
+        if let Some(s) = self.state_save.as_ref().filter(|s| !s.ok) {
+            let since = s.since.map(|t| t.strftime("%H:%M:%S UTC").to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "! state NOT saved since {since} (spend since then is lost on restart): {}",
+                s.error.as_deref().unwrap_or("unknown error")
+            );
         }
         let mut rows = vec![
             ["ROUTE", "MODEL", "STATE", "BACKEND", "BACKEND STATE", "TIER", "WEIGHT", "ERRORS", "REQS"]
@@ -274,6 +304,34 @@ mod tests {
         // Later frames do not clear the whole screen (no flicker): home, each line's rest, below.
         let next = frame("tollgate\n", Redraw::InPlace, 1);
         assert_eq!(next, "\x1b[Htollgate\x1b[K\n\x1b[J");
+    }
+
+    #[test]
+    fn a_failing_state_save_is_shown_in_the_table_and_the_json() {
+        let since: Timestamp = "2026-01-02T03:04:05Z".parse().unwrap();
+        let mut r = StatusReport {
+            namespace: "default".into(),
+            state_save: Some(StateSaveReport {
+                ok: false,
+                path: "s.json".into(),
+                error: Some("cannot write state file s.json: No space left on device (os error 28)".into()),
+                since: Some(since),
+                last_saved: None,
+            }),
+            ..Default::default()
+        };
+        let table = r.to_table();
+        assert!(
+            table.contains(
+                "! state NOT saved since 03:04:05 UTC (spend since then is lost on restart): cannot write state file s.json"
+            ),
+            "{table}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["stateSave"]["ok"], false);
+        assert_eq!(v["stateSave"]["since"], "2026-01-02T03:04:05Z");
+        r.state_save = Some(StateSaveReport { ok: true, path: "s.json".into(), ..Default::default() });
+        assert!(!r.to_table().contains("NOT saved"));
     }
 
     #[test]
