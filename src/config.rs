@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    BackendState, MockEndpoint, Mode, ModelRoute, Protocol, ProviderFamily, RouteState, SecretKeyRef, Strategy,
+    BackendState, MockEndpoint, Mode, ModelRoute, Protocol, ProviderFamily, RouteState, SecretKeyRef, Strategy, WireApi,
 };
 use crate::policy::money::{Ppm, parse_duration_ms};
 use crate::policy::{Decision, ObjectKey};
@@ -86,6 +86,11 @@ pub struct BackendConfig {
     pub state: BackendState,
     /// Whether the gateway may send it anything.
     pub serving: bool,
+    /// Upstream wire format (`endpoint.api`); omitted when `OpenAI`, so documents without
+    /// native backends (and their revisions) are unchanged, and a gateway that predates the
+    /// field refuses a document that needs it (unknown field) instead of misrouting.
+    #[serde(default, skip_serializing_if = "WireApi::is_openai")]
+    pub api: WireApi,
     /// Where to send it.
     pub endpoint: EndpointConfig,
     /// Resolved prices (every kind present).
@@ -165,6 +170,16 @@ pub fn builtin_base_url(provider: &str) -> Option<&'static str> {
     })
 }
 
+/// The built-in base URL of a well-known provider for a wire format: Gemini's native API
+/// lives at the API root (`https://generativelanguage.googleapis.com`), every other
+/// combination uses [`builtin_base_url`].
+pub fn builtin_base_url_for(provider: &str, api: WireApi) -> Option<&'static str> {
+    match (provider, api) {
+        ("gemini", WireApi::Gemini) => Some("https://generativelanguage.googleapis.com"),
+        _ => builtin_base_url(provider),
+    }
+}
+
 /// File name of a referenced Secret key inside the credentials Secret: `<secret>_<key>`.
 /// Secret names cannot contain `_`, so the first `_` separates the two unambiguously.
 pub fn credential_file_name(r: &SecretKeyRef) -> String {
@@ -204,12 +219,13 @@ impl GatewayConfig {
                     })?;
                 let pricing = Prices::from_spec(&b.pricing)
                     .map_err(|e| invalid(format!("backends[{i}].pricing"), e.to_string()))?;
+                let api = b.endpoint.as_ref().map(|e| e.api).unwrap_or_default();
                 let endpoint = match b.endpoint.as_ref() {
                     Some(e) if e.mock.is_some() => EndpointConfig::Mock(e.mock.clone().unwrap_or_default()),
                     e => {
                         let base_url = e
                             .and_then(|e| e.base_url.clone())
-                            .or_else(|| builtin_base_url(&b.provider).map(str::to_owned))
+                            .or_else(|| builtin_base_url_for(&b.provider, api).map(str::to_owned))
                             .ok_or_else(|| {
                                 invalid(
                                     format!("backends[{i}].endpoint.baseUrl"),
@@ -228,6 +244,7 @@ impl GatewayConfig {
                     provider: b.provider.clone(),
                     family: b.effective_family(),
                     model: b.model.clone(),
+                    api,
                     tier: row.tier,
                     weight: row.weight,
                     state: row.state,

@@ -18,7 +18,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use tollgate::api::{BackendState, MockEndpoint, Mode, Pricing, Protocol, ProviderFamily, RouteState, Strategy};
+use tollgate::api::{
+    BackendState, MockEndpoint, Mode, Pricing, Protocol, ProviderFamily, RouteState, Strategy, WireApi,
+};
 use tollgate::config::{BackendConfig, CONFIG_VERSION, EndpointConfig, GatewayConfig, RouteConfig};
 use tollgate::gateway::{Gateway, GatewayOptions, ServeLimits, serve, watch_config_file};
 use tollgate::policy::money::Money;
@@ -295,6 +297,7 @@ fn backend(
         provider: provider.into(),
         family,
         model: format!("{name}-model"),
+        api: WireApi::OpenAI,
         tier: 0,
         weight: 1,
         state: BackendState::Active,

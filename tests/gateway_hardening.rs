@@ -26,7 +26,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use tollgate::api::{BackendState, MockEndpoint, Mode, Pricing, Protocol, ProviderFamily, RouteState, Strategy};
+use tollgate::api::{
+    BackendState, MockEndpoint, Mode, Pricing, Protocol, ProviderFamily, RouteState, Strategy, WireApi,
+};
 use tollgate::config::{BackendConfig, CONFIG_VERSION, EndpointConfig, GatewayConfig, RouteConfig};
 use tollgate::gateway::{Gateway, GatewayOptions, ServeLimits, serve};
 use tollgate::policy::money::Money;
@@ -76,6 +78,7 @@ fn backend(name: &str, endpoint: EndpointConfig) -> BackendConfig {
         provider: "openai".into(),
         family: ProviderFamily::OpenAI,
         model: format!("{name}-model"),
+        api: WireApi::OpenAI,
         tier: 0,
         weight: 1,
         state: BackendState::Active,

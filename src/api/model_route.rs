@@ -207,13 +207,54 @@ pub struct Endpoint {
     pub api_key_secret_ref: Option<SecretKeyRef>,
 
     /// Wire protocol and auth headers: `OpenAI` (Bearer token) or `Anthropic`
-    /// (`x-api-key` + `anthropic-version`).
+    /// (`x-api-key` + `anthropic-version`). Used with `api: OpenAI` only; the native APIs
+    /// below set their own auth headers.
     #[serde(default)]
     pub protocol: Protocol,
+
+    /// Upstream wire format (default `OpenAI`). `OpenAI`: the OpenAI-compatible API, paths
+    /// `/chat/completions` etc. appended to `baseUrl`. `AnthropicMessages`: Anthropic's native
+    /// Messages API, `POST {baseUrl}/v1/messages` with `x-api-key` and
+    /// `anthropic-version: 2023-06-01` (a trailing `/v1` on `baseUrl` is not doubled; default
+    /// `max_tokens` 4096 when the client sets none). `Gemini`: Gemini's native API,
+    /// `{baseUrl}/v1beta/models/{model}:generateContent` (`:streamGenerateContent?alt=sse`)
+    /// with `x-goog-api-key` (built-in `baseUrl` `https://generativelanguage.googleapis.com`).
+    /// Native backends serve `/v1/chat/completions` and `/v1/messages` (translated); the other
+    /// OpenAI endpoints skip them. A mock backend answers in this format.
+    #[serde(default, skip_serializing_if = "WireApi::is_openai")]
+    pub api: WireApi,
 
     /// Answer inside the gateway instead of calling a provider (demos, load tests, `local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockEndpoint>,
+}
+
+/// Upstream wire format of a backend (`endpoint.api`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum WireApi {
+    /// The OpenAI-compatible API (chat completions, completions, embeddings, responses).
+    #[default]
+    OpenAI,
+    /// Anthropic's native Messages API (`/v1/messages`).
+    AnthropicMessages,
+    /// Gemini's native `generateContent` API.
+    Gemini,
+}
+
+impl WireApi {
+    /// Whether this is the default (`OpenAI`), which documents omit.
+    pub fn is_openai(&self) -> bool {
+        *self == WireApi::OpenAI
+    }
+
+    /// The name used in errors and docs.
+    pub fn label(self) -> &'static str {
+        match self {
+            WireApi::OpenAI => "OpenAI",
+            WireApi::AnthropicMessages => "AnthropicMessages",
+            WireApi::Gemini => "Gemini",
+        }
+    }
 }
 
 /// Upstream wire protocol.

@@ -33,7 +33,7 @@ use super::serve::ShutdownCut;
 use super::stream::{SseProcessor, StreamBounds, StreamEnd, StreamSummary, body_usage, metered};
 use super::upstream::{SendError, UpstreamReply};
 use super::{CompiledBackend, CompiledRoute, Gateway, mock, select};
-use crate::api::RouteState;
+use crate::api::{RouteState, WireApi};
 use crate::config::EndpointConfig;
 use crate::policy::Outcome;
 use crate::pricing::UsageError;
@@ -59,6 +59,8 @@ pub(crate) fn api_router(gw: Gateway) -> Router {
         .route("/v1/completions", post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::Completions, req)))
         .route("/v1/embeddings", post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::Embeddings, req)))
         .route("/v1/responses", post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::Responses, req)))
+        // wire11 hook: inbound Anthropic Messages surface (src/gateway/messages.rs).
+        .route("/v1/messages", post(|State(gw): State<Gateway>, req: Request| super::messages::handle(gw, req)))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .route("/healthz", get(|| async { "ok" }))
@@ -207,7 +209,20 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         let Some(backend) = route.backends.get(idx).cloned() else {
             continue;
         };
-        match attempt(&gw, &route, &backend, &ctx, deadline).await {
+        // wire11 hook: native upstream wire formats (src/gateway/native.rs).
+        let result = match backend.cfg.api {
+            WireApi::OpenAI => attempt(&gw, &route, &backend, &ctx, deadline).await,
+            _ => match super::native::chat_attempt(&gw, &backend, endpoint, &creq, &parts.headers, deadline).await {
+                Ok(resp) => Attempt::Done(resp),
+                Err(r) => Attempt::Retry(Failure {
+                    backend: backend.cfg.name.clone(),
+                    outcome: r.outcome,
+                    status: r.status,
+                    message: r.message,
+                }),
+            },
+        };
+        match result {
             Attempt::Done(mut resp) => {
                 set_headers(&mut resp, &route, Some(&backend), n + 1);
                 return resp;

@@ -159,7 +159,7 @@ impl Upstream {
         Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https))
     }
 
-    fn client(&self) -> Result<HttpsClient, SendError> {
+    pub(crate) fn client(&self) -> Result<HttpsClient, SendError> {
         CLIENTS.with(|c| {
             let mut map = c.borrow_mut();
             if let Some(client) = map.get(&self.id) {

@@ -1,11 +1,16 @@
-"""Starts a real `tollgate gateway` process serving mock backends for the OpenAI SDK tests.
+"""Starts real `tollgate gateway` processes for the SDK tests.
 
-The config document is produced by `tollgate render -f tests/sdk/manifests` (the same path the
-controller takes), written to a temporary directory, and served by the binary in
-$TOLLGATE_BIN (default: target/debug/tollgate).
+`gateway`: mock backends only. The config document is produced by
+`tollgate render -f tests/sdk/manifests` (the same path the controller takes), written to a
+temporary directory, and served by the binary in $TOLLGATE_BIN (default: target/debug/tollgate).
+
+`native_gateway`: the same manifests plus routes whose backends speak Anthropic Messages and
+Gemini natively, served by in-process fake upstreams (tests/sdk/fake_native.py) that check each
+request as the real provider would; the gateway reads their API keys from a credentials dir.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -40,22 +45,21 @@ class Gateway:
         return 0.0
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory):
-    assert BIN.exists(), f"{BIN} not found: run `cargo build` first (or set TOLLGATE_BIN)"
-    work = tmp_path_factory.mktemp("gateway")
+def start_gateway(work: Path, manifests: Path, creds: dict):
     config = work / "config.json"
     rendered = subprocess.run(
-        [str(BIN), "render", "-f", str(ROOT / "tests" / "sdk" / "manifests")],
+        [str(BIN), "render", "-f", str(manifests)],
         check=True, capture_output=True, text=True,
     )
     config.write_text(rendered.stdout)
-    creds = work / "credentials"
-    creds.mkdir()
+    cred_dir = work / "credentials"
+    cred_dir.mkdir()
+    for name, value in creds.items():
+        (cred_dir / name).write_text(value)
     api_port, metrics_port = free_port(), free_port()
     log = open(work / "gateway.log", "w")
     proc = subprocess.Popen(
-        [str(BIN), "gateway", "--config", str(config), "--credentials-dir", str(creds),
+        [str(BIN), "gateway", "--config", str(config), "--credentials-dir", str(cred_dir),
          "--listen", f"127.0.0.1:{api_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
         stdout=log, stderr=subprocess.STDOUT,
     )
@@ -72,10 +76,45 @@ def gateway(tmp_path_factory):
             proc.kill()
             raise RuntimeError("gateway did not become ready:\n" + (work / "gateway.log").read_text())
         time.sleep(0.1)
-    yield Gateway(base + "/v1", f"http://127.0.0.1:{metrics_port}/metrics")
+    return proc, log, Gateway(base + "/v1", f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def stop_gateway(proc, log):
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory):
+    assert BIN.exists(), f"{BIN} not found: run `cargo build` first (or set TOLLGATE_BIN)"
+    work = tmp_path_factory.mktemp("gateway")
+    proc, log, gw = start_gateway(work, ROOT / "tests" / "sdk" / "manifests", {})
+    yield gw
+    stop_gateway(proc, log)
+
+
+@pytest.fixture(scope="session")
+def native_gateway(tmp_path_factory):
+    from fake_native import ANTHROPIC_KEY, GEMINI_KEY, start_fake
+
+    assert BIN.exists(), f"{BIN} not found: run `cargo build` first (or set TOLLGATE_BIN)"
+    work = tmp_path_factory.mktemp("native")
+    manifests = work / "manifests"
+    shutil.copytree(ROOT / "tests" / "sdk" / "manifests", manifests)
+    anthropic, anthropic_url = start_fake("anthropic")
+    gemini, gemini_url = start_fake("gemini")
+    template = (ROOT / "tests" / "sdk" / "native_routes.yaml.in").read_text()
+    (manifests / "native.yaml").write_text(
+        template.replace("@ANTHROPIC_URL@", anthropic_url).replace("@GEMINI_URL@", gemini_url)
+    )
+    creds = {"anthropic-key_api-key": ANTHROPIC_KEY, "gemini-key_api-key": GEMINI_KEY}
+    proc, log, gw = start_gateway(work, manifests, creds)
+    gw.fakes = {"anthropic": anthropic, "gemini": gemini}
+    yield gw
+    stop_gateway(proc, log)
+    anthropic.shutdown()
+    gemini.shutdown()
