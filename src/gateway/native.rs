@@ -121,6 +121,14 @@ pub(crate) fn anthropic_error_response(status: StatusCode, kind: &str, message: 
     json_response(status, &body)
 }
 
+/// `frame` with every API key the gateway holds removed (the same bytes when there is none).
+fn scrubbed(redactor: &Redactor, frame: Bytes) -> Bytes {
+    match redactor.redact(&frame) {
+        std::borrow::Cow::Borrowed(_) => frame,
+        std::borrow::Cow::Owned(v) => Bytes::from(v),
+    }
+}
+
 pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
@@ -435,6 +443,11 @@ pub(crate) async fn finish_attempt(
         b.gen_ai.time_to_first_token(endpoint, ttfb.as_secs_f64());
         let meter = StreamMeter { b: b.clone(), endpoint, started, ttfb, surface };
         let stream = TranslatedStream::new(first, body, translator, gw.inner.opts.idle_stream_timeout, deadline, meter);
+        // No API key reaches the client, however encoded (issue 10): every frame is scrubbed.
+        // Translated frames are whole events; a raw pass-through frame is what one upstream read
+        // gave, so a key split across two reads is the one form this does not catch.
+        let scrub = redactor.clone();
+        let stream = stream.map(move |item| item.map(|frame| scrubbed(&scrub, frame)));
         let mut resp = Response::new(Body::from_stream(stream));
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -454,7 +467,10 @@ pub(crate) async fn finish_attempt(
         Ok((value, usage)) => {
             record(b, endpoint, Outcome::Ok, started, Some(started.elapsed()));
             bill(b, endpoint, &usage);
-            Ok(json_response(StatusCode::OK, &value))
+            let mut resp = json_response(StatusCode::OK, &value);
+            let text = Bytes::from(value.to_string());
+            *resp.body_mut() = Body::from(scrubbed(&redactor, text));
+            Ok(resp)
         }
         Err(e) => {
             record(b, endpoint, Outcome::UpstreamError, started, None);
