@@ -28,12 +28,14 @@ use tracing::{debug, info, warn};
 
 use super::error::Error;
 use super::events::PendingEvent;
+use super::apply::stored_revision;
 use super::metrics::ControllerMetrics;
 use super::plan::SnapshotObjects;
 use super::pods::gateway_targets;
 use super::restore;
 use crate::api::validate::validate_value;
 use crate::api::{ModelRoute, ProviderBudget};
+use crate::config::{Stored, TooLarge};
 use crate::plan::{Problem, Unreadable, admit, kind_name, plan_admitted};
 use crate::policy::{DecisionState, ObjectKey, ObjectKind, Observations, Transition};
 use crate::signals::{CheckpointSeed, GatewayTarget, Observed, Signals, Tracker};
@@ -137,8 +139,12 @@ pub struct Engine {
     pub(super) revisions: BTreeMap<String, Option<String>>,
     /// Last status written per object UID, and when.
     pub(super) written: BTreeMap<String, (Value, Timestamp)>,
-    /// Last ConfigMap document / credentials applied per namespace, and when.
-    pub(super) applied_config: BTreeMap<String, (String, Timestamp)>,
+    /// Last ConfigMap document (stored form) / credentials applied per namespace, and when.
+    pub(super) applied_config: BTreeMap<String, (Stored, Timestamp)>,
+    /// Stored form of each namespace's document, by revision (compressed once per revision).
+    pub(super) encoded: BTreeMap<String, (String, Result<Stored, TooLarge>)>,
+    /// Namespaces whose config is not in the cluster, with the reason already announced.
+    pub(super) config_failures: BTreeMap<String, &'static str>,
     pub(super) applied_secret: BTreeMap<String, (BTreeMap<String, Vec<u8>>, Timestamp)>,
     /// Problems of objects the Rust types cannot read, per UID and resourceVersion.
     pub(super) unreadable: BTreeMap<String, (String, Problem)>,
@@ -166,6 +172,8 @@ impl Engine {
             revisions: BTreeMap::new(),
             written: BTreeMap::new(),
             applied_config: BTreeMap::new(),
+            encoded: BTreeMap::new(),
+            config_failures: BTreeMap::new(),
             applied_secret: BTreeMap::new(),
             reported: BTreeMap::new(),
             unreadable: BTreeMap::new(),
@@ -214,25 +222,36 @@ impl Engine {
         };
 
         // Decide and build.
-        let plan = plan_admitted(objects.input(&unreadable, &observations, &self.state, now), admitted);
+        let mut plan = plan_admitted(objects.input(&unreadable, &observations, &self.state, now), admitted);
         self.state = plan.decision.state.clone();
         for t in &plan.decision.transitions {
             self.ctx.metrics.transition(&t.reason);
             info!(kind = kind_name(t.kind), object = %t.object, reason = %t.reason, "{}", t.message);
         }
 
-        // Apply, per namespace.
+        // Apply, per namespace. `revisions`: what the cluster holds (the new revision once
+        // written; else the one the ConfigMap still holds), so statuses claim only that.
         let mut revisions: BTreeMap<String, String> = BTreeMap::new();
+        let mut not_applied: BTreeMap<String, (&'static str, String)> = BTreeMap::new();
         for (ns, out) in &plan.namespaces {
             match &out.config {
-                Ok(doc) => {
-                    revisions.insert(ns.clone(), doc.revision.clone());
-                    match self.apply_configmap(snap, ns, doc, now).await {
-                        Ok(true) => report.configs_applied.push(ns.clone()),
-                        Ok(false) => {}
-                        Err(e) => report.errors.push(e),
+                Ok(doc) => match self.apply_configmap(snap, ns, doc, now).await {
+                    Ok(written) => {
+                        revisions.insert(ns.clone(), doc.revision.clone());
+                        if written {
+                            report.configs_applied.push(ns.clone());
+                        }
                     }
-                }
+                    Err(e) => {
+                        if let Some(why) = e.config_not_applied() {
+                            not_applied.insert(ns.clone(), why);
+                        }
+                        if let Some(rev) = self.stored_config(snap, ns).and_then(|cm| stored_revision(&cm)) {
+                            revisions.insert(ns.clone(), rev);
+                        }
+                        report.errors.push(e);
+                    }
+                },
                 Err(source) => report.errors.push(Error::BuildConfig { namespace: ns.clone(), source: source.clone() }),
             }
             match self.apply_secret(snap, ns, out.credentials.clone(), now).await {
@@ -242,6 +261,7 @@ impl Engine {
             }
         }
         self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
+        self.config_outcomes(snap, &mut plan, &objects, &not_applied, now);
 
         // Status.
         for g in &snap.routes {

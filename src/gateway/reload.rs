@@ -5,9 +5,12 @@
 //! the file's *directory* (inotify events for the swap arrive there), and, in case events are
 //! lost or unsupported (some network and overlay filesystems), it also polls: every interval it
 //! reads the file through its symlinks and compares the bytes with the last ones seen. A new
-//! document is validated completely ([`GatewayConfig::from_json`]) and swapped in atomically; a
+//! document is validated completely ([`crate::config::GatewayConfig::from_json`]) and swapped in atomically; a
 //! missing, unreadable or invalid document keeps the last good one and counts once in
 //! `tollgate_config_reload_errors_total` (once per distinct bad content, not once per poll).
+//! The file may be compressed: when `config.json` does not exist its sibling `config.json.gz`
+//! is read (a mounted ConfigMap holds one or the other), and either is decoded by its bytes
+//! ([`crate::config::payload`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +20,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Gateway;
-use crate::config::GatewayConfig;
 
 /// What the watcher last saw at the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +53,8 @@ impl FileSource {
 
     /// Reads the file and, if it changed, validates and applies it.
     pub(crate) fn check(&mut self, gw: &Gateway) -> ReloadOutcome {
-        match std::fs::read(&self.path) {
+        // Compressed form (issue 12): the file or its `.gz` sibling, decoded by content.
+        match crate::config::payload::read_config_file(&self.path).map(|(_, bytes)| bytes) {
             Err(e) => {
                 let why = format!("cannot read config file {}: {e}", self.path.display());
                 if self.seen == Seen::Missing(why.clone()) {
@@ -66,7 +69,7 @@ impl FileSource {
                 if matches!(&self.seen, Seen::Bytes(b) if *b == bytes) {
                     return ReloadOutcome::Unchanged;
                 }
-                let parsed = GatewayConfig::from_json(&bytes);
+                let parsed = crate::config::payload::decode(&bytes);
                 self.seen = Seen::Bytes(bytes);
                 match parsed {
                     Ok(cfg) => {
