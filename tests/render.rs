@@ -152,11 +152,14 @@ fn a_file_of_5000_documents_renders() {
     let mut text = String::new();
     for i in 0..5_000 {
         text.push_str(&format!(
-            "---\napiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: route-{i:05}\n  namespace: big\nspec:\n  model: alias-{i:05}\n  backends:\n    - name: a\n      provider: openai\n      model: gpt-5-mini\n      weight: 70\n    - name: b\n      provider: deepseek\n      model: deepseek-chat\n      weight: 30\n"
+            "---\napiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: route-{i:05}\n  namespace: big\nspec:\n  model: alias-{i:05}\n  backends:\n    - name: a\n      provider: openai\n      model: gpt-5-mini\n      weight: 70\n      pricing: {{input: \"0.25\", output: \"2.00\"}}\n    - name: b\n      provider: deepseek\n      model: deepseek-chat\n      weight: 30\n      pricing: {{input: \"0.28\", output: \"0.42\"}}\n"
         ));
     }
     std::fs::write(dir.join("routes.yaml"), &text).unwrap();
-    let doc = tollgate::render::render_dir(&dir, None, now()).unwrap();
+    let doc = match tollgate::render::render_dir(&dir, None, now()) {
+        Ok(d) => d,
+        Err(e) => panic!("{}", e.to_string().chars().take(2000).collect::<String>()),
+    };
     assert_eq!(doc.routes.len(), 5_000);
     assert_eq!(doc.routes[4_999].name, "route-04999");
     assert_eq!(doc.route("alias-02500").unwrap().backends.len(), 2);
