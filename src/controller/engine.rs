@@ -26,9 +26,9 @@ use kube::{Client, Resource};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::apply::stored_revision;
 use super::error::Error;
 use super::events::PendingEvent;
-use super::apply::stored_revision;
 use super::metrics::ControllerMetrics;
 use super::plan::SnapshotObjects;
 use super::pods::gateway_targets;
@@ -36,7 +36,7 @@ use super::restore;
 use crate::api::validate::validate_value;
 use crate::api::{ModelRoute, ProviderBudget};
 use crate::config::{Stored, TooLarge};
-use crate::plan::{Problem, Unreadable, admit, kind_name, plan_admitted};
+use crate::plan::{Problem, Unreadable, ValidationCache, admit_cached, kind_name, plan_admitted};
 use crate::policy::{DecisionState, ObjectKey, ObjectKind, Observations, Transition};
 use crate::signals::{CheckpointSeed, GatewayTarget, Observed, Signals, Tracker};
 
@@ -61,6 +61,11 @@ pub struct Settings {
     pub retry_backoff: Duration,
     /// How long a write is trusted while the watch has not shown it yet.
     pub write_grace: Duration,
+    /// Status writes per second at most (0: unbounded), so that a namespace of thousands of
+    /// routes changing at once never floods the API server; writes past the burst wait.
+    pub status_writes_per_second: u32,
+    /// Status writes allowed at once before the rate applies.
+    pub status_write_burst: u32,
 }
 
 impl Default for Settings {
@@ -74,6 +79,8 @@ impl Default for Settings {
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(200),
             write_grace: Duration::from_secs(30),
+            status_writes_per_second: 50,
+            status_write_burst: 100,
         }
     }
 }
@@ -151,6 +158,10 @@ pub struct Engine {
     /// Problems already announced by an Event, per object.
     pub(super) reported: BTreeMap<(ObjectKind, ObjectKey), String>,
     pub(super) outbox: VecDeque<PendingEvent>,
+    /// Validation per object and generation.
+    pub(super) validation: ValidationCache,
+    /// Pace of status writes.
+    pub(super) status_pace: super::status::WritePace,
 }
 
 /// The UID of an object (namespace/name when it has none yet).
@@ -158,9 +169,14 @@ pub(super) fn uid_of<K: Resource>(o: &K) -> String {
     o.meta().uid.clone().unwrap_or_else(|| format!("{:?}/{:?}", o.meta().namespace, o.meta().name))
 }
 
+fn ctx_status_rate(ctx: &Context) -> (u32, u32) {
+    (ctx.settings.status_writes_per_second, ctx.settings.status_write_burst)
+}
+
 impl Engine {
     /// A fresh engine (empty memory: it is rebuilt from statuses on the first pass).
     pub fn new(ctx: Arc<Context>, signals: Arc<dyn Signals>) -> Self {
+        let status_pace = super::status::WritePace::new(ctx_status_rate(&ctx));
         Self {
             ctx,
             signals,
@@ -178,6 +194,8 @@ impl Engine {
             reported: BTreeMap::new(),
             unreadable: BTreeMap::new(),
             outbox: VecDeque::new(),
+            validation: ValidationCache::default(),
+            status_pace,
         }
     }
 
@@ -204,7 +222,8 @@ impl Engine {
             .collect();
         self.unreadable.retain(|uid, _| uids.contains(uid));
         self.written.retain(|uid, _| uids.contains(uid));
-        let admitted = admit(&objects.routes, &objects.budgets, &unreadable);
+        self.validation.retain(&uids);
+        let admitted = admit_cached(&objects.routes, &objects.budgets, &unreadable, &mut self.validation);
 
         self.restore(&admitted.routes, &objects.budgets);
 
