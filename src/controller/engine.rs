@@ -280,6 +280,7 @@ impl Engine {
             }
         }
         self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
+        self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, now);
 
         // Status.
