@@ -4,9 +4,8 @@
 # Prints figures; asserts nothing (performance claims come from this script, not from timed
 # tests). For each size (default 1000 5000 10000 routes, 5 mock backends each, one namespace):
 #   - render_s:     wall time of `tollgate render -f DIR` (YAML parse + validate + decide +
-#                   build + pretty print): the same plan step a controller pass runs
-#   - pass_s:       the same without YAML and printing is not separable from the CLI; the
-#                   render time is an upper bound of one pass's validate + decide + build
+#                   build + pretty print): the plan step a controller pass runs, plus YAML and
+#                   printing (one pass alone: `cargo bench --bench scale_pass`)
 #   - json_bytes:   the document as the controller writes it (compact JSON)
 #   - gz_bytes:     gzip-compressed (what goes into ConfigMap binaryData past 512 KiB)
 #   - fits:         whether the stored form is under the 1,000,000-byte ceiling
