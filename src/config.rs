@@ -6,6 +6,10 @@
 //! the same decisions always give the same bytes and the same `revision` (a hash of the
 //! content). It carries each route's effective backend table, resolved prices, and for each
 //! credential only a file name inside the credentials Secret: never key material.
+//!
+//! In the cluster the document is compact JSON, gzip-compressed in `binaryData` past a
+//! threshold ([`payload`]: the stored forms, their ceiling, and the readers of both forms);
+//! `render` pretty-prints it for people.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +22,9 @@ use crate::api::{
 use crate::policy::money::{Ppm, parse_duration_ms};
 use crate::policy::{Decision, ObjectKey};
 use crate::pricing::Prices;
+
+pub mod payload;
+pub use payload::{CONFIG_GZ_KEY, Stored, TooLarge};
 
 /// Schema version of the document.
 pub const CONFIG_VERSION: u32 = 1;
@@ -354,7 +361,13 @@ impl GatewayConfig {
         Ok(doc)
     }
 
-    /// Pretty JSON with a trailing newline (what the ConfigMap holds).
+    /// Compact JSON (what the cluster holds; see [`payload`]).
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of plain fields, vectors and enums cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Pretty JSON with a trailing newline (what `render` prints).
     pub fn to_json_pretty(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
         s.push('\n');
@@ -364,5 +377,32 @@ impl GatewayConfig {
     /// The route serving `alias`.
     pub fn route(&self, alias: &str) -> Option<&RouteConfig> {
         self.routes.iter().find(|r| r.model == alias)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::RouteConfig;
+
+    /// A route of five mock backends, as `render` writes it.
+    pub(crate) fn route(name: &str) -> RouteConfig {
+        let backends: Vec<serde_json::Value> = (0..5)
+            .map(|i| {
+                serde_json::json!({
+                    "name": format!("backend-{i}"), "provider": "openai", "family": "OpenAI",
+                    "model": format!("gpt-5-mini-{i}"), "tier": i % 2, "weight": 20, "state": "Active",
+                    "serving": true,
+                    "endpoint": {"http": {"baseUrl": "https://api.openai.com/v1", "protocol": "OpenAI",
+                                          "apiKeyFile": "openai_api-key"}},
+                    "pricing": {"input": "0.25", "cachedInput": "0.025", "cacheWrite": "0.25",
+                                "output": "2.00", "reasoning": "2.00"}
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "name": name, "model": name, "strategy": "Weighted", "mode": "Enforce", "state": "Serving",
+            "backends": backends
+        }))
+        .unwrap()
     }
 }

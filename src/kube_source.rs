@@ -36,7 +36,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::warn;
 
-use crate::config::{CONFIG_KEY, GatewayConfig};
+use crate::config::{CONFIG_GZ_KEY, CONFIG_KEY, GatewayConfig};
 
 /// One change seen through the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,15 +59,21 @@ pub fn parse_object_ref(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// What a ConfigMap (or its absence) means for the gateway.
+/// What a ConfigMap (or its absence) means for the gateway: the document under `data`
+/// [`CONFIG_KEY`] (compact or pretty JSON), else under `binaryData` [`CONFIG_GZ_KEY`]
+/// (gzip-compressed, as the controller writes large documents).
 pub fn config_update(namespace: &str, name: &str, cm: Option<&ConfigMap>) -> SourceUpdate {
     let Some(cm) = cm else {
         return SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name} not found"));
     };
-    let Some(text) = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)) else {
-        return SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name} has no key {CONFIG_KEY}"));
+    let text = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)).map(|t| t.as_bytes());
+    let gz = cm.binary_data.as_ref().and_then(|d| d.get(CONFIG_GZ_KEY)).map(|b| b.0.as_slice());
+    let Some(bytes) = text.or(gz) else {
+        return SourceUpdate::Rejected(format!(
+            "ConfigMap {namespace}/{name} has neither data key {CONFIG_KEY} nor binaryData key {CONFIG_GZ_KEY}"
+        ));
     };
-    match GatewayConfig::from_json(text.as_bytes()) {
+    match crate::config::payload::decode(bytes) {
         Ok(cfg) => SourceUpdate::Config(Box::new(cfg)),
         Err(e) => SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name}: {e}")),
     }
@@ -164,7 +170,6 @@ pub fn write_credentials(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::GatewayConfig;
 
     fn cm(text: &str) -> ConfigMap {
         ConfigMap { data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), text.to_string())])), ..Default::default() }
@@ -182,6 +187,16 @@ mod tests {
         assert!(matches!(config_update("n", "c", Some(&cm(&tampered.to_json_pretty()))), SourceUpdate::Rejected(_)));
         assert_eq!(parse_object_ref("a/b"), Ok(("a".into(), "b".into())));
         assert!(parse_object_ref("a").is_err());
+        // The compressed form, under binaryData.
+        let gz = crate::config::payload::gzip(doc.to_json().as_bytes());
+        let binary = ConfigMap {
+            binary_data: Some(BTreeMap::from([(CONFIG_GZ_KEY.to_string(), k8s_openapi::ByteString(gz))])),
+            ..Default::default()
+        };
+        assert!(matches!(config_update("n", "c", Some(&binary)), SourceUpdate::Config(c) if *c == doc));
+        assert!(
+            matches!(config_update("n", "c", Some(&ConfigMap::default())), SourceUpdate::Rejected(m) if m.contains(CONFIG_GZ_KEY))
+        );
     }
 
     #[test]

@@ -323,7 +323,7 @@ fn configmap_body(doc: &GatewayConfig) -> Value {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "tollgate-gateway", "namespace": NS, "labels": labels("gateway-config"),
                      "annotations": {"tollgate.dev/config-revision": doc.revision}},
-        "data": {"config.json": doc.to_json_pretty()}
+        "data": {"config.json": doc.to_json()}
     })
 }
 
@@ -708,5 +708,99 @@ async fn restart_neither_loses_nor_double_counts_spend() {
     let r = h.pass(&world, later(60), true).await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.transitions.is_empty(), "{:?}", r.transitions);
+    h.finish().await;
+}
+
+/// The ConfigMap apply is refused (422 Too long): the routes and the budget say `Ready=False`
+/// `ConfigNotApplied` with the API server's message, the status claims no revision, one
+/// Warning Event is posted (not one per pass), and the failure is counted; when a later write
+/// succeeds, `Ready` is True again and one Normal Event says so.
+#[tokio::test]
+async fn a_config_that_is_not_written_is_not_ready() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    let rev = doc.revision.clone();
+    let too_long = "ConfigMap \"tollgate-gateway\" is invalid: []: Too long: must have at most 1048576 bytes";
+    let refused = || {
+        let mut e = expect("PATCH", CM_URI, |_| {}).fail(422, "Invalid");
+        e.reply = Some(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": too_long, "reason": "Invalid", "code": 422}));
+        e
+    };
+    let not_ready = |s: &Value| {
+        let ready = condition(s, "Ready");
+        assert_eq!(ready["status"], "False", "{s:#}");
+        assert_eq!(ready["reason"], "ConfigNotApplied");
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains("Too long: must have at most 1048576 bytes"), "{message}");
+        assert!(message.contains("team-a/tollgate-gateway"), "{message}");
+    };
+    let cm = configmap_body(&doc);
+    let expects = vec![
+        // Pass 1: refused (422 is not retried), the rest goes on.
+        refused(),
+        expect("PATCH", SECRET_URI, |_| {}),
+        expect("PATCH", status_uri("modelroutes", "chat"), move |b| {
+            let s = status_envelope("ModelRoute", "chat", b);
+            not_ready(&s);
+            // No ConfigMap holds any revision: the status claims none.
+            assert!(s.get("gateways").is_none(), "{s:#}");
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), move |b| {
+            not_ready(&status_envelope("ProviderBudget", "openai-daily", b));
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!(b["reason"], "ConfigNotApplied");
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["regarding"]["kind"], "ConfigMap");
+            assert_eq!(b["regarding"]["name"], "tollgate-gateway");
+            let note = b["note"].as_str().unwrap();
+            assert!(note.contains("Too long") && note.len() < 1024, "{note}");
+        }),
+        // Pass 2: refused again; statuses unchanged (not rewritten), no second Event.
+        refused(),
+        // Pass 3: written; Ready back to True, one Normal Event.
+        expect("PATCH", CM_URI, move |b| assert_eq!(b, &cm)),
+        expect("PATCH", status_uri("modelroutes", "chat"), move |b| {
+            let s = status_envelope("ModelRoute", "chat", b);
+            assert_eq!(condition(&s, "Ready")["status"], "True", "{s:#}");
+            assert_eq!(condition(&s, "Ready")["reason"], "Enforced");
+            assert_eq!(s["gateways"], json!({"inSync": 1, "total": 1, "configRevision": rev}));
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            let s = status_envelope("ProviderBudget", "openai-daily", b);
+            assert_eq!(condition(&s, "Ready")["status"], "True", "{s:#}");
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!(b["reason"], "ConfigApplied");
+            assert_eq!(b["type"], "Normal");
+            assert_eq!(b["regarding"]["kind"], "ConfigMap");
+        }),
+    ];
+    let mut h = harness(expects);
+    h.signals.set(10, 0, 1_000_000_000, &doc.revision);
+    let r = h.pass(&world, t0(), true).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].metric_label(), "apply_configmap");
+    assert!(r.configs_applied.is_empty());
+    assert_eq!(r.events_published, 1);
+    apply_writes(&mut world, &h);
+    // The log holds the refused ConfigMap apply too: the server kept nothing.
+    world.configmaps.clear();
+
+    let r = h.pass(&world, later(15), false).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.statuses_written.is_empty() && r.events_published == 0, "{r:?}");
+    let metrics = h.metrics.encode();
+    assert!(
+        metrics.contains("tollgate_controller_config_not_applied_total{reason=\"ConfigNotApplied\"} 2"),
+        "{metrics}"
+    );
+
+    let r = h.pass(&world, later(30), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.configs_applied, vec![NS.to_string()]);
+    assert_eq!(r.statuses_written.len(), 2, "{r:?}");
+    assert_eq!(r.events_published, 1);
     h.finish().await;
 }

@@ -1444,3 +1444,37 @@ async fn thread_per_core_server_serves_every_connection_and_shuts_down() {
     token.cancel();
     tokio::time::timeout(Duration::from_secs(5), server).await.expect("shuts down").unwrap().unwrap();
 }
+
+/// The controller writes a large document gzip-compressed (ConfigMap `binaryData` key
+/// `config.json.gz`): the mounted volume then holds `config.json.gz` instead of `config.json`
+/// after one atomic kubelet swap. The gateway started on `config.json` follows it, serving
+/// each form, and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_switching_to_the_compressed_form_reloads() {
+    let v1 = mock_route_config("one");
+    let mut volume = ConfigVolume::new(v1.to_json().as_bytes());
+    let h = start_with(None, |_| {}).await;
+    let watcher = watch_config_file(h.gw.clone(), volume.file(), Duration::from_millis(100));
+    assert_eq!(h.gw.revision(), Some(v1.revision.clone()));
+
+    // The new `..data` holds only config.json.gz; the kubelet adds its top-level link.
+    let v2 = mock_route_config("two");
+    volume.n += 1;
+    let version = format!("..2026_01_01_00_01_{:02}.{}", volume.n, volume.n);
+    std::fs::create_dir(volume.dir.path().join(&version)).unwrap();
+    let gz = tollgate::config::payload::gzip(v2.to_json().as_bytes());
+    std::fs::write(volume.dir.path().join(&version).join("config.json.gz"), gz).unwrap();
+    let tmp = volume.dir.path().join("..data_tmp");
+    std::os::unix::fs::symlink(&version, &tmp).unwrap();
+    std::fs::rename(&tmp, volume.dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.json.gz", volume.dir.path().join("config.json.gz")).unwrap();
+    wait_for("the compressed document served", || h.gw.revision() == Some(v2.revision.clone())).await;
+    let errors = h.gw.meter().reload_errors();
+
+    // Back to the text form.
+    let v3 = mock_route_config("three");
+    volume.swap(v3.to_json().as_bytes());
+    wait_for("the text document served", || h.gw.revision() == Some(v3.revision.clone())).await;
+    assert_eq!(h.gw.meter().reload_errors(), errors, "no reload error on either switch");
+    watcher.abort();
+}

@@ -138,3 +138,42 @@ fn cli_crds_prints_both_crds() {
     assert_eq!(text, tollgate::api::crds_yaml().unwrap());
     assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 2);
 }
+
+/// One generated file of 5,000 documents (past the YAML parser's default budget of 1,024)
+/// renders, every route in it.
+#[test]
+fn a_file_of_5000_documents_renders() {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-render-5000-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = String::new();
+    for i in 0..5_000 {
+        text.push_str(&format!(
+            "---\napiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: route-{i:05}\n  namespace: big\nspec:\n  model: alias-{i:05}\n  backends:\n    - name: a\n      provider: openai\n      model: gpt-5-mini\n      weight: 70\n      pricing: {{input: \"0.25\", output: \"2.00\"}}\n    - name: b\n      provider: deepseek\n      model: deepseek-chat\n      weight: 30\n      pricing: {{input: \"0.28\", output: \"0.42\"}}\n"
+        ));
+    }
+    std::fs::write(dir.join("routes.yaml"), &text).unwrap();
+    let doc = match tollgate::render::render_dir(&dir, None, now()) {
+        Ok(d) => d,
+        Err(e) => panic!("{}", e.to_string().chars().take(2000).collect::<String>()),
+    };
+    assert_eq!(doc.routes.len(), 5_000);
+    assert_eq!(doc.routes[4_999].name, "route-04999");
+    assert_eq!(doc.route("alias-02500").unwrap().backends.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A manifest text over the size bound gets an error naming the file and the limit.
+#[test]
+fn an_oversized_manifest_names_the_limit() {
+    let limit = tollgate::api::validate::MAX_MANIFEST_BYTES;
+    let text = "#".repeat(limit + 1);
+    let mut m = tollgate::api::validate::Manifests::default();
+    let errs = tollgate::api::validate::parse_manifests("huge.yaml", &text, &mut m).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    let e = errs[0].to_string();
+    assert!(e.contains("huge.yaml") && e.contains(&limit.to_string()), "{e}");
+}

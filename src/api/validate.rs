@@ -9,12 +9,17 @@
 //! A manifest directory holds `*.yaml` / `*.yml` regular files (symlinks followed) of at most
 //! [`MAX_MANIFEST_FILE_BYTES`] each; anything else so named is an error naming the file
 //! ([`read_manifest_files`], shared by [`load_dir`] and `tollgate local`'s change detector).
+//! The schema validator and the CEL rules are compiled once per process (the CEL function
+//! environment once per thread), never per object.
+//!
+//! Manifest files may hold any number of documents; a file is bounded by size instead
+//! ([`MAX_MANIFEST_BYTES`]), with an error naming the file and the limit beyond it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kube::core::cel::{Validator, apply_defaults};
+use kube::core::cel::{CompiledSchema, Validator, apply_defaults, compile_schema};
 use serde_json::Value;
 
 use super::{ModelRoute, ProviderBudget};
@@ -73,6 +78,13 @@ pub struct Manifests {
 struct KindSchema {
     schema: Value,
     structural: jsonschema::Validator,
+    /// The CEL rules, parsed once per process (parsing them per object dominated the cost).
+    cel: CompiledSchema,
+}
+
+thread_local! {
+    /// The CEL function environment, built once per thread (it is not `Sync`).
+    static CEL: Validator = Validator::new();
 }
 
 fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
@@ -97,8 +109,27 @@ fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
             .should_validate_formats(false)
             .build(&schema)
             .map_err(|e| format!("the {kind} CRD schema does not compile: {e}"))?;
-        Ok(KindSchema { schema, structural })
+        let cel = compile_schema(&schema);
+        if let Some(e) = first_compilation_error(&cel) {
+            return Err(format!("a CEL rule of the {kind} CRD does not compile: {e}"));
+        }
+        Ok(KindSchema { schema, structural, cel })
     }))
+}
+
+/// The first CEL rule of the tree that does not compile (a bug of the CRD, not of the input).
+fn first_compilation_error(c: &CompiledSchema) -> Option<String> {
+    if let Some(e) = c.compilation_errors().first() {
+        return Some(e.to_string());
+    }
+    c.properties
+        .values()
+        .chain(c.items.as_deref())
+        .chain(c.additional_properties.as_deref())
+        .chain(c.all_of.iter())
+        .chain(c.one_of.iter())
+        .chain(c.any_of.iter())
+        .find_map(first_compilation_error)
 }
 
 /// `/spec/backends/0/weight` → `spec.backends[0].weight`.
@@ -234,7 +265,7 @@ pub fn validate_value(mut value: Value) -> Result<Option<Object>, Vec<FieldError
     if !errors.is_empty() {
         return Err(errors);
     }
-    if let Err(cel) = Validator::new().validate(&schema.schema, &defaulted, None) {
+    if let Err(cel) = CEL.with(|v| v.validate_compiled(&schema.cel, &defaulted, None)) {
         for e in cel.as_slice() {
             let field = if e.field_path.is_empty() { "(object)".to_string() } else { e.field_path.clone() };
             errors.push(FieldError::new(field, e.message.clone()));
@@ -261,9 +292,37 @@ fn semantic_errors(object: &Object, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Parses a multi-document YAML text and validates every tollgate object in it.
+/// Largest manifest file (or text) read: 16 MiB ([`MAX_MANIFEST_FILE_BYTES`], one limit for
+/// reading and parsing), about 12,000 routes of 5 backends. Any
+/// number of documents fits under it; the YAML parser's own budgets are scaled to it.
+pub const MAX_MANIFEST_BYTES: usize = MAX_MANIFEST_FILE_BYTES as usize;
+
+/// Parses a multi-document YAML text and validates every tollgate object in it. Any number of
+/// documents; the text is bounded by [`MAX_MANIFEST_BYTES`].
 pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> Result<(), Vec<ManifestError>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(vec![ManifestError {
+            source_name: source_name.into(),
+            doc: 0,
+            object: "(file)".into(),
+            field: "(size)".into(),
+            message: format!(
+                "{} bytes is over the limit of {MAX_MANIFEST_BYTES} bytes for one manifest file: split it into several files",
+                text.len()
+            ),
+        }]);
+    }
+    // The parser's default budget stops at 1,024 documents and 250,000 nodes: the size bound
+    // above replaces them (a node or event takes at least one byte of input).
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_reader_input_bytes: Some(MAX_MANIFEST_BYTES),
+            max_documents: text.len().saturating_add(1),
+            max_nodes: text.len().saturating_add(1024),
+            max_events: text.len().saturating_mul(2).saturating_add(1024),
+        },
+    };
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
         vec![ManifestError {
             source_name: source_name.into(),
             doc: 0,

@@ -1,6 +1,8 @@
 //! The apply step: the namespace's gateway ConfigMap and credentials Secret, server-side
 //! applied under one field manager, only when their content differs from what the store (or,
-//! within the write grace, the last apply) holds. Transient API errors (409, 429, 5xx) are
+//! within the write grace, the last apply) holds. The document is written compact, and
+//! gzip-compressed under `binaryData` past a threshold ([`crate::config::payload`]); one too
+//! large even compressed is not written (the engine reports it on the namespace's objects). Transient API errors (409, 429, 5xx) are
 //! retried at once with a doubling pause; the rest waits for the next pass. Secret values
 //! are never logged: only key names.
 
@@ -15,7 +17,8 @@ use tracing::{debug, info};
 
 use super::engine::{Engine, Snapshot};
 use super::error::{Error, is_transient};
-use crate::config::{CONFIG_KEY, GatewayConfig};
+use crate::config::payload::{self, Stored, TooLarge};
+use crate::config::{CONFIG_GZ_KEY, CONFIG_KEY, GatewayConfig};
 
 /// `app.kubernetes.io/managed-by` of the objects the controller writes.
 pub const MANAGED_BY: &str = "tollgate-controller";
@@ -29,6 +32,21 @@ pub fn is_managed(cm: &ConfigMap, name: &str) -> bool {
             .as_ref()
             .and_then(|l| l.get("app.kubernetes.io/managed-by"))
             .is_some_and(|v| v == MANAGED_BY)
+}
+
+/// Whether `cm` holds exactly the stored form `form` (and not the other form beside it).
+fn holds(cm: &ConfigMap, form: &Stored) -> bool {
+    let text = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY));
+    let gz = cm.binary_data.as_ref().and_then(|d| d.get(CONFIG_GZ_KEY));
+    match form {
+        Stored::Text(t) => text == Some(t) && gz.is_none(),
+        Stored::Gzip(b) => gz.is_some_and(|g| g.0 == *b) && text.is_none(),
+    }
+}
+
+/// The revision of the config a managed ConfigMap holds (what the gateways can be serving).
+pub fn stored_revision(cm: &ConfigMap) -> Option<String> {
+    cm.metadata.annotations.as_ref().and_then(|a| a.get("tollgate.dev/config-revision")).cloned()
 }
 
 impl Engine {
@@ -65,7 +83,21 @@ impl Engine {
         cache.is_some_and(|(v, at)| v == desired && now.duration_since(*at) < grace)
     }
 
+    /// The stored form of `doc` (compact JSON, or gzip past the threshold), computed once per
+    /// revision and namespace: compressing a large document is the costly part.
+    fn stored_form(&mut self, ns: &str, doc: &GatewayConfig) -> Result<Stored, TooLarge> {
+        if let Some((rev, form)) = self.encoded.get(ns)
+            && *rev == doc.revision
+        {
+            return form.clone();
+        }
+        let form = payload::encode(doc.to_json());
+        self.encoded.insert(ns.to_string(), (doc.revision.clone(), form.clone()));
+        form
+    }
+
     /// Applies the namespace's ConfigMap when its document differs; `Ok(true)` when written.
+    /// A document too large for a ConfigMap is not written ([`Error::ConfigTooLarge`]).
     pub(super) async fn apply_configmap(
         &mut self,
         snap: &Snapshot,
@@ -74,18 +106,19 @@ impl Engine {
         now: Timestamp,
     ) -> Result<bool, Error> {
         let name = self.ctx.settings.configmap_name.clone();
-        let text = doc.to_json_pretty();
+        let form = self.stored_form(ns, doc).map_err(|source| Error::ConfigTooLarge {
+            namespace: ns.to_string(),
+            name: name.clone(),
+            source,
+        })?;
         let current = snap.configmaps.iter().find(|cm| {
             cm.metadata.namespace.as_deref() == Some(ns) && cm.metadata.name.as_deref() == Some(name.as_str())
         });
-        let in_store = current.is_some_and(|cm| {
-            is_managed(cm, &self.ctx.settings.configmap_name)
-                && cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)) == Some(&text)
-        });
-        if in_store || self.recently(self.applied_config.get(ns), &text, now) {
+        let in_store = current.is_some_and(|cm| is_managed(cm, &self.ctx.settings.configmap_name) && holds(cm, &form));
+        if in_store || self.recently(self.applied_config.get(ns), &form, now) {
             return Ok(false);
         }
-        let body = json!({
+        let mut body = json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {
@@ -94,8 +127,14 @@ impl Engine {
                 "labels": self.labels("gateway-config"),
                 "annotations": {"tollgate.dev/config-revision": doc.revision},
             },
-            "data": {CONFIG_KEY: text},
         });
+        // One form only: server-side apply drops the other field this manager owned before.
+        match &form {
+            Stored::Text(text) => body["data"] = json!({CONFIG_KEY: text}),
+            Stored::Gzip(gz) => {
+                body["binaryData"] = json!({CONFIG_GZ_KEY: base64::engine::general_purpose::STANDARD.encode(gz)})
+            }
+        }
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), ns);
         let pp = PatchParams::apply(&self.ctx.settings.field_manager).force();
         let patch = Patch::Apply(&body);
@@ -104,8 +143,8 @@ impl Engine {
             namespace: ns.to_string(),
             name: name.clone(),
         })?;
-        info!(namespace = ns, revision = %doc.revision, routes = doc.routes.len(), "applied gateway config");
-        self.applied_config.insert(ns.to_string(), (text, now));
+        info!(namespace = ns, revision = %doc.revision, routes = doc.routes.len(), key = form.key(), bytes = form.len(), "applied gateway config");
+        self.applied_config.insert(ns.to_string(), (form, now));
         Ok(true)
     }
 

@@ -26,6 +26,7 @@ use kube::{Client, Resource};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::apply::stored_revision;
 use super::error::Error;
 use super::events::PendingEvent;
 use super::metrics::ControllerMetrics;
@@ -34,7 +35,8 @@ use super::pods::gateway_targets;
 use super::restore;
 use crate::api::validate::validate_value;
 use crate::api::{ModelRoute, ProviderBudget};
-use crate::plan::{Problem, Unreadable, admit, kind_name, plan_admitted};
+use crate::config::{Stored, TooLarge};
+use crate::plan::{Problem, Unreadable, ValidationCache, admit_cached, kind_name, plan_admitted};
 use crate::policy::{DecisionState, ObjectKey, ObjectKind, Observations, Transition};
 use crate::signals::{CheckpointSeed, GatewayTarget, Observed, Signals, Tracker};
 
@@ -59,6 +61,11 @@ pub struct Settings {
     pub retry_backoff: Duration,
     /// How long a write is trusted while the watch has not shown it yet.
     pub write_grace: Duration,
+    /// Status writes per second at most (0: unbounded), so that a namespace of thousands of
+    /// routes changing at once never floods the API server; writes past the burst wait.
+    pub status_writes_per_second: u32,
+    /// Status writes allowed at once before the rate applies.
+    pub status_write_burst: u32,
 }
 
 impl Default for Settings {
@@ -72,6 +79,8 @@ impl Default for Settings {
             retry_attempts: 3,
             retry_backoff: Duration::from_millis(200),
             write_grace: Duration::from_secs(30),
+            status_writes_per_second: 50,
+            status_write_burst: 100,
         }
     }
 }
@@ -137,14 +146,22 @@ pub struct Engine {
     pub(super) revisions: BTreeMap<String, Option<String>>,
     /// Last status written per object UID, and when.
     pub(super) written: BTreeMap<String, (Value, Timestamp)>,
-    /// Last ConfigMap document / credentials applied per namespace, and when.
-    pub(super) applied_config: BTreeMap<String, (String, Timestamp)>,
+    /// Last ConfigMap document (stored form) / credentials applied per namespace, and when.
+    pub(super) applied_config: BTreeMap<String, (Stored, Timestamp)>,
+    /// Stored form of each namespace's document, by revision (compressed once per revision).
+    pub(super) encoded: BTreeMap<String, (String, Result<Stored, TooLarge>)>,
+    /// Namespaces whose config is not in the cluster, with the reason already announced.
+    pub(super) config_failures: BTreeMap<String, &'static str>,
     pub(super) applied_secret: BTreeMap<String, (BTreeMap<String, Vec<u8>>, Timestamp)>,
     /// Problems of objects the Rust types cannot read, per UID and resourceVersion.
     pub(super) unreadable: BTreeMap<String, (String, Problem)>,
     /// Problems already announced by an Event, per object.
     pub(super) reported: BTreeMap<(ObjectKind, ObjectKey), String>,
     pub(super) outbox: VecDeque<PendingEvent>,
+    /// Validation per object and generation.
+    pub(super) validation: ValidationCache,
+    /// Pace of status writes.
+    pub(super) status_pace: super::status::WritePace,
 }
 
 /// The UID of an object (namespace/name when it has none yet).
@@ -152,9 +169,14 @@ pub(super) fn uid_of<K: Resource>(o: &K) -> String {
     o.meta().uid.clone().unwrap_or_else(|| format!("{:?}/{:?}", o.meta().namespace, o.meta().name))
 }
 
+fn ctx_status_rate(ctx: &Context) -> (u32, u32) {
+    (ctx.settings.status_writes_per_second, ctx.settings.status_write_burst)
+}
+
 impl Engine {
     /// A fresh engine (empty memory: it is rebuilt from statuses on the first pass).
     pub fn new(ctx: Arc<Context>, signals: Arc<dyn Signals>) -> Self {
+        let status_pace = super::status::WritePace::new(ctx_status_rate(&ctx));
         Self {
             ctx,
             signals,
@@ -166,10 +188,14 @@ impl Engine {
             revisions: BTreeMap::new(),
             written: BTreeMap::new(),
             applied_config: BTreeMap::new(),
+            encoded: BTreeMap::new(),
+            config_failures: BTreeMap::new(),
             applied_secret: BTreeMap::new(),
             reported: BTreeMap::new(),
             unreadable: BTreeMap::new(),
             outbox: VecDeque::new(),
+            validation: ValidationCache::default(),
+            status_pace,
         }
     }
 
@@ -196,7 +222,8 @@ impl Engine {
             .collect();
         self.unreadable.retain(|uid, _| uids.contains(uid));
         self.written.retain(|uid, _| uids.contains(uid));
-        let admitted = admit(&objects.routes, &objects.budgets, &unreadable);
+        self.validation.retain(&uids);
+        let admitted = admit_cached(&objects.routes, &objects.budgets, &unreadable, &mut self.validation);
 
         self.restore(&admitted.routes, &objects.budgets);
 
@@ -214,25 +241,36 @@ impl Engine {
         };
 
         // Decide and build.
-        let plan = plan_admitted(objects.input(&unreadable, &observations, &self.state, now), admitted);
+        let mut plan = plan_admitted(objects.input(&unreadable, &observations, &self.state, now), admitted);
         self.state = plan.decision.state.clone();
         for t in &plan.decision.transitions {
             self.ctx.metrics.transition(&t.reason);
             info!(kind = kind_name(t.kind), object = %t.object, reason = %t.reason, "{}", t.message);
         }
 
-        // Apply, per namespace.
+        // Apply, per namespace. `revisions`: what the cluster holds (the new revision once
+        // written; else the one the ConfigMap still holds), so statuses claim only that.
         let mut revisions: BTreeMap<String, String> = BTreeMap::new();
+        let mut not_applied: BTreeMap<String, (&'static str, String)> = BTreeMap::new();
         for (ns, out) in &plan.namespaces {
             match &out.config {
-                Ok(doc) => {
-                    revisions.insert(ns.clone(), doc.revision.clone());
-                    match self.apply_configmap(snap, ns, doc, now).await {
-                        Ok(true) => report.configs_applied.push(ns.clone()),
-                        Ok(false) => {}
-                        Err(e) => report.errors.push(e),
+                Ok(doc) => match self.apply_configmap(snap, ns, doc, now).await {
+                    Ok(written) => {
+                        revisions.insert(ns.clone(), doc.revision.clone());
+                        if written {
+                            report.configs_applied.push(ns.clone());
+                        }
                     }
-                }
+                    Err(e) => {
+                        if let Some(why) = e.config_not_applied() {
+                            not_applied.insert(ns.clone(), why);
+                        }
+                        if let Some(rev) = self.stored_config(snap, ns).and_then(|cm| stored_revision(&cm)) {
+                            revisions.insert(ns.clone(), rev);
+                        }
+                        report.errors.push(e);
+                    }
+                },
                 Err(source) => report.errors.push(Error::BuildConfig { namespace: ns.clone(), source: source.clone() }),
             }
             match self.apply_secret(snap, ns, out.credentials.clone(), now).await {
@@ -242,6 +280,8 @@ impl Engine {
             }
         }
         self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
+        self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
+        self.config_outcomes(snap, &mut plan, &objects, &not_applied, now);
 
         // Status.
         for g in &snap.routes {

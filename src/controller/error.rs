@@ -14,6 +14,17 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The namespace's config document does not fit in a ConfigMap, even compressed.
+    #[error("ConfigMap {namespace}/{name}: {source}")]
+    ConfigTooLarge {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Sizes and ceiling.
+        #[source]
+        source: crate::config::TooLarge,
+    },
     /// Server-side apply of a credentials Secret failed.
     #[error("apply Secret {namespace}/{name}: {source}")]
     ApplySecret {
@@ -97,6 +108,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::ApplyConfigMap { .. } => "apply_configmap",
+            Error::ConfigTooLarge { .. } => "config_too_large",
             Error::ApplySecret { .. } => "apply_secret",
             Error::ApplyStatus { .. } => "apply_status",
             Error::PublishEvent { .. } => "publish_event",
@@ -107,6 +119,34 @@ impl Error {
             Error::Lease(_) => "lease",
             Error::Io(_) => "io",
             Error::Flag(_) => "flag",
+        }
+    }
+}
+
+impl Error {
+    /// Why the namespace's config did not reach the cluster, as the `Ready` reason and message
+    /// of its routes (the API server's own message, clipped), when this error says so.
+    pub fn config_not_applied(&self) -> Option<(&'static str, String)> {
+        match self {
+            Error::ApplyConfigMap { namespace, name, source } => {
+                let why = match source.as_ref() {
+                    kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+                    other => other.to_string(),
+                };
+                Some((
+                    "ConfigNotApplied",
+                    crate::plan::clip_note(&format!(
+                        "the gateway config of namespace {namespace} could not be written to ConfigMap {namespace}/{name}; gateways keep serving the last config written: {why}"
+                    )),
+                ))
+            }
+            Error::ConfigTooLarge { namespace, name, source } => Some((
+                "ConfigTooLarge",
+                crate::plan::clip_note(&format!(
+                    "the gateway config of namespace {namespace} is not written to ConfigMap {namespace}/{name}: {source}; gateways keep serving the last config written"
+                )),
+            )),
+            _ => None,
         }
     }
 }

@@ -83,6 +83,11 @@ impl Engine {
         }
     }
 
+    /// Queues one Event on `reference` (`object`: `Kind namespace/name`, for errors).
+    pub(super) fn queue_event(&mut self, event: Event, reference: ObjectReference, object: String) {
+        self.outbox.push_back(PendingEvent { event, reference, object, attempts: 0 });
+    }
+
     /// Publishes the outbox; what fails stays for the next pass (up to the attempts).
     pub(super) async fn publish_events(&mut self) -> (usize, Vec<Error>) {
         let mut published = 0;

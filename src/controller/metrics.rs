@@ -58,6 +58,8 @@ pub struct ControllerMetrics {
     pub rotations: Family<ReasonLabel, Counter>,
     /// Gateway reads that failed.
     pub signal_errors: Counter,
+    /// Config writes that did not reach the cluster, by reason (`ConfigNotApplied`, `ConfigTooLarge`).
+    pub config_not_applied: Family<ReasonLabel, Counter>,
     /// Gateways read in the last round.
     pub gateways: Gauge,
     /// 1 while this replica holds the leader lease.
@@ -97,6 +99,12 @@ impl ControllerMetrics {
         );
         let signal_errors = Counter::default();
         registry.register("signal_errors", "Gateway signal reads that failed", signal_errors.clone());
+        let config_not_applied = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "config_not_applied",
+            "Gateway config writes that did not reach the cluster (routes Ready=False), by reason",
+            config_not_applied.clone(),
+        );
         let gateways = Gauge::default();
         registry.register("gateways", "Gateway pods found in the last signal round", gateways.clone());
         let leader = Gauge::default();
@@ -110,6 +118,7 @@ impl ControllerMetrics {
             failures,
             rotations,
             signal_errors,
+            config_not_applied,
             gateways,
             leader,
             last_success: AtomicU64::new(0),
@@ -131,6 +140,11 @@ impl ControllerMetrics {
     /// Counts one transition.
     pub fn transition(&self, reason: &str) {
         self.rotations.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    /// Counts one config write that did not reach the cluster.
+    pub fn config_not_applied(&self, reason: &str) {
+        self.config_not_applied.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     }
 
     /// Records a successful pass at Unix time `secs`.

@@ -10,6 +10,7 @@
 //!   events) and the engine's memory, testable against a mocked API server; its steps:
 //!   [`plan`] (snapshot → the shared [`crate::plan`] step), [`apply`] (ConfigMap and Secret),
 //!   [`status`], [`events`] (the outbox), [`pods`] (gateway targets).
+//! - [`honest`]: statuses and Events when a namespace's config did not reach the cluster.
 //! - [`restore`]: the policy's memory rebuilt from statuses after a restart.
 //! - [`run`]: watchers, leader election, the interval loop, SIGTERM, the HTTP endpoints.
 
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod honest;
 pub mod http;
 pub mod metrics;
 pub mod plan;

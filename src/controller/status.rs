@@ -3,6 +3,9 @@
 //! checkpoints), server-side applied under the status field manager. A status that differs
 //! from the stored one only in fields that move with time alone (burn rate, projected
 //! exhaustion) is not written, nor one written within the write grace and not yet seen.
+//! Writes are paced ([`WritePace`]: `Settings::status_writes_per_second` after a burst of
+//! `status_write_burst`), so thousands of routes changing at once reach the API server at a
+//! bounded rate (the pass waits; nothing is dropped).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,6 +42,35 @@ fn to_value<T: serde::Serialize>(v: &T, what: &str) -> Result<Value, Error> {
     serde_json::to_value(v).map_err(|source| Error::Serialize { what: what.into(), source })
 }
 
+/// A client-side rate of writes (GCRA: a burst, then one write per interval).
+#[derive(Debug)]
+pub(crate) struct WritePace {
+    interval: Option<std::time::Duration>,
+    burst: std::time::Duration,
+    /// Theoretical arrival time of the next write.
+    tat: Option<tokio::time::Instant>,
+}
+
+impl WritePace {
+    /// `(per_second, burst)`; a rate of 0 is unbounded.
+    pub(crate) fn new((per_second, burst): (u32, u32)) -> Self {
+        let interval = (per_second > 0).then(|| std::time::Duration::from_secs(1) / per_second);
+        let burst = interval.map(|i| i.saturating_mul(burst.max(1))).unwrap_or_default();
+        Self { interval, burst, tat: None }
+    }
+
+    /// Waits until one more write fits the rate.
+    pub(crate) async fn take(&mut self) {
+        let Some(interval) = self.interval else { return };
+        let now = tokio::time::Instant::now();
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        if let Some(wait_until) = tat.checked_sub(self.burst).filter(|t| *t > now) {
+            tokio::time::sleep_until(wait_until).await;
+        }
+        self.tat = Some(tat + interval);
+    }
+}
+
 impl Engine {
     /// Writes a status when it differs from the stored one; `Ok(Some(..))` when written.
     async fn write_status<K>(
@@ -71,6 +103,7 @@ impl Engine {
             "metadata": {"name": name},
             "status": desired,
         });
+        self.status_pace.take().await;
         let api: Api<DeserializeGuard<K>> = Api::namespaced(self.ctx.client.clone(), &ns);
         let pp = PatchParams::apply(&self.ctx.settings.status_field_manager).force();
         let patch = Patch::Apply(&body);
@@ -163,5 +196,35 @@ impl Engine {
             }
         }
         out.into_iter().map(|(gateway, n)| crate::api::Checkpoint { gateway, counter: nanousd_decimal(n) }).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WritePace;
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_past_the_burst_are_paced() {
+        let mut pace = WritePace::new((10, 5));
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pace.take().await;
+        }
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO, "the burst goes at once");
+        for _ in 0..10 {
+            pace.take().await;
+        }
+        // Ten more at ten per second: about one second (the clock is paused: exact).
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= std::time::Duration::from_millis(900) && elapsed <= std::time::Duration::from_millis(1100),
+            "{elapsed:?}"
+        );
+        let mut free = WritePace::new((0, 0));
+        let t = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            free.take().await;
+        }
+        assert_eq!(t.elapsed(), std::time::Duration::ZERO);
     }
 }

@@ -8,9 +8,13 @@
 //! inode, device) and reads the file only when that changed; what it read is compared by
 //! SHA-256 with the last content seen, so a large document left in place (valid or not) is
 //! neither re-read nor re-parsed each poll. A file larger than [`MAX_CONFIG_BYTES`] is refused
-//! without being read. A new document is validated completely ([`GatewayConfig::from_json`]) and swapped in atomically; a
+//! without being read. The document may be compressed (`config.json.gz` beside a missing `config.json`, as a
+//! ConfigMap with `binaryData` mounts; decoded by content). A new document is validated completely ([`GatewayConfig::from_json`]) and swapped in atomically; a
 //! missing, unreadable or invalid document keeps the last good one and counts once in
 //! `tollgate_config_reload_errors_total` (once per distinct bad content, not once per poll).
+//! The file may be compressed: when `config.json` does not exist its sibling `config.json.gz`
+//! is read (a mounted ConfigMap holds one or the other), and either is decoded by its bytes
+//! ([`crate::config::payload`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +25,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Gateway;
-use crate::config::GatewayConfig;
 
 /// Largest config document read, bytes.
 pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
@@ -82,7 +85,17 @@ impl FileSource {
     }
 
     fn read(&mut self) -> std::io::Result<Vec<u8>> {
-        let meta = std::fs::metadata(&self.path)?;
+        // Compressed form (issue 12): the file, or its `.gz` sibling when the file is missing.
+        let path = match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut gz = self.path.as_os_str().to_owned();
+                gz.push(".gz");
+                let gz = PathBuf::from(gz);
+                if gz.exists() { gz } else { return Err(e) }
+            }
+            _ => self.path.clone(),
+        };
+        let meta = std::fs::metadata(&path)?;
         let fp = Fingerprint::of(&meta);
         if self.fingerprint == Some(fp) {
             return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "unchanged"));
@@ -98,7 +111,7 @@ impl FileSource {
             return Err(std::io::Error::other("not a regular file"));
         }
         self.reads += 1;
-        std::fs::read(&self.path)
+        std::fs::read(&path)
     }
 
     /// Reads the file and, if it changed, validates and applies it.
@@ -127,7 +140,7 @@ impl FileSource {
                 if self.seen == Seen::Content(hash) {
                     return ReloadOutcome::Unchanged;
                 }
-                let parsed = GatewayConfig::from_json(&bytes);
+                let parsed = crate::config::payload::decode(&bytes);
                 drop(bytes);
                 self.seen = Seen::Content(hash);
                 match parsed {

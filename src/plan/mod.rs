@@ -191,9 +191,60 @@ pub struct Admitted {
     pub budget_problems: BTreeMap<ObjectKey, Problem>,
 }
 
+/// Validation results by object UID, kept while the generation stays the same: the spec
+/// cannot change within a generation, and what is validated besides it (name, namespace) is
+/// immutable, so the controller validates an object once per generation, not once per pass.
+/// Objects without a UID or generation (manifest files) are validated every time.
+#[derive(Debug, Default)]
+pub struct ValidationCache {
+    entries: std::collections::HashMap<(ObjectKind, String), (i64, Option<Problem>)>,
+}
+
+impl ValidationCache {
+    fn check<K: serde::Serialize + kube::Resource>(&mut self, kind: ObjectKind, obj: &K) -> Option<Problem> {
+        let meta = obj.meta();
+        let (Some(uid), Some(generation)) = (meta.uid.clone(), meta.generation) else {
+            return validate(obj);
+        };
+        if let Some((g, p)) = self.entries.get(&(kind, uid.clone()))
+            && *g == generation
+        {
+            return p.clone();
+        }
+        let p = validate(obj);
+        self.entries.insert((kind, uid), (generation, p.clone()));
+        p
+    }
+
+    /// Forgets objects whose UID is not in `uids` (deleted).
+    pub fn retain(&mut self, uids: &BTreeSet<String>) {
+        self.entries.retain(|(_, uid), _| uids.contains(uid));
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// The validate step alone: which routes the policy sees (the controller restores their
 /// memory from status before deciding).
 pub fn admit(routes: &[ModelRoute], budgets: &[ProviderBudget], unreadable: &[Unreadable]) -> Admitted {
+    admit_cached(routes, budgets, unreadable, &mut ValidationCache::default())
+}
+
+/// [`admit`], reusing the validation of objects whose generation did not change.
+pub fn admit_cached(
+    routes: &[ModelRoute],
+    budgets: &[ProviderBudget],
+    unreadable: &[Unreadable],
+    cache: &mut ValidationCache,
+) -> Admitted {
     let mut out = Admitted::default();
     for u in unreadable {
         let problems = match u.kind {
@@ -203,7 +254,7 @@ pub fn admit(routes: &[ModelRoute], budgets: &[ProviderBudget], unreadable: &[Un
         problems.insert(u.key.clone(), u.problem.clone());
     }
     for r in routes {
-        match validate(r) {
+        match cache.check(ObjectKind::ModelRoute, r) {
             Some(p) => {
                 out.route_problems.insert(ObjectKey::of(r), p);
             }
@@ -214,7 +265,7 @@ pub fn admit(routes: &[ModelRoute], budgets: &[ProviderBudget], unreadable: &[Un
     let problems = &out.route_problems;
     out.routes.retain(|r| !problems.contains_key(&ObjectKey::of(r)));
     for b in budgets {
-        if let Some(p) = validate(b) {
+        if let Some(p) = cache.check(ObjectKind::ProviderBudget, b) {
             out.budget_problems.insert(ObjectKey::of(b), p);
         }
     }

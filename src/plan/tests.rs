@@ -158,3 +158,37 @@ fn notes_are_clipped_on_a_character_boundary() {
     assert!(clipped.len() <= MAX_NOTE && clipped.ends_with("..."));
     assert_eq!(clip_note("short"), "short");
 }
+
+#[test]
+fn validation_is_kept_per_uid_and_generation() {
+    let mut valid = route("chat", "chat", None, openai());
+    valid.metadata.uid = Some("u1".into());
+    // An empty backend list breaks the schema.
+    let mut broken = valid.clone();
+    broken.spec.backends.clear();
+    assert!(validate(&broken).is_some(), "the fixture must be invalid");
+
+    let mut cache = ValidationCache::default();
+    assert!(admit_cached(std::slice::from_ref(&valid), &[], &[], &mut cache).route_problems.is_empty());
+    assert_eq!(cache.len(), 1);
+    // Same UID and generation: the verdict is reused (the API server bumps the generation on
+    // every spec change, so a different spec under the same generation cannot happen).
+    assert!(admit_cached(std::slice::from_ref(&broken), &[], &[], &mut cache).route_problems.is_empty());
+    // A new generation is validated again.
+    broken.metadata.generation = Some(2);
+    assert!(
+        admit_cached(std::slice::from_ref(&broken), &[], &[], &mut cache)
+            .route_problems
+            .contains_key(&ObjectKey::of(&broken))
+    );
+    // Without a UID (a manifest file) every call validates.
+    broken.metadata.uid = None;
+    broken.metadata.generation = Some(1);
+    assert!(
+        admit_cached(std::slice::from_ref(&broken), &[], &[], &mut cache)
+            .route_problems
+            .contains_key(&ObjectKey::of(&broken))
+    );
+    cache.retain(&BTreeSet::new());
+    assert!(cache.is_empty());
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# bench/scale.sh: how the control plane scales with the number of routes (issue 12).
+#
+# Prints figures; asserts nothing (performance claims come from this script, not from timed
+# tests). For each size (default 1000 5000 10000 routes, 5 mock backends each, one namespace):
+#   - render_s:     wall time of `tollgate render -f DIR` (YAML parse + validate + decide +
+#                   build + pretty print): the plan step a controller pass runs, plus YAML and
+#                   printing (one pass alone: `cargo bench --bench scale_pass`)
+#   - json_bytes:   the document as the controller writes it (compact JSON)
+#   - gz_bytes:     gzip-compressed (what goes into ConfigMap binaryData past 512 KiB)
+#   - fits:         whether the stored form is under the 1,000,000-byte ceiling
+#   - rss_mib:      gateway VmRSS after loading the document (from config.json.gz when
+#                   compressed, as a mounted ConfigMap would hold it)
+#   - reload_s:     time from an atomic rename of a changed document to /metrics showing the
+#                   new revision
+#   - us_per_route: render time per route (linear growth shows as a flat column)
+#
+# Usage: bench/scale.sh [SIZES...]   (env TOLLGATE: the binary, default target/release/tollgate)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${TOLLGATE:-$ROOT/target/release/tollgate}"
+[[ -x "$BIN" ]] || { echo "no binary at $BIN: cargo build --release --bin tollgate" >&2; exit 1; }
+SIZES=("$@")
+[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(1000 5000 10000)
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tollgate-scale.XXXXXX")"
+GW_PID=""
+cleanup() {
+  if [[ -n "$GW_PID" ]]; then kill "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# gen N WEIGHT DIR: N routes of 5 mock backends in one file.
+gen() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import sys
+n, w, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+with open(out + "/routes.yaml", "w") as f:
+    for i in range(n):
+        f.write(f"---\napiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: route-{i:05d}\n  namespace: bench\nspec:\n  model: alias-{i:05d}\n  backends:\n")
+        for b in range(5):
+            f.write(f"    - name: backend-{b}\n      provider: provider-{b}\n      model: upstream-model-{b}\n      endpoint: {{mock: {{}}}}\n      weight: {w if b == 0 else 10}\n      priority: {b % 2}\n      pricing: {{input: \"0.25\", cachedInput: \"0.025\", output: \"2.00\"}}\n")
+PY
+}
+
+# compact FILE OUT: the controller's stored form of a rendered document (compact; gzip past
+# 512 KiB), written as the ConfigMap volume would hold it. Prints "json_bytes gz_bytes".
+store() {
+  python3 - "$1" "$2" <<'PY'
+import gzip, json, os, sys
+doc = json.load(open(sys.argv[1]))
+text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+gz = gzip.compress(text, compresslevel=6, mtime=0)
+out = sys.argv[2]
+tmp = out + ".tmp"
+if len(text) > 512 * 1024:
+    open(tmp, "wb").write(gz); os.rename(tmp, out + ".gz")
+else:
+    open(tmp, "wb").write(text); os.rename(tmp, out)
+print(len(text), len(gz))
+PY
+}
+
+revision_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["revision"])' "$1"; }
+
+wait_revision() { # PORT REV DEADLINE_S
+  local port=$1 rev=$2 deadline; deadline=$(( $(date +%s) + $3 ))
+  while (( $(date +%s) < deadline )); do
+    if curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -q "tollgate_config_revision_info{revision=\"$rev\"}"; then return 0; fi
+    sleep 0.02
+  done
+  return 1
+}
+
+echo "# tollgate scale bench: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# binary: $BIN"
+printf "%-7s %-9s %-11s %-11s %-9s %-5s %-8s %-9s\n" routes render_s us_per_route json_bytes gz_bytes fits rss_mib reload_s
+for n in "${SIZES[@]}"; do
+  d="$WORK/$n"; mkdir -p "$d/a" "$d/b" "$d/vol" "$d/creds"
+  gen "$n" 50 "$d/a"; gen "$n" 60 "$d/b"
+  t0=$(now); "$BIN" render -f "$d/a" > "$d/a.json"; t1=$(now)
+  render_s=$(elapsed "$t0" "$t1")
+  "$BIN" render -f "$d/b" > "$d/b.json"
+  read -r json_bytes gz_bytes < <(store "$d/a.json" "$d/vol/config.json")
+  stored=$json_bytes; (( json_bytes > 524288 )) && stored=$gz_bytes
+  fits=yes; (( stored > 1000000 )) && fits=NO
+  us=$(python3 -c "print(round(float('$render_s') * 1e6 / $n))")
+
+  port=$(free_port); mport=$(free_port)
+  "$BIN" gateway --config "$d/vol/config.json" --credentials-dir "$d/creds" \
+    --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" >"$d/gw.log" 2>&1 &
+  GW_PID=$!
+  rss="-"; reload="-"
+  if wait_revision "$mport" "$(revision_of "$d/a.json")" 120; then
+    rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$GW_PID/status")
+    rev_b=$(revision_of "$d/b.json")
+    t0=$(now); store "$d/b.json" "$d/vol/config.json" >/dev/null
+    if wait_revision "$mport" "$rev_b" 120; then reload=$(elapsed "$t0" "$(now)"); fi
+  else
+    echo "# gateway did not load the $n-route document: $(tail -3 "$d/gw.log")" >&2
+  fi
+  kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=""
+  printf "%-7s %-9s %-11s %-11s %-9s %-5s %-8s %-9s\n" "$n" "$render_s" "$us" "$json_bytes" "$gz_bytes" "$fits" "$rss" "$reload"
+  rm -rf "$d"
+done
