@@ -721,7 +721,7 @@ async fn the_configmap_body_is_the_document_written_out_by_hand() {
     let world = World::new(vec![chat()], vec![openai_secret()]);
     // The revision is a hash (sha256, first 16 hex digits) of the document without it: pinned
     // here as a golden value; the gateway's own check (`from_json`) recomputes it below.
-    const REVISION: &str = "sha256:0000000000000000";
+    const REVISION: &str = "sha256:3bf207e4d187fcf1";
     let by_hand = json!({
         "version": 1,
         "revision": REVISION,
@@ -769,22 +769,17 @@ async fn the_configmap_body_is_the_document_written_out_by_hand() {
 
 // ---- Events that cannot be posted ------------------------------------------------------------
 
-/// No route uses the budget's provider: the pass writes the empty ConfigMap, the Secret, the
-/// budget status and posts one `NoRouteUsesProvider` Event, whose first POST is answered with
-/// `events_first`.
+/// No route at all, one budget: the first pass writes the budget status (no namespace has a
+/// config to write) and posts one `NoRouteUsesProvider` Event, answered with `events_first`.
 fn no_route_world() -> World {
     World::new(vec![], vec![openai_secret()])
 }
 
 fn no_route_expects(events_first: Vec<Expect>) -> Vec<Expect> {
-    let mut v = vec![
-        expect("PATCH", CM_URI, |b| assert_eq!(doc_of(b).routes, vec![])),
-        expect("PATCH", SECRET_URI, |b| assert_eq!(b, &secret_body(json!({})))),
-        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
-            let s = status_envelope("ProviderBudget", "openai-daily", b);
-            assert_eq!(condition(&s, "Ready")["reason"], "NoRouteUsesProvider");
-        }),
-    ];
+    let mut v = vec![expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+        let s = status_envelope("ProviderBudget", "openai-daily", b);
+        assert_eq!(condition(&s, "Ready")["reason"], "NoRouteUsesProvider");
+    })];
     v.extend(events_first);
     v
 }

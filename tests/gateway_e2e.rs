@@ -1275,7 +1275,13 @@ async fn a_mock_backends_cost_worked_out_by_hand() {
     let h = start(config(vec![route(
         "priced",
         Strategy::Weighted,
-        vec![backend("m", "openai", ProviderFamily::OpenAI, EndpointConfig::Mock(m), prices("0.15", "0.075", "0.15", "0.60", "0.60"))],
+        vec![backend(
+            "m",
+            "openai",
+            ProviderFamily::OpenAI,
+            EndpointConfig::Mock(m),
+            prices("0.15", "0.075", "0.15", "0.60", "0.60"),
+        )],
     )]))
     .await;
     for _ in 0..3 {
