@@ -16,9 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::api::{
-    BackendState, MockEndpoint, Mode, ModelRoute, Protocol, ProviderFamily, RouteState, SecretKeyRef, Strategy, WireApi,
-};
+use crate::api::{BackendState, Mode, ModelRoute, SecretKeyRef};
+/// The vocabulary the document shares with the API: plain enums and the mock description, no
+/// Kubernetes type. The gateway names them from here (the contract), never from `crate::api`
+/// (tests/layering.rs).
+pub use crate::api::{MockEndpoint, Protocol, ProviderFamily, RouteState, Strategy, WireApi};
 use crate::policy::money::{Ppm, parse_duration_ms};
 use crate::policy::{Decision, ObjectKey};
 use crate::pricing::Prices;

@@ -804,3 +804,200 @@ async fn a_config_that_is_not_written_is_not_ready() {
     assert_eq!(r.events_published, 1);
     h.finish().await;
 }
+
+// ---- expected values written by hand ---------------------------------------------------------
+
+/// The ConfigMap of a small route (one OpenAI backend with a key, one mock) and a budget that
+/// has not reached a threshold, written out by hand rather than built by the code under test:
+/// every field of `config.json` as the gateway reads it.
+#[tokio::test]
+async fn the_configmap_body_is_the_document_written_out_by_hand() {
+    let world = World::new(vec![chat()], vec![openai_secret()]);
+    // The revision is a hash (sha256, first 16 hex digits) of the document without it: pinned
+    // here as a golden value; the gateway's own check (`from_json`) recomputes it below.
+    const REVISION: &str = "sha256:3bf207e4d187fcf1";
+    let by_hand = json!({
+        "version": 1,
+        "revision": REVISION,
+        "namespace": "team-a",
+        "routes": [{
+            "name": "chat",
+            "model": "chat",
+            "strategy": "Weighted",
+            "mode": "Enforce",
+            "state": "Serving",
+            "backends": [
+                {"name": "openai-mini", "provider": "openai", "family": "OpenAI", "model": "gpt-5-mini",
+                 "tier": 0, "weight": 70, "state": "Active", "serving": true,
+                 "endpoint": {"http": {"baseUrl": "https://api.openai.com/v1", "protocol": "OpenAI",
+                                       "apiKeyFile": "openai_api-key"}},
+                 // cachedInput and cacheWrite default to input, reasoning to output.
+                 "pricing": {"input": "0.25", "cachedInput": "0.25", "cacheWrite": "0.25",
+                             "output": "2.00", "reasoning": "2.00"}},
+                {"name": "deepseek", "provider": "deepseek", "family": "DeepSeek", "model": "deepseek-chat",
+                 "tier": 0, "weight": 30, "state": "Active", "serving": true,
+                 "endpoint": {"mock": {"latency": "20ms", "inputTokens": 1200, "cachedInputTokens": 400,
+                                       "cacheWriteTokens": 100, "outputTokens": 300, "reasoningTokens": 150,
+                                       "errorRate": "0", "errorStatus": 503}},
+                 "pricing": {"input": "0.28", "cachedInput": "0.28", "cacheWrite": "0.28",
+                             "output": "0.42", "reasoning": "0.42"}}
+            ]
+        }]
+    });
+    let mut expects = first_pass_expects(&expected_doc(&world.routes));
+    expects[0] = expect("PATCH", CM_URI, move |b| {
+        assert_eq!(b["metadata"]["name"], "tollgate-gateway");
+        assert_eq!(b["metadata"]["annotations"], json!({"tollgate.dev/config-revision": REVISION}));
+        let text = b["data"]["config.json"].as_str().unwrap();
+        let sent: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(sent, by_hand);
+        assert!(text.ends_with("}\n"), "pretty JSON with a trailing newline");
+        assert!(GatewayConfig::from_json(text.as_bytes()).is_ok(), "the gateway accepts it (revision included)");
+    });
+    let mut h = harness(expects);
+    h.signals.set(10, 0, 1_000_000_000, REVISION);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    h.finish().await;
+}
+
+// ---- Events that cannot be posted ------------------------------------------------------------
+
+/// No route at all, one budget: the first pass writes the budget status (no namespace has a
+/// config to write) and posts one `NoRouteUsesProvider` Event, answered with `events_first`.
+fn no_route_world() -> World {
+    World::new(vec![], vec![openai_secret()])
+}
+
+fn no_route_expects(events_first: Vec<Expect>) -> Vec<Expect> {
+    let mut v = vec![expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+        let s = status_envelope("ProviderBudget", "openai-daily", b);
+        assert_eq!(condition(&s, "Ready")["reason"], "NoRouteUsesProvider");
+    })];
+    v.extend(events_first);
+    v
+}
+
+fn event_post(code: Option<(u16, &'static str)>) -> Expect {
+    let e = expect("POST", EVENTS_URI, |b| {
+        assert_eq!(b["reason"], "NoRouteUsesProvider");
+        assert_eq!(b["regarding"]["kind"], "ProviderBudget");
+        assert_eq!(b["regarding"]["name"], "openai-daily");
+    });
+    match code {
+        Some((code, reason)) => e.fail(code, reason),
+        None => e,
+    }
+}
+
+/// Log lines, written by a `tracing` subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn publish_errors(r: &tollgate::controller::PassReport) -> Vec<String> {
+    r.errors.iter().map(|e| format!("{} {e}", e.metric_label())).collect()
+}
+
+/// An Event POST answered 500 (retried at once, as every transient error) and then 403 stays
+/// in the outbox: each pass reports the failure and posts it again, nothing else is written;
+/// after `EVENT_ATTEMPTS` (5) failed passes it is dropped and never posted again.
+#[tokio::test]
+async fn an_event_that_cannot_be_posted_is_retried_by_the_next_passes_then_dropped() {
+    let mut world = no_route_world();
+    let mut expects = no_route_expects(vec![
+        // Pass 1: a 500 is retried at once, `retry_attempts` (3) times in all: one failed attempt.
+        event_post(Some((500, "InternalError"))),
+        event_post(Some((500, "InternalError"))),
+        event_post(Some((500, "InternalError"))),
+    ]);
+    // Passes 2 to 5: one POST each, refused (403 is not retried at once).
+    for _ in 2..=5 {
+        expects.push(event_post(Some((403, "Forbidden"))));
+    }
+    // Pass 6 and later: no request at all.
+    // The log lines of this test (a current-thread runtime: every pass runs on this thread).
+    let logs = LogBuffer::default();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).without_time().finish(),
+    );
+    let mut h = harness(expects);
+    let r = h.pass(&world, t0(), false).await;
+    assert_eq!(r.events_published, 0);
+    let errors = publish_errors(&r);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("publish_event "), "{errors:?}");
+    assert!(errors[0].contains("NoRouteUsesProvider") && errors[0].contains("openai-daily"), "{errors:?}");
+    apply_writes(&mut world, &h);
+    for pass in 2..=5 {
+        let r = h.pass(&world, later(pass * 10), false).await;
+        assert_eq!(r.events_published, 0, "pass {pass}");
+        let errors = publish_errors(&r);
+        assert_eq!(errors.len(), 1, "pass {pass}: {errors:?}");
+        assert!(errors[0].starts_with("publish_event ") && errors[0].contains("NoRouteUsesProvider"), "{errors:?}");
+        assert!(r.configs_applied.is_empty() && r.statuses_written.is_empty(), "pass {pass}: {r:?}");
+    }
+    assert!(
+        h.metrics.encode().contains("tollgate_controller_reconcile_failures_total{kind=\"publish_event\"} 5"),
+        "{}",
+        h.metrics.encode()
+    );
+    let dropped = |text: &str| text.lines().filter(|l| l.contains("event dropped")).count();
+    let text = logs.text();
+    assert_eq!(dropped(&text), 1, "{text}");
+    let line = text.lines().find(|l| l.contains("event dropped")).unwrap();
+    assert!(line.contains("WARN") && line.contains("NoRouteUsesProvider") && line.contains("attempts=5"), "{line}");
+    assert!(line.contains("ProviderBudget team-a/openai-daily"), "{line}");
+    // Dropped: the next passes post nothing and report nothing.
+    for pass in 6..=7 {
+        let r = h.pass(&world, later(pass * 10), false).await;
+        assert!(r.errors.is_empty(), "pass {pass}: {:?}", r.errors);
+        assert_eq!(r.events_published, 0);
+    }
+    let log = h.finish().await;
+    let posts = log.iter().filter(|(l, _)| l == &format!("POST {EVENTS_URI}")).count();
+    assert_eq!(posts, 3 + 4, "three tries in the first pass, one in each of the next four");
+    assert_eq!(dropped(&logs.text()), 1, "dropped once, not logged again");
+}
+
+/// An Event refused once is posted by the next pass, once: published, not duplicated.
+#[tokio::test]
+async fn an_event_refused_once_is_published_by_the_next_pass() {
+    let mut world = no_route_world();
+    let mut expects = no_route_expects(vec![event_post(Some((403, "Forbidden")))]);
+    expects.push(event_post(None));
+    let mut h = harness(expects);
+    let r = h.pass(&world, t0(), false).await;
+    assert_eq!((r.events_published, r.errors.len()), (0, 1), "{:?}", r.errors);
+    apply_writes(&mut world, &h);
+    let r = h.pass(&world, later(10), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.events_published, 1);
+    let r = h.pass(&world, later(20), false).await;
+    assert!(r.errors.is_empty() && r.events_published == 0, "{r:?}");
+    h.finish().await;
+}

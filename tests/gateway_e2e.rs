@@ -1262,6 +1262,42 @@ async fn mock_backends_answer_and_bill_like_their_provider() {
     assert_eq!(h.entry("demo", "claude").cost, usd("0.01929"));
 }
 
+/// A mock's token counts priced by hand, read back as the nano-USD counter the controller
+/// scrapes: nothing here is computed by the pricing code.
+#[tokio::test]
+async fn a_mock_backends_cost_worked_out_by_hand() {
+    let m = MockEndpoint {
+        latency: "0ms".into(),
+        input_tokens: 1234,
+        cached_input_tokens: 0,
+        cache_write_tokens: 0,
+        output_tokens: 567,
+        reasoning_tokens: 0,
+        ..MockEndpoint::default()
+    };
+    let h = start(config(vec![route(
+        "priced",
+        Strategy::Weighted,
+        vec![backend(
+            "m",
+            "openai",
+            ProviderFamily::OpenAI,
+            EndpointConfig::Mock(m),
+            prices("0.15", "0.075", "0.15", "0.60", "0.60"),
+        )],
+    )]))
+    .await;
+    for _ in 0..3 {
+        let r = h.post("/v1/chat/completions", json!({"model": "priced", "messages": []})).await;
+        assert_eq!(r.status(), 200);
+    }
+    // One answer: 1234 input tokens × $0.15 / 1M = $0.0001851 = 185_100 nano-USD, plus
+    // 567 output tokens × $0.60 / 1M = $0.0003402 = 340_200 nano-USD: 525_300 nano-USD.
+    // Three answers: 1_575_900 nano-USD.
+    assert_eq!(h.nanousd("priced", "m", "openai").await, 1_575_900.0);
+    assert_eq!(h.entry("priced", "m").cost, usd("0.0015759"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hot reload
 // ---------------------------------------------------------------------------------------------
@@ -1398,12 +1434,12 @@ async fn hot_reload_under_load_with_symlink_swaps_and_bad_configs() {
     let snap = h.gw.meter().snapshot();
     let total: u64 = ["one", "two", "three"].iter().map(|b| snap.backend("chat", b).count(Outcome::Ok)).sum();
     let billed: Money = ["one", "two", "three"].iter().map(|b| snap.backend("chat", b).cost).sum();
-    let per_request = tollgate::gateway::mock_tokens(
-        &MockEndpoint::default(),
-        ProviderFamily::OpenAI,
-        tollgate::gateway::Endpoint::ChatCompletions,
-    )
-    .cost(&openai_prices());
+    // Worked out by hand: the default mock reports 1200 prompt tokens of which 400 cached, 100
+    // cache writes, 300 output and 150 reasoning; at openai_prices() (USD per 1M: input 2.50,
+    // cached 1.25, cache write 3.75, output 10, reasoning 10) one answer costs
+    // 800 × 2.50 + 400 × 1.25 + 100 × 3.75 + 300 × 10 + 150 × 10 = 7375 USD per 1M requests,
+    // i.e. $0.007375 = 7_375_000 nano-USD.
+    let per_request = usd("0.007375");
     assert_eq!(billed, per_request.times(total));
     assert_eq!(total as usize, served.lock().unwrap().values().sum::<usize>());
 }

@@ -89,7 +89,6 @@ fn the_checker_finds_what_it_looks_for() {
 }
 
 #[test]
-#[ignore = "enabled after the gateway split merges"]
 fn the_gateway_imports_neither_the_controller_nor_the_crds() {
     let hits = offending("src/gateway", &["crate::controller", "crate::api"], |c, n| c.contains(n));
     assert!(hits.is_empty(), "src/gateway must not import the operator or the CRD types:\n{}", hits.join("\n"));

@@ -1,13 +1,15 @@
 //! The events step: one Event per policy transition and one per problem the controller found
 //! when it appears or changes (never again for an unchanged problem). Events wait in an
-//! outbox and are retried by the next passes, up to a few attempts each; notes are clipped
-//! under the API's 1024 bytes.
+//! outbox and are retried by the next passes, up to a few attempts each (one failed pass is one
+//! attempt, whatever the retries inside it); an Event given up on is logged as dropped; notes
+//! are clipped under the API's 1024 bytes.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
+use tracing::warn;
 
 use super::engine::{Engine, Snapshot};
 use super::error::Error;
@@ -110,6 +112,8 @@ impl Engine {
                     });
                     if p.attempts < EVENT_ATTEMPTS {
                         retry.push_back(p);
+                    } else {
+                        warn!(reason = %p.event.reason, object = %p.object, attempts = p.attempts, "event dropped: not published after {EVENT_ATTEMPTS} passes");
                     }
                 }
             }

@@ -30,8 +30,8 @@ use super::native::{self, Prepared, Retry, Surface, anthropic_error_response, an
 use super::native_stream::{Decoder, Encoder, Translator};
 use super::request::Endpoint;
 use super::{CompiledBackend, CompiledRoute, Gateway, select};
-use crate::api::{RouteState, WireApi};
 use crate::config::EndpointConfig;
+use crate::config::{RouteState, WireApi};
 use crate::policy::Outcome;
 
 use super::translate::{

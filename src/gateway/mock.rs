@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::request::Endpoint;
 use super::stream::BodyStream;
 use super::upstream::UpstreamReply;
-use crate::api::{MockEndpoint, ProviderFamily};
+use crate::config::{MockEndpoint, ProviderFamily};
 use crate::policy::money::{Ppm, parse_duration_ms};
 use crate::pricing::TokenCounts;
 

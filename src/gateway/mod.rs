@@ -66,8 +66,8 @@ pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
 pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
 
-use crate::api::{RouteState, Strategy};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
+use crate::config::{RouteState, Strategy};
 use metrics::{BackendLabels, GenAiBackend, MeterCell, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
 use select::Candidate;

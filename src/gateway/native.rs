@@ -48,8 +48,8 @@ use super::translate::{
 };
 use super::upstream::UpstreamReply;
 use super::{CompiledBackend, Gateway, mock, native_mock};
-use crate::api::{Protocol, WireApi};
 use crate::config::EndpointConfig;
+use crate::config::{Protocol, WireApi};
 use crate::policy::Outcome;
 
 /// `max_tokens` sent to an Anthropic Messages backend when the client sets none (Anthropic

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::stream::BodyStream;
 use super::upstream::UpstreamReply;
-use crate::api::{MockEndpoint, WireApi};
+use crate::config::{MockEndpoint, WireApi};
 use crate::policy::money::{Ppm, parse_duration_ms};
 
 const ANSWER: &str = "This is a mock answer from tollgate: no provider was called.";

@@ -32,7 +32,7 @@ use super::stream::BodyStream;
 use super::translate::{
     AnthropicStream, ChatToMessagesStream, GeminiStream, StreamOutput, TranslateError, UsageReport,
 };
-use crate::api::{ProviderFamily, WireApi};
+use crate::config::{ProviderFamily, WireApi};
 use crate::policy::Outcome;
 
 /// An upstream stream decoder into chat chunks.

@@ -15,7 +15,7 @@
 
 use rand::{Rng, RngExt};
 
-use crate::api::Strategy;
+use crate::config::Strategy;
 
 /// One row of the effective table, as selection sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

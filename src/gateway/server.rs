@@ -33,8 +33,8 @@ use super::serve::ShutdownCut;
 use super::stream::{SseProcessor, StreamBounds, StreamEnd, StreamSummary, body_usage, metered};
 use super::upstream::{SendError, UpstreamReply};
 use super::{CompiledBackend, CompiledRoute, Gateway, mock, select};
-use crate::api::{RouteState, WireApi};
 use crate::config::EndpointConfig;
+use crate::config::{RouteState, WireApi};
 use crate::policy::Outcome;
 use crate::pricing::UsageError;
 

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::redact::Redactor;
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 use crate::pricing::{TokenCounts, UsageError, parse_usage};
 
 /// A body as a stream of chunks.

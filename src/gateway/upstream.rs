@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::GatewayOptions;
 use super::redact::Redactor;
 use super::stream::BodyStream;
-use crate::api::Protocol;
+use crate::config::Protocol;
 
 /// What came back from an upstream (or a mock): status, headers and the body still streaming.
 pub(crate) struct UpstreamReply {

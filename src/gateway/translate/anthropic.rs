@@ -36,7 +36,7 @@ use super::openai::{
 use super::{
     ChatAnswer, TranslateError, Translated, UsageReport, drop_field, is_http_url, parse_data_url, thinking_budget,
 };
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 
 const TARGET: &str = "Anthropic Messages";
 /// Anthropic's smallest thinking budget.

@@ -35,7 +35,7 @@ use super::errors::{UpstreamError, anthropic_error};
 use super::openai::{ChatChunk, Delta, FunctionDelta, ToolCallDelta};
 use super::sse::{SseEvent, SseParser};
 use super::{MAX_EVENT_BYTES, TranslateError, UsageReport};
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 
 /// One translated output of a stream.
 #[derive(Debug, Clone, PartialEq)]

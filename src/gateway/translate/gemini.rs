@@ -47,7 +47,7 @@ use super::openai::{
 use super::{
     ChatAnswer, TranslateError, Translated, UsageReport, drop_field, is_http_url, parse_data_url, thinking_budget,
 };
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 
 const TARGET: &str = "Gemini";
 const SIGNATURE_SEP: &str = "__thought__";

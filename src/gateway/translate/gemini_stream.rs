@@ -19,7 +19,7 @@ use super::gemini::{call_id, finish_reason, pieces};
 use super::openai::{ChatChunk, Delta, FunctionDelta, ToolCallDelta};
 use super::sse::SseParser;
 use super::{MAX_EVENT_BYTES, TranslateError, UsageReport};
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 
 /// The incremental `streamGenerateContent?alt=sse` translator; see the module docs.
 #[derive(Debug, Clone)]

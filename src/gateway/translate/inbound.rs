@@ -32,7 +32,7 @@ use serde_json::{Map, Value, json};
 
 use super::openai::ChatRequest;
 use super::{TranslateError, Translated, UsageReport, drop_field};
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 
 const TARGET: &str = "OpenAI-compatible";
 

@@ -22,7 +22,7 @@ use super::inbound::stop_reason;
 use super::openai::ChatChunk;
 use super::sse::{SseParser, write_event};
 use super::{MAX_EVENT_BYTES, TranslateError, UsageReport};
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 
 /// One Anthropic SSE event.
 #[derive(Debug, Clone, PartialEq)]

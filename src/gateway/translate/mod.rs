@@ -37,7 +37,7 @@ pub mod sse;
 
 use serde_json::{Map, Value};
 
-use crate::api::ProviderFamily;
+use crate::config::ProviderFamily;
 use crate::policy::Money;
 use crate::pricing::{Prices, TokenCounts, UsageError, parse_usage};
 
