@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::native::{self, Prepared, Retry, Surface, anthropic_error_response, anthropic_url, now_secs};
 use super::native_stream::{Decoder, Encoder, Translator};
 use super::request::Endpoint;
-use super::{CompiledBackend, CompiledRoute, Gateway, select};
+use super::{CompiledBackend, CompiledRoute, Gateway};
 use crate::config::EndpointConfig;
 use crate::config::{RouteState, WireApi};
 use crate::policy::Outcome;
@@ -113,13 +113,7 @@ pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
         return resp;
     }
     let opts = &gw.inner.opts;
-    let plan = select::plan(
-        &route.candidates,
-        route.strategy,
-        opts.max_attempts,
-        |i| route.backends.get(i).and_then(|b| b.cell.latency_estimate_us()),
-        &mut rand::rng(),
-    );
+    let plan = route.attempt_plan(opts.max_attempts);
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<(String, Retry)> = None;
     for (n, &idx) in plan.iter().enumerate() {

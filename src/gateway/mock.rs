@@ -170,18 +170,21 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn reply(status: StatusCode, content_type: &'static str, chunks: Vec<Bytes>) -> UpstreamReply {
+/// An in-process upstream reply (shared with the native-format mocks).
+pub(crate) fn reply(status: StatusCode, content_type: &'static str, chunks: Vec<Bytes>) -> UpstreamReply {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     let body: BodyStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)));
     UpstreamReply { status, headers, body }
 }
 
-fn json_reply(status: StatusCode, v: &Value) -> UpstreamReply {
+/// A whole JSON reply.
+pub(crate) fn json_reply(status: StatusCode, v: &Value) -> UpstreamReply {
     reply(status, "application/json", vec![Bytes::from(v.to_string())])
 }
 
-fn sse_event(event: Option<&str>, data: &Value) -> Bytes {
+/// One server-sent event, with an `event:` line when named.
+pub(crate) fn sse_event(event: Option<&str>, data: &Value) -> Bytes {
     match event {
         Some(e) => Bytes::from(format!("event: {e}\ndata: {data}\n\n")),
         None => Bytes::from(format!("data: {data}\n\n")),

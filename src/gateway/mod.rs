@@ -176,6 +176,20 @@ pub(crate) struct CompiledRoute {
     pub(crate) candidates: Vec<Candidate>,
 }
 
+impl CompiledRoute {
+    /// The backends to try for one request, in order (at most `max_attempts`), drawn by the
+    /// route's strategy among the serving rows of the best tier.
+    pub(crate) fn attempt_plan(&self, max_attempts: usize) -> Vec<usize> {
+        select::plan(
+            &self.candidates,
+            self.strategy,
+            max_attempts,
+            |i| self.backends.get(i).and_then(|b| b.cell.latency_estimate_us()),
+            &mut rand::rng(),
+        )
+    }
+}
+
 /// A config document ready to serve.
 pub(crate) struct Served {
     pub(crate) config: Arc<GatewayConfig>,

@@ -46,7 +46,7 @@ use super::translate::{
     anthropic_error, chat_to_gemini, chat_to_messages, gemini_response_to_chat, gemini_url, messages_response_to_chat,
     openai_error,
 };
-use super::upstream::UpstreamReply;
+use super::upstream::{UpstreamReply, describe};
 use super::{CompiledBackend, Gateway, mock, native_mock};
 use crate::config::EndpointConfig;
 use crate::config::{Protocol, WireApi};
@@ -251,17 +251,6 @@ pub(crate) async fn send(
     let (parts, body) = resp.into_parts();
     let body: BodyStream = Box::pin(body.into_data_stream().map_err(|e| io::Error::other(describe(&e))));
     Ok(UpstreamReply { status: parts.status, headers: parts.headers, body })
-}
-
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Reads a body whole until `deadline`, at most `limit` bytes (`None` if it cannot).

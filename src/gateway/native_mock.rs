@@ -13,35 +13,16 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use bytes::Bytes;
+use axum::http::StatusCode;
 use rand::RngExt;
 use serde_json::{Value, json};
 
-use super::stream::BodyStream;
+use super::mock::{json_reply, reply, sse_event};
 use super::upstream::UpstreamReply;
 use crate::config::{MockEndpoint, WireApi};
 use crate::policy::money::{Ppm, parse_duration_ms};
 
 const ANSWER: &str = "This is a mock answer from tollgate: no provider was called.";
-
-fn reply(status: StatusCode, content_type: &'static str, chunks: Vec<Bytes>) -> UpstreamReply {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    let body: BodyStream = Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)));
-    UpstreamReply { status, headers, body }
-}
-
-fn json_reply(status: StatusCode, v: &Value) -> UpstreamReply {
-    reply(status, "application/json", vec![Bytes::from(v.to_string())])
-}
-
-fn sse(event: Option<&str>, data: &Value) -> Bytes {
-    match event {
-        Some(e) => Bytes::from(format!("event: {e}\ndata: {data}\n\n")),
-        None => Bytes::from(format!("data: {data}\n\n")),
-    }
-}
 
 struct Counts {
     input: u64,
@@ -139,25 +120,25 @@ fn anthropic(c: &Counts, model: &str, stream: bool) -> UpstreamReply {
         "output_tokens": 1,
     });
     let chunks = vec![
-        sse(
+        sse_event(
             Some("message_start"),
             &json!({ "type": "message_start", "message": { "id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage } }),
         ),
-        sse(
+        sse_event(
             Some("content_block_start"),
             &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
         ),
-        sse(Some("ping"), &json!({ "type": "ping" })),
-        sse(
+        sse_event(Some("ping"), &json!({ "type": "ping" })),
+        sse_event(
             Some("content_block_delta"),
             &json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": ANSWER } }),
         ),
-        sse(Some("content_block_stop"), &json!({ "type": "content_block_stop", "index": 0 })),
-        sse(
+        sse_event(Some("content_block_stop"), &json!({ "type": "content_block_stop", "index": 0 })),
+        sse_event(
             Some("message_delta"),
             &json!({ "type": "message_delta", "delta": { "stop_reason": "end_turn", "stop_sequence": null }, "usage": { "output_tokens": c.output + c.reasoning } }),
         ),
-        sse(Some("message_stop"), &json!({ "type": "message_stop" })),
+        sse_event(Some("message_stop"), &json!({ "type": "message_stop" })),
     ];
     reply(StatusCode::OK, "text/event-stream", chunks)
 }
@@ -189,5 +170,5 @@ fn gemini(c: &Counts, model: &str, stream: bool) -> UpstreamReply {
     });
     let mut last = done;
     last["candidates"][0]["content"]["parts"][0]["text"] = b.into();
-    reply(StatusCode::OK, "text/event-stream", vec![sse(None, &first), sse(None, &last)])
+    reply(StatusCode::OK, "text/event-stream", vec![sse_event(None, &first), sse_event(None, &last)])
 }

@@ -32,7 +32,7 @@ use super::request::{ClientRequest, Endpoint};
 use super::serve::ShutdownCut;
 use super::stream::{SseProcessor, StreamBounds, StreamEnd, StreamSummary, body_usage, metered};
 use super::upstream::{SendError, UpstreamReply};
-use super::{CompiledBackend, CompiledRoute, Gateway, mock, select};
+use super::{CompiledBackend, CompiledRoute, Gateway, mock};
 use crate::config::EndpointConfig;
 use crate::config::{RouteState, WireApi};
 use crate::policy::Outcome;
@@ -171,13 +171,7 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         return resp;
     }
 
-    let plan = select::plan(
-        &route.candidates,
-        route.strategy,
-        opts.max_attempts,
-        |i| route.backends.get(i).and_then(|b| b.cell.latency_estimate_us()),
-        &mut rand::rng(),
-    );
+    let plan = route.attempt_plan(opts.max_attempts);
     if plan.is_empty() {
         let mut resp = ApiError::no_backend(&route.name).into_response();
         set_headers(&mut resp, &route, None, 1);
