@@ -10,12 +10,16 @@
 //! controller (SIGKILL) mid-window, adds spend while none runs, starts a new one and checks that
 //! the window's spend is exact: neither lost nor counted twice.
 
+#[path = "common/cluster.rs"]
+mod cluster;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cluster::{eventually, install_crds, yaml_docs};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -31,33 +35,6 @@ use tollgate::kube_source::{self as source, SourceUpdate};
 const INTERVAL: Duration = Duration::from_secs(2);
 /// What "within one signal interval" may add: a pass, a watch event, an apply.
 const SLACK: Duration = Duration::from_secs(3);
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn yaml_docs(path: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(repo(path)).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text).unwrap().into_iter().filter(|d| !d.is_null()).collect()
-}
-
-/// Polls `f` until it returns `Some`, or fails with `what` after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return (v, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 // ---- the fake gateway's /metrics --------------------------------------------------------------
 
@@ -190,32 +167,6 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 // ---- cluster helpers ---------------------------------------------------------------------------
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for doc in yaml_docs("crds/tollgate.yaml") {
-        let crd: CustomResourceDefinition = serde_json::from_value(doc).unwrap();
-        let name = crd.name_any();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                let mut crd = crd;
-                crd.metadata.resource_version = api.get(&name).await.unwrap().resource_version();
-                api.replace(&name, &PostParams::default(), &crd).await.unwrap();
-            }
-            Err(e) => panic!("create CRD {name}: {e}"),
-        }
-        eventually(&format!("CRD {name} Established"), Duration::from_secs(30), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let c = api.get(&name).await.ok()?;
-                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-            }
-        })
-        .await;
-    }
-}
 
 async fn create<K>(client: &Client, ns: &str, mut obj: Value) -> K
 where

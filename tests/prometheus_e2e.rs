@@ -29,14 +29,17 @@
 //! Prometheus test). Processes are killed when the test ends (also on failure); every port comes
 //! from binding 127.0.0.1:0, every temporary directory is unique to the test.
 
+#[path = "common/cluster.rs"]
+mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster::{eventually, install_crds, repo};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tollgate::api::{BackendState, ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
@@ -50,34 +53,12 @@ const SCRAPE: &str = "1s";
 /// How long a decision may take to show: a scrape, a signal interval, a pass, a watch event.
 const DECIDE: Duration = Duration::from_secs(20);
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
-
-/// Polls `f` until it returns `Some`, or fails with `what` after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return (v, start.elapsed());
-        }
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A child process killed when dropped (also when the test fails), its log tail printed then.
@@ -124,37 +105,6 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
 }
 
 // ---- the cluster ---------------------------------------------------------------------------------
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let text = std::fs::read_to_string(repo("crds/tollgate.yaml")).unwrap();
-    for doc in serde_saphyr::from_multiple::<Value>(&text).unwrap().into_iter().filter(|d| !d.is_null()) {
-        let crd: CustomResourceDefinition = serde_json::from_value(doc).unwrap();
-        let name = crd.name_any();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                let mut crd = crd;
-                crd.metadata.resource_version = api.get(&name).await.unwrap().resource_version();
-                // Another test may replace it at the same time: a conflict means it is there.
-                match api.replace(&name, &PostParams::default(), &crd).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => panic!("replace CRD {name}: {e}"),
-                }
-            }
-            Err(e) => panic!("create CRD {name}: {e}"),
-        }
-        eventually(&format!("CRD {name} Established"), Duration::from_secs(30), || {
-            let (api, name) = (api.clone(), name.clone());
-            async move {
-                let c = api.get(&name).await.ok()?;
-                c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-            }
-        })
-        .await;
-    }
-}
 
 async fn create<K>(client: &Client, ns: &str, mut obj: Value) -> K
 where
