@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::local::Local;
 use common::proc::{BIN, Proc, TempDir, free_port, usd_picos, wait_until, write_atomic};
 use common::upstream::Fake;
 
@@ -96,30 +97,7 @@ impl Setup {
     }
 }
 
-struct Local {
-    proc: Proc,
-    url: String,
-    client: reqwest::Client,
-}
-
 impl Local {
-    async fn status(&self) -> Option<Value> {
-        self.client.get(format!("{}/status", self.url)).send().await.ok()?.json().await.ok()
-    }
-
-    async fn ready(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(s) = self.status().await
-                && s["time"].is_string()
-            {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("tollgate local did not answer /status at {}; log:\n{}", self.url, self.proc.logs());
-    }
-
     /// Waits until two more evaluations happened (everything sent before is evaluated).
     async fn settle(&self) -> Value {
         let mut last = self.ready().await["time"].clone();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::local::Local;
 use common::proc::{BIN, Proc, TempDir, free_port, wait_until};
 
 const ROUTES: &str = r#"
@@ -107,30 +108,7 @@ impl Setup {
     }
 }
 
-struct Local {
-    proc: Proc,
-    url: String,
-    client: reqwest::Client,
-}
-
 impl Local {
-    async fn status(&self) -> Option<Value> {
-        self.client.get(format!("{}/status", self.url)).send().await.ok()?.json().await.ok()
-    }
-
-    async fn ready(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(s) = self.status().await
-                && s["time"].is_string()
-            {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("tollgate local did not answer /status at {}; log:\n{}", self.url, self.proc.logs());
-    }
-
     /// Waits until `/status` satisfies `cond`, returning it; fails naming `what`.
     async fn wait_status(&self, what: &str, limit: Duration, cond: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + limit;

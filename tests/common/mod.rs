@@ -4,6 +4,8 @@
 use std::path::Path;
 
 #[allow(dead_code)]
+pub mod local;
+#[allow(dead_code)]
 pub mod proc;
 #[allow(dead_code)]
 pub mod upstream;

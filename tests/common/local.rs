@@ -1,0 +1,37 @@
+//! A running `tollgate local` process, as the process-level tests drive it: its URL, one HTTP
+//! client, and `/status` (read once, or waited for with a 20 s deadline). Each test file adds the
+//! requests and waits it needs in its own `impl Local` block.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::proc::Proc;
+
+/// `tollgate local` under test.
+pub struct Local {
+    pub proc: Proc,
+    pub url: String,
+    pub client: reqwest::Client,
+}
+
+impl Local {
+    /// `GET /status`, or `None` while it does not answer.
+    pub async fn status(&self) -> Option<Value> {
+        self.client.get(format!("{}/status", self.url)).send().await.ok()?.json().await.ok()
+    }
+
+    /// Waits (at most 20 s) until `/status` answers with a time; fails with the process log.
+    pub async fn ready(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(s) = self.status().await
+                && s["time"].is_string()
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("tollgate local did not answer /status at {}; log:\n{}", self.url, self.proc.logs());
+    }
+}
