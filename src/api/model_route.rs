@@ -587,6 +587,11 @@ pub struct BackendStatus {
     /// `ejection.max` of continuous health. Kept here so a controller restart keeps the backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trips: Option<u32>,
+    /// Back in rotation after ejections (`trips` set): when it last became healthy, from which
+    /// `trips` resets after `ejection.max`. Kept so a controller restart resets the backoff at
+    /// the same moment as the controller that kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<StatusTime>,
     /// While returning from an ejection: the `rampUp` stage it is in, 1 for the first. Kept so
     /// a controller restart resumes the ramp where it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,7 @@
 //! texts are for people and may be reworded freely). From `ProviderBudget` status: the window,
 //! `spent`, the action in force (`state`), `forecastTriggered` and the per-gateway
 //! `checkpoints`. From each `ModelRoute` `status.backends[]` entry: `state`, `effectiveWeight`,
-//! `tier`, `since`, `ejectedUntil`, `trips`, `rampStage`/`rampStageSince`, `failOpen` and
+//! `tier`, `since`, `ejectedUntil`, `trips`, `healthySince`, `rampStage`/`rampStageSince`, `failOpen` and
 //! `deprioritizedBy`. What the statuses do not hold (burn-rate samples, error-rate windows,
 //! the current ramp stage's request counts) starts empty.
 
@@ -121,7 +121,10 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
             }),
             _ => None,
         };
-        let healthy_since = matches!(phase, Phase::Healthy).then_some(at).flatten();
+        // `healthySince` when written; statuses from before the field fall back to `since`
+        // (the entry into the current state: never earlier, so the backoff lasts no less).
+        let healthy_since =
+            matches!(phase, Phase::Healthy).then(|| b.healthy_since.as_ref().map(|t| t.0).or(at)).flatten();
         health.push((
             BackendKey::new(&key.namespace, &key.name, &b.name),
             BackendHealth {

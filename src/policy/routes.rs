@@ -492,6 +492,7 @@ fn backend_statuses(
             requests,
             ejected_until: rows_in[i].ejected_until.map(Time),
             trips: (h.trips > 0).then_some(h.trips),
+            healthy_since: h.healthy_since.filter(|_| h.trips > 0 && h.phase == Phase::Healthy).map(Time),
             ramp_stage,
             ramp_stage_since,
             fail_open: decided.fail_open == Some(i),
