@@ -2,9 +2,12 @@
 # Gateway overhead benchmark (not a test): wrk against, on loopback,
 #   (a) a fast fixed-body upstream (nginx `return 200` with a chat completion + usage),
 #   (b) nginx as a plain keep-alive reverse proxy in front of it,
-#   (c) `tollgate gateway` in front of it (routing, body rewrite, usage parsing, exact metering).
+#   (c) `tollgate gateway` in front of it (routing, body rewrite, usage parsing, exact metering),
+#   (d) the floor: examples/floor_proxy.rs, a pass-through proxy on exactly the gateway's stack
+#       (its listener, axum, hyper-util's client, thread-per-core runtimes) doing nothing else:
+#       nginx → floor is what the stack costs, floor → tollgate is the gateway's own work.
 # Prints p50/p99 latency at 1 connection, the latency each proxy adds over (a), requests/s at 32
-# connections, the ratios tollgate/nginx and the gateway's RSS.
+# connections, the ratios tollgate/nginx, tollgate/floor and floor/nginx, and the gateway's RSS.
 #
 #   bench/gateway.sh                      # 3 rounds × 5s per measurement, about 2.5 minutes
 #   ROUNDS=5 DURATION=10s bench/gateway.sh
@@ -39,8 +42,9 @@ fi
 NGINX=$(command -v nginx)
 
 echo "building target/release/tollgate..." >&2
-cargo build -q --release --bin tollgate
+cargo build -q --release --bin tollgate --example floor_proxy
 TOLLGATE=$PWD/target/release/tollgate
+FLOOR=$PWD/target/release/examples/floor_proxy
 
 WORK=$(mktemp -d -t tollgate-bench.XXXXXX)
 PIDS=()
@@ -56,6 +60,7 @@ UP_PORT=$(free_port)
 NGX_PORT=$(free_port)
 TG_PORT=$(free_port)
 TG_METRICS=$(free_port)
+FL_PORT=$(free_port)
 
 BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 
@@ -124,6 +129,12 @@ RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir
 TG_PID=$!
 PIDS+=("$TG_PID")
 
+# (d) the floor, with as many worker threads as the gateway (GATEWAY_ARGS="--workers N" sets both).
+FL_WORKERS=$(sed -n 's/.*--workers[ =]\([0-9]*\).*/\1/p' <<<"${GATEWAY_ARGS:-}")
+"$FLOOR" "127.0.0.1:$FL_PORT" "http://127.0.0.1:$UP_PORT" ${FL_WORKERS:-} >"$WORK/floor.log" 2>&1 &
+FL_PID=$!
+PIDS+=("$FL_PID")
+
 wait_http() { # url
   for _ in $(seq 1 100); do
     if curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d '{"model":"bench"}' "$1"; then return 0; fi
@@ -136,7 +147,8 @@ wait_http() { # url
 A_URL="http://127.0.0.1:$UP_PORT/v1/chat/completions"
 B_URL="http://127.0.0.1:$NGX_PORT/v1/chat/completions"
 C_URL="http://127.0.0.1:$TG_PORT/v1/chat/completions"
-wait_http "$A_URL"; wait_http "$B_URL"; wait_http "$C_URL"
+D_URL="http://127.0.0.1:$FL_PORT/v1/chat/completions"
+wait_http "$A_URL"; wait_http "$B_URL"; wait_http "$C_URL"; wait_http "$D_URL"
 
 cat >"$WORK/post.lua" <<'EOF'
 wrk.method = "POST"
@@ -194,21 +206,22 @@ median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v
 declare -A R
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS..." >&2
-  for t in A B C; do
+  for t in A B C D; do
     url_var="${t}_URL"
     read -r p50 p99 < <(latency "${!url_var}")
     R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "
   done
-  for t in A B C; do
+  for t in A B C D; do
     url_var="${t}_URL"
-    case $t in A) pid="" ;; B) pid=$PROXY_PID ;; C) pid=$TG_PID ;; esac
+    case $t in A) pid="" ;; B) pid=$PROXY_PID ;; C) pid=$TG_PID ;; D) pid=$FL_PID ;; esac
     read -r rps cpu < <(throughput "${!url_var}" "$pid")
     R[$t.rps]+="$rps "; R[$t.cpu]+="$cpu "
   done
 done
 m() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
 A50=$(m A.p50); A99=$(m A.p99); B50=$(m B.p50); B99=$(m B.p99); C50=$(m C.p50); C99=$(m C.p99)
-ARPS=$(m A.rps); BRPS=$(m B.rps); CRPS=$(m C.rps); BCPU=$(m B.cpu); CCPU=$(m C.cpu)
+D50=$(m D.p50); D99=$(m D.p99)
+ARPS=$(m A.rps); BRPS=$(m B.rps); CRPS=$(m C.rps); DRPS=$(m D.rps); BCPU=$(m B.cpu); CCPU=$(m C.cpu); DCPU=$(m D.cpu)
 
 RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$TG_PID/status")
 HWM_KB=$(awk '/^VmHWM:/ {print $2}' "/proc/$TG_PID/status")
@@ -216,6 +229,7 @@ OK=$(curl -fsS "http://127.0.0.1:$TG_METRICS/metrics" | awk -F' ' '/^tollgate_re
 NANO=$(curl -fsS "http://127.0.0.1:$TG_METRICS/metrics" | awk -F' ' '/^tollgate_cost_nanousd_total\{/ {s += $2} END {printf "%.0f", s}')
 
 awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99="$C99" \
+ -v d50="$D50" -v d99="$D99" -v drps="$DRPS" -v dcpu="$DCPU" \
     -v arps="$ARPS" -v brps="$BRPS" -v crps="$CRPS" -v rss="$RSS_KB" -v hwm="$HWM_KB" -v ok="$OK" -v nano="$NANO" \
     -v cores="$(nproc)" -v dur="$DURATION" -v conns="$CONNS" -v rounds="$ROUNDS" -v bcpu="$BCPU" -v ccpu="$CCPU" 'BEGIN {
   printf "\ntollgate gateway benchmark: loopback, %s cores, wrk %s per run, median of %s rounds\n\n", cores, dur, rounds
@@ -223,10 +237,15 @@ awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99
   printf "%-22s %10.0f %10.0f %12s %12s %14.0f\n", "(a) upstream direct", a50, a99, "-", "-", arps
   printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(b) nginx proxy", b50, b99, b50 - a50, b99 - a99, brps
   printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(c) tollgate gateway", c50, c99, c50 - a50, c99 - a99, crps
-  nb50 = b50 - a50; nb99 = b99 - a99
-  printf "\nCPU per request @%s: nginx %.1f us, tollgate %.1f us\n", conns, bcpu, ccpu
+  printf "%-22s %10.0f %10.0f %12.0f %12.0f %14.0f\n", "(d) floor (same stack)", d50, d99, d50 - a50, d99 - a99, drps
+  nb50 = b50 - a50; nb99 = b99 - a99; nd50 = d50 - a50; nd99 = d99 - a99
+  printf "\nCPU per request @%s: nginx %.1f us, tollgate %.1f us, floor %.1f us\n", conns, bcpu, ccpu, dcpu
   printf "ratios tollgate / nginx: added p50 %.2fx, added p99 %.2fx, req/s %.2fx, CPU per request %.2fx\n",
     (nb50 > 0 ? (c50 - a50) / nb50 : 0), (nb99 > 0 ? (c99 - a99) / nb99 : 0), crps / brps, (bcpu > 0 ? ccpu / bcpu : 0)
+  printf "ratios tollgate / floor: added p50 %.2fx, added p99 %.2fx, req/s %.2fx, CPU per request %.2fx\n",
+    (nd50 > 0 ? (c50 - a50) / nd50 : 0), (nd99 > 0 ? (c99 - a99) / nd99 : 0), crps / drps, (dcpu > 0 ? ccpu / dcpu : 0)
+  printf "ratios floor / nginx:    added p50 %.2fx, added p99 %.2fx, req/s %.2fx, CPU per request %.2fx\n",
+    (nb50 > 0 ? nd50 / nb50 : 0), (nb99 > 0 ? nd99 / nb99 : 0), drps / brps, (bcpu > 0 ? dcpu / bcpu : 0)
   printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %s; spend metered: %s nano-USD\n",
     rss / 1024, hwm / 1024, ok, nano
 }'

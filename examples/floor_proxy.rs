@@ -1,0 +1,105 @@
+//! The floor of the gateway's stack (issue 16), for `bench/gateway.sh`: a pass-through proxy
+//! built from exactly what `tollgate gateway` is built from, doing nothing else.
+//!
+//! Same listener and connection handling (`tollgate::gateway::serve_sharded` with the default
+//! [`ServeLimits`]: thread-per-core current-thread runtimes, the per-connection watchdog, the
+//! connection cap), same router (axum), same upstream client (hyper-util's pooled legacy client
+//! over hyper-rustls, `https_or_http`, one pool per thread), same body handling (the request
+//! body read whole, the answer streamed back). No routing, no JSON, no metering, no metrics.
+//! The time between nginx and this is what the stack costs; between this and tollgate is ours.
+//!
+//! ```text
+//! cargo run --release --example floor_proxy -- 127.0.0.1:8090 http://127.0.0.1:8080
+//! ```
+//! Every `POST` path is forwarded to the same path of the upstream base URL.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+use tollgate::gateway::{ServeLimits, serve_sharded};
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+thread_local! {
+    /// One pool per worker thread, as the gateway keeps it.
+    static CLIENT: RefCell<Option<HttpsClient>> = const { RefCell::new(None) };
+}
+
+fn client() -> HttpsClient {
+    CLIENT.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| {
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(Duration::from_secs(10)));
+                http.set_keepalive(Some(Duration::from_secs(60)));
+                let https = HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+                    .unwrap_or_else(|e| panic!("TLS setup: {e}"))
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(http);
+                Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https)
+            })
+            .clone()
+    })
+}
+
+async fn forward(State(base): State<&'static str>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let Ok(uri) = format!("{base}{}", parts.uri.path()).parse::<Uri>() else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let mut up = axum::http::Request::post(uri).body(Full::new(bytes)).unwrap_or_default();
+    up.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    match client().request(up).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
+        eprintln!("usage: floor_proxy LISTEN_ADDR UPSTREAM_BASE_URL [WORKERS]");
+        std::process::exit(2);
+    };
+    let listen: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("listen address {listen:?}: {e}"));
+    let workers = args.next().map_or_else(
+        || std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
+    );
+    let base: &'static str = Box::leak(upstream.trim_end_matches('/').to_string().into_boxed_str());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+        let router = Router::new().fallback(axum::routing::post(forward)).with_state(base);
+        let token = CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            t.cancel();
+        });
+        if let Err(e) = serve_sharded(listener, router, ServeLimits::default(), workers, token).await {
+            eprintln!("floor_proxy: {e}");
+        }
+    });
+}
