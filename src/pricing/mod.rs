@@ -228,7 +228,7 @@ pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, 
             format!("expected a JSON object, got {}", json_kind(body)),
         ));
     };
-    let root = Fields::new(map, String::new());
+    let root = Fields::root(map);
 
     if family == ProviderFamily::Gemini
         && let Some(meta) = root.child("usageMetadata")?
@@ -236,16 +236,15 @@ pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, 
         return gemini_native(&meta);
     }
 
-    let usage = match root.child("usage")? {
-        Some(usage) => usage,
-        None => match map.get("response") {
-            // An OpenAI Responses stream event wraps the whole response object.
-            Some(Value::Object(_)) => match root.child("response")? {
-                Some(response) => response.child("usage")?.ok_or(UsageError::Missing)?,
-                None => return Err(UsageError::Missing),
-            },
-            _ => return Err(UsageError::Missing),
-        },
+    // An OpenAI Responses stream event wraps the whole response object.
+    let response = match (map.get("usage"), map.get("response")) {
+        (None | Some(Value::Null), Some(Value::Object(_))) => root.child("response")?,
+        _ => None,
+    };
+    let usage = match (root.child("usage")?, &response) {
+        (Some(usage), _) => usage,
+        (None, Some(response)) => response.child("usage")?.ok_or(UsageError::Missing)?,
+        (None, None) => return Err(UsageError::Missing),
     };
 
     match family {

@@ -72,10 +72,12 @@ pub(super) fn carve_cache(
         }
         None => (0, 0),
     };
-    let name = u.name(total_key);
-    let dname = u.name(details_key);
-    let input = carve((&name, total), (&format!("{dname}.cached_tokens"), cached))?;
-    let input = carve((&format!("{name} - {dname}.cached_tokens"), input), (&format!("{dname} cache writes"), write))?;
+    let (name, dname) = (u.name(total_key), u.name(details_key));
+    let input = carve((&name, total), (lazy(|f| write!(f, "{dname}.cached_tokens")), cached))?;
+    let input = carve(
+        (lazy(|f| write!(f, "{name} - {dname}.cached_tokens")), input),
+        (lazy(|f| write!(f, "{dname} cache writes")), write),
+    )?;
     Ok((input, cached, write))
 }
 

@@ -43,8 +43,8 @@ impl UsageError {
     }
 }
 
-pub(super) fn malformed(field: String, why: impl Into<String>) -> UsageError {
-    UsageError::Malformed { field, why: why.into() }
+pub(super) fn malformed(field: impl std::fmt::Display, why: impl Into<String>) -> UsageError {
+    UsageError::Malformed { field: field.to_string(), why: why.into() }
 }
 
 pub(super) fn inconsistent(why: String) -> UsageError {
@@ -55,19 +55,59 @@ pub(super) fn inconsistent(why: String) -> UsageError {
 /// exact). Far beyond any real request, and it keeps every sum below in `u64`.
 pub(super) const MAX_TOKENS: u64 = (1 << 53) - 1;
 
-/// A JSON object of usage counts, with the path it was found at (for error messages).
+/// A JSON object of usage counts, with the path it was found at (for error messages). The
+/// path is kept as links to the parent objects and written out only when an error names a
+/// field: reading well-formed usage formats no string.
 pub(super) struct Fields<'a> {
     map: &'a Map<String, Value>,
-    path: String,
+    parent: Option<(&'a Fields<'a>, &'a str)>,
+}
+
+/// The JSON path of a field (`usage.prompt_tokens_details.cached_tokens`), written on demand.
+pub(super) struct FieldName<'a> {
+    fields: &'a Fields<'a>,
+    key: &'a str,
+}
+
+impl std::fmt::Display for FieldName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn prefix(f: &mut std::fmt::Formatter<'_>, fields: &Fields<'_>) -> std::fmt::Result {
+            match fields.parent {
+                Some((parent, key)) => {
+                    prefix(f, parent)?;
+                    write!(f, "{key}.")
+                }
+                None => Ok(()),
+            }
+        }
+        prefix(f, self.fields)?;
+        f.write_str(self.key)
+    }
+}
+
+/// A name written on demand by a closure (for names composed of several parts).
+pub(super) struct Lazy<F>(F);
+
+/// A [`Lazy`] name.
+pub(super) fn lazy<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result>(f: F) -> Lazy<F> {
+    Lazy(f)
+}
+
+impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> std::fmt::Display for Lazy<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (self.0)(f)
+    }
 }
 
 impl<'a> Fields<'a> {
-    pub(super) fn new(map: &'a Map<String, Value>, path: String) -> Self {
-        Fields { map, path }
+    /// The top-level object of a response body.
+    pub(super) fn root(map: &'a Map<String, Value>) -> Self {
+        Fields { map, parent: None }
     }
 
-    pub(super) fn name(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+    /// The path of `key` in this object, for an error message.
+    pub(super) fn name<'s>(&'s self, key: &'s str) -> FieldName<'s> {
+        FieldName { fields: self, key }
     }
 
     /// Present and not `null`.
@@ -100,10 +140,10 @@ impl<'a> Fields<'a> {
     }
 
     /// A nested object: absent or `null` is `None`.
-    pub(super) fn child(&self, key: &str) -> Result<Option<Fields<'a>>, UsageError> {
+    pub(super) fn child<'s>(&'s self, key: &'s str) -> Result<Option<Fields<'s>>, UsageError> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(Fields::new(m, self.name(key)))),
+            Some(Value::Object(m)) => Ok(Some(Fields { map: m, parent: Some((self, key)) })),
             Some(other) => Err(malformed(self.name(key), format!("expected an object, got {}", json_kind(other)))),
         }
     }
@@ -129,7 +169,10 @@ pub(super) fn json_kind(v: &Value) -> &'static str {
 }
 
 /// `whole - part`, or an inconsistency naming both.
-pub(super) fn carve(whole: (&str, u64), part: (&str, u64)) -> Result<u64, UsageError> {
+pub(super) fn carve(
+    whole: (impl std::fmt::Display, u64),
+    part: (impl std::fmt::Display, u64),
+) -> Result<u64, UsageError> {
     whole
         .1
         .checked_sub(part.1)
@@ -139,15 +182,23 @@ pub(super) fn carve(whole: (&str, u64), part: (&str, u64)) -> Result<u64, UsageE
 /// Reasoning reported inside an output total (`<total>_details.reasoning_tokens` ⊂ `<total>`):
 /// returns (visible output, reasoning), so each token is billed once.
 pub(super) fn reasoning_inside(u: &Fields<'_>, total_field: &str, total: u64) -> Result<(u64, u64), UsageError> {
-    let details = format!("{total_field}_details");
-    let reasoning = u.nested(&details, "reasoning_tokens")?.unwrap_or(0);
-    let output = carve((&u.name(total_field), total), (&u.name(&format!("{details}.reasoning_tokens")), reasoning))?;
+    let details = match total_field {
+        "completion_tokens" => "completion_tokens_details",
+        "output_tokens" => "output_tokens_details",
+        other => return Err(malformed(u.name(other), "has no known reasoning breakdown")),
+    };
+    let reasoning = u.nested(details, "reasoning_tokens")?.unwrap_or(0);
+    let output =
+        carve((u.name(total_field), total), (lazy(|f| write!(f, "{}.reasoning_tokens", u.name(details))), reasoning))?;
     Ok((output, reasoning))
 }
 
 /// Two fields that report the same tokens under different names: either may be given; if both
 /// are, they must agree.
-pub(super) fn same_tokens(a: (&str, Option<u64>), b: (&str, Option<u64>)) -> Result<Option<u64>, UsageError> {
+pub(super) fn same_tokens(
+    a: (impl std::fmt::Display, Option<u64>),
+    b: (impl std::fmt::Display, Option<u64>),
+) -> Result<Option<u64>, UsageError> {
     match (a.1, b.1) {
         (Some(x), Some(y)) if x != y => {
             Err(inconsistent(format!("{}={x} and {}={y} report the same tokens but disagree", a.0, b.0)))

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request (not a test), counted by valgrind's callgrind:
+# repeatable whatever else the machine is doing (wall-clock figures on a shared 2-core machine
+# are not). For each proxy — nginx (one worker, no master), the floor (examples/floor_proxy.rs,
+# one worker thread) and `tollgate gateway --workers 1` — in front of the same fixed-body nginx
+# upstream, it runs the proxy under callgrind twice: once with N0 requests and once with N1, on
+# one keep-alive connection, and prints (I(N1) - I(N0)) / (N1 - N0): start-up, config loading
+# and shutdown cancel out. Kernel time (syscalls, wake-ups) is not counted: bench/gateway.sh
+# measures that.
+#
+#   bench/instructions.sh               # N0=200 N1=1200, about 2 minutes
+#   N0=100 N1=600 bench/instructions.sh
+#   ANNOTATE=1 bench/instructions.sh    # also prints tollgate's top functions (inclusive)
+#
+# Needs valgrind, nginx and python3 (the client); builds target/release/{tollgate,floor_proxy}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N0=${N0:-200}
+N1=${N1:-1200}
+
+for c in valgrind nginx python3; do
+  command -v "$c" >/dev/null || { echo "error: needs $c (Debian: valgrind nginx-light)" >&2; exit 1; }
+done
+echo "building release binaries..." >&2
+cargo build -q --release --bin tollgate --example floor_proxy
+TOLLGATE=$PWD/target/release/tollgate
+FLOOR=$PWD/target/release/examples/floor_proxy
+NGINX=$(command -v nginx)
+
+WORK=$(mktemp -d -t tollgate-instr.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
+
+nginx_conf() { # $1 = dir, $2 = extra top-level directives, $3 = http body
+  mkdir -p "$1/logs" "$1/tmp"
+  cat >"$1/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+$2
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+$3
+}
+EOF
+}
+
+UP_PORT=$(free_port)
+nginx_conf "$WORK/upstream" "" "
+  server { listen 127.0.0.1:$UP_PORT; location / { default_type application/json; return 200 '$BODY'; } }"
+"$NGINX" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" &
+PIDS+=($!)
+
+# The client: N requests on one keep-alive connection, each answer read whole; waits for the
+# proxy to answer first (under valgrind it starts slowly). Exits non-zero on any non-200.
+cat >"$WORK/client.py" <<'EOF'
+import http.client, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+body = b'{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
+hdrs = {"Content-Type": "application/json"}
+deadline = time.time() + 120
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/v1/chat/completions", body, hdrs)
+        r = c.getresponse(); r.read()
+        if r.status == 200:
+            break
+    except OSError:
+        pass
+    if time.time() > deadline:
+        sys.exit("proxy did not answer")
+    time.sleep(0.2)
+for _ in range(n - 1):
+    c.request("POST", "/v1/chat/completions", body, hdrs)
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"status {r.status}")
+EOF
+
+mkdir -p "$WORK/manifests" "$WORK/creds"
+cat >"$WORK/manifests/route.yaml" <<EOF
+apiVersion: tollgate.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: bench}
+spec:
+  backends:
+    - name: fixed
+      provider: openai
+      model: bench-model
+      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
+      pricing: {input: "2.50", cachedInput: "1.25", output: "10.00"}
+EOF
+"$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
+
+# $1 = target name, $2 = requests → total instructions of the proxy process (all threads)
+count() {
+  local name=$1 n=$2 port out="$WORK/cg.$1.$2" pid
+  port=$(free_port)
+  case $name in
+    nginx)
+      local d="$WORK/nginx-$n-$port"
+      nginx_conf "$d" "master_process off;" "
+  upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 16; }
+  server { listen 127.0.0.1:$port; location / { proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+      valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -p "$d" -c "$d/nginx.conf" 2>"$out.log" &
+      ;;
+    floor)
+      valgrind --tool=callgrind --callgrind-out-file="$out" "$FLOOR" "127.0.0.1:$port" "http://127.0.0.1:$UP_PORT" 1 2>"$out.log" &
+      ;;
+    tollgate)
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$TOLLGATE" gateway --config "$WORK/config.json" \
+        --credentials-dir "$WORK/creds" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" --workers 1 \
+        2>"$out.log" >/dev/null &
+      ;;
+  esac
+  pid=$!
+  python3 "$WORK/client.py" "$port" "$n"
+  kill -INT "$pid" 2>/dev/null || true
+  sleep 0.5
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  # Sum of "summary:" lines (one per thread with --separate-threads=no: one file).
+  awk '/^summary:/ {s += $2} END {print s + 0}' "$out"*
+}
+
+declare -A PER
+for t in nginx floor tollgate; do
+  echo "counting $t ($N0 and $N1 requests under callgrind)..." >&2
+  i0=$(count "$t" "$N0")
+  i1=$(count "$t" "$N1")
+  PER[$t]=$(awk -v a="$i0" -v b="$i1" -v n0="$N0" -v n1="$N1" 'BEGIN {printf "%.0f", (b - a) / (n1 - n0)}')
+done
+
+if [[ -n ${ANNOTATE:-} ]]; then
+  callgrind_annotate --inclusive=yes "$WORK/cg.tollgate.$N1" 2>/dev/null | sed -n '1,60p' || true
+fi
+
+awk -v n="${PER[nginx]}" -v f="${PER[floor]}" -v t="${PER[tollgate]}" -v n0="$N0" -v n1="$N1" 'BEGIN {
+  printf "\nuser-space instructions per proxied request (callgrind, (I(%d) - I(%d)) / %d)\n\n", n1, n0, n1 - n0
+  printf "%-24s %12d\n%-24s %12d\n%-24s %12d\n\n", "nginx proxy", n, "floor (gateway stack)", f, "tollgate gateway", t
+  printf "ratios: tollgate / nginx %.2fx, tollgate / floor %.2fx, floor / nginx %.2fx\n", t / n, t / f, f / n
+}'
