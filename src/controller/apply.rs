@@ -19,7 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use super::engine::{Engine, Snapshot};
+use super::engine::{Engine, Settings, Snapshot};
 use super::error::{Error, is_transient};
 use crate::config::payload::{self, Stored, TooLarge};
 use crate::config::shard::{INDEX_KEY, parse_index};
@@ -68,25 +68,35 @@ pub fn stored_revision(cm: &ConfigMap) -> Option<String> {
     cm.metadata.annotations.as_ref().and_then(|a| a.get("tollgate.dev/config-revision")).cloned()
 }
 
+/// Calls `call` again after transient API errors (409, 429, 5xx), with a doubling pause, up to
+/// `Settings::retry_attempts` attempts.
+pub(super) async fn retry_transient<T, F, Fut>(settings: &Settings, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt = 1;
+    let mut pause = settings.retry_backoff;
+    loop {
+        match call().await {
+            Err(e) if is_transient(&e) && attempt < settings.retry_attempts => {
+                debug!(error = %e, attempt, "transient API error, retrying");
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Engine {
-    pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, kube::Error>
+    pub(super) async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, kube::Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
     {
-        let mut attempt = 1;
-        let mut pause = self.ctx.settings.retry_backoff;
-        loop {
-            match call().await {
-                Err(e) if is_transient(&e) && attempt < self.ctx.settings.retry_attempts => {
-                    debug!(error = %e, attempt, "transient API error, retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = pause.saturating_mul(2);
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retry_transient(&self.ctx.settings, call).await
     }
 
     fn labels(&self, component: &str) -> Value {

@@ -66,6 +66,9 @@ pub struct Settings {
     pub status_writes_per_second: u32,
     /// Status writes allowed at once before the rate applies.
     pub status_write_burst: u32,
+    /// Status writes sent at once (each waits for the API server's answer); 1 sends them one
+    /// after the other, in order.
+    pub status_writes_in_flight: usize,
 }
 
 impl Default for Settings {
@@ -81,6 +84,7 @@ impl Default for Settings {
             write_grace: Duration::from_secs(30),
             status_writes_per_second: 50,
             status_write_burst: 100,
+            status_writes_in_flight: 1,
         }
     }
 }
@@ -284,20 +288,22 @@ impl Engine {
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, now);
 
         // Status.
+        let mut writes = Vec::new();
         for g in &snap.routes {
-            match self.route_status(g, &plan, &targets, &revisions, now).await {
-                Ok(Some(w)) => report.statuses_written.push(w),
-                Ok(None) => {}
+            match self.route_status(g, &plan, &targets, &revisions, now) {
+                Ok(w) => writes.extend(w),
                 Err(e) => report.errors.push(e),
             }
         }
         for g in &snap.budgets {
-            match self.budget_status(g, &plan, &existing, now).await {
-                Ok(Some(w)) => report.statuses_written.push(w),
-                Ok(None) => {}
+            match self.budget_status(g, &plan, &existing, now) {
+                Ok(w) => writes.extend(w),
                 Err(e) => report.errors.push(e),
             }
         }
+        let (written, errors) = self.send_statuses(writes, now).await;
+        report.statuses_written = written;
+        report.errors.extend(errors);
 
         // Events.
         self.queue_events(snap, &plan.decision.transitions, &plan.route_problems, &plan.budget_problems);
