@@ -25,6 +25,7 @@ pub mod plan;
 pub mod pods;
 pub mod restore;
 pub mod run;
+mod scope;
 mod status;
 
 use std::net::SocketAddr;
