@@ -6,16 +6,21 @@
 #   - render_s:     wall time of `tollgate render -f DIR` (YAML parse + validate + decide +
 #                   build + pretty print): the plan step a controller pass runs, plus YAML and
 #                   printing (one pass alone: `cargo bench --bench scale_pass`)
-#   - json_bytes:   the document as the controller writes it (compact JSON)
-#   - gz_bytes:     gzip-compressed (what goes into ConfigMap binaryData past 512 KiB)
-#   - fits:         whether the stored form is under the 1,000,000-byte ceiling
-#   - rss_mib:      gateway VmRSS after loading the document (from config.json.gz when
-#                   compressed, as a mounted ConfigMap would hold it)
-#   - reload_s:     time from an atomic rename of a changed document to /metrics showing the
-#                   new revision
+#   - json_bytes:   the document as compact JSON
+#   - stored_bytes: what the controller writes (`render --stored-dir`, the controller's own
+#                   encoder): compact JSON up to 512 KiB, gzip past it, split into shard
+#                   ConfigMaps past 1,000,000 compressed bytes
+#   - cms:          how many ConfigMaps that is (1, or the index plus its shards)
+#   - fits:         whether every ConfigMap is under the 1,000,000-byte ceiling
+#   - rss_mib:      gateway VmRSS after loading the document from those files (as a projected
+#                   volume of the ConfigMaps holds them)
+#   - reload_s:     time from renaming the files of a changed document into place (shards
+#                   first, index last) to /metrics showing the new revision
 #   - us_per_route: render time per route (linear growth shows as a flat column)
 #
-# Usage: bench/scale.sh [SIZES...]   (env TOLLGATE: the binary, default target/release/tollgate)
+# Usage: bench/scale.sh [SIZES...]   (env TOLLGATE: the binary, default target/release/tollgate;
+#        DISTINCT=1: every backend's upstream model name carries 48 pseudo-random hex digits, so
+#        the document compresses like a fleet of distinct models, not like copies)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,32 +42,38 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # gen N WEIGHT DIR: N routes of 5 mock backends in one file.
 gen() {
-  python3 - "$1" "$2" "$3" <<'PY'
-import sys
+  DISTINCT="${DISTINCT:-0}" python3 - "$1" "$2" "$3" <<'PY'
+import os, random, sys
 n, w, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rng = random.Random(12)
+distinct = os.environ["DISTINCT"] == "1"
 with open(out + "/routes.yaml", "w") as f:
     for i in range(n):
         f.write(f"---\napiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata:\n  name: route-{i:05d}\n  namespace: bench\nspec:\n  model: alias-{i:05d}\n  backends:\n")
         for b in range(5):
-            f.write(f"    - name: backend-{b}\n      provider: provider-{b}\n      model: upstream-model-{b}\n      endpoint: {{mock: {{}}}}\n      weight: {w if b == 0 else 10}\n      priority: {b % 2}\n      pricing: {{input: \"0.25\", cachedInput: \"0.025\", output: \"2.00\"}}\n")
+            model = f"upstream-model-{b}" + (f"-{rng.getrandbits(192):048x}" if distinct else "")
+            f.write(f"    - name: backend-{b}\n      provider: provider-{b}\n      model: {model}\n      endpoint: {{mock: {{}}}}\n      weight: {w if b == 0 else 10}\n      priority: {b % 2}\n      pricing: {{input: \"0.25\", cachedInput: \"0.025\", output: \"2.00\"}}\n")
 PY
 }
 
-# compact FILE OUT: the controller's stored form of a rendered document (compact; gzip past
-# 512 KiB), written as the ConfigMap volume would hold it. Prints "json_bytes gz_bytes".
-store() {
+# volume DIR: "stored_bytes configmaps largest_file" of the files render --stored-dir wrote.
+volume() {
+  python3 - "$1" <<'PY'
+import os, sys
+d = sys.argv[1]
+sizes = [os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if not f.startswith(".")]
+print(sum(sizes), len(sizes), max(sizes))
+PY
+}
+
+# swap FROM TO: renames the files of FROM into TO, the index last (as the controller writes).
+swap() {
   python3 - "$1" "$2" <<'PY'
-import gzip, json, os, sys
-doc = json.load(open(sys.argv[1]))
-text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-gz = gzip.compress(text, compresslevel=6, mtime=0)
-out = sys.argv[2]
-tmp = out + ".tmp"
-if len(text) > 512 * 1024:
-    open(tmp, "wb").write(gz); os.rename(tmp, out + ".gz")
-else:
-    open(tmp, "wb").write(text); os.rename(tmp, out)
-print(len(text), len(gz))
+import os, sys
+src, dst = sys.argv[1], sys.argv[2]
+names = sorted(os.listdir(src), key=lambda f: f == "config.index.json")
+for f in names:
+    os.rename(os.path.join(src, f), os.path.join(dst, f))
 PY
 }
 
@@ -79,16 +90,17 @@ wait_revision() { # PORT REV DEADLINE_S
 
 echo "# tollgate scale bench: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# binary: $BIN"
-printf "%-7s %-9s %-11s %-11s %-9s %-5s %-8s %-9s\n" routes render_s us_per_route json_bytes gz_bytes fits rss_mib reload_s
+printf "%-7s %-9s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" routes render_s us_per_route json_bytes stored_bytes cms fits rss_mib reload_s
 for n in "${SIZES[@]}"; do
-  d="$WORK/$n"; mkdir -p "$d/a" "$d/b" "$d/vol" "$d/creds"
+  d="$WORK/$n"; mkdir -p "$d/a" "$d/b" "$d/vol" "$d/bvol" "$d/creds"
   gen "$n" 50 "$d/a"; gen "$n" 60 "$d/b"
   t0=$(now); "$BIN" render -f "$d/a" > "$d/a.json"; t1=$(now)
   render_s=$(elapsed "$t0" "$t1")
-  "$BIN" render -f "$d/b" > "$d/b.json"
-  read -r json_bytes gz_bytes < <(store "$d/a.json" "$d/vol/config.json")
-  stored=$json_bytes; (( json_bytes > 524288 )) && stored=$gz_bytes
-  fits=yes; (( stored > 1000000 )) && fits=NO
+  "$BIN" render -f "$d/a" --stored-dir "$d/vol" 2>/dev/null >/dev/null
+  "$BIN" render -f "$d/b" --stored-dir "$d/bvol" 2>/dev/null > "$d/b.json"
+  json_bytes=$(python3 -c 'import json,sys; print(len(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":"), ensure_ascii=False).encode()))' "$d/a.json")
+  read -r stored cms largest < <(volume "$d/vol")
+  fits=yes; (( largest > 1000000 )) && fits=NO
   us=$(python3 -c "print(round(float('$render_s') * 1e6 / $n))")
 
   port=$(free_port); mport=$(free_port)
@@ -99,12 +111,12 @@ for n in "${SIZES[@]}"; do
   if wait_revision "$mport" "$(revision_of "$d/a.json")" 120; then
     rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$GW_PID/status")
     rev_b=$(revision_of "$d/b.json")
-    t0=$(now); store "$d/b.json" "$d/vol/config.json" >/dev/null
+    t0=$(now); swap "$d/bvol" "$d/vol"
     if wait_revision "$mport" "$rev_b" 120; then reload=$(elapsed "$t0" "$(now)"); fi
   else
     echo "# gateway did not load the $n-route document: $(tail -3 "$d/gw.log")" >&2
   fi
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=""
-  printf "%-7s %-9s %-11s %-11s %-9s %-5s %-8s %-9s\n" "$n" "$render_s" "$us" "$json_bytes" "$gz_bytes" "$fits" "$rss" "$reload"
+  printf "%-7s %-9s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" "$n" "$render_s" "$us" "$json_bytes" "$stored" "$cms" "$fits" "$rss" "$reload"
   rm -rf "$d"
 done

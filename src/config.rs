@@ -8,7 +8,8 @@
 //! credential only a file name inside the credentials Secret: never key material.
 //!
 //! In the cluster the document is compact JSON, gzip-compressed in `binaryData` past a
-//! threshold ([`payload`]: the stored forms, their ceiling, and the readers of both forms);
+//! threshold, and split across several ConfigMaps when even that does not fit one
+//! ([`payload`]: the stored forms, their ceiling, and the readers; [`shard`]: the split form);
 //! `render` pretty-prints it for people.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +27,7 @@ use crate::policy::{Decision, ObjectKey};
 use crate::pricing::Prices;
 
 pub mod payload;
+pub mod shard;
 pub use payload::{CONFIG_GZ_KEY, Stored, TooLarge};
 
 /// Schema version of the document.
@@ -153,6 +155,14 @@ pub enum ConfigError {
         first: String,
         /// The other.
         second: String,
+    },
+    /// A shard of a split document is missing, stale or corrupt ([`shard`]).
+    #[error("config shard {shard}: {message}")]
+    Shard {
+        /// `ConfigMap/key` of the shard (or the index key).
+        shard: String,
+        /// What is wrong.
+        message: String,
     },
     /// A field is invalid.
     #[error("route {route}: {field}: {message}")]
@@ -282,14 +292,35 @@ impl GatewayConfig {
         Ok(doc)
     }
 
-    /// Hash of everything but `revision`.
+    /// Hash of everything but `revision`: of the compact JSON of the document with an empty
+    /// revision, streamed into the hash (no copy of the document, no buffer of its text: at
+    /// fleet scale both were tens of MB).
     pub fn compute_revision(&self) -> String {
-        let mut unhashed = self.clone();
-        unhashed.revision.clear();
-        // Serializing a struct of plain fields, vectors and enums cannot fail.
-        let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
-        format!("sha256:{}", &hex::encode(digest)[..16])
+        /// The document's fields, in its order, borrowed; `revision` empty.
+        #[derive(Serialize)]
+        struct Unhashed<'a> {
+            version: u32,
+            revision: &'a str,
+            namespace: &'a str,
+            routes: &'a [RouteConfig],
+        }
+        struct HashWriter(Sha256);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = HashWriter(Sha256::new());
+        // Serializing plain fields, vectors and enums into a hash cannot fail.
+        let _ = serde_json::to_writer(
+            &mut w,
+            &Unhashed { version: self.version, revision: "", namespace: &self.namespace, routes: &self.routes },
+        );
+        format!("sha256:{}", &hex::encode(w.0.finalize())[..16])
     }
 
     /// Checks the whole document; the gateway swaps a new document in only when this passes.

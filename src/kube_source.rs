@@ -6,7 +6,10 @@
 //! *validated* config document (a bad or missing one is reported as [`SourceUpdate::Rejected`]
 //! and the gateway keeps its last good one — the same validate-then-swap rule as for files) and
 //! every new set of credentials; [`write_credentials`] lays credentials out as the files the
-//! document names (what a mounted Secret would look like).
+//! document names (what a mounted Secret would look like). A ConfigMap holding a shard index
+//! (a document split across ConfigMaps, [`crate::config::shard`]) is followed by reading the
+//! shard ConfigMaps it names (`get`, by name) and assembling them; one missing, stale or
+//! corrupt shard rejects the update (the last good config stays).
 //!
 //! ```no_run
 //! # async fn demo(gw: tollgate::gateway::Gateway, dir: std::path::PathBuf) -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +39,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::warn;
 
+use crate::config::shard::{INDEX_KEY, assemble, parse_index};
 use crate::config::{CONFIG_GZ_KEY, CONFIG_KEY, GatewayConfig};
 
 /// One change seen through the API.
@@ -59,9 +63,63 @@ pub fn parse_object_ref(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The shard index a ConfigMap holds (`data` [`INDEX_KEY`]), if it holds the split form.
+pub fn shard_index(cm: &ConfigMap) -> Option<&str> {
+    cm.data.as_ref().and_then(|d| d.get(INDEX_KEY)).map(String::as_str)
+}
+
+/// The stored bytes of a shard as its ConfigMap holds them (`binaryData` under the key the
+/// index names).
+pub fn shard_bytes(cm: &ConfigMap, key: &str) -> Option<Vec<u8>> {
+    cm.binary_data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone())
+}
+
+/// What an index ConfigMap means for the gateway, given its shard ConfigMaps by name (the
+/// ones that exist): the assembled document, or why not (a missing, stale or corrupt shard).
+pub fn sharded_update(namespace: &str, name: &str, index: &str, shards: &BTreeMap<String, ConfigMap>) -> SourceUpdate {
+    let assembled = parse_index(index.as_bytes())
+        .and_then(|i| assemble(&i, |r| shards.get(&r.config_map).and_then(|cm| shard_bytes(cm, &r.key))));
+    match assembled {
+        Ok(cfg) => SourceUpdate::Config(Box::new(cfg)),
+        Err(e) => SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name}: {e}")),
+    }
+}
+
+/// Fetches the shards an index names and assembles them. The index is written after its
+/// shards, so they are in place; a read racing a newer write (stale shard) is tried again a
+/// few times before it is refused.
+async fn fetch_sharded(api: &Api<ConfigMap>, namespace: &str, name: &str, index: &str) -> SourceUpdate {
+    let refs = match parse_index(index.as_bytes()) {
+        Ok(i) => i.shards,
+        Err(e) => return SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name}: {e}")),
+    };
+    let mut update = SourceUpdate::Rejected(String::new());
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        let mut shards = BTreeMap::new();
+        for r in &refs {
+            match api.get_opt(&r.config_map).await {
+                Ok(Some(cm)) => {
+                    shards.insert(r.config_map.clone(), cm);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, shard = %r.config_map, "cannot read a config shard"),
+            }
+        }
+        update = sharded_update(namespace, name, index, &shards);
+        if matches!(update, SourceUpdate::Config(_)) {
+            break;
+        }
+    }
+    update
+}
+
 /// What a ConfigMap (or its absence) means for the gateway: the document under `data`
 /// [`CONFIG_KEY`] (compact or pretty JSON), else under `binaryData` [`CONFIG_GZ_KEY`]
-/// (gzip-compressed, as the controller writes large documents).
+/// (gzip-compressed, as the controller writes large documents). The split form (`data`
+/// [`INDEX_KEY`]) needs its shards: [`sharded_update`].
 pub fn config_update(namespace: &str, name: &str, cm: Option<&ConfigMap>) -> SourceUpdate {
     let Some(cm) = cm else {
         return SourceUpdate::Rejected(format!("ConfigMap {namespace}/{name} not found"));
@@ -69,8 +127,11 @@ pub fn config_update(namespace: &str, name: &str, cm: Option<&ConfigMap>) -> Sou
     let text = cm.data.as_ref().and_then(|d| d.get(CONFIG_KEY)).map(|t| t.as_bytes());
     let gz = cm.binary_data.as_ref().and_then(|d| d.get(CONFIG_GZ_KEY)).map(|b| b.0.as_slice());
     let Some(bytes) = text.or(gz) else {
+        if let Some(index) = shard_index(cm) {
+            return sharded_update(namespace, name, index, &BTreeMap::new());
+        }
         return SourceUpdate::Rejected(format!(
-            "ConfigMap {namespace}/{name} has neither data key {CONFIG_KEY} nor binaryData key {CONFIG_GZ_KEY}"
+            "ConfigMap {namespace}/{name} has neither data key {CONFIG_KEY}, binaryData key {CONFIG_GZ_KEY} nor data key {INDEX_KEY}"
         ));
     };
     match crate::config::payload::decode(bytes) {
@@ -96,16 +157,27 @@ pub fn updates(
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let (ns, cm_name) = (namespace.to_string(), configmap.to_string());
-    let config_stream = watcher::watch_object(cms, configmap).default_backoff().filter_map(move |r| {
-        let u = match r {
-            Ok(cm) => Some(config_update(&ns, &cm_name, cm.as_ref())),
-            Err(e) => {
-                warn!(error = %e, "watch of the gateway ConfigMap failed (retrying)");
-                None
+    let shard_api = cms.clone();
+    let config_stream = watcher::watch_object(cms, configmap)
+        .default_backoff()
+        .filter_map(|r| {
+            futures::future::ready(match r {
+                Ok(cm) => Some(cm),
+                Err(e) => {
+                    warn!(error = %e, "watch of the gateway ConfigMap failed (retrying)");
+                    None
+                }
+            })
+        })
+        .then(move |cm| {
+            let (api, ns, cm_name) = (shard_api.clone(), ns.clone(), cm_name.clone());
+            async move {
+                match cm.as_ref().and_then(shard_index) {
+                    Some(index) => fetch_sharded(&api, &ns, &cm_name, index).await,
+                    None => config_update(&ns, &cm_name, cm.as_ref()),
+                }
             }
-        };
-        futures::future::ready(u)
-    });
+        });
     let credentials_stream = watcher::watch_object(secrets, secret).default_backoff().filter_map(|r| {
         let u = match r {
             Ok(Some(s)) => Some(SourceUpdate::Credentials(credentials_of(&s))),
@@ -197,6 +269,52 @@ mod tests {
         assert!(
             matches!(config_update("n", "c", Some(&ConfigMap::default())), SourceUpdate::Rejected(m) if m.contains(CONFIG_GZ_KEY))
         );
+    }
+
+    #[test]
+    fn a_split_document_is_assembled_from_its_shard_configmaps_or_refused() {
+        use crate::config::shard::split;
+        let route = |n: &str| crate::config::tests_support::route(n);
+        let mut old = GatewayConfig {
+            version: 1,
+            revision: String::new(),
+            namespace: "n".into(),
+            routes: (0..30).map(|i| route(&format!("r{i:02}"))).collect(),
+        };
+        old.revision = old.compute_revision();
+        let mut new = old.clone();
+        new.routes[29].backends[1].weight = 7;
+        new.revision = new.compute_revision();
+        // 2,000,000 compressed bytes asked for: three shards, whatever the real size.
+        let (a, b) = (split(&old, "c", 2_000_000).unwrap(), split(&new, "c", 2_000_000).unwrap());
+        assert_eq!(b.shards.len(), 3);
+        let cms = |s: &crate::config::shard::Sharded| -> BTreeMap<String, ConfigMap> {
+            s.shards
+                .iter()
+                .map(|x| {
+                    let cm = ConfigMap {
+                        binary_data: Some(BTreeMap::from([(x.key.clone(), k8s_openapi::ByteString(x.gz.clone()))])),
+                        ..Default::default()
+                    };
+                    (x.config_map.clone(), cm)
+                })
+                .collect()
+        };
+        assert!(matches!(sharded_update("n", "c", &b.index, &cms(&b)), SourceUpdate::Config(c) if *c == new));
+        // Half-updated: new shards, old index (or the reverse): refused, naming the shard.
+        assert!(
+            matches!(sharded_update("n", "c", &a.index, &cms(&b)), SourceUpdate::Rejected(m) if m.contains("c-shard-1") && m.contains("stale"))
+        );
+        let mut mixed = cms(&b);
+        mixed.remove("c-shard-2");
+        assert!(
+            matches!(sharded_update("n", "c", &b.index, &mixed), SourceUpdate::Rejected(m) if m.contains("c-shard-2") && m.contains("missing"))
+        );
+        // An index ConfigMap seen without its shards is refused, not taken for an empty config.
+        let index_cm =
+            ConfigMap { data: Some(BTreeMap::from([(INDEX_KEY.to_string(), b.index.clone())])), ..Default::default() };
+        assert_eq!(shard_index(&index_cm), Some(b.index.as_str()));
+        assert!(matches!(config_update("n", "c", Some(&index_cm)), SourceUpdate::Rejected(m) if m.contains("missing")));
     }
 
     #[test]

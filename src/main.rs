@@ -32,6 +32,10 @@ enum Command {
         /// Namespace to render (needed when the manifests span several).
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Also write the files the controller's ConfigMaps would hold into this directory, as
+        /// a projected volume holds them (compact, gzip-compressed, or an index and shards).
+        #[arg(long, value_name = "DIR")]
+        stored_dir: Option<PathBuf>,
     },
     /// Run the OpenAI-compatible gateway: serve the config document FILE (hot-reloaded),
     /// route, fail over and meter spend; `/metrics` on its own listener.
@@ -58,6 +62,6 @@ fn main() -> ExitCode {
         Command::Load(args) => tollgate::local::load::run_load(args),
         Command::Controller(args) => tollgate::controller::run_controller(*args),
         Command::Crds { helm } => tollgate::cmd::run_crds(helm),
-        Command::Render { dir, namespace } => tollgate::render::run_render(dir, namespace),
+        Command::Render { dir, namespace, stored_dir } => tollgate::render::run_render(dir, namespace, stored_dir),
     }
 }

@@ -121,9 +121,11 @@ pub fn notes(m: &Manifests, plan: Option<&Plan>) -> Vec<String> {
     skipped.chain(problems).collect()
 }
 
-/// `tollgate render -f DIR [-n NS]`: the document on stdout, notes on stderr; exit 2 on
-/// invalid manifests or an ambiguous namespace.
-pub fn run_render(dir: PathBuf, namespace: Option<String>) -> ExitCode {
+/// `tollgate render -f DIR [-n NS] [--stored-dir OUT]`: the document on stdout, notes on
+/// stderr; exit 2 on invalid manifests or an ambiguous namespace. With `stored`, the files the
+/// controller's ConfigMaps would hold (compact, compressed or split: [`crate::config::payload`])
+/// are also written there, as a projected volume holds them, and their form is noted on stderr.
+pub fn run_render(dir: PathBuf, namespace: Option<String>, stored: Option<PathBuf>) -> ExitCode {
     let manifests = match load_dir(&dir) {
         Ok(m) => m,
         Err(errors) => {
@@ -137,6 +139,21 @@ pub fn run_render(dir: PathBuf, namespace: Option<String>) -> ExitCode {
         Ok(r) => {
             for note in notes(&manifests, Some(&r.plan)) {
                 eprintln!("note: {note}");
+            }
+            if let Some(out) = stored {
+                let form = crate::config::payload::store(&r.config, crate::config::CONFIGMAP_NAME);
+                let written = form.as_ref().map_err(|e| e.to_string()).and_then(|f| {
+                    crate::config::payload::write_volume(f, &out)
+                        .map(|()| f)
+                        .map_err(|e| format!("cannot write {}: {e}", out.display()))
+                });
+                match written {
+                    Ok(f) => eprintln!("note: stored form in {}: {} ({} bytes)", out.display(), f.describe(), f.len()),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
             }
             print!("{}", r.config.to_json_pretty());
             ExitCode::SUCCESS

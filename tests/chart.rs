@@ -60,6 +60,11 @@ fn chart_agrees_with_the_code() {
         tollgate::config::CREDENTIALS_SECRET
     );
     assert!(helpers.contains(&secret), "_helpers.tpl must define tollgate.credentialsSecretName as {secret}");
+    // The shard ConfigMaps the chart grants and mounts are the ones the controller may write.
+    let shards = format!("range $i, $e := until {} }}}}", tollgate::config::shard::MAX_SHARDS);
+    assert!(helpers.contains(&shards), "_helpers.tpl must list MAX_SHARDS shard names ({shards})");
+    assert_eq!(tollgate::config::shard::shard_configmap("tollgate-gateway", 1), "tollgate-gateway-shard-1");
+    assert!(helpers.contains("{{ $cm }}-shard-{{ add1 $i }}"), "shard names as in config::shard::shard_configmap");
 
     // The gateway pods must match the controller's default --gateway-selector, and the
     // credentials are mounted where the gateway looks by default.

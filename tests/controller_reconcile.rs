@@ -1001,3 +1001,66 @@ async fn an_event_refused_once_is_published_by_the_next_pass() {
     assert!(r.errors.is_empty() && r.events_published == 0, "{r:?}");
     h.finish().await;
 }
+
+/// A pass on a spec change plans only the namespaces whose inputs changed (issue 12): a route
+/// created in team-b is written at once, while team-a, whose budget's daily window has rolled
+/// over meanwhile (a change of time, not of input), is left to the next signal pass, which
+/// plans every namespace.
+#[tokio::test]
+async fn a_spec_change_plans_only_the_namespaces_it_touches() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    let rev = doc.revision.clone();
+    let b_uri = |path: &str| format!("/api/v1/namespaces/team-b/{path}?&force=true&fieldManager=tollgate-controller");
+    let mut expects = first_pass_expects(&doc);
+    // The spec-change pass, a day later: team-b's config, credentials and route status only.
+    expects.push(expect("PATCH", b_uri("configmaps/tollgate-gateway"), |b| {
+        let d = doc_of(b);
+        assert_eq!((d.namespace.as_str(), d.routes.len()), ("team-b", 1));
+    }));
+    expects.push(expect("PATCH", b_uri("secrets/tollgate-credentials"), |b| assert_eq!(b["data"], json!({}))));
+    expects.push(expect(
+        "PATCH",
+        "/apis/tollgate.dev/v1alpha1/namespaces/team-b/modelroutes/solo/status?&force=true&fieldManager=tollgate-controller-status",
+        |b| assert_eq!(status_envelope("ModelRoute", "solo", b)["observedGeneration"], 1),
+    ));
+    // The signal pass: every namespace, so team-a's budget gets its new window.
+    expects.push(expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+        let s = status_envelope("ProviderBudget", "openai-daily", b);
+        assert_eq!(s["window"], json!({"start": "2025-05-15T00:00:00Z", "end": "2025-05-16T00:00:00Z"}));
+    }));
+    let mut h = harness(expects);
+    h.signals.set(10, 0, 1_000_000_000, &rev);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.planned, [NS]);
+    apply_writes(&mut world, &h);
+    // The writes of that pass (ConfigMap, Secret) are team-a's new inputs: planned once more,
+    // nothing to write.
+    let r = h.pass(&world, later(15), false).await;
+    assert_eq!(
+        (r.planned.as_slice(), r.statuses_written.len(), r.configs_applied.len()),
+        ([NS.to_string()].as_slice(), 0, 0)
+    );
+
+    let mut solo = route_json(
+        "solo",
+        json!([{"name": "m", "provider": "mistral", "model": "small",
+                                              "endpoint": {"mock": {}}, "pricing": {"input": "1", "output": "1"}}]),
+        json!({}),
+    );
+    solo["metadata"]["namespace"] = json!("team-b");
+    solo["metadata"]["uid"] = json!("uid-route-solo");
+    world.routes.push(solo);
+    let r = h.pass(&world, later(86_400), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.planned, ["team-b"]);
+    assert_eq!(r.configs_applied, ["team-b"]);
+    assert_eq!(r.statuses_written, ["ModelRoute team-b/solo"]);
+
+    let r = h.pass(&world, later(86_400), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.planned, [NS, "team-b"]);
+    assert_eq!(r.statuses_written, ["ProviderBudget team-a/openai-daily"]);
+    h.finish().await;
+}

@@ -6,9 +6,11 @@
 //!   key [`super::CONFIG_KEY`]; above, gzip-compressed under `binaryData` key
 //!   [`CONFIG_GZ_KEY`] (never both). The revision is always the hash of the uncompressed
 //!   content, so the form does not change the revision.
-//! - A document whose stored form is still over [`MAX_STORED`] bytes (the API server refuses
-//!   ConfigMaps over 1 MiB; some room is left for metadata) is not written: [`encode`] says
-//!   how big it is and what the ceiling is.
+//! - A document whose compressed form is still over [`MAX_STORED`] bytes (the API server
+//!   refuses ConfigMaps over 1 MiB; some room is left for metadata) is split across several
+//!   ConfigMaps by [`store`] ([`super::shard`]: an index and up to
+//!   [`super::shard::MAX_SHARDS`] shards). Beyond that ceiling it is not written: the error
+//!   says how big it is and what the ceiling is.
 //! - Readers ([`decode`]) tell the two forms apart by the gzip magic bytes (JSON never starts
 //!   with 0x1f), so a file named either way, or a ConfigMap key, reads the same. Decompression
 //!   is bounded by [`MAX_DOCUMENT`] bytes (a corrupt or hostile stream cannot exhaust memory).
@@ -20,6 +22,7 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
+use super::shard::{INDEX_KEY, MAX_SHARDS, ShardIndex, Sharded, assemble, parse_index, split};
 use super::{CONFIG_KEY, ConfigError, GatewayConfig};
 
 /// Key of the gzip-compressed document in the ConfigMap's `binaryData`.
@@ -39,6 +42,9 @@ pub enum Stored {
     Text(String),
     /// Gzip-compressed compact JSON under `binaryData` [`CONFIG_GZ_KEY`].
     Gzip(Vec<u8>),
+    /// Split across ConfigMaps: the index under `data` [`super::shard::INDEX_KEY`] and the
+    /// shards in their own ConfigMaps.
+    Sharded(Sharded),
 }
 
 impl Stored {
@@ -47,6 +53,7 @@ impl Stored {
         match self {
             Stored::Text(t) => t.len(),
             Stored::Gzip(b) => b.len(),
+            Stored::Sharded(s) => s.len(),
         }
     }
 
@@ -55,11 +62,21 @@ impl Stored {
         self.len() == 0
     }
 
+    /// In words: which form, and how many ConfigMaps.
+    pub fn describe(&self) -> String {
+        match self {
+            Stored::Text(_) => format!("one ConfigMap, data key {CONFIG_KEY}"),
+            Stored::Gzip(_) => format!("one ConfigMap, binaryData key {CONFIG_GZ_KEY}"),
+            Stored::Sharded(s) => format!("an index ({INDEX_KEY}) and {} shard ConfigMaps", s.shards.len()),
+        }
+    }
+
     /// The ConfigMap key it is stored under.
     pub fn key(&self) -> &'static str {
         match self {
             Stored::Text(_) => CONFIG_KEY,
             Stored::Gzip(_) => CONFIG_GZ_KEY,
+            Stored::Sharded(_) => INDEX_KEY,
         }
     }
 }
@@ -67,15 +84,18 @@ impl Stored {
 /// Why a document cannot be stored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the gateway config is {json} bytes of compact JSON, {stored} bytes gzip-compressed: over the ceiling of {ceiling} bytes a ConfigMap can hold (split the routes across namespaces)"
+    "the gateway config is {json} bytes of compact JSON, {stored} bytes gzip-compressed: over the ceiling of {shards} ConfigMaps of {ceiling} bytes each (split the routes across namespaces)"
 )]
 pub struct TooLarge {
     /// Compact JSON bytes.
     pub json: usize,
     /// Compressed bytes.
     pub stored: usize,
-    /// [`MAX_STORED`].
+    /// [`MAX_STORED`]: bytes per ConfigMap.
     pub ceiling: usize,
+    /// Most ConfigMaps one document is split into ([`super::shard::MAX_SHARDS`]; 1 for
+    /// [`encode`], which does not split).
+    pub shards: usize,
 }
 
 /// Gzip of `bytes` (level 6: the default trade-off).
@@ -93,9 +113,22 @@ pub fn encode(json: String) -> Result<Stored, TooLarge> {
     }
     let gz = gzip(json.as_bytes());
     if gz.len() > MAX_STORED {
-        return Err(TooLarge { json: json.len(), stored: gz.len(), ceiling: MAX_STORED });
+        return Err(TooLarge { json: json.len(), stored: gz.len(), ceiling: MAX_STORED, shards: 1 });
     }
     Ok(Stored::Gzip(gz))
+}
+
+/// The stored form of `doc` as the controller writes it in ConfigMap `configmap`: one
+/// ConfigMap when it fits ([`encode`]), else split into shards ([`super::shard::split`]), or
+/// why it does not fit even then.
+pub fn store(doc: &GatewayConfig, configmap: &str) -> Result<Stored, TooLarge> {
+    match encode(doc.to_json()) {
+        Err(too) => match split(doc, configmap, too.stored) {
+            Ok(s) => Ok(Stored::Sharded(s)),
+            Err(_) => Err(TooLarge { shards: MAX_SHARDS, ..too }),
+        },
+        ok => ok,
+    }
 }
 
 /// Whether `bytes` start with the gzip magic.
@@ -125,24 +158,94 @@ pub fn decode(bytes: &[u8]) -> Result<GatewayConfig, ConfigError> {
     GatewayConfig::from_json(&unwrap_json(bytes)?)
 }
 
-/// Reads the config file at `path`; when it does not exist, its compressed sibling
-/// (`config.json` → `config.json.gz`, as a mounted ConfigMap holds one or the other). Returns
-/// the file read and its raw bytes.
-pub fn read_config_file(path: &Path) -> std::io::Result<(PathBuf, Vec<u8>)> {
-    match std::fs::read(path) {
-        Ok(b) => Ok((path.to_path_buf(), b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut gz = path.as_os_str().to_owned();
-            gz.push(".gz");
-            let gz = PathBuf::from(gz);
-            match std::fs::read(&gz) {
-                Ok(b) => Ok((gz, b)),
-                // Report the path asked for.
-                Err(_) => Err(e),
+/// Writes a stored form into `dir` as a (projected) ConfigMap volume holds it: `config.json`,
+/// `config.json.gz`, or the index `config.index.json` with its shard files beside it. Each
+/// file is written whole then renamed into place, shards before the index, and the files of
+/// the other forms are removed afterwards (the reader prefers `config.json`, then `.gz`).
+pub fn write_volume(stored: &Stored, dir: &Path) -> std::io::Result<()> {
+    let put = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    std::fs::create_dir_all(dir)?;
+    match stored {
+        Stored::Text(t) => put(CONFIG_KEY, t.as_bytes())?,
+        Stored::Gzip(b) => put(CONFIG_GZ_KEY, b)?,
+        Stored::Sharded(s) => {
+            for shard in &s.shards {
+                put(&shard.key, &shard.gz)?;
+            }
+            put(INDEX_KEY, s.index.as_bytes())?;
+        }
+    }
+    for other in [CONFIG_KEY, CONFIG_GZ_KEY, INDEX_KEY] {
+        if other != stored.key() {
+            match std::fs::remove_file(dir.join(other)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
-        Err(e) => Err(e),
     }
+    Ok(())
+}
+
+/// The file a config path stands for: `path` itself; when it does not exist, its compressed
+/// sibling (`config.json` → `config.json.gz`, as a mounted ConfigMap holds one or the other);
+/// when neither exists, the shard index [`INDEX_KEY`] in the same directory (a projected
+/// volume of the index and its shards). `None`: none of them exists.
+pub fn locate_config_file(path: &Path) -> Option<PathBuf> {
+    if std::fs::metadata(path).is_ok() {
+        return Some(path.to_path_buf());
+    }
+    let mut gz = path.as_os_str().to_owned();
+    gz.push(".gz");
+    let gz = PathBuf::from(gz);
+    if std::fs::metadata(&gz).is_ok() {
+        return Some(gz);
+    }
+    let index = path.parent().unwrap_or_else(|| Path::new(".")).join(INDEX_KEY);
+    std::fs::metadata(&index).is_ok().then_some(index)
+}
+
+/// Whether `path` (as [`locate_config_file`] found it) is a shard index.
+pub fn is_index_file(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == INDEX_KEY)
+}
+
+/// The files of the shards an index names, beside the index `index_path`.
+pub fn shard_files(index_path: &Path, index: &ShardIndex) -> Vec<PathBuf> {
+    let dir = index_path.parent().unwrap_or_else(|| Path::new("."));
+    index.shards.iter().map(|r| dir.join(&r.key)).collect()
+}
+
+/// Reads the config file at `path` ([`locate_config_file`]). Returns the file read and its
+/// raw bytes; a missing file is reported under the path asked for.
+pub fn read_config_file(path: &Path) -> std::io::Result<(PathBuf, Vec<u8>)> {
+    match locate_config_file(path) {
+        Some(p) => std::fs::read(&p).map(|b| (p, b)),
+        None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} not found", path.display()))),
+    }
+}
+
+/// The document of a config file read by [`read_config_file`]: decoded in place, or, for a
+/// shard index, assembled from the shard files beside it (each read up to `max_shard` bytes).
+pub fn decode_file(read: &Path, bytes: &[u8], max_shard: u64) -> Result<GatewayConfig, ConfigError> {
+    if !is_index_file(read) {
+        return decode(bytes);
+    }
+    let index = parse_index(bytes)?;
+    let files = shard_files(read, &index);
+    let mut files = files.iter();
+    assemble(&index, |_| {
+        let f = files.next()?;
+        let meta = std::fs::metadata(f).ok()?;
+        if meta.len() > max_shard {
+            // Refused as stale (its hash cannot match): never read.
+            return Some(Vec::new());
+        }
+        std::fs::read(f).ok()
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +298,16 @@ mod tests {
     }
 
     #[test]
+    fn revision_hashes_the_compact_document_with_an_empty_revision() {
+        use sha2::{Digest, Sha256};
+        let d = doc(3);
+        let mut unhashed = d.clone();
+        unhashed.revision.clear();
+        let digest = Sha256::digest(serde_json::to_vec(&unhashed).unwrap());
+        assert_eq!(d.compute_revision(), format!("sha256:{}", &hex::encode(digest)[..16]));
+    }
+
+    #[test]
     fn corrupt_gzip_is_refused_not_panicking() {
         let gz = gzip(b"{\"version\": 1}");
         assert!(decode(&gz[..gz.len() / 2]).is_err());
@@ -216,7 +329,9 @@ mod tests {
         assert_eq!(decode(&bytes).unwrap(), d);
         std::fs::write(dir.join("config.json"), d.to_json()).unwrap();
         assert_eq!(read_config_file(&dir.join("config.json")).unwrap().0, dir.join("config.json"));
-        let err = read_config_file(&dir.join("missing.json")).unwrap_err();
+        std::fs::remove_file(dir.join("config.json.gz")).unwrap();
+        std::fs::remove_file(dir.join("config.json")).unwrap();
+        let err = read_config_file(&dir.join("config.json")).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
         let _ = std::fs::remove_dir_all(&dir);
     }

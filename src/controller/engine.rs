@@ -9,6 +9,9 @@
 //! retried at once for conflicts and server errors, and again by the next pass (everything is
 //! level-based, except Events, which wait in an outbox).
 //!
+//! A pass on a spec change plans only the namespaces whose inputs changed; a signal pass plans
+//! all ([`super::scope`]).
+//!
 //! This file holds the pass and the engine's memory (restore from statuses, signals); the steps
 //! live beside it: [`super::plan`] (snapshot → plan input), [`super::apply`],
 //! [`super::status`], [`super::events`], [`super::pods`].
@@ -66,6 +69,9 @@ pub struct Settings {
     pub status_writes_per_second: u32,
     /// Status writes allowed at once before the rate applies.
     pub status_write_burst: u32,
+    /// Status writes sent at once (each waits for the API server's answer); 1 sends them one
+    /// after the other, in order.
+    pub status_writes_in_flight: usize,
 }
 
 impl Default for Settings {
@@ -81,6 +87,7 @@ impl Default for Settings {
             write_grace: Duration::from_secs(30),
             status_writes_per_second: 50,
             status_write_burst: 100,
+            status_writes_in_flight: 1,
         }
     }
 }
@@ -130,6 +137,9 @@ pub struct PassReport {
     pub events_published: usize,
     /// Gateways read, by UID, with the revision they serve.
     pub gateways: BTreeMap<String, Option<String>>,
+    /// Namespaces this pass planned (all on a signal pass; on a spec change, those whose
+    /// inputs changed: [`super::scope`]).
+    pub planned: Vec<String>,
 }
 
 /// The controller's memory between passes.
@@ -162,6 +172,8 @@ pub struct Engine {
     pub(super) validation: ValidationCache,
     /// Pace of status writes.
     pub(super) status_pace: super::status::WritePace,
+    /// Fingerprint of each namespace's inputs at the last pass (`None`: plan everything next).
+    pub(super) last_inputs: Option<BTreeMap<String, u64>>,
 }
 
 /// The UID of an object (namespace/name when it has none yet).
@@ -196,6 +208,7 @@ impl Engine {
             outbox: VecDeque::new(),
             validation: ValidationCache::default(),
             status_pace,
+            last_inputs: None,
         }
     }
 
@@ -211,9 +224,17 @@ impl Engine {
         let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
         let mut report = PassReport::default();
 
+        // Scope: every namespace on a signal pass, else only those whose inputs changed.
+        let inputs = super::scope::namespace_inputs(snap);
+        let scope = match (&self.last_inputs, collect) {
+            (Some(before), false) => Some(super::scope::changed(before, &inputs)),
+            _ => None,
+        };
+        self.last_inputs = Some(inputs);
+
         // Validate.
-        let objects = SnapshotObjects::of(snap, &self.ctx.settings.configmap_name);
-        let unreadable = self.unreadable(snap).await;
+        let mut objects = SnapshotObjects::of(snap, &self.ctx.settings.configmap_name);
+        let mut unreadable = self.unreadable(snap).await;
         let uids: BTreeSet<String> = snap
             .routes
             .iter()
@@ -226,6 +247,10 @@ impl Engine {
         let admitted = admit_cached(&objects.routes, &objects.budgets, &unreadable, &mut self.validation);
 
         self.restore(&admitted.routes, &objects.budgets);
+        let admitted = match &scope {
+            Some(scope) => super::scope::restrict(scope, admitted, &mut unreadable, &mut objects),
+            None => admitted,
+        };
 
         // Signals.
         let (targets, existing) = gateway_targets(&snap.pods, &self.ctx.settings.metrics_port_name);
@@ -242,7 +267,10 @@ impl Engine {
 
         // Decide and build.
         let mut plan = plan_admitted(objects.input(&unreadable, &observations, &self.state, now), admitted);
-        self.state = plan.decision.state.clone();
+        self.state = match &scope {
+            Some(scope) => super::scope::merge_state(scope, &self.state, plan.decision.state.clone()),
+            None => plan.decision.state.clone(),
+        };
         for t in &plan.decision.transitions {
             self.ctx.metrics.transition(&t.reason);
             info!(kind = kind_name(t.kind), object = %t.object, reason = %t.reason, "{}", t.message);
@@ -279,28 +307,44 @@ impl Engine {
                 Err(e) => report.errors.push(e),
             }
         }
-        self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
-        self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
-        self.config_outcomes(snap, &mut plan, &objects, &not_applied, now);
+        if scope.is_none() {
+            // The gauges describe every namespace: a partial pass leaves them as they are.
+            self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
+            self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
+        }
+        self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
 
         // Status.
+        let mut writes = Vec::new();
         for g in &snap.routes {
-            match self.route_status(g, &plan, &targets, &revisions, now).await {
-                Ok(Some(w)) => report.statuses_written.push(w),
-                Ok(None) => {}
+            match self.route_status(g, &plan, &targets, &revisions, now) {
+                Ok(w) => writes.extend(w),
                 Err(e) => report.errors.push(e),
             }
         }
         for g in &snap.budgets {
-            match self.budget_status(g, &plan, &existing, now).await {
-                Ok(Some(w)) => report.statuses_written.push(w),
-                Ok(None) => {}
+            match self.budget_status(g, &plan, &existing, now) {
+                Ok(w) => writes.extend(w),
                 Err(e) => report.errors.push(e),
             }
         }
+        let (written, errors) = self.send_statuses(writes, now).await;
+        report.statuses_written = written;
+        report.errors.extend(errors);
 
         // Events.
+        // Problems already announced in namespaces this pass did not plan stay announced.
+        let kept: Vec<((ObjectKind, ObjectKey), String)> = match &scope {
+            Some(s) => self
+                .reported
+                .iter()
+                .filter(|((_, k), _)| !s.contains(&k.namespace))
+                .map(|(id, m)| (id.clone(), m.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
         self.queue_events(snap, &plan.decision.transitions, &plan.route_problems, &plan.budget_problems);
+        self.reported.extend(kept);
         let (published, errors) = self.publish_events().await;
         report.events_published = published;
         report.errors.extend(errors);
@@ -311,7 +355,11 @@ impl Engine {
         }
         if report.errors.is_empty() {
             self.ctx.metrics.success_at(u64::try_from(now.as_second()).unwrap_or(0));
+        } else {
+            // The next pass plans everything again (its writes are retried in full).
+            self.last_inputs = None;
         }
+        report.planned = scope.map_or_else(|| plan.namespaces.keys().cloned().collect(), |s| s.into_iter().collect());
         report.transitions = plan.decision.transitions;
         report
     }

@@ -11,7 +11,7 @@
 //! statuses go back to the policy's `Ready` on that pass. Every failed write is counted in
 //! `tollgate_controller_config_not_applied_total{reason}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -42,6 +42,7 @@ impl Engine {
         plan: &mut Plan,
         objects: &SnapshotObjects,
         failed: &BTreeMap<String, (&'static str, String)>,
+        scope: Option<&BTreeSet<String>>,
         now: Timestamp,
     ) {
         // Events: one per episode and namespace.
@@ -78,7 +79,9 @@ impl Engine {
             let reference = self.config_reference(snap, &ns);
             self.queue_event(event, reference, format!("ConfigMap {ns}/{}", self.ctx.settings.configmap_name));
         }
-        self.config_failures = failed.iter().map(|(ns, (reason, _))| (ns.clone(), *reason)).collect();
+        // A pass that planned only some namespaces keeps the episodes of the others open.
+        self.config_failures.retain(|ns, _| scope.is_some_and(|s| !s.contains(ns)));
+        self.config_failures.extend(failed.iter().map(|(ns, (reason, _))| (ns.clone(), *reason)));
         if failed.is_empty() {
             return;
         }

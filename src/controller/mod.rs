@@ -25,6 +25,7 @@ pub mod plan;
 pub mod pods;
 pub mod restore;
 pub mod run;
+mod scope;
 mod status;
 
 use std::net::SocketAddr;
@@ -85,6 +86,10 @@ pub struct ControllerArgs {
     /// Name of the gateway ConfigMap written in each namespace with routes.
     #[arg(long, default_value = crate::config::CONFIGMAP_NAME)]
     pub configmap_name: String,
+    /// Status writes per second at most, after a burst of 100 (0: unbounded): the client-side
+    /// budget that keeps thousands of routes changing at once from flooding the API server.
+    #[arg(long, default_value_t = 50)]
+    pub status_writes_per_second: u32,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,

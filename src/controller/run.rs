@@ -100,6 +100,9 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         configmap_name: args.configmap_name.clone(),
         metrics_port_name: args.metrics_port_name.clone(),
         write_grace: args.signal_interval.saturating_mul(2),
+        status_writes_per_second: args.status_writes_per_second,
+        // The pace bounds the rate; a few in flight keep each write's round trip from bounding it.
+        status_writes_in_flight: 8,
         ..Settings::default()
     };
     let ctx = Arc::new(Context { client: client.clone(), reporter, metrics, settings });

@@ -5,17 +5,23 @@
 //! exhaustion) is not written, nor one written within the write grace and not yet seen.
 //! Writes are paced ([`WritePace`]: `Settings::status_writes_per_second` after a burst of
 //! `status_write_burst`), so thousands of routes changing at once reach the API server at a
-//! bounded rate (the pass waits; nothing is dropped).
+//! bounded rate (the pass waits; nothing is dropped), and sent with up to
+//! `Settings::status_writes_in_flight` at once (the pace, not each write's round trip, bounds
+//! a pass). Results are taken in the order the writes were decided.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::sync::Arc;
+
+use futures::StreamExt;
 use jiff::Timestamp;
 use kube::Resource;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use serde_json::{Value, json};
 
-use super::engine::{Engine, uid_of};
+use super::apply::retry_transient;
+use super::engine::{Context, Engine, uid_of};
 use super::error::Error;
 use crate::api::{GatewaySync, ModelRoute, ProviderBudget, StatusCondition};
 use crate::plan::Plan;
@@ -71,31 +77,51 @@ impl WritePace {
     }
 }
 
+/// A status write a pass decided, not sent yet.
+pub(super) struct StatusWrite {
+    uid: String,
+    kind: &'static str,
+    resource: ApiResource,
+    namespace: String,
+    name: String,
+    body: Value,
+    desired: Value,
+}
+
+/// Sends one status apply (retrying transient errors); gives the write back when done.
+async fn send_status(ctx: Arc<Context>, w: StatusWrite) -> Result<StatusWrite, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &w.namespace, &w.resource);
+    let pp = PatchParams::apply(&ctx.settings.status_field_manager).force();
+    let patch = Patch::Apply(&w.body);
+    retry_transient(&ctx.settings, || api.patch_status(&w.name, &pp, &patch)).await.map_err(|e| {
+        Error::ApplyStatus { source: Box::new(e), kind: w.kind, namespace: w.namespace.clone(), name: w.name.clone() }
+    })?;
+    Ok(w)
+}
+
 impl Engine {
-    /// Writes a status when it differs from the stored one; `Ok(Some(..))` when written.
-    async fn write_status<K>(
-        &mut self,
+    /// The status write of an object whose status differs from the stored one (and was not
+    /// written within the write grace); `None` when there is nothing to write.
+    fn status_write<K>(
+        &self,
         obj: &DeserializeGuard<K>,
         kind: &'static str,
         current: Option<Value>,
         desired: Value,
         now: Timestamp,
-    ) -> Result<Option<String>, Error>
+    ) -> Option<StatusWrite>
     where
-        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
+        K: Resource<DynamicType = ()>,
     {
         let uid = uid_of(obj);
         if current.as_ref().is_some_and(|c| strip_volatile(c) == strip_volatile(&desired))
             || self.recently(self.written.get(&uid), &desired, now)
         {
-            return Ok(None);
+            return None;
         }
         let meta = obj.meta();
-        let (Some(ns), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
-            return Ok(None);
+        let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+            return None;
         };
         let body = json!({
             "apiVersion": API_VERSION,
@@ -103,29 +129,55 @@ impl Engine {
             "metadata": {"name": name},
             "status": desired,
         });
-        self.status_pace.take().await;
-        let api: Api<DeserializeGuard<K>> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let pp = PatchParams::apply(&self.ctx.settings.status_field_manager).force();
-        let patch = Patch::Apply(&body);
-        self.retrying(|| api.patch_status(&name, &pp, &patch)).await.map_err(|e| Error::ApplyStatus {
-            source: Box::new(e),
-            kind,
-            namespace: ns.clone(),
-            name: name.clone(),
-        })?;
-        self.written.insert(uid, (desired, now));
-        Ok(Some(format!("{kind} {ns}/{name}")))
+        Some(StatusWrite { uid, kind, resource: ApiResource::erase::<K>(&()), namespace, name, body, desired })
     }
 
-    /// Writes a route's status: the plan's, plus how many gateways serve its revision.
-    pub(super) async fn route_status(
+    /// Sends the pass's status writes, paced ([`WritePace`]) and with at most
+    /// `Settings::status_writes_in_flight` at once (one at a time is minutes for thousands of
+    /// routes, since each write waits for the API server). Returns what was written
+    /// (`Kind namespace/name`, in the order given) and the failures.
+    pub(super) async fn send_statuses(
         &mut self,
+        writes: Vec<StatusWrite>,
+        now: Timestamp,
+    ) -> (Vec<String>, Vec<Error>) {
+        let in_flight = self.ctx.settings.status_writes_in_flight.max(1);
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            while pending.len() >= in_flight {
+                if let Some(r) = pending.next().await {
+                    results.push(r);
+                }
+            }
+            self.status_pace.take().await;
+            pending.push_back(send_status(self.ctx.clone(), w));
+        }
+        while let Some(r) = pending.next().await {
+            results.push(r);
+        }
+        let (mut written, mut errors) = (Vec::new(), Vec::new());
+        for r in results {
+            match r {
+                Ok(w) => {
+                    written.push(format!("{} {}/{}", w.kind, w.namespace, w.name));
+                    self.written.insert(w.uid, (w.desired, now));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (written, errors)
+    }
+
+    /// A route's status write: the plan's, plus how many gateways serve its revision.
+    pub(super) fn route_status(
+        &self,
         g: &DeserializeGuard<ModelRoute>,
         plan: &Plan,
         targets: &[GatewayTarget],
         revisions: &BTreeMap<String, String>,
         now: Timestamp,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<StatusWrite>, Error> {
         let key = ObjectKey::of(g);
         let Some(mut status) = plan.route_statuses.get(&key).cloned() else { return Ok(None) };
         let problem = plan.route_problems.get(&key);
@@ -142,17 +194,17 @@ impl Engine {
         let stored = g.0.as_ref().ok().and_then(|r| r.status.clone());
         let desired = to_value(&status, "ModelRoute status")?;
         let current = stored.map(|s| to_value(&s, "ModelRoute status")).transpose()?;
-        self.write_status(g, "ModelRoute", current, desired, now).await
+        Ok(self.status_write(g, "ModelRoute", current, desired, now))
     }
 
-    /// Writes a budget's status: the plan's, plus the per-gateway checkpoints.
-    pub(super) async fn budget_status(
-        &mut self,
+    /// A budget's status write: the plan's, plus the per-gateway checkpoints.
+    pub(super) fn budget_status(
+        &self,
         g: &DeserializeGuard<ProviderBudget>,
         plan: &Plan,
         existing: &BTreeSet<String>,
         now: Timestamp,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<StatusWrite>, Error> {
         let key = ObjectKey::of(g);
         let Some(mut status) = plan.budget_statuses.get(&key).cloned() else { return Ok(None) };
         if let Ok(b) = &g.0
@@ -163,7 +215,7 @@ impl Engine {
         let stored = g.0.as_ref().ok().and_then(|b| b.status.clone());
         let desired = to_value(&status, "ProviderBudget status")?;
         let current = stored.map(|s| to_value(&s, "ProviderBudget status")).transpose()?;
-        self.write_status(g, "ProviderBudget", current, desired, now).await
+        Ok(self.status_write(g, "ProviderBudget", current, desired, now))
     }
 
     /// Conditions last written for an object (to keep `lastTransitionTime` of one that

@@ -4,7 +4,11 @@
 //! Counters of the signal contract are rendered at scrape time from the meter's exact state, so
 //! `tollgate_cost_nanousd_total` is exactly `floor(total pico-dollars / 1000)` and
 //! `tollgate_cost_usd_total` is a float computed from the exact total (no float accumulation).
-//! Histograms are ordinary prometheus-client families.
+//! Histograms are ordinary prometheus-client families, but a backend's series are created at
+//! its first observation ([`LazyHistogram`]): an idle backend exports none. Idle series of
+//! the meter export only what the controller reads (`tollgate_requests_total{outcome="ok"}`
+//! and `tollgate_cost_nanousd_total` at 0, so a Prometheus `increase()` sees their first
+//! step); their token and float cost series appear with their first non-zero value.
 //!
 //! Every metric and label name comes from [`crate::signals::contract`] (the controller reads
 //! with the same names); snapshot deltas go through [`crate::signals::delta`] (the controller's
@@ -63,6 +67,15 @@ pub struct MeterEntry {
 }
 
 impl MeterEntry {
+    /// Whether nothing was ever recorded (no attempt, no token, no cost).
+    pub fn is_idle(&self) -> bool {
+        self.outcomes.values().all(|n| *n == 0)
+            && self.tokens == TokenCounts::default()
+            && self.cost == Money::ZERO
+            && self.usage_missing.is_empty()
+            && self.estimated_cost == Money::ZERO
+    }
+
     /// Attempts with this outcome.
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.outcomes.get(&outcome).copied().unwrap_or(0)
@@ -320,6 +333,28 @@ fn latency_histogram() -> Histogram {
     Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
 }
 
+/// A histogram series of one backend, created in its family at the first observation: a
+/// backend that never served exports no histogram. At fleet scale (50,000 backends) eager
+/// 15-bucket series were most of the gateway's memory and made every scrape hundreds of MB.
+/// A series, once created, stays (across reloads too), as before.
+#[derive(Debug)]
+pub(crate) struct LazyHistogram {
+    family: HistogramFamily,
+    labels: Arc<BackendLabels>,
+    series: std::sync::OnceLock<Histogram>,
+}
+
+impl LazyHistogram {
+    fn new(family: &HistogramFamily, labels: &Arc<BackendLabels>) -> Self {
+        Self { family: family.clone(), labels: labels.clone(), series: std::sync::OnceLock::new() }
+    }
+
+    /// Records one value (creating the series the first time).
+    pub(crate) fn observe(&self, v: f64) {
+        self.series.get_or_init(|| self.family.get_or_create(&self.labels).clone()).observe(v);
+    }
+}
+
 /// The Prometheus side: a registry with the meter's collector and the histograms.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -357,9 +392,10 @@ impl Metrics {
     }
 
     /// The duration and time-to-first-token histograms of one series (handles to keep, so the
-    /// request path does not look them up).
-    pub(crate) fn histograms(&self, labels: &BackendLabels) -> (Histogram, Histogram) {
-        (self.duration.get_or_create(labels).clone(), self.ttft.get_or_create(labels).clone())
+    /// request path does not look them up), created at their first observation.
+    pub(crate) fn histograms(&self, labels: &BackendLabels) -> (LazyHistogram, LazyHistogram) {
+        let labels = Arc::new(labels.clone());
+        (LazyHistogram::new(&self.duration, &labels), LazyHistogram::new(&self.ttft, &labels))
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -407,6 +443,9 @@ impl Collector for MeterCollector {
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
+            if e.is_idle() {
+                continue;
+            }
             let [a, b, c, d] = k.labels();
             for kind in TokenKind::ALL {
                 let labels = [a, b, c, d, (contract::KIND, kind.label())];
@@ -421,6 +460,9 @@ impl Collector for MeterCollector {
             MetricType::Counter,
         )?;
         for (k, e) in &snap.entries {
+            if e.is_idle() {
+                continue;
+            }
             let usd = e.cost.picos() as f64 / PICOS_PER_USD as f64;
             ConstCounter::new(usd).encode(fam.encode_family(&k.labels())?)?;
         }

@@ -68,8 +68,7 @@ pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
 
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
 use crate::config::{RouteState, Strategy};
-use metrics::{BackendLabels, GenAiBackend, MeterCell, Metrics};
-use prometheus_client::metrics::histogram::Histogram;
+use metrics::{BackendLabels, GenAiBackend, LazyHistogram, MeterCell, Metrics};
 use select::Candidate;
 
 /// Default directory of the API key files (the mounted `tollgate-credentials` Secret).
@@ -156,8 +155,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) cfg: BackendConfig,
     pub(crate) cell: Arc<MeterCell>,
     pub(crate) labels: BackendLabels,
-    pub(crate) duration: Histogram,
-    pub(crate) ttft: Histogram,
+    pub(crate) duration: LazyHistogram,
+    pub(crate) ttft: LazyHistogram,
     /// OpenTelemetry gen_ai instruments (by endpoint).
     pub(crate) gen_ai: GenAiBackend,
     pub(crate) backend_header: HeaderValue,

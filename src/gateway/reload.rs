@@ -14,7 +14,11 @@
 //! `tollgate_config_reload_errors_total` (once per distinct bad content, not once per poll).
 //! The file may be compressed: when `config.json` does not exist its sibling `config.json.gz`
 //! is read (a mounted ConfigMap holds one or the other), and either is decoded by its bytes
-//! ([`crate::config::payload`]).
+//! ([`crate::config::payload`]). When neither exists, the shard index `config.index.json`
+//! beside it is read and the document assembled from the shard files it names
+//! ([`crate::config::shard`]); the metadata and content of those files count as the
+//! document's, so a shard that arrives after its index is picked up, and a missing, stale or
+//! corrupt shard keeps the last good config.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +29,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Gateway;
+use crate::config::payload::{decode_file, is_index_file, locate_config_file, shard_files};
+use crate::config::shard::parse_index;
 
 /// Largest config document read, bytes.
 pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
@@ -63,7 +69,10 @@ impl Fingerprint {
 pub(crate) struct FileSource {
     path: PathBuf,
     seen: Seen,
-    fingerprint: Option<Fingerprint>,
+    /// Metadata of the file read and of the shard files its index names, when last read.
+    fingerprint: Option<Vec<Option<Fingerprint>>>,
+    /// Shard files named by the last index read (empty for a whole document).
+    shard_files: Vec<PathBuf>,
     /// Whole reads of the file (to show that an unchanged file is not re-read).
     pub(crate) reads: u64,
 }
@@ -81,26 +90,30 @@ pub enum ReloadOutcome {
 
 impl FileSource {
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path, seen: Seen::Nothing, fingerprint: None, reads: 0 }
+        Self { path, seen: Seen::Nothing, fingerprint: None, shard_files: Vec::new(), reads: 0 }
     }
 
-    fn read(&mut self) -> std::io::Result<Vec<u8>> {
-        // Compressed form (issue 12): the file, or its `.gz` sibling when the file is missing.
-        let path = match std::fs::metadata(&self.path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut gz = self.path.as_os_str().to_owned();
-                gz.push(".gz");
-                let gz = PathBuf::from(gz);
-                if gz.exists() { gz } else { return Err(e) }
-            }
-            _ => self.path.clone(),
-        };
-        let meta = std::fs::metadata(&path)?;
-        let fp = Fingerprint::of(&meta);
-        if self.fingerprint == Some(fp) {
+    /// The file to read and the metadata of it and of the shard files the last index named.
+    fn fingerprints(&self, path: &Path) -> Vec<Option<Fingerprint>> {
+        std::iter::once(path)
+            .chain(self.shard_files.iter().map(PathBuf::as_path))
+            .map(|p| std::fs::metadata(p).ok().map(|m| Fingerprint::of(&m)))
+            .collect()
+    }
+
+    /// Reads the config file (or its `.gz` sibling, or the shard index beside it) when it, or
+    /// one of the shard files the index names, changed. Returns the file read, its bytes and,
+    /// for an index, the document assembled from its shards.
+    fn read(&mut self) -> std::io::Result<(PathBuf, Vec<u8>)> {
+        let path = locate_config_file(&self.path).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} not found", self.path.display()))
+        })?;
+        let fp = self.fingerprints(&path);
+        if self.fingerprint.as_ref() == Some(&fp) {
             return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "unchanged"));
         }
         self.fingerprint = Some(fp);
+        let meta = std::fs::metadata(&path)?;
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(std::io::Error::other(format!(
                 "{} bytes, larger than the limit of {MAX_CONFIG_BYTES} bytes",
@@ -111,7 +124,18 @@ impl FileSource {
             return Err(std::io::Error::other("not a regular file"));
         }
         self.reads += 1;
-        std::fs::read(&path)
+        let bytes = std::fs::read(&path)?;
+        if is_index_file(&path) {
+            // Watch the shard files this index names from now on.
+            let files = parse_index(&bytes).map(|i| shard_files(&path, &i)).unwrap_or_default();
+            if files != self.shard_files {
+                self.shard_files = files;
+                self.fingerprint = Some(self.fingerprints(&path));
+            }
+        } else {
+            self.shard_files.clear();
+        }
+        Ok((path, bytes))
     }
 
     /// Reads the file and, if it changed, validates and applies it.
@@ -135,12 +159,18 @@ impl FileSource {
                 tracing::warn!(path = %self.path.display(), error = %e, "config file unreadable; keeping the last good config");
                 ReloadOutcome::Refused(why)
             }
-            Ok(bytes) => {
-                let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            Ok((read, bytes)) => {
+                // For an index, the content is the index and every shard it names.
+                let mut hasher = Sha256::new();
+                hasher.update(&bytes);
+                for f in &self.shard_files {
+                    hasher.update(std::fs::read(f).map(|b| Sha256::digest(b).to_vec()).unwrap_or_default());
+                }
+                let hash: [u8; 32] = hasher.finalize().into();
                 if self.seen == Seen::Content(hash) {
                     return ReloadOutcome::Unchanged;
                 }
-                let parsed = crate::config::payload::decode(&bytes);
+                let parsed = decode_file(&read, &bytes, MAX_CONFIG_BYTES);
                 drop(bytes);
                 self.seen = Seen::Content(hash);
                 match parsed {

@@ -74,6 +74,12 @@ app.kubernetes.io/component: gateway
 {{/* Names the controller writes in every watched namespace (fixed in the code: the gateway
      ConfigMap is --configmap-name's default, the credentials Secret config::CREDENTIALS_SECRET). */}}
 {{- define "tollgate.configMapName" -}}tollgate-gateway{{- end }}
+{{/* The shard ConfigMaps of a config too large for one (src/config/shard.rs: MAX_SHARDS = 8),
+as a comma-separated list of names. */}}
+{{- define "tollgate.configShardNames" -}}
+{{- $cm := include "tollgate.configMapName" . -}}
+{{- range $i, $e := until 8 }}{{ if $i }}, {{ end }}{{ $cm }}-shard-{{ add1 $i }}{{ end -}}
+{{- end }}
 {{- define "tollgate.credentialsSecretName" -}}tollgate-credentials{{- end }}
 
 {{/* Refuses combinations that install but cannot work. */}}
