@@ -25,6 +25,7 @@ use crate::policy::money::{Ppm, parse_duration_ms};
 use crate::policy::{Decision, ObjectKey};
 use crate::pricing::Prices;
 
+pub mod allowances;
 pub mod payload;
 pub use payload::{CONFIG_GZ_KEY, Stored, TooLarge};
 
