@@ -114,8 +114,7 @@ async fn burst(local: &Local) -> Tally {
     for t in tasks {
         t.await.unwrap();
     }
-    let t = tally.lock().unwrap().clone();
-    t
+    std::mem::take(&mut *tally.lock().unwrap())
 }
 
 /// Waits until an evaluation after `after` has seen every request (two more evaluations).
