@@ -27,6 +27,7 @@
 //! ```
 
 mod admission;
+mod allowances_file;
 mod answer;
 mod cli;
 mod errors;
@@ -59,6 +60,7 @@ use axum::Router;
 use axum::http::{HeaderValue, Uri};
 
 pub use admission::{DEFAULT_HARD_OUTPUT_CAP, HardUsage, INPUT_TOKEN_OVERHEAD};
+pub use allowances_file::watch_allowances_file;
 pub use cli::{GatewayArgs, run, run_gateway};
 pub use errors::ApiError;
 pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
