@@ -26,6 +26,7 @@ use crate::policy::money::{Ppm, parse_duration_ms};
 use crate::policy::{Decision, ObjectKey};
 use crate::pricing::Prices;
 
+pub mod allowances;
 pub mod payload;
 pub mod shard;
 pub use payload::{CONFIG_GZ_KEY, Stored, TooLarge};
@@ -75,6 +76,9 @@ pub struct RouteConfig {
     pub state: RouteState,
     /// The effective table, in declared order.
     pub backends: Vec<BackendConfig>,
+    /// Requests bounded above this many input tokens are refused (400) before any upstream call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u32>,
 }
 
 /// One backend row.
@@ -106,6 +110,9 @@ pub struct BackendConfig {
     pub endpoint: EndpointConfig,
     /// Resolved prices (every kind present).
     pub pricing: Prices,
+    /// Output-token cap enforced on the way upstream (the backend's, else the route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
 }
 
 /// Where a backend is answered.
@@ -270,6 +277,7 @@ impl GatewayConfig {
                     serving: row.serving,
                     endpoint,
                     pricing,
+                    max_output_tokens: b.max_output_tokens.or(r.spec.max_output_tokens),
                 });
             }
             out.push(RouteConfig {
@@ -279,6 +287,7 @@ impl GatewayConfig {
                 mode: d.mode,
                 state: d.state,
                 backends,
+                max_input_tokens: r.spec.max_input_tokens,
             });
         }
         let mut doc = GatewayConfig {

@@ -304,6 +304,7 @@ fn backend(
         serving: true,
         endpoint,
         pricing,
+        max_output_tokens: None,
     }
 }
 
@@ -321,6 +322,7 @@ fn route(name: &str, strategy: Strategy, backends: Vec<BackendConfig>) -> RouteC
         mode: Mode::Enforce,
         state: RouteState::Serving,
         backends,
+        max_input_tokens: None,
     }
 }
 

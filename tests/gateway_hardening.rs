@@ -85,6 +85,7 @@ fn backend(name: &str, endpoint: EndpointConfig) -> BackendConfig {
         serving: true,
         endpoint,
         pricing: prices(),
+        max_output_tokens: None,
     }
 }
 
@@ -96,6 +97,7 @@ fn config(backends: Vec<BackendConfig>) -> GatewayConfig {
         mode: Mode::Enforce,
         state: RouteState::Serving,
         backends,
+        max_input_tokens: None,
     };
     let mut c = GatewayConfig {
         version: CONFIG_VERSION,

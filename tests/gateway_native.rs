@@ -402,6 +402,7 @@ fn backend(name: &str, kind: Kind, fake: &Fake, tier: u32) -> BackendConfig {
         serving: true,
         endpoint: EndpointConfig::Http { base_url: base, protocol: Protocol::OpenAI, api_key_file: Some(key.into()) },
         pricing,
+        max_output_tokens: None,
     }
 }
 
@@ -413,6 +414,7 @@ fn config(backends: Vec<BackendConfig>) -> GatewayConfig {
         mode: Mode::Enforce,
         state: RouteState::Serving,
         backends,
+        max_input_tokens: None,
     };
     let mut c = GatewayConfig {
         version: CONFIG_VERSION,

@@ -64,6 +64,21 @@ pub struct ModelRouteSpec {
     /// decisions in status and events but leaves the rendered backend table as configured.
     #[serde(default)]
     pub mode: Mode,
+
+    /// Most output tokens (reasoning included where the provider counts it there) any answer of
+    /// this route may produce: the gateway clamps or inserts the request's max-tokens field in
+    /// every wire format on the way upstream. A backend's own `maxOutputTokens` wins. Also the
+    /// output bound of a request to a Hard budget's backend that names none (issue 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_output_tokens: Option<u32>,
+
+    /// Largest request accepted, in input tokens as the gateway bounds them from the body
+    /// (one token per byte of the request body: conservative); larger requests get 400
+    /// `input_too_large` before any upstream call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_input_tokens: Option<u32>,
 }
 
 impl ModelRoute {
@@ -139,6 +154,11 @@ pub struct Backend {
 
     /// Prices in USD per one million tokens, as decimal strings.
     pub pricing: Pricing,
+
+    /// This backend's output-token cap; overrides the route's `maxOutputTokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_output_tokens: Option<u32>,
 }
 
 fn default_weight() -> u32 {

@@ -56,6 +56,30 @@ pub struct ProviderBudgetSpec {
     /// Act on the projected crossing, not only on the crossing.
     #[serde(default)]
     pub forecast: Forecast,
+
+    /// `Soft` (default): the thresholds act when the controller sees the spend, so traffic in
+    /// flight and between evaluations can overshoot. `Hard`: every gateway admits a request to a
+    /// covered backend only if it can reserve the request's worst-case cost from the allowance
+    /// the controller granted it, so the window's spend stays within the limit.
+    #[serde(default, skip_serializing_if = "Enforcement::is_soft")]
+    pub enforcement: Enforcement,
+}
+
+/// How a budget is enforced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum Enforcement {
+    /// Thresholds act on the observed spend (overshoot possible).
+    #[default]
+    Soft,
+    /// Gateways reserve each request's worst case from granted allowances (no overshoot).
+    Hard,
+}
+
+impl Enforcement {
+    /// Whether this is the default, `Soft`.
+    pub fn is_soft(&self) -> bool {
+        *self == Enforcement::Soft
+    }
 }
 
 fn default_thresholds() -> Vec<Threshold> {
@@ -206,6 +230,38 @@ pub struct ProviderBudgetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["gateway".into()]))]
     pub checkpoints: Vec<Checkpoint>,
+    /// With `enforcement: Hard`: reservations, settled spend, grants and the bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hard: Option<HardStatus>,
+}
+
+/// The data-plane side of a Hard budget.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HardStatus {
+    /// USD reserved by requests in flight, all gateways (exact decimal).
+    pub reserved: String,
+    /// USD settled (exact metered cost of ended requests) in the window, all gateways.
+    pub settled: String,
+    /// The most the window can cost: the sum of every gateway's grant, never above the limit.
+    pub bound: String,
+    /// Requests refused for want of allowance in the window, all gateways.
+    #[serde(default)]
+    pub refused: u64,
+    /// Cumulative allowance of each gateway instance in the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["gateway".into()]))]
+    pub grants: Vec<Grant>,
+}
+
+/// One gateway instance's allowance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// Gateway instance id.
+    pub gateway: String,
+    /// Its cumulative allowance in the window, USD exact decimal.
+    pub granted: String,
 }
 
 /// Window bounds.

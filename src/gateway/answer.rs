@@ -197,6 +197,7 @@ pub(crate) fn bill(
         Ok(t) => match b.cell.record_usage(&t, t.cost(&b.cfg.pricing)) {
             Ok(()) => {
                 b.gen_ai.usage(endpoint, &t, t.cost(&b.cfg.pricing));
+                super::admission::settle_current(Some(t.cost(&b.cfg.pricing)));
                 return;
             }
             Err(why) => ("counter_overflow", why),
@@ -207,4 +208,6 @@ pub(crate) fn bill(
     tracing::warn!(route = %b.labels.route, backend = %b.cfg.name, reason, error = %why, estimated_input = est.input, estimated_output = est.output, "answer without usable usage: metered as an estimate");
     b.cell.record_usage_missing(reason);
     b.cell.record_estimate(est.cost(&b.cfg.pricing));
+    // Hard budgets: the cost is unknown, so the whole reservation counts.
+    super::admission::settle_current(None);
 }

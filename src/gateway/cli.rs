@@ -108,6 +108,13 @@ pub struct GatewayArgs {
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// The Hard budgets' allowances document (`allowances.json` of the mounted
+    /// `tollgate-allowances` ConfigMap), polled every `--reload-interval` (issue 13).
+    #[arg(long, env = "TOLLGATE_ALLOWANCES", value_name = "FILE")]
+    pub allowances: Option<PathBuf>,
+    /// This gateway's instance id in the allowances (unique per replica, e.g. the pod UID).
+    #[arg(long, env = "TOLLGATE_INSTANCE", value_name = "ID", default_value = "gateway")]
+    pub instance: String,
 }
 
 impl GatewayArgs {
@@ -154,6 +161,10 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
         (None, Some(object)) => watch_configmap(gw.clone(), object).await?,
         (None, None) => return Err(GatewayError::Source("either --config or --from-configmap is required".into())),
     };
+    let allowances = args
+        .allowances
+        .clone()
+        .map(|path| super::watch_allowances_file(gw.clone(), path, args.instance.clone(), args.reload_interval));
     tracing::info!(
         listen = %args.listen,
         metrics = %args.metrics_listen,
@@ -174,6 +185,9 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let (api_result, ()) = tokio::join!(api_server, metrics_server);
     api_result?;
     watcher.abort();
+    if let Some(a) = allowances {
+        a.abort();
+    }
     Ok(())
 }
 

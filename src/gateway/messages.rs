@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::admission;
 use super::native::{self, Prepared, Retry, Surface, anthropic_error_response, anthropic_url, now_secs};
 use super::native_stream::{Decoder, Encoder, Translator};
 use super::request::Endpoint;
@@ -112,13 +113,34 @@ pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
         headers(&mut resp, &route, None, 1);
         return resp;
     }
+    if let Some(msg) = admission::input_too_large(route.max_input_tokens, &route.name, bytes.len()) {
+        let mut resp = bad_request(&msg);
+        headers(&mut resp, &route, None, 1);
+        return resp;
+    }
     let opts = &gw.inner.opts;
     let plan = route.attempt_plan(opts.max_attempts);
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<(String, Retry)> = None;
+    let requested = value.get("max_tokens").and_then(Value::as_u64);
+    let mut refused = false;
     for (n, &idx) in plan.iter().enumerate() {
         let Some(b) = route.backends.get(idx).cloned() else { continue };
-        match attempt(&gw, &b, &bytes, &value, &alias, stream, &parts.headers, deadline).await {
+        // Hard budgets (issue 13): try the backend only if its worst case can be reserved.
+        let hold = match gw.inner.admission.admit_attempt(&b.cfg, ENDPOINT, bytes.len(), requested) {
+            admission::Admit::Free => None,
+            admission::Admit::Held(h) => Some(h),
+            admission::Admit::Refused(_) => {
+                b.cell.record_outcome(Outcome::BudgetRejected, None);
+                refused = true;
+                continue;
+            }
+        };
+        let result =
+            admission::scoped(hold.clone(), attempt(&gw, &b, &bytes, &value, &alias, stream, &parts.headers, deadline))
+                .await;
+        admission::after_attempt(hold.as_ref(), matches!(&result, Ok(r) if r.status().is_success()));
+        match result {
             Ok(mut resp) => {
                 headers(&mut resp, &route, Some(&b), n + 1);
                 return resp;
@@ -131,6 +153,18 @@ pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
         if Instant::now() >= deadline {
             break;
         }
+    }
+    if last.is_none() && refused {
+        let mut resp = anthropic_error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            &format!(
+                "Route `{}`: no backend's worst-case cost fits a Hard budget's allowance (budget_exhausted).",
+                route.name
+            ),
+        );
+        headers(&mut resp, &route, None, plan.len().max(1));
+        return resp;
     }
     let mut resp = exhausted(last, plan.len());
     headers(&mut resp, &route, None, plan.len().max(1));

@@ -386,6 +386,11 @@ impl Metrics {
         Self { registry, meter, duration, ttft, gen_ai }
     }
 
+    /// Adds a collector (the Hard budgets' admission, issue 13).
+    pub(crate) fn register_collector(&mut self, c: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(c);
+    }
+
     /// The gen_ai instruments of a backend with this provider and upstream model.
     pub(crate) fn gen_ai(&self, provider: &str, model: &str) -> GenAiBackend {
         GenAiBackend::new(self.gen_ai.clone(), provider, model)

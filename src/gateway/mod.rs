@@ -26,6 +26,8 @@
 //! # let _ = (api, obs); Ok(()) }
 //! ```
 
+mod admission;
+mod allowances_file;
 mod answer;
 mod cli;
 mod errors;
@@ -57,6 +59,8 @@ use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::http::{HeaderValue, Uri};
 
+pub use admission::{DEFAULT_HARD_OUTPUT_CAP, HardUsage, INPUT_TOKEN_OVERHEAD};
+pub use allowances_file::watch_allowances_file;
 pub use cli::{GatewayArgs, run, run_gateway};
 pub use errors::ApiError;
 pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
@@ -173,6 +177,8 @@ pub(crate) struct CompiledRoute {
     pub(crate) route_header: HeaderValue,
     pub(crate) backends: Vec<Arc<CompiledBackend>>,
     pub(crate) candidates: Vec<Candidate>,
+    /// `maxInputTokens` (issue 13).
+    pub(crate) max_input_tokens: Option<u32>,
 }
 
 impl CompiledRoute {
@@ -247,6 +253,7 @@ impl Served {
                     route_header: header_value(&r.name),
                     backends,
                     candidates,
+                    max_input_tokens: r.max_input_tokens,
                 };
                 (r.model.clone(), Arc::new(route))
             })
@@ -261,6 +268,8 @@ pub(crate) struct Inner {
     pub(crate) upstream: upstream::Upstream,
     pub(crate) opts: GatewayOptions,
     pub(crate) limits: limits::Shared,
+    /// Hard budgets: reservations against this gateway's grants (issue 13).
+    pub(crate) admission: Arc<admission::Admission>,
 }
 
 /// The data plane, without sockets. Cheap to clone (all clones share state).
@@ -280,10 +289,14 @@ impl Gateway {
     /// [`swap_config`](Self::swap_config) gives it a document.
     pub fn new(initial: Option<GatewayConfig>, opts: GatewayOptions) -> Result<Self, GatewayError> {
         let upstream = upstream::Upstream::new(&opts)?;
+        let admission = Arc::new(admission::Admission::default());
+        let mut metrics = Metrics::new();
+        metrics.register_collector(Box::new(admission::AdmissionCollector(admission.clone())));
         let gw = Gateway {
             inner: Arc::new(Inner {
                 current: ArcSwapOption::empty(),
-                metrics: Metrics::new(),
+                metrics,
+                admission,
                 upstream,
                 limits: limits::Shared::new(&opts),
                 opts,
@@ -308,6 +321,23 @@ impl Gateway {
         self.inner.current.store(Some(Arc::new(served)));
         self.inner.metrics.meter.set_revision(&revision);
         Ok(())
+    }
+
+    /// Applies the allowances document (Hard budgets' grants, issue 13) as gateway instance
+    /// `instance`: validated first; an invalid document changes nothing.
+    pub fn set_allowances(
+        &self,
+        instance: &str,
+        doc: &crate::config::allowances::Allowances,
+    ) -> Result<(), crate::config::allowances::AllowancesError> {
+        doc.validate()?;
+        self.inner.admission.apply(instance, doc);
+        Ok(())
+    }
+
+    /// This gateway's view of every Hard budget (grant, settled, reserved, admitted, refused).
+    pub fn hard_usage(&self) -> Vec<HardUsage> {
+        self.inner.admission.usage()
     }
 
     /// Counts a refused config (for callers that validate documents themselves).

@@ -169,6 +169,11 @@ pub(crate) async fn send(
     first_byte_deadline: Instant,
 ) -> Result<UpstreamReply, Retry> {
     let connect = |m: String| Retry { outcome: Outcome::ConnectError, status: None, message: m };
+    // Output cap (issue 13): clamped or inserted in the upstream's wire format.
+    let capped = super::admission::current_cap(&b.cfg).and_then(|cap| {
+        super::admission::cap_body(&p.body, b.cfg.api, Endpoint::ChatCompletions, &b.cfg.provider, cap)
+    });
+    let body: &[u8] = capped.as_deref().unwrap_or(&p.body);
     let (api_key_file, mock) = match &b.cfg.endpoint {
         EndpointConfig::Http { api_key_file, .. } => (api_key_file.as_deref(), None),
         EndpointConfig::Mock(m) => (None, Some(m)),
@@ -176,8 +181,8 @@ pub(crate) async fn send(
     if let Some(m) = mock {
         let fut = async {
             match b.cfg.api {
-                WireApi::OpenAI => mock::respond(m, b.cfg.family, Endpoint::ChatCompletions, &p.body).await,
-                api => native_mock::respond(m, api, &b.cfg.model, p.stream, &p.body).await,
+                WireApi::OpenAI => mock::respond(m, b.cfg.family, Endpoint::ChatCompletions, body).await,
+                api => native_mock::respond(m, api, &b.cfg.model, p.stream, body).await,
             }
         };
         return tokio::time::timeout_at(first_byte_deadline, fut).await.map_err(|_| Retry {
@@ -192,7 +197,7 @@ pub(crate) async fn send(
         None => None,
     };
     let uri = Uri::try_from(p.url.as_str()).map_err(|_| connect(format!("invalid upstream URL {:?}", p.url)))?;
-    let mut req = Request::new(Full::new(Bytes::from(p.body.clone())));
+    let mut req = Request::new(Full::new(Bytes::copy_from_slice(body)));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
     let h = req.headers_mut();
@@ -430,7 +435,7 @@ pub(crate) async fn finish_attempt(
         let ttfb = started.elapsed();
         b.ttft.observe(ttfb.as_secs_f64());
         b.gen_ai.time_to_first_token(endpoint, ttfb.as_secs_f64());
-        let meter = StreamMeter { b: b.clone(), endpoint, started, ttfb, surface };
+        let meter = StreamMeter { b: b.clone(), endpoint, started, ttfb, surface, hold: super::admission::current() };
         let stream = TranslatedStream::new(first, body, translator, gw.inner.opts.idle_stream_timeout, deadline, meter);
         // No API key reaches the client, however encoded (issue 10): every frame is scrubbed.
         // Translated frames are whole events; a raw pass-through frame is what one upstream read
@@ -447,6 +452,7 @@ pub(crate) async fn finish_attempt(
     let Some(raw) = read_all(&mut body, MAX_UPSTREAM_BODY, deadline).await else {
         record(b, endpoint, Outcome::UpstreamError, started, None);
         b.cell.record_usage_missing("unreadable_body");
+        super::admission::settle_current(None);
         return Ok(upstream_failure(surface, &format!("Backend `{}` sent an unreadable answer.", b.cfg.name)));
     };
     let answer = serde_json::from_slice::<Value>(&raw)
@@ -464,6 +470,7 @@ pub(crate) async fn finish_attempt(
         Err(e) => {
             record(b, endpoint, Outcome::UpstreamError, started, None);
             b.cell.record_usage_missing("unparseable_body");
+            super::admission::settle_current(None);
             tracing::warn!(backend = %b.cfg.name, error = %e, "native upstream answer could not be translated");
             Ok(upstream_failure(surface, &format!("Backend `{}` sent an answer that cannot be read: {e}", b.cfg.name)))
         }

@@ -224,6 +224,8 @@ pub(crate) struct StreamMeter {
     pub(crate) started: Instant,
     pub(crate) ttfb: Duration,
     pub(crate) surface: Surface,
+    /// The Hard budget reservation of the attempt (issue 13), settled by the bill.
+    pub(crate) hold: Option<super::admission::Hold>,
 }
 
 /// The translated stream; bills once, when it ends or is dropped (client gone).
@@ -268,7 +270,7 @@ impl TranslatedStream {
         let latency = (outcome == Outcome::Ok).then_some(m.ttfb);
         record(&m.b, m.endpoint, outcome, m.started, latency);
         match usage.or_else(|| self.translator.partial_usage()) {
-            Some(u) => bill(&m.b, m.endpoint, &u),
+            Some(u) => super::admission::scoped_sync(m.hold.clone(), || bill(&m.b, m.endpoint, &u)),
             None => {
                 tracing::warn!(backend = %m.b.cfg.name, reason = missing, "native stream without usable usage: not billed");
                 m.b.cell.record_usage_missing(missing);

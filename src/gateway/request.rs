@@ -123,6 +123,12 @@ impl ClientRequest {
         Ok(Self { fields, model, stream, include_usage })
     }
 
+    /// A top-level field as an unsigned integer (`None`: absent, null or not one).
+    pub(crate) fn u64_field(&self, key: &str) -> Option<u64> {
+        let raw = self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get())?;
+        serde_json::from_str::<u64>(raw).ok()
+    }
+
     /// The body for one upstream: `model` replaced by `upstream_model`; with `ask_usage`,
     /// `stream_options.include_usage` set to `true` (other `stream_options` keys kept).
     pub(crate) fn upstream_body(&self, upstream_model: &str, ask_usage: bool) -> Vec<u8> {

@@ -32,7 +32,7 @@ use super::request::{ClientRequest, Endpoint};
 use super::serve::ShutdownCut;
 use super::stream::{SseProcessor, StreamBounds, StreamEnd, StreamSummary, body_usage, metered};
 use super::upstream::{SendError, UpstreamReply};
-use super::{CompiledBackend, CompiledRoute, Gateway, mock};
+use super::{CompiledBackend, CompiledRoute, Gateway, admission, mock};
 use crate::config::EndpointConfig;
 use crate::config::{RouteState, WireApi};
 use crate::policy::Outcome;
@@ -171,6 +171,12 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         return resp;
     }
 
+    if let Some(msg) = admission::input_too_large(route.max_input_tokens, &route.name, request_bytes) {
+        let mut resp = ApiError::bad_request("input_too_large", msg).into_response();
+        set_headers(&mut resp, &route, None, 1);
+        return resp;
+    }
+
     let plan = route.attempt_plan(opts.max_attempts);
     if plan.is_empty() {
         let mut resp = ApiError::no_backend(&route.name).into_response();
@@ -199,23 +205,41 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
 
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<Failure> = None;
+    let requested = admission::requested_output(endpoint, |k| creq.u64_field(k));
+    let mut refused = None;
     for (n, &idx) in plan.iter().enumerate() {
         let Some(backend) = route.backends.get(idx).cloned() else {
             continue;
         };
-        // wire11 hook: native upstream wire formats (src/gateway/native.rs).
-        let result = match backend.cfg.api {
-            WireApi::OpenAI => attempt(&gw, &route, &backend, &ctx, deadline).await,
-            _ => match super::native::chat_attempt(&gw, &backend, endpoint, &creq, &parts.headers, deadline).await {
-                Ok(resp) => Attempt::Done(resp),
-                Err(r) => Attempt::Retry(Failure {
-                    backend: backend.cfg.name.clone(),
-                    outcome: r.outcome,
-                    status: r.status,
-                    message: r.message,
-                }),
-            },
+        // Hard budgets (issue 13): try the backend only if its worst case can be reserved.
+        let hold = match gw.inner.admission.admit_attempt(&backend.cfg, endpoint, request_bytes, requested) {
+            admission::Admit::Free => None,
+            admission::Admit::Held(h) => Some(h),
+            admission::Admit::Refused(budget) => {
+                backend.cell.record_outcome(Outcome::BudgetRejected, None);
+                refused = Some(budget);
+                continue;
+            }
         };
+        // wire11 hook: native upstream wire formats (src/gateway/native.rs).
+        let result = admission::scoped(hold.clone(), async {
+            match backend.cfg.api {
+                WireApi::OpenAI => attempt(&gw, &route, &backend, &ctx, deadline).await,
+                _ => {
+                    match super::native::chat_attempt(&gw, &backend, endpoint, &creq, &parts.headers, deadline).await {
+                        Ok(resp) => Attempt::Done(resp),
+                        Err(r) => Attempt::Retry(Failure {
+                            backend: backend.cfg.name.clone(),
+                            outcome: r.outcome,
+                            status: r.status,
+                            message: r.message,
+                        }),
+                    }
+                }
+            }
+        })
+        .await;
+        admission::after_attempt(hold.as_ref(), matches!(&result, Attempt::Done(r) if r.status().is_success()));
         match result {
             Attempt::Done(mut resp) => {
                 set_headers(&mut resp, &route, Some(&backend), n + 1);
@@ -229,6 +253,14 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         if Instant::now() >= deadline {
             break;
         }
+    }
+    if last.is_none()
+        && let Some(budget) = refused
+    {
+        tracing::info!(route = %route.name, budget = %budget, "no backend's worst case fits a Hard budget's allowance");
+        let mut resp = ApiError::budget_exhausted(&route.name).into_response();
+        set_headers(&mut resp, &route, None, plan.len());
+        return resp;
     }
     let attempts = plan.len();
     let rate_limited = last.as_ref().is_some_and(|f| f.outcome == Outcome::RateLimited);
@@ -305,7 +337,12 @@ async fn attempt(
     let started = Instant::now();
     let first_byte_deadline = (started + opts.first_byte_timeout).min(deadline);
     let ask_usage = creq.stream && !creq.include_usage && endpoint.usage_needs_stream_options();
-    let body = creq.upstream_body(&b.cfg.model, ask_usage);
+    let mut body = creq.upstream_body(&b.cfg.model, ask_usage);
+    if let Some(capped) = super::admission::current_cap(&b.cfg)
+        .and_then(|cap| super::admission::cap_body(&body, WireApi::OpenAI, endpoint, &b.cfg.provider, cap))
+    {
+        body = capped;
+    }
     let family = b.cfg.family;
 
     let sent = match &b.cfg.endpoint {
@@ -451,6 +488,7 @@ async fn attempt(
         b.ttft.observe(ttfb.as_secs_f64());
         b.gen_ai.time_to_first_token(endpoint, ttfb.as_secs_f64());
         let b2 = b.clone();
+        let hold = super::admission::current();
         let on_end = Box::new(move |sum: StreamSummary| {
             let (outcome, latency, missing_reason) = match sum.end {
                 StreamEnd::Complete => (Outcome::Ok, Some(ttfb), None),
@@ -468,7 +506,9 @@ async fn attempt(
             b2.gen_ai.duration(endpoint, outcome, secs);
             // An event over the limit ends the stream whatever usage came before it.
             let usage = if sum.end == StreamEnd::EventTooLarge { Err(UsageError::Missing) } else { sum.usage };
-            bill(&b2, endpoint, usage, missing_reason, request_bytes, sum.data_events);
+            super::admission::scoped_sync(hold, || {
+                bill(&b2, endpoint, usage, missing_reason, request_bytes, sum.data_events)
+            });
         });
         let sse = SseProcessor::new(family, ask_usage, opts.max_sse_event_bytes, redactor.clone());
         let bounds = StreamBounds {

@@ -19,6 +19,7 @@
 //! 16 MiB at most each, so a FIFO or a symlink to `/dev/zero` named `*.yaml` is a reported error,
 //! never a blocked loop or a ballooning process.
 
+mod hard;
 pub mod load;
 pub mod state;
 pub mod status;
@@ -159,6 +160,10 @@ struct Engine {
     manifest_error: Option<String>,
     /// Problems already printed, per object.
     reported: BTreeMap<(ObjectKind, ObjectKey), String>,
+    /// Hard budgets: grants of this process's gateway (issue 13).
+    hard: hard::LocalHard,
+    /// The allowances document last applied.
+    allowances: crate::config::allowances::Allowances,
 }
 
 impl Engine {
@@ -269,6 +274,16 @@ impl Engine {
         let mut observations = snapshot.to_observations_since(&self.evaluated, &self.namespace);
         merge_observations(&mut observations, std::mem::take(&mut self.carried));
         let plan = plan_manifests(&self.manifests, &self.namespace, &observations, &self.decision, now);
+        // Hard budgets: grants first, so no document is served without them.
+        let usage = self.gateway.hard_usage();
+        let doc = self.hard.allowances(&self.manifests.budgets, &self.namespace, &plan.decision.state, &usage);
+        match self.gateway.set_allowances(&self.hard.instance, &doc) {
+            Ok(()) => self.allowances = doc,
+            Err(e) => tracing::error!(error = %e, "the Hard budgets' allowances were refused; the previous ones stay"),
+        }
+        for name in self.hard.started_refusing(&usage) {
+            println!("event: ProviderBudget {name}: Hard budget started refusing requests (its allowance is used up)");
+        }
         match plan.namespaces.get(&self.namespace).map(|n| &n.config) {
             Some(Ok(cfg)) => {
                 if self.gateway.revision().as_deref() != Some(cfg.revision.as_str())
@@ -318,6 +333,7 @@ impl Engine {
     /// controller would write.
     fn status_report(&self, plan: &Plan, now: Timestamp) -> StatusReport {
         let m = &self.manifests;
+        let usage = self.gateway.hard_usage();
         StatusReport {
             time: Some(now),
             namespace: self.namespace.clone(),
@@ -344,11 +360,12 @@ impl Engine {
                 .filter_map(|b| {
                     let key = ObjectKey::of(b);
                     let status = plan.budget_statuses.get(&key)?;
+                    let hard = self.hard.status(&self.allowances, &key.name, &usage);
                     (key.namespace == self.namespace).then(|| BudgetReport {
                         name: key.name,
                         provider: b.spec.provider.clone(),
                         limit: b.spec.limit.clone(),
-                        status: status.clone(),
+                        status: hard::with_hard(status.clone(), hard),
                     })
                 })
                 .collect(),
@@ -390,6 +407,8 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         gateway: gateway.clone(),
         manifest_error: None,
         reported: BTreeMap::new(),
+        hard: hard::LocalHard::new(format!("local-{}-{}", std::process::id(), Timestamp::now().as_nanosecond())),
+        allowances: Default::default(),
     };
     for t in engine.tick(Timestamp::now()) {
         print_transition(&t);

@@ -470,6 +470,7 @@ pub fn evaluate_budget(b: &BudgetInput, obs: &Observations, prev: Option<&Budget
         burn_rate_per_hour: burn.map(|b| b.per_hour().to_fixed(2)),
         projected_exhaustion: projected_exhaustion.map(Time),
         checkpoints: Vec::new(),
+        hard: None,
     };
     let effect = BudgetEffect {
         key: key.clone(),
@@ -551,6 +552,7 @@ fn invalid_budget(
         burn_rate_per_hour: None,
         projected_exhaustion: None,
         checkpoints: Vec::new(),
+        hard: None,
     };
     let effect = BudgetEffect {
         key: key.clone(),

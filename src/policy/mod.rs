@@ -17,6 +17,7 @@
 //! generation and the spec; `crate::api::convert` builds them from the custom resources),
 //! its conditions and times are `crate::api::meta` types. `tests/layering.rs` keeps it so.
 
+pub mod allowance;
 pub mod budget;
 pub mod common;
 pub mod coverage;
