@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::api::{AffinityKeySource, AffinityPolicy, HintsPolicy, Preference};
 use crate::api::{BackendState, Mode, ModelRoute, SecretKeyRef};
 /// The vocabulary the document shares with the API: plain enums and the mock description, no
 /// Kubernetes type. The gateway names them from here (the contract), never from `crate::api`
@@ -73,6 +74,13 @@ pub struct RouteConfig {
     pub state: RouteState,
     /// The effective table, in declared order.
     pub backends: Vec<BackendConfig>,
+    /// Cache affinity (`spec.affinity`); omitted when off, so older documents keep their
+    /// revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityPolicy>,
+    /// Per-request hints the route accepts (`spec.hints`); omitted when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsPolicy>,
 }
 
 /// One backend row.
@@ -269,6 +277,8 @@ impl GatewayConfig {
                 mode: d.mode,
                 state: d.state,
                 backends,
+                affinity: r.spec.affinity.clone(),
+                hints: r.spec.hints.clone(),
             });
         }
         let mut doc = GatewayConfig {

@@ -321,6 +321,8 @@ fn route(name: &str, strategy: Strategy, backends: Vec<BackendConfig>) -> RouteC
         mode: Mode::Enforce,
         state: RouteState::Serving,
         backends,
+        affinity: None,
+        hints: None,
     }
 }
 

@@ -413,6 +413,8 @@ fn config(backends: Vec<BackendConfig>) -> GatewayConfig {
         mode: Mode::Enforce,
         state: RouteState::Serving,
         backends,
+        affinity: None,
+        hints: None,
     };
     let mut c = GatewayConfig {
         version: CONFIG_VERSION,

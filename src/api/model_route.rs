@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::shared::{SecretKeyRef, StatusCondition, StatusTime};
+use super::steering::{AffinityPolicy, HintsPolicy};
 
 /// A model alias clients call, and the backends that may serve it.
 ///
@@ -64,6 +65,16 @@ pub struct ModelRouteSpec {
     /// decisions in status and events but leaves the rendered backend table as configured.
     #[serde(default)]
     pub mode: Mode,
+
+    /// Cache affinity (opt-in): requests with the same key stay on one backend while it serves,
+    /// so the provider's prompt cache stays warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityPolicy>,
+
+    /// Per-request hints the route accepts (`x-tollgate-max-cost-usd`, `x-tollgate-prefer`);
+    /// none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsPolicy>,
 }
 
 impl ModelRoute {

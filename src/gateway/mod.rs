@@ -26,6 +26,7 @@
 //! # let _ = (api, obs); Ok(()) }
 //! ```
 
+mod affinity;
 mod answer;
 mod cli;
 mod errors;
@@ -43,6 +44,7 @@ mod select;
 mod serve;
 mod server;
 mod source;
+mod steer;
 mod stream;
 pub mod translate;
 mod upstream;
@@ -70,7 +72,7 @@ use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
 use crate::config::{RouteState, Strategy};
 use metrics::{BackendLabels, GenAiBackend, MeterCell, Metrics};
 use prometheus_client::metrics::histogram::Histogram;
-use select::Candidate;
+use select::{Candidate, Steer};
 
 /// Default directory of the API key files (the mounted `tollgate-credentials` Secret).
 pub const DEFAULT_CREDENTIALS_DIR: &str = "/var/run/tollgate/credentials";
@@ -174,17 +176,22 @@ pub(crate) struct CompiledRoute {
     pub(crate) route_header: HeaderValue,
     pub(crate) backends: Vec<Arc<CompiledBackend>>,
     pub(crate) candidates: Vec<Candidate>,
+    /// Cache affinity and hints (`spec.affinity`, `spec.hints`), as the document carries them.
+    pub(crate) affinity: Option<crate::config::AffinityPolicy>,
+    pub(crate) hints: Option<crate::config::HintsPolicy>,
 }
 
 impl CompiledRoute {
     /// The backends to try for one request, in order (at most `max_attempts`), drawn by the
-    /// route's strategy among the serving rows of the best tier.
-    pub(crate) fn attempt_plan(&self, max_attempts: usize) -> Vec<usize> {
-        select::plan(
+    /// route's strategy among the serving rows of the best tier, steered for this request
+    /// (affinity key, hints: [`steer`]).
+    pub(crate) fn attempt_plan_steered(&self, max_attempts: usize, steer: &Steer) -> Vec<usize> {
+        select::plan_steered(
             &self.candidates,
             self.strategy,
             max_attempts,
             |i| self.backends.get(i).and_then(|b| b.cell.latency_estimate_us()),
+            steer,
             &mut rand::rng(),
         )
     }
@@ -239,7 +246,12 @@ impl Served {
                 let candidates = r
                     .backends
                     .iter()
-                    .map(|b| Candidate { tier: b.tier, weight: b.weight, serving: b.serving })
+                    .map(|b| Candidate {
+                        tier: b.tier,
+                        weight: b.weight,
+                        serving: b.serving,
+                        id: affinity::backend_id(&b.name),
+                    })
                     .collect();
                 let route = CompiledRoute {
                     name: r.name.clone(),
@@ -248,6 +260,8 @@ impl Served {
                     route_header: header_value(&r.name),
                     backends,
                     candidates,
+                    affinity: r.affinity.clone(),
+                    hints: r.hints.clone(),
                 };
                 (r.model.clone(), Arc::new(route))
             })

@@ -123,6 +123,11 @@ impl ClientRequest {
         Ok(Self { fields, model, stream, include_usage })
     }
 
+    /// The raw JSON text of a top-level field (the last one when repeated, as `parse` reads).
+    pub(crate) fn raw(&self, key: &str) -> Option<&str> {
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get())
+    }
+
     /// The body for one upstream: `model` replaced by `upstream_model`; with `ask_usage`,
     /// `stream_options.include_usage` set to `true` (other `stream_options` keys kept).
     pub(crate) fn upstream_body(&self, upstream_model: &str, ask_usage: bool) -> Vec<u8> {

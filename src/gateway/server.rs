@@ -171,7 +171,19 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         return resp;
     }
 
-    let plan = route.attempt_plan(opts.max_attempts);
+    // issue 15 hook: affinity key and request hints (src/gateway/steer.rs).
+    let steer = match super::steer::steer(
+        &route,
+        super::steer::Input::openai(&parts.headers, &creq, endpoint, request_bytes),
+    ) {
+        Ok(s) => s,
+        Err(r) => {
+            let mut resp = ApiError::new(r.status, "invalid_request_error", r.code, r.message).into_response();
+            set_headers(&mut resp, &route, None, 1);
+            return resp;
+        }
+    };
+    let plan = route.attempt_plan_steered(opts.max_attempts, &steer);
     if plan.is_empty() {
         let mut resp = ApiError::no_backend(&route.name).into_response();
         set_headers(&mut resp, &route, None, 1);
