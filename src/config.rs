@@ -359,6 +359,10 @@ impl GatewayConfig {
                         m.error_rate
                             .parse::<Ppm>()
                             .map_err(|e| invalid(format!("backends[{i}].endpoint.mock.errorRate"), e.to_string()))?;
+                        if let Some(pc) = &m.prompt_cache {
+                            parse_duration_ms(&pc.ttl)
+                                .map_err(|e| invalid(format!("backends[{i}].endpoint.mock.promptCache.ttl"), e))?;
+                        }
                     }
                 }
             }

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::shared::{SecretKeyRef, StatusCondition, StatusTime};
-use super::steering::{AffinityPolicy, HintsPolicy};
+use super::steering::{AffinityPolicy, HintsPolicy, MockPromptCache};
 
 /// A model alias clients call, and the backends that may serve it.
 ///
@@ -310,6 +310,10 @@ pub struct MockEndpoint {
     #[serde(default = "default_mock_error_status")]
     #[schemars(range(min = 400, max = 599))]
     pub error_status: u16,
+    /// Model a provider's prompt cache: cache reads only for a prompt prefix seen recently on
+    /// this backend (issue 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<MockPromptCache>,
 }
 
 impl Default for MockEndpoint {
@@ -323,6 +327,7 @@ impl Default for MockEndpoint {
             reasoning_tokens: default_mock_reasoning(),
             error_rate: default_mock_error_rate(),
             error_status: default_mock_error_status(),
+            prompt_cache: None,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `ModelRoute` steering options (issue 15): cache affinity (`spec.affinity`) and per-request
-//! hints (`spec.hints`).
+//! `ModelRoute` steering options (issue 15): cache affinity (`spec.affinity`), per-request
+//! hints (`spec.hints`) and the mock's prompt cache (`endpoint.mock.promptCache`).
 //!
 //! Every field is optional and defaults to "off", so manifests written before these existed
 //! keep their meaning and their rendered config (the config document omits absent sections).
@@ -110,4 +110,32 @@ impl Preference {
             Preference::Fastest => "fastest",
         }
     }
+}
+
+/// A mock backend's prompt cache (`endpoint.mock.promptCache`): the mock remembers, per
+/// backend, the prompts' leading `prefixBytes` bytes for `ttl` after their last use. A request
+/// whose prefix it holds reports `cachedInputTokens` as cache reads; any other reports none
+/// (its whole prompt billed as uncached input). Without this section a mock reports
+/// `cachedInputTokens` on every request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MockPromptCache {
+    /// How long a prefix stays cached after its last use (providers: about 5 minutes).
+    #[serde(default = "default_mock_cache_ttl")]
+    #[schemars(pattern(r"^([0-9]{1,9}(ms|s|m|h))+$"))]
+    pub ttl: String,
+    /// Leading bytes of the prompt that make up the cached prefix.
+    #[serde(default = "default_prefix_bytes")]
+    #[schemars(range(min = 64, max = 65536))]
+    pub prefix_bytes: u32,
+}
+
+impl Default for MockPromptCache {
+    fn default() -> Self {
+        Self { ttl: default_mock_cache_ttl(), prefix_bytes: default_prefix_bytes() }
+    }
+}
+
+fn default_mock_cache_ttl() -> String {
+    "5m".into()
 }

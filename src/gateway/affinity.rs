@@ -5,7 +5,8 @@
 //! - The key comes from the first source the route allows that the request carries
 //!   ([`AffinityKeySource`], in the route's order): the affinity header, `prompt_cache_key`,
 //!   `user` (Anthropic: `metadata.user_id`), or a hash of the first `prefixBytes` bytes of the
-//!   prompt. Empty values count as absent. Key material is hashed with SHA-256 under a
+//!   conversation's opening ([`opening_texts`]: system prompt + messages up to the first user
+//!   message), which every later turn repeats. Empty values count as absent. Key material is hashed with SHA-256 under a
 //!   per-source tag, so the same text from two sources gives two keys; the key itself never
 //!   leaves this module (never logged).
 //! - The backend is chosen by weighted rendezvous (highest random weight) hashing: each
@@ -19,8 +20,6 @@
 //!   ([`super::select`]): affinity never brings back a backend the policy took out.
 //! - Rendezvous uses `f64` for the score (a choice, not money); the same binary computes the
 //!   same bits on every replica.
-
-use std::borrow::Cow;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -91,13 +90,12 @@ pub(crate) struct KeyParts<'a> {
     pub(crate) prompt_cache_key: Option<String>,
     /// `user` / `metadata.user_id`.
     pub(crate) user: Option<String>,
-    /// The prompt's leading text, in request order (`system` / `instructions`, then
-    /// `messages` / `input` / `prompt`), as JSON text.
-    pub(crate) prompt: Vec<Cow<'a, str>>,
 }
 
-/// The request's affinity key under `policy`, if any source is present.
-pub(crate) fn key(policy: &AffinityPolicy, parts: &KeyParts<'_>) -> Option<u64> {
+/// The request's affinity key under `policy`, if any source is present. `opening` gives the
+/// conversation's opening ([`opening_texts`]); it is called only when the `Prefix` source is
+/// reached.
+pub(crate) fn key(policy: &AffinityPolicy, parts: &KeyParts<'_>, opening: impl FnOnce() -> Vec<String>) -> Option<u64> {
     for source in &policy.keys {
         let found = match source {
             AffinityKeySource::Header => parts.header.filter(|s| !s.is_empty()).map(|s| (b"h".as_slice(), s)),
@@ -106,7 +104,8 @@ pub(crate) fn key(policy: &AffinityPolicy, parts: &KeyParts<'_>) -> Option<u64> 
             }
             AffinityKeySource::User => parts.user.as_deref().filter(|s| !s.is_empty()).map(|s| (b"u".as_slice(), s)),
             AffinityKeySource::Prefix => {
-                return prefix_hash(parts.prompt.iter().map(|c| c.as_ref()), policy.prefix_bytes as usize);
+                let texts = opening();
+                return prefix_hash(texts.iter().map(String::as_str), policy.prefix_bytes as usize);
             }
         };
         if let Some((tag, value)) = found {
@@ -116,7 +115,7 @@ pub(crate) fn key(policy: &AffinityPolicy, parts: &KeyParts<'_>) -> Option<u64> 
     None
 }
 
-/// A hash of the first `n` bytes of the concatenated prompt parts; `None` when they are empty.
+/// A hash of the first `n` bytes of the concatenated parts; `None` when they are empty.
 pub(crate) fn prefix_hash<'a>(parts: impl IntoIterator<Item = &'a str>, n: usize) -> Option<u64> {
     let mut buf = Vec::with_capacity(n);
     for p in parts {
@@ -135,10 +134,26 @@ pub(crate) fn prefix_hash<'a>(parts: impl IntoIterator<Item = &'a str>, n: usize
 /// The body fields that make up the prompt, in the order they are read.
 pub(crate) const PROMPT_FIELDS: [&str; 6] = ["system", "instructions", "messages", "input", "prompt", "contents"];
 
-/// The prompt of a parsed JSON body (`system`, then `messages`, `input` or `prompt`), as JSON
-/// text, for [`prefix_hash`] (the `/v1/messages` surface and the mock's prompt cache).
-pub(crate) fn prompt_texts(body: &Value) -> Vec<String> {
-    PROMPT_FIELDS.iter().filter_map(|k| body.get(*k)).filter(|v| !v.is_null()).map(Value::to_string).collect()
+/// A conversation's opening in a parsed JSON body, as JSON text: `system` / `instructions` as
+/// they are, and of a list (`messages`, `input`, `contents`) its items up to and including the
+/// first with `role: "user"` (all of them when none has it); a string prompt whole. Later
+/// turns of the same conversation repeat the opening, so they share the `Prefix` key.
+pub(crate) fn opening_texts(body: &Value) -> Vec<String> {
+    PROMPT_FIELDS
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .filter(|v| !v.is_null())
+        .map(|v| match v {
+            Value::Array(items) => {
+                let end = items
+                    .iter()
+                    .position(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                    .map_or(items.len(), |p| p + 1);
+                Value::Array(items[..end].to_vec()).to_string()
+            }
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -107,40 +107,50 @@ fn weight_zero_rows_never_win_and_empty_sets_have_no_winner() {
 
 #[test]
 fn key_sources_are_tried_in_the_routes_order() {
-    let parts = KeyParts {
-        header: Some("conv-1"),
-        prompt_cache_key: Some("pck".into()),
-        user: Some("alice".into()),
-        prompt: vec![r#"[{"role":"system","content":"be brief"}]"#.into()],
-    };
+    let parts = KeyParts { header: Some("conv-1"), prompt_cache_key: Some("pck".into()), user: Some("alice".into()) };
+    let opening = || vec![r#"[{"role":"system","content":"be brief"}]"#.to_string()];
     let all = AffinityPolicy::default();
-    let header = key(&all, &parts).unwrap();
+    let header = key(&all, &parts, opening).unwrap();
     let only = |keys: Vec<AffinityKeySource>| AffinityPolicy { keys, ..AffinityPolicy::default() };
-    assert_eq!(key(&only(vec![AffinityKeySource::Header]), &parts), Some(header));
-    let pck = key(&only(vec![AffinityKeySource::PromptCacheKey, AffinityKeySource::Header]), &parts).unwrap();
-    let user = key(&only(vec![AffinityKeySource::User]), &parts).unwrap();
-    let prefix = key(&only(vec![AffinityKeySource::Prefix]), &parts).unwrap();
+    assert_eq!(key(&only(vec![AffinityKeySource::Header]), &parts, opening), Some(header));
+    let pck = key(&only(vec![AffinityKeySource::PromptCacheKey, AffinityKeySource::Header]), &parts, opening).unwrap();
+    let user = key(&only(vec![AffinityKeySource::User]), &parts, opening).unwrap();
+    let prefix = key(&only(vec![AffinityKeySource::Prefix]), &parts, opening).unwrap();
     let distinct: std::collections::BTreeSet<u64> = [header, pck, user, prefix].into();
     assert_eq!(distinct.len(), 4, "each source gives its own key");
     // Absent or empty values fall through to the next source.
     let bare = KeyParts { header: Some(""), user: Some("alice".into()), ..KeyParts::default() };
-    assert_eq!(key(&all, &bare), Some(user));
-    assert_eq!(key(&all, &KeyParts::default()), None);
+    assert_eq!(key(&all, &bare, opening), Some(user));
+    assert_eq!(key(&all, &KeyParts::default(), Vec::new), None);
     // Sources the route does not list are not used.
-    assert_eq!(key(&only(vec![AffinityKeySource::Header]), &bare), None);
+    assert_eq!(key(&only(vec![AffinityKeySource::Header]), &bare, opening), None);
 }
 
 #[test]
-fn the_prefix_key_reads_only_the_leading_bytes() {
-    let system = r#"[{"role":"system","content":"You are a careful assistant."},"#;
-    let turn1 = format!("{system}{{\"role\":\"user\",\"content\":\"first\"}}]");
-    let turn2 = format!("{system}{{\"role\":\"user\",\"content\":\"first\"}},{{\"role\":\"assistant\"}}]");
-    let n = system.len();
-    assert_eq!(prefix_hash([turn1.as_str()], n), prefix_hash([turn2.as_str()], n));
-    assert_ne!(prefix_hash([turn1.as_str()], turn1.len()), prefix_hash([turn2.as_str()], turn1.len()));
-    // Parts are concatenated before cutting.
+fn every_turn_of_a_conversation_shares_its_opening() {
+    let turn = |n: usize| {
+        let mut messages = vec![
+            serde_json::json!({"role": "system", "content": "You are a careful assistant."}),
+            serde_json::json!({"role": "user", "content": "conversation 7, question 1"}),
+        ];
+        for i in 1..n {
+            messages.push(serde_json::json!({"role": "assistant", "content": format!("answer {i}")}));
+            messages.push(serde_json::json!({"role": "user", "content": format!("question {}", i + 1)}));
+        }
+        serde_json::json!({"model": "m", "messages": messages})
+    };
+    let k = |v: &serde_json::Value| {
+        let t = opening_texts(v);
+        prefix_hash(t.iter().map(String::as_str), 1024)
+    };
+    assert!(k(&turn(1)).is_some());
+    assert_eq!(k(&turn(1)), k(&turn(5)));
+    let other = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "conversation 8"}]});
+    assert_ne!(k(&turn(1)), k(&other));
+    // Parts are concatenated before cutting; empty is no key.
     assert_eq!(prefix_hash(["ab", "cd"], 3), prefix_hash(["abc"], 3));
     assert_eq!(prefix_hash([""], 10), None);
-    let body = serde_json::json!({"model": "m", "system": "s", "messages": [{"role": "user", "content": "x"}]});
-    assert_eq!(prompt_texts(&body), vec![r#""s""#.to_string(), r#"[{"content":"x","role":"user"}]"#.to_string()]);
+    let body =
+        serde_json::json!({"system": "s", "messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]});
+    assert_eq!(opening_texts(&body), vec![r#""s""#.to_string(), r#"[{"content":"x","role":"user"}]"#.to_string()]);
 }

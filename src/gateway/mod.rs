@@ -34,6 +34,7 @@ mod limits;
 mod messages;
 mod metrics;
 mod mock;
+mod mock_cache;
 mod native;
 mod native_mock;
 mod native_stream;
@@ -276,6 +277,8 @@ pub(crate) struct Inner {
     pub(crate) upstream: upstream::Upstream,
     pub(crate) opts: GatewayOptions,
     pub(crate) limits: limits::Shared,
+    /// Mock backends' prompt caches (issue 15).
+    pub(crate) mock_cache: mock_cache::PromptCaches,
 }
 
 /// The data plane, without sockets. Cheap to clone (all clones share state).
@@ -301,6 +304,7 @@ impl Gateway {
                 metrics: Metrics::new(),
                 upstream,
                 limits: limits::Shared::new(&opts),
+                mock_cache: mock_cache::PromptCaches::default(),
                 opts,
             }),
         };

@@ -332,7 +332,8 @@ async fn attempt(
             None => Err(SendError::Connect(format!("invalid upstream base URL {base_url:?}"))),
         },
         EndpointConfig::Mock(m) => {
-            match tokio::time::timeout_at(first_byte_deadline, mock::respond(m, family, endpoint, &body)).await {
+            let m = gw.inner.mock_cache.view(&b.labels.route, &b.cfg.name, m, &body);
+            match tokio::time::timeout_at(first_byte_deadline, mock::respond(&m, family, endpoint, &body)).await {
                 Ok(r) => Ok(r),
                 Err(_) => Err(SendError::Timeout),
             }

@@ -19,8 +19,6 @@
 //! - A preference overrides affinity for that request; a max cost can move an affinity key off
 //!   its backend for that request only (the key's backend does not change for others).
 
-use std::borrow::Cow;
-
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::Value;
 
@@ -42,10 +40,35 @@ pub(crate) struct Input<'a> {
     pub(crate) headers: &'a HeaderMap,
     /// Affinity key material (the header is filled here from `headers`).
     pub(crate) parts: KeyParts<'a>,
+    /// Where the prompt is (read only when the `Prefix` key source is reached).
+    pub(crate) prompt: Prompt<'a>,
     /// Request body size, bytes (the prompt-token bound).
     pub(crate) body_bytes: usize,
     /// The request's output token bound, if it has one.
     pub(crate) max_output: Option<u64>,
+}
+
+/// The prompt of a request, unparsed until needed.
+pub(crate) enum Prompt<'a> {
+    /// An OpenAI-surface body (raw top-level fields).
+    Raw(&'a ClientRequest),
+    /// A parsed body (`/v1/messages`).
+    Parsed(&'a Value),
+}
+
+impl Prompt<'_> {
+    fn opening(&self) -> Vec<String> {
+        match self {
+            Prompt::Parsed(v) => affinity::opening_texts(v),
+            Prompt::Raw(creq) => {
+                let fields: serde_json::Map<String, Value> = PROMPT_FIELDS
+                    .iter()
+                    .filter_map(|k| Some((k.to_string(), serde_json::from_str(creq.raw(k)?).ok()?)))
+                    .collect();
+                affinity::opening_texts(&Value::Object(fields))
+            }
+        }
+    }
 }
 
 impl<'a> Input<'a> {
@@ -67,27 +90,23 @@ impl<'a> Input<'a> {
         };
         Input {
             headers,
-            parts: KeyParts {
-                header: None,
-                prompt_cache_key: string("prompt_cache_key"),
-                user: string("user"),
-                prompt: PROMPT_FIELDS.iter().filter_map(|k| creq.raw(k)).map(Cow::Borrowed).collect(),
-            },
+            parts: KeyParts { header: None, prompt_cache_key: string("prompt_cache_key"), user: string("user") },
+            prompt: Prompt::Raw(creq),
             body_bytes,
             max_output,
         }
     }
 
     /// What a `/v1/messages` request carries.
-    pub(crate) fn messages(headers: &'a HeaderMap, body: &Value, body_bytes: usize) -> Self {
+    pub(crate) fn messages(headers: &'a HeaderMap, body: &'a Value, body_bytes: usize) -> Self {
         Input {
             headers,
             parts: KeyParts {
                 header: None,
                 prompt_cache_key: None,
                 user: body.pointer("/metadata/user_id").and_then(Value::as_str).map(str::to_owned),
-                prompt: affinity::prompt_texts(body).into_iter().map(Cow::Owned).collect(),
             },
+            prompt: Prompt::Parsed(body),
             body_bytes,
             max_output: body.get("max_tokens").and_then(Value::as_u64),
         }
@@ -112,7 +131,7 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
     if let Some(policy) = &route.affinity {
         let name = HeaderName::from_bytes(policy.header.as_bytes()).ok();
         input.parts.header = name.and_then(|n| input.headers.get(n)).and_then(|v| v.to_str().ok());
-        out.key = affinity::key(policy, &input.parts);
+        out.key = affinity::key(policy, &input.parts, || input.prompt.opening());
     }
     let hints = route.hints.clone().unwrap_or_default();
     if let Some(v) = input.headers.get(&PREFER_HEADER) {
