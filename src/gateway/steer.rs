@@ -15,7 +15,10 @@
 //!   the cost has no bound and the hint is refused. When no serving row fits: 400
 //!   `max_cost_exceeded` with the cheapest worst case.
 //! - `x-tollgate-prefer: cheapest | fastest` — sorts the best tier's serving rows by blended
-//!   list price (input + output per token) or by observed latency (never-observed rows last).
+//!   price (input + output per token, the input side at the price each backend actually
+//!   achieved: uncached and cached input tokens this gateway metered on it, weighted by their
+//!   prices; list `input` before any was metered) or by observed latency (never-observed rows
+//!   last).
 //! - A preference overrides affinity for that request; a max cost can move an affinity key off
 //!   its backend for that request only (the key's backend does not change for others).
 
@@ -161,7 +164,7 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
                 .iter()
                 .map(|b| match pref {
                     Preference::Cheapest => {
-                        let p = b.cfg.pricing.input.per_million() + b.cfg.pricing.output.per_million();
+                        let p = achieved_input(&b.cfg.pricing, &b.cell.tokens()) + b.cfg.pricing.output.per_million();
                         u64::try_from(p.picos()).unwrap_or(u64::MAX)
                     }
                     Preference::Fastest => b.cell.latency_estimate_us().unwrap_or(u64::MAX),
@@ -216,6 +219,20 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
     Ok(out)
 }
 
+/// The input price per million tokens a backend achieved: its metered uncached and cached
+/// input tokens weighted by their prices (cache writes count as uncached input); the list
+/// `input` price before any input was metered.
+pub(crate) fn achieved_input(p: &crate::pricing::Prices, t: &crate::pricing::TokenCounts) -> Money {
+    let uncached = t.input.saturating_add(t.cache_write);
+    let total = uncached.saturating_add(t.cached_input);
+    if total == 0 {
+        return p.input.per_million();
+    }
+    let sum = p.input.per_million().picos() * i128::from(uncached)
+        + p.cached_input.per_million().picos() * i128::from(t.cached_input);
+    Money::from_picos(sum / i128::from(total))
+}
+
 /// The most a request can cost on a backend with these prices.
 pub(crate) fn worst_case(p: &crate::pricing::Prices, prompt_bound: u64, max_output: u64) -> Money {
     let input = p.input.max(p.cache_write);
@@ -241,5 +258,31 @@ mod tests {
         // 1000 bytes × $1.25/1M + 500 × $4/1M = $0.00125 + $0.002.
         assert_eq!(worst_case(&p, 1000, 500), "0.00325".parse::<Money>().unwrap());
         assert_eq!(worst_case(&p, 0, 0), Money::ZERO);
+    }
+
+    #[test]
+    fn the_achieved_input_price_weighs_cached_reads() {
+        let p = Prices::from_spec(&crate::api::Pricing {
+            input: "1.00".into(),
+            cached_input: Some("0.10".into()),
+            cache_write: None,
+            output: "4.00".into(),
+            reasoning: None,
+        })
+        .unwrap();
+        let usd = |s: &str| s.parse::<Money>().unwrap();
+        let t = |input, cached_input| crate::pricing::TokenCounts { input, cached_input, ..Default::default() };
+        assert_eq!(achieved_input(&p, &t(0, 0)), usd("1.00"), "list price before any traffic");
+        assert_eq!(achieved_input(&p, &t(100, 0)), usd("1.00"));
+        // 75% cached: 0.25 × $1 + 0.75 × $0.10 = $0.325 per 1M.
+        assert_eq!(achieved_input(&p, &t(500, 1500)), usd("0.325"));
+        // So a backend listing $1 that caches 75% beats one listing $0.50 that caches nothing.
+        let other = Prices::from_spec(&crate::api::Pricing {
+            input: "0.50".into(),
+            output: "4.00".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(achieved_input(&p, &t(500, 1500)) < achieved_input(&other, &t(2000, 0)));
     }
 }
