@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use crate::api::{AffinityKeySource, AffinityPolicy, HintsPolicy, Preference};
+pub use crate::api::{AffinityKeySource, AffinityPolicy, HintsPolicy, MockPromptCache, Preference};
 use crate::api::{BackendState, Mode, ModelRoute, SecretKeyRef};
 /// The vocabulary the document shares with the API: plain enums and the mock description, no
 /// Kubernetes type. The gateway names them from here (the contract), never from `crate::api`

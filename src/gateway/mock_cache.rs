@@ -77,7 +77,7 @@ impl PromptCaches {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::MockPromptCache;
+    use crate::config::MockPromptCache;
 
     fn caching(ttl: &str) -> MockEndpoint {
         MockEndpoint {

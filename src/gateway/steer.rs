@@ -243,46 +243,37 @@ pub(crate) fn worst_case(p: &crate::pricing::Prices, prompt_bound: u64, max_outp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pricing::Prices;
+    use crate::pricing::{Prices, TokenCounts};
+
+    fn prices(input: &str, cached: &str, write: &str, output: &str, reasoning: &str) -> Prices {
+        serde_json::from_value(serde_json::json!({
+            "input": input, "cachedInput": cached, "cacheWrite": write, "output": output, "reasoning": reasoning
+        }))
+        .unwrap()
+    }
+
+    fn usd(s: &str) -> Money {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn the_worst_case_takes_the_dearest_price_of_each_side() {
-        let p = Prices::from_spec(&crate::api::Pricing {
-            input: "1.00".into(),
-            cached_input: Some("0.10".into()),
-            cache_write: Some("1.25".into()),
-            output: "4.00".into(),
-            reasoning: Some("2.00".into()),
-        })
-        .unwrap();
+        let p = prices("1.00", "0.10", "1.25", "4.00", "2.00");
         // 1000 bytes × $1.25/1M + 500 × $4/1M = $0.00125 + $0.002.
-        assert_eq!(worst_case(&p, 1000, 500), "0.00325".parse::<Money>().unwrap());
+        assert_eq!(worst_case(&p, 1000, 500), usd("0.00325"));
         assert_eq!(worst_case(&p, 0, 0), Money::ZERO);
     }
 
     #[test]
     fn the_achieved_input_price_weighs_cached_reads() {
-        let p = Prices::from_spec(&crate::api::Pricing {
-            input: "1.00".into(),
-            cached_input: Some("0.10".into()),
-            cache_write: None,
-            output: "4.00".into(),
-            reasoning: None,
-        })
-        .unwrap();
-        let usd = |s: &str| s.parse::<Money>().unwrap();
-        let t = |input, cached_input| crate::pricing::TokenCounts { input, cached_input, ..Default::default() };
+        let p = prices("1.00", "0.10", "1.00", "4.00", "4.00");
+        let t = |input, cached_input| TokenCounts { input, cached_input, ..Default::default() };
         assert_eq!(achieved_input(&p, &t(0, 0)), usd("1.00"), "list price before any traffic");
         assert_eq!(achieved_input(&p, &t(100, 0)), usd("1.00"));
         // 75% cached: 0.25 × $1 + 0.75 × $0.10 = $0.325 per 1M.
         assert_eq!(achieved_input(&p, &t(500, 1500)), usd("0.325"));
         // So a backend listing $1 that caches 75% beats one listing $0.50 that caches nothing.
-        let other = Prices::from_spec(&crate::api::Pricing {
-            input: "0.50".into(),
-            output: "4.00".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let other = prices("0.50", "0.50", "0.50", "4.00", "4.00");
         assert!(achieved_input(&p, &t(500, 1500)) < achieved_input(&other, &t(2000, 0)));
     }
 }
