@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::api::{AffinityKeySource, AffinityPolicy, HintsPolicy, MockPromptCache, Preference};
 use crate::api::{BackendState, Mode, ModelRoute, SecretKeyRef};
 /// The vocabulary the document shares with the API: plain enums and the mock description, no
 /// Kubernetes type. The gateway names them from here (the contract), never from `crate::api`
@@ -79,6 +80,13 @@ pub struct RouteConfig {
     /// Requests bounded above this many input tokens are refused (400) before any upstream call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u32>,
+    /// Cache affinity (`spec.affinity`); omitted when off, so older documents keep their
+    /// revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityPolicy>,
+    /// Per-request hints the route accepts (`spec.hints`); omitted when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsPolicy>,
 }
 
 /// One backend row.
@@ -288,6 +296,8 @@ impl GatewayConfig {
                 state: d.state,
                 backends,
                 max_input_tokens: r.spec.max_input_tokens,
+                affinity: r.spec.affinity.clone(),
+                hints: r.spec.hints.clone(),
             });
         }
         let mut doc = GatewayConfig {
@@ -389,6 +399,10 @@ impl GatewayConfig {
                         m.error_rate
                             .parse::<Ppm>()
                             .map_err(|e| invalid(format!("backends[{i}].endpoint.mock.errorRate"), e.to_string()))?;
+                        if let Some(pc) = &m.prompt_cache {
+                            parse_duration_ms(&pc.ttl)
+                                .map_err(|e| invalid(format!("backends[{i}].endpoint.mock.promptCache.ttl"), e))?;
+                        }
                     }
                 }
             }

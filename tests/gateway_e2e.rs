@@ -323,6 +323,8 @@ fn route(name: &str, strategy: Strategy, backends: Vec<BackendConfig>) -> RouteC
         state: RouteState::Serving,
         backends,
         max_input_tokens: None,
+        affinity: None,
+        hints: None,
     }
 }
 

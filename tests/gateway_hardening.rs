@@ -98,6 +98,8 @@ fn config(backends: Vec<BackendConfig>) -> GatewayConfig {
         state: RouteState::Serving,
         backends,
         max_input_tokens: None,
+        affinity: None,
+        hints: None,
     };
     let mut c = GatewayConfig {
         version: CONFIG_VERSION,

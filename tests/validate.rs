@@ -119,6 +119,13 @@ fn cel_rules_are_enforced() {
         "spec.window",
         "only allowed when period is Rolling",
     );
+    // affinity key sources at most once; prefixBytes and the header name bounded
+    let dup = set(route(), "/spec/affinity", json!({"keys": ["User", "Header", "User"]}));
+    assert_rejects(dup, "spec.affinity.keys", "each source at most once");
+    assert_rejects(set(route(), "/spec/affinity", json!({"prefixBytes": 8})), "spec.affinity.prefixBytes", "");
+    assert_rejects(set(route(), "/spec/affinity", json!({"header": "X Bad"})), "spec.affinity.header", "");
+    assert_rejects(set(route(), "/spec/hints", json!({"prefer": ["Slowest"]})), "spec.hints.prefer[0]", "");
+    assert!(validate_value(set(route(), "/spec/affinity", json!({}))).is_ok(), "affinity defaults are valid");
 }
 
 #[test]

@@ -8,12 +8,14 @@ pub mod meta;
 pub mod model_route;
 pub mod provider_budget;
 pub mod shared;
+pub mod steering;
 pub mod validate;
 
 pub use meta::{Condition, Time};
 pub use model_route::*;
 pub use provider_budget::*;
 pub use shared::*;
+pub use steering::*;
 
 /// API group of every tollgate resource.
 pub const GROUP: &str = "tollgate.dev";

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::shared::{SecretKeyRef, StatusCondition, StatusTime};
+use super::steering::{AffinityPolicy, HintsPolicy, MockPromptCache};
 
 /// A model alias clients call, and the backends that may serve it.
 ///
@@ -79,6 +80,16 @@ pub struct ModelRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000000))]
     pub max_input_tokens: Option<u32>,
+
+    /// Cache affinity (opt-in): requests with the same key stay on one backend while it serves,
+    /// so the provider's prompt cache stays warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityPolicy>,
+
+    /// Per-request hints the route accepts (`x-tollgate-max-cost-usd`, `x-tollgate-prefer`);
+    /// none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hints: Option<HintsPolicy>,
 }
 
 impl ModelRoute {
@@ -319,6 +330,10 @@ pub struct MockEndpoint {
     #[serde(default = "default_mock_error_status")]
     #[schemars(range(min = 400, max = 599))]
     pub error_status: u16,
+    /// Model a provider's prompt cache: cache reads only for a prompt prefix seen recently on
+    /// this backend (issue 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<MockPromptCache>,
 }
 
 impl Default for MockEndpoint {
@@ -332,6 +347,7 @@ impl Default for MockEndpoint {
             reasoning_tokens: default_mock_reasoning(),
             error_rate: default_mock_error_rate(),
             error_status: default_mock_error_status(),
+            prompt_cache: None,
         }
     }
 }

@@ -119,7 +119,16 @@ pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
         return resp;
     }
     let opts = &gw.inner.opts;
-    let plan = route.attempt_plan(opts.max_attempts);
+    // issue 15 hook: affinity key and request hints (src/gateway/steer.rs).
+    let steer = match super::steer::steer(&route, super::steer::Input::messages(&parts.headers, &value, bytes.len())) {
+        Ok(s) => s,
+        Err(r) => {
+            let mut resp = anthropic_error_response(r.status, "invalid_request_error", &r.message);
+            headers(&mut resp, &route, None, 1);
+            return resp;
+        }
+    };
+    let plan = route.attempt_plan_steered(opts.max_attempts, &steer);
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<(String, Retry)> = None;
     let requested = value.get("max_tokens").and_then(Value::as_u64);

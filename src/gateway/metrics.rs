@@ -200,6 +200,11 @@ impl MeterCell {
     fn snapshot(&self) -> MeterEntry {
         lock(&self.entry).clone()
     }
+
+    /// Tokens billed so far, by kind.
+    pub(crate) fn tokens(&self) -> TokenCounts {
+        lock(&self.entry).tokens
+    }
 }
 
 /// The exact in-process meter: every attempt, token and pico-dollar the gateway counted since

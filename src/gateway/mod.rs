@@ -28,6 +28,7 @@
 
 mod admission;
 mod allowances_file;
+mod affinity;
 mod answer;
 mod cli;
 mod errors;
@@ -35,6 +36,7 @@ mod limits;
 mod messages;
 mod metrics;
 mod mock;
+mod mock_cache;
 mod native;
 mod native_mock;
 mod native_stream;
@@ -45,6 +47,7 @@ mod select;
 mod serve;
 mod server;
 mod source;
+mod steer;
 mod stream;
 pub mod translate;
 mod upstream;
@@ -73,7 +76,7 @@ pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
 use crate::config::{RouteState, Strategy};
 use metrics::{BackendLabels, GenAiBackend, LazyHistogram, MeterCell, Metrics};
-use select::Candidate;
+use select::{Candidate, Steer};
 
 /// Default directory of the API key files (the mounted `tollgate-credentials` Secret).
 pub const DEFAULT_CREDENTIALS_DIR: &str = "/var/run/tollgate/credentials";
@@ -179,17 +182,22 @@ pub(crate) struct CompiledRoute {
     pub(crate) candidates: Vec<Candidate>,
     /// `maxInputTokens` (issue 13).
     pub(crate) max_input_tokens: Option<u32>,
+    /// Cache affinity and hints (`spec.affinity`, `spec.hints`), as the document carries them.
+    pub(crate) affinity: Option<crate::config::AffinityPolicy>,
+    pub(crate) hints: Option<crate::config::HintsPolicy>,
 }
 
 impl CompiledRoute {
     /// The backends to try for one request, in order (at most `max_attempts`), drawn by the
-    /// route's strategy among the serving rows of the best tier.
-    pub(crate) fn attempt_plan(&self, max_attempts: usize) -> Vec<usize> {
-        select::plan(
+    /// route's strategy among the serving rows of the best tier, steered for this request
+    /// (affinity key, hints: [`steer`]).
+    pub(crate) fn attempt_plan_steered(&self, max_attempts: usize, steer: &Steer) -> Vec<usize> {
+        select::plan_steered(
             &self.candidates,
             self.strategy,
             max_attempts,
             |i| self.backends.get(i).and_then(|b| b.cell.latency_estimate_us()),
+            steer,
             &mut rand::rng(),
         )
     }
@@ -244,7 +252,12 @@ impl Served {
                 let candidates = r
                     .backends
                     .iter()
-                    .map(|b| Candidate { tier: b.tier, weight: b.weight, serving: b.serving })
+                    .map(|b| Candidate {
+                        tier: b.tier,
+                        weight: b.weight,
+                        serving: b.serving,
+                        id: affinity::backend_id(&b.name),
+                    })
                     .collect();
                 let route = CompiledRoute {
                     name: r.name.clone(),
@@ -254,6 +267,8 @@ impl Served {
                     backends,
                     candidates,
                     max_input_tokens: r.max_input_tokens,
+                    affinity: r.affinity.clone(),
+                    hints: r.hints.clone(),
                 };
                 (r.model.clone(), Arc::new(route))
             })
@@ -270,6 +285,8 @@ pub(crate) struct Inner {
     pub(crate) limits: limits::Shared,
     /// Hard budgets: reservations against this gateway's grants (issue 13).
     pub(crate) admission: Arc<admission::Admission>,
+    /// Mock backends' prompt caches (issue 15).
+    pub(crate) mock_cache: mock_cache::PromptCaches,
 }
 
 /// The data plane, without sockets. Cheap to clone (all clones share state).
@@ -299,6 +316,7 @@ impl Gateway {
                 admission,
                 upstream,
                 limits: limits::Shared::new(&opts),
+                mock_cache: mock_cache::PromptCaches::default(),
                 opts,
             }),
         };

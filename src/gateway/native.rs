@@ -179,6 +179,7 @@ pub(crate) async fn send(
         EndpointConfig::Mock(m) => (None, Some(m)),
     };
     if let Some(m) = mock {
+        let m = &*gw.inner.mock_cache.view(&b.labels.route, &b.cfg.name, m, &p.body);
         let fut = async {
             match b.cfg.api {
                 WireApi::OpenAI => mock::respond(m, b.cfg.family, Endpoint::ChatCompletions, body).await,

@@ -125,8 +125,12 @@ impl ClientRequest {
 
     /// A top-level field as an unsigned integer (`None`: absent, null or not one).
     pub(crate) fn u64_field(&self, key: &str) -> Option<u64> {
-        let raw = self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get())?;
-        serde_json::from_str::<u64>(raw).ok()
+        serde_json::from_str::<u64>(self.raw(key)?).ok()
+    }
+
+    /// The raw JSON text of a top-level field (the last one when repeated, as `parse` reads).
+    pub(crate) fn raw(&self, key: &str) -> Option<&str> {
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get())
     }
 
     /// The body for one upstream: `model` replaced by `upstream_model`; with `ask_usage`,

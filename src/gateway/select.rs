@@ -12,6 +12,13 @@
 //!   tier's weight-0 rows in declared order;
 //! - the best tier first, then the other tiers in ascending order;
 //! - at most `max_attempts` rows.
+//!
+//! Per-request steering ([`Steer`], issue 15) applies on top, never beyond what the policy
+//! decided: rows the request may not use (over its max cost) are dropped first, so the best
+//! tier is the best tier among the rest; a preference (`cheapest` / `fastest`) then sorts the
+//! best tier's weighted rows by its order key (stable, so ties keep the strategy's order);
+//! otherwise an affinity key moves the rendezvous winner among the best tier's weighted rows
+//! ([`super::affinity`]) to the front. Failover order after the first row is unchanged.
 
 use rand::{Rng, RngExt};
 
@@ -26,12 +33,32 @@ pub(crate) struct Candidate {
     pub(crate) weight: u32,
     /// Whether it may be sent anything.
     pub(crate) serving: bool,
+    /// Rendezvous id ([`super::affinity::backend_id`] of the backend's name).
+    pub(crate) id: u64,
+}
+
+/// Per-request steering: affinity key and hints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Steer {
+    /// The request's affinity key.
+    pub(crate) key: Option<u64>,
+    /// A preference's order key of each row (lower first); overrides affinity.
+    pub(crate) prefer: Option<Vec<u64>>,
+    /// Rows this request may not use (index → skipped); shorter than the table means allowed.
+    pub(crate) skip: Vec<bool>,
+}
+
+impl Steer {
+    fn skips(&self, i: usize) -> bool {
+        self.skip.get(i).copied().unwrap_or(false)
+    }
 }
 
 /// Share of `LowestLatency` requests that explore a random row of the best tier.
 const EXPLORE_PERCENT: u32 = 10;
 
 /// Indices into `rows`, in the order to try them.
+#[cfg(test)]
 pub(crate) fn plan<R: Rng + ?Sized>(
     rows: &[Candidate],
     strategy: Strategy,
@@ -39,7 +66,19 @@ pub(crate) fn plan<R: Rng + ?Sized>(
     latency_us: impl Fn(usize) -> Option<u64>,
     rng: &mut R,
 ) -> Vec<usize> {
-    let serving: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].serving).collect();
+    plan_steered(rows, strategy, max_attempts, latency_us, &Steer::default(), rng)
+}
+
+/// Indices into `rows`, in the order to try them, steered for one request.
+pub(crate) fn plan_steered<R: Rng + ?Sized>(
+    rows: &[Candidate],
+    strategy: Strategy,
+    max_attempts: usize,
+    latency_us: impl Fn(usize) -> Option<u64>,
+    steer: &Steer,
+    rng: &mut R,
+) -> Vec<usize> {
+    let serving: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].serving && !steer.skips(i)).collect();
     let best = serving
         .iter()
         .filter(|&&i| rows[i].weight > 0)
@@ -67,6 +106,17 @@ pub(crate) fn plan<R: Rng + ?Sized>(
                 if n == 0 && weighted.len() > 1 && rng.random_range(0..100u32) < EXPLORE_PERCENT {
                     let pick = rng.random_range(0..weighted.len());
                     let chosen = weighted.remove(pick);
+                    weighted.insert(0, chosen);
+                }
+            }
+        }
+        if n == 0 {
+            if let Some(keys) = &steer.prefer {
+                weighted.sort_by_key(|&i| keys.get(i).copied().unwrap_or(u64::MAX));
+            } else if let Some(key) = steer.key {
+                let winner = super::affinity::choose(key, weighted.iter().map(|&i| (i, rows[i].id, rows[i].weight)));
+                if let Some(pos) = winner.and_then(|w| weighted.iter().position(|&i| i == w)) {
+                    let chosen = weighted.remove(pos);
                     weighted.insert(0, chosen);
                 }
             }
@@ -113,7 +163,7 @@ mod tests {
     use super::*;
 
     fn row(tier: u32, weight: u32, serving: bool) -> Candidate {
-        Candidate { tier, weight, serving }
+        Candidate { tier, weight, serving, id: 0 }
     }
 
     fn no_latency(_: usize) -> Option<u64> {
@@ -183,5 +233,51 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(12);
         let firsts: Vec<usize> = (0..50).map(|_| plan(&rows, Strategy::LowestLatency, 1, lat, &mut rng)[0]).collect();
         assert!(firsts.iter().filter(|&&i| i == 2).count() > 40);
+    }
+
+    fn named(tier: u32, weight: u32, serving: bool, name: &str) -> Candidate {
+        Candidate { tier, weight, serving, id: crate::gateway::affinity::backend_id(name) }
+    }
+
+    #[test]
+    fn an_affinity_key_sticks_to_its_backend_and_moves_only_when_it_stops_serving() {
+        let mut rows =
+            [named(0, 50, true, "a"), named(0, 30, true, "b"), named(0, 20, true, "c"), named(1, 9, true, "d")];
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut moved = 0;
+        for key in 0..300u64 {
+            let steer = Steer { key: Some(key), ..Steer::default() };
+            let first = plan_steered(&rows, Strategy::Weighted, 4, no_latency, &steer, &mut rng)[0];
+            for _ in 0..5 {
+                assert_eq!(plan_steered(&rows, Strategy::Weighted, 4, no_latency, &steer, &mut rng)[0], first);
+            }
+            // Its backend is ejected: the key moves inside the best tier, never to tier 1.
+            let was = rows[first];
+            rows[first].serving = false;
+            let now = plan_steered(&rows, Strategy::Weighted, 4, no_latency, &steer, &mut rng)[0];
+            assert!(now != first && now != 3);
+            rows[first] = was;
+            // Another backend is ejected: the key stays unless it was there.
+            let other = (first + 1) % 3;
+            rows[other].serving = false;
+            let now = plan_steered(&rows, Strategy::Weighted, 4, no_latency, &steer, &mut rng)[0];
+            moved += usize::from(now != first);
+            rows[other].serving = true;
+        }
+        assert_eq!(moved, 0);
+    }
+
+    #[test]
+    fn hints_skip_rows_and_reorder_the_best_tier_only() {
+        let rows = [named(0, 50, true, "a"), named(0, 50, true, "b"), named(1, 9, true, "c")];
+        let mut rng = SmallRng::seed_from_u64(9);
+        // Skipped rows are never tried; the best tier is the best among the rest.
+        let steer = Steer { skip: vec![true, true, false], ..Steer::default() };
+        assert_eq!(plan_steered(&rows, Strategy::Weighted, 3, no_latency, &steer, &mut rng), vec![2]);
+        // A preference sorts the best tier, whatever the key says; tier 1 stays last.
+        for key in 0..50u64 {
+            let steer = Steer { key: Some(key), prefer: Some(vec![9, 1, 0]), ..Steer::default() };
+            assert_eq!(plan_steered(&rows, Strategy::Weighted, 3, no_latency, &steer, &mut rng), vec![1, 0, 2]);
+        }
     }
 }

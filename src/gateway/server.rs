@@ -177,7 +177,19 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         return resp;
     }
 
-    let plan = route.attempt_plan(opts.max_attempts);
+    // issue 15 hook: affinity key and request hints (src/gateway/steer.rs).
+    let steer = match super::steer::steer(
+        &route,
+        super::steer::Input::openai(&parts.headers, &creq, endpoint, request_bytes),
+    ) {
+        Ok(s) => s,
+        Err(r) => {
+            let mut resp = ApiError::new(r.status, "invalid_request_error", r.code, r.message).into_response();
+            set_headers(&mut resp, &route, None, 1);
+            return resp;
+        }
+    };
+    let plan = route.attempt_plan_steered(opts.max_attempts, &steer);
     if plan.is_empty() {
         let mut resp = ApiError::no_backend(&route.name).into_response();
         set_headers(&mut resp, &route, None, 1);
@@ -357,7 +369,8 @@ async fn attempt(
             None => Err(SendError::Connect(format!("invalid upstream base URL {base_url:?}"))),
         },
         EndpointConfig::Mock(m) => {
-            match tokio::time::timeout_at(first_byte_deadline, mock::respond(m, family, endpoint, &body)).await {
+            let m = gw.inner.mock_cache.view(&b.labels.route, &b.cfg.name, m, &body);
+            match tokio::time::timeout_at(first_byte_deadline, mock::respond(&m, family, endpoint, &body)).await {
                 Ok(r) => Ok(r),
                 Err(_) => Err(SendError::Timeout),
             }

@@ -1,0 +1,279 @@
+//! Per-request steering (issue 15): the affinity key and the request hints of one request,
+//! turned into a [`Steer`] for [`super::select`]. Shared by every client surface
+//! (`/v1/chat/completions` and the other OpenAI endpoints, `/v1/messages`); each surface says
+//! what it read ([`Input`]) and words the refusal in its own error shape.
+//!
+//! Hints (headers, documented in the README), each only where the route allows it
+//! (`spec.hints`); a hint the route does not allow, or a malformed one, is a 400 naming the
+//! header:
+//! - `x-tollgate-max-cost-usd: <decimal USD>` — rows whose worst-case cost exceeds it are
+//!   skipped. Worst case = request body bytes × the highest input-side price (uncached input or
+//!   cache write) + the request's output bound × the highest output-side price (output or
+//!   reasoning). Body bytes bound the prompt tokens from above (every token of a byte-level BPE
+//!   covers at least one byte, and the JSON around the text is counted too). The output bound is
+//!   `max_completion_tokens`, `max_tokens` or `max_output_tokens` (embeddings: 0); without one
+//!   the cost has no bound and the hint is refused. When no serving row fits: 400
+//!   `max_cost_exceeded` with the cheapest worst case.
+//! - `x-tollgate-prefer: cheapest | fastest` — sorts the best tier's serving rows by blended
+//!   price (input + output per token, the input side at the price each backend actually
+//!   achieved: uncached and cached input tokens this gateway metered on it, weighted by their
+//!   prices; list `input` before any was metered) or by observed latency (never-observed rows
+//!   last).
+//! - A preference overrides affinity for that request; a max cost can move an affinity key off
+//!   its backend for that request only (the key's backend does not change for others).
+
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use serde_json::Value;
+
+use super::CompiledRoute;
+use super::affinity::{self, KeyParts, PROMPT_FIELDS};
+use super::request::{ClientRequest, Endpoint};
+use super::select::Steer;
+use crate::config::Preference;
+use crate::policy::money::Money;
+
+/// Request header: the most one request may cost, USD.
+pub(crate) static MAX_COST_HEADER: HeaderName = HeaderName::from_static("x-tollgate-max-cost-usd");
+/// Request header: `cheapest` or `fastest`.
+pub(crate) static PREFER_HEADER: HeaderName = HeaderName::from_static("x-tollgate-prefer");
+
+/// What a surface read from one request.
+pub(crate) struct Input<'a> {
+    /// Client headers.
+    pub(crate) headers: &'a HeaderMap,
+    /// Affinity key material (the header is filled here from `headers`).
+    pub(crate) parts: KeyParts<'a>,
+    /// Where the prompt is (read only when the `Prefix` key source is reached).
+    pub(crate) prompt: Prompt<'a>,
+    /// Request body size, bytes (the prompt-token bound).
+    pub(crate) body_bytes: usize,
+    /// The request's output token bound, if it has one.
+    pub(crate) max_output: Option<u64>,
+}
+
+/// The prompt of a request, unparsed until needed.
+pub(crate) enum Prompt<'a> {
+    /// An OpenAI-surface body (raw top-level fields).
+    Raw(&'a ClientRequest),
+    /// A parsed body (`/v1/messages`).
+    Parsed(&'a Value),
+}
+
+impl Prompt<'_> {
+    fn opening(&self) -> Vec<String> {
+        match self {
+            Prompt::Parsed(v) => affinity::opening_texts(v),
+            Prompt::Raw(creq) => {
+                let fields: serde_json::Map<String, Value> = PROMPT_FIELDS
+                    .iter()
+                    .filter_map(|k| Some((k.to_string(), serde_json::from_str(creq.raw(k)?).ok()?)))
+                    .collect();
+                affinity::opening_texts(&Value::Object(fields))
+            }
+        }
+    }
+}
+
+impl<'a> Input<'a> {
+    /// What an OpenAI-surface request carries (`/v1/chat/completions`, `/v1/completions`,
+    /// `/v1/responses`, `/v1/embeddings`).
+    pub(crate) fn openai(
+        headers: &'a HeaderMap,
+        creq: &'a ClientRequest,
+        endpoint: Endpoint,
+        body_bytes: usize,
+    ) -> Self {
+        let string = |k: &str| creq.raw(k).and_then(|r| serde_json::from_str::<String>(r).ok());
+        let max_output = if endpoint == Endpoint::Embeddings {
+            Some(0)
+        } else {
+            ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+                .iter()
+                .find_map(|k| creq.raw(k).and_then(|r| serde_json::from_str::<u64>(r).ok()))
+        };
+        Input {
+            headers,
+            parts: KeyParts { header: None, prompt_cache_key: string("prompt_cache_key"), user: string("user") },
+            prompt: Prompt::Raw(creq),
+            body_bytes,
+            max_output,
+        }
+    }
+
+    /// What a `/v1/messages` request carries.
+    pub(crate) fn messages(headers: &'a HeaderMap, body: &'a Value, body_bytes: usize) -> Self {
+        Input {
+            headers,
+            parts: KeyParts {
+                header: None,
+                prompt_cache_key: None,
+                user: body.pointer("/metadata/user_id").and_then(Value::as_str).map(str::to_owned),
+            },
+            prompt: Prompt::Parsed(body),
+            body_bytes,
+            max_output: body.get("max_tokens").and_then(Value::as_u64),
+        }
+    }
+}
+
+/// A refused hint: status, machine code and message (each surface shapes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+fn refuse(code: &'static str, message: String) -> Refusal {
+    Refusal { status: StatusCode::BAD_REQUEST, code, message }
+}
+
+/// The request's steering on `route`.
+pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer, Refusal> {
+    let mut out = Steer::default();
+    if let Some(policy) = &route.affinity {
+        let name = HeaderName::from_bytes(policy.header.as_bytes()).ok();
+        input.parts.header = name.and_then(|n| input.headers.get(n)).and_then(|v| v.to_str().ok());
+        out.key = affinity::key(policy, &input.parts, || input.prompt.opening());
+    }
+    let hints = route.hints.clone().unwrap_or_default();
+    if let Some(v) = input.headers.get(&PREFER_HEADER) {
+        let value = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
+        let pref = match value.as_str() {
+            "cheapest" => Preference::Cheapest,
+            "fastest" => Preference::Fastest,
+            _ => {
+                return Err(refuse(
+                    "invalid_hint",
+                    format!("header {PREFER_HEADER}: {value:?} is not a preference (cheapest, fastest)"),
+                ));
+            }
+        };
+        if !hints.prefer.contains(&pref) {
+            return Err(refuse(
+                "hint_not_allowed",
+                format!(
+                    "header {PREFER_HEADER}: route `{}` does not accept the preference {value:?} (spec.hints.prefer)",
+                    route.name
+                ),
+            ));
+        }
+        out.prefer = Some(
+            route
+                .backends
+                .iter()
+                .map(|b| match pref {
+                    Preference::Cheapest => {
+                        let p = achieved_input(&b.cfg.pricing, &b.cell.tokens()) + b.cfg.pricing.output.per_million();
+                        u64::try_from(p.picos()).unwrap_or(u64::MAX)
+                    }
+                    Preference::Fastest => b.cell.latency_estimate_us().unwrap_or(u64::MAX),
+                })
+                .collect(),
+        );
+    }
+    if let Some(v) = input.headers.get(&MAX_COST_HEADER) {
+        if !hints.max_cost {
+            return Err(refuse(
+                "hint_not_allowed",
+                format!(
+                    "header {MAX_COST_HEADER}: route `{}` does not accept a max cost per request (spec.hints.maxCost)",
+                    route.name
+                ),
+            ));
+        }
+        let raw = v.to_str().unwrap_or("").trim();
+        let max: Money = match raw.parse::<Money>() {
+            Ok(m) if !m.is_negative() => m,
+            _ => {
+                return Err(refuse(
+                    "invalid_hint",
+                    format!("header {MAX_COST_HEADER}: {raw:?} is not a non-negative decimal USD amount"),
+                ));
+            }
+        };
+        let Some(max_output) = input.max_output else {
+            return Err(refuse(
+                "invalid_hint",
+                format!(
+                    "header {MAX_COST_HEADER}: the request sets no output bound (max_tokens, max_completion_tokens or max_output_tokens), so its worst-case cost is unbounded"
+                ),
+            ));
+        };
+        let worst: Vec<Money> =
+            route.backends.iter().map(|b| worst_case(&b.cfg.pricing, input.body_bytes as u64, max_output)).collect();
+        out.skip = worst.iter().map(|&w| w > max).collect();
+        let serving = || route.candidates.iter().enumerate().filter(|(_, c)| c.serving);
+        if serving().count() > 0 && serving().all(|(i, _)| out.skip[i]) {
+            let cheapest = serving().map(|(i, _)| worst[i]).min().unwrap_or(Money::ZERO);
+            return Err(refuse(
+                "max_cost_exceeded",
+                format!(
+                    "header {MAX_COST_HEADER}: no backend of route `{}` fits {raw} USD; the cheapest worst case for this request is {} USD",
+                    route.name,
+                    cheapest.to_decimal(6)
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The input price per million tokens a backend achieved: its metered uncached and cached
+/// input tokens weighted by their prices (cache writes count as uncached input); the list
+/// `input` price before any input was metered.
+pub(crate) fn achieved_input(p: &crate::pricing::Prices, t: &crate::pricing::TokenCounts) -> Money {
+    let uncached = t.input.saturating_add(t.cache_write);
+    let total = uncached.saturating_add(t.cached_input);
+    if total == 0 {
+        return p.input.per_million();
+    }
+    let sum = p.input.per_million().picos() * i128::from(uncached)
+        + p.cached_input.per_million().picos() * i128::from(t.cached_input);
+    Money::from_picos(sum / i128::from(total))
+}
+
+/// The most a request can cost on a backend with these prices.
+pub(crate) fn worst_case(p: &crate::pricing::Prices, prompt_bound: u64, max_output: u64) -> Money {
+    let input = p.input.max(p.cache_write);
+    let output = p.output.max(p.reasoning);
+    input.cost(prompt_bound) + output.cost(max_output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::{Prices, TokenCounts};
+
+    fn prices(input: &str, cached: &str, write: &str, output: &str, reasoning: &str) -> Prices {
+        serde_json::from_value(serde_json::json!({
+            "input": input, "cachedInput": cached, "cacheWrite": write, "output": output, "reasoning": reasoning
+        }))
+        .unwrap()
+    }
+
+    fn usd(s: &str) -> Money {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_worst_case_takes_the_dearest_price_of_each_side() {
+        let p = prices("1.00", "0.10", "1.25", "4.00", "2.00");
+        // 1000 bytes × $1.25/1M + 500 × $4/1M = $0.00125 + $0.002.
+        assert_eq!(worst_case(&p, 1000, 500), usd("0.00325"));
+        assert_eq!(worst_case(&p, 0, 0), Money::ZERO);
+    }
+
+    #[test]
+    fn the_achieved_input_price_weighs_cached_reads() {
+        let p = prices("1.00", "0.10", "1.00", "4.00", "4.00");
+        let t = |input, cached_input| TokenCounts { input, cached_input, ..Default::default() };
+        assert_eq!(achieved_input(&p, &t(0, 0)), usd("1.00"), "list price before any traffic");
+        assert_eq!(achieved_input(&p, &t(100, 0)), usd("1.00"));
+        // 75% cached: 0.25 × $1 + 0.75 × $0.10 = $0.325 per 1M.
+        assert_eq!(achieved_input(&p, &t(500, 1500)), usd("0.325"));
+        // So a backend listing $1 that caches 75% beats one listing $0.50 that caches nothing.
+        let other = prices("0.50", "0.50", "0.50", "4.00", "4.00");
+        assert!(achieved_input(&p, &t(500, 1500)) < achieved_input(&other, &t(2000, 0)));
+    }
+}
