@@ -36,6 +36,7 @@ fn backend(name: &str, api: WireApi, input: &str, output: &str) -> BackendConfig
         serving: true,
         endpoint: EndpointConfig::Mock(MockEndpoint { latency: "0ms".into(), ..MockEndpoint::default() }),
         pricing,
+        max_output_tokens: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn config(affinity: Option<AffinityPolicy>, hints: Option<HintsPolicy>) -> Gatew
             backend("mid", WireApi::AnthropicMessages, "2.00", "2.00"),
             backend("cheap", WireApi::OpenAI, "1.00", "1.00"),
         ],
+        max_input_tokens: None,
         affinity,
         hints,
     };
