@@ -27,8 +27,8 @@
 //! ```
 
 mod admission;
-mod allowances_file;
 mod affinity;
+mod allowances_file;
 mod answer;
 mod cli;
 mod errors;

@@ -38,7 +38,7 @@
 //! request.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -90,7 +90,9 @@ pub(crate) struct GenAi {
     duration: HistogramFamily,
     ttft: HistogramFamily,
     /// Exact spend per (operation, provider, request model).
-    cost: Mutex<BTreeMap<(&'static str, String, String), Money>>,
+    /// Spend per (operation, provider, model): one shared cell per series, which every backend
+    /// with those labels adds to.
+    cost: Mutex<BTreeMap<(&'static str, String, String), Arc<Mutex<Money>>>>,
 }
 
 impl GenAi {
@@ -122,17 +124,33 @@ impl GenAi {
     }
 }
 
-/// The gen_ai instruments of one backend (its provider and upstream model).
+/// Per endpoint ([`Endpoint::index`]): a series handle, taken from its family at first use.
+type PerEndpoint<T> = [OnceLock<T>; Endpoint::ALL.len()];
+
+/// The gen_ai instruments of one backend (its provider and upstream model). The series of the
+/// request path (token usage, successful durations, time to first token, spend) are looked up
+/// in their families once, at their first use, and kept: a request formats no label and
+/// hashes no label set. Failed durations (one series per error type) are looked up each time.
 #[derive(Clone, Debug)]
 pub(crate) struct GenAiBackend {
     families: Arc<GenAi>,
     provider: String,
     model: String,
+    series: Arc<Series>,
+}
+
+#[derive(Debug, Default)]
+struct Series {
+    input_tokens: PerEndpoint<Histogram>,
+    output_tokens: PerEndpoint<Histogram>,
+    duration_ok: PerEndpoint<Histogram>,
+    ttft: PerEndpoint<Histogram>,
+    cost: PerEndpoint<Arc<Mutex<Money>>>,
 }
 
 impl GenAiBackend {
     pub(crate) fn new(families: Arc<GenAi>, provider: &str, model: &str) -> Self {
-        Self { families, provider: provider.to_string(), model: model.to_string() }
+        Self { families, provider: provider.to_string(), model: model.to_string(), series: Arc::default() }
     }
 
     fn labels(&self, endpoint: Endpoint) -> Labels {
@@ -143,36 +161,58 @@ impl GenAiBackend {
         ]
     }
 
+    fn histogram(
+        &self,
+        slot: &PerEndpoint<Histogram>,
+        family: &HistogramFamily,
+        endpoint: Endpoint,
+        extra: Option<(&'static str, &str)>,
+    ) -> Histogram {
+        slot[endpoint.index()]
+            .get_or_init(|| {
+                let mut labels = self.labels(endpoint);
+                if let Some((k, v)) = extra {
+                    labels.push((k, v.to_string()));
+                }
+                family.get_or_create(&labels).clone()
+            })
+            .clone()
+    }
+
     /// One upstream attempt ended with `outcome` after `seconds`.
     pub(crate) fn duration(&self, endpoint: Endpoint, outcome: Outcome, seconds: f64) {
-        let mut labels = self.labels(endpoint);
-        if outcome != Outcome::Ok {
-            labels.push((names::ERROR_TYPE, outcome.label().to_string()));
+        if outcome == Outcome::Ok {
+            self.histogram(&self.series.duration_ok, &self.families.duration, endpoint, None).observe(seconds);
+            return;
         }
+        let mut labels = self.labels(endpoint);
+        labels.push((names::ERROR_TYPE, outcome.label().to_string()));
         self.families.duration.get_or_create(&labels).observe(seconds);
     }
 
     /// A streaming answer's first chunk came after `seconds`.
     pub(crate) fn time_to_first_token(&self, endpoint: Endpoint, seconds: f64) {
-        self.families.ttft.get_or_create(&self.labels(endpoint)).observe(seconds);
+        self.histogram(&self.series.ttft, &self.families.ttft, endpoint, None).observe(seconds);
     }
 
     /// An answer's usage was billed: `tokens` for `cost`.
     pub(crate) fn usage(&self, endpoint: Endpoint, tokens: &TokenCounts, cost: Money) {
         let input = tokens.input.saturating_add(tokens.cached_input).saturating_add(tokens.cache_write);
         let output = tokens.output.saturating_add(tokens.reasoning);
-        let mut labels = self.labels(endpoint);
-        labels.push((names::TOKEN_TYPE, names::TOKEN_INPUT.to_string()));
+        let s = &self.series;
+        let tokens_family = &self.families.tokens;
         // Token counts as histogram samples: exact below 2^53.
-        self.families.tokens.get_or_create(&labels).observe(input as f64);
+        self.histogram(&s.input_tokens, tokens_family, endpoint, Some((names::TOKEN_TYPE, names::TOKEN_INPUT)))
+            .observe(input as f64);
         if endpoint != Endpoint::Embeddings {
-            if let Some(last) = labels.last_mut() {
-                last.1 = names::TOKEN_OUTPUT.to_string();
-            }
-            self.families.tokens.get_or_create(&labels).observe(output as f64);
+            self.histogram(&s.output_tokens, tokens_family, endpoint, Some((names::TOKEN_TYPE, names::TOKEN_OUTPUT)))
+                .observe(output as f64);
         }
-        let mut costs = self.families.cost.lock().unwrap_or_else(PoisonError::into_inner);
-        *costs.entry((operation_name(endpoint), self.provider.clone(), self.model.clone())).or_default() += cost;
+        let cell = s.cost[endpoint.index()].get_or_init(|| {
+            let mut costs = self.families.cost.lock().unwrap_or_else(PoisonError::into_inner);
+            costs.entry((operation_name(endpoint), self.provider.clone(), self.model.clone())).or_default().clone()
+        });
+        *cell.lock().unwrap_or_else(PoisonError::into_inner) += cost;
     }
 }
 
@@ -192,6 +232,7 @@ impl Collector for CostCollector {
             MetricType::Counter,
         )?;
         for ((op, provider, model), m) in &costs {
+            let m = *m.lock().unwrap_or_else(PoisonError::into_inner);
             let usd = m.picos() as f64 / PICOS_PER_USD as f64;
             let labels = [
                 (names::OPERATION_NAME, *op),
