@@ -295,3 +295,20 @@ async fn failed_and_streamed_attempts_leave_nothing_reserved() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn several_choices_reserve_the_bound_once_per_choice() {
+    // A worst case of (bytes + 64) + 100 tokens at $1/1M is under $0.0004 for one choice; a grant
+    // of $0.0010 admits n=1 but not n=10 (over $0.0010 for the output alone).
+    let openai = Fake::start(answer).await;
+    let cfg = config(vec![backend("openai", "openai", "OpenAI", http(&openai.base_url()), 0, None)], None);
+    let (gw, url) = start(cfg).await;
+    gw.set_allowances("gw", &grants("gw", "0.0010")).unwrap();
+    let client = reqwest::Client::new();
+    let req =
+        |n: u32| json!({"model": "chat", "n": n, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
+    let (code, v) = post(&client, format!("{url}/v1/chat/completions"), req(10)).await;
+    assert_eq!(code, 429, "{v}");
+    let (code, v) = post(&client, format!("{url}/v1/chat/completions"), req(1)).await;
+    assert_eq!(code, 200, "{v}");
+}

@@ -20,7 +20,8 @@
 //! - output tokens ≤ the request's own bound (`max_completion_tokens`, `max_tokens`,
 //!   `max_output_tokens`) clamped by the backend's cap; a request with no bound gets the cap.
 //!   Without any cap, a Hard budget's backend gets [`DEFAULT_HARD_OUTPUT_CAP`] inserted.
-//!   Reasoning is inside that bound (OpenAI, Anthropic and Gemini count it there).
+//!   Reasoning is inside that bound (OpenAI, Anthropic and Gemini count it there). A request
+//!   asking for several choices (`n`, `best_of`) reserves the bound once per choice.
 //! - a mock backend reports its configured counts whatever the request: its worst case is at
 //!   least those counts.
 //!
@@ -156,13 +157,15 @@ impl Admission {
     }
 
     /// Admission of one attempt on `b`: the worst case of a request of `body_bytes` whose own
-    /// output bound is `requested`, under the cap that will be enforced upstream.
+    /// output bound is `requested` per choice, for `choices` choices (`n`, `best_of`), under
+    /// the cap that will be enforced upstream.
     pub(crate) fn admit_attempt(
         &self,
         b: &BackendConfig,
         endpoint: Endpoint,
         body_bytes: usize,
         requested: Option<u64>,
+        choices: u64,
     ) -> Admit {
         if !self.is_hard(b) {
             return Admit::Free;
@@ -174,6 +177,7 @@ impl Admission {
             (None, Some(c)) => u64::from(c),
             (None, None) => u64::from(DEFAULT_HARD_OUTPUT_CAP),
         };
+        let output = output.saturating_mul(choices.max(1));
         self.admit(b, worst_case(b, endpoint, body_bytes, output), cap)
     }
 
@@ -305,6 +309,12 @@ pub(crate) fn input_too_large(max_input_tokens: Option<u32>, route: &str, body_b
 // ---------------------------------------------------------------------------------------------
 // Worst case and output caps
 // ---------------------------------------------------------------------------------------------
+
+/// How many choices a request asks for (`n`, and `best_of` for completions, which generates
+/// that many server-side): each may produce the whole output bound.
+pub(crate) fn choices(field: impl Fn(&str) -> Option<u64>) -> u64 {
+    field("n").unwrap_or(1).max(field("best_of").unwrap_or(1)).max(1)
+}
 
 /// The request's own output bound for a surface.
 pub(crate) fn requested_output(endpoint: Endpoint, field: impl Fn(&str) -> Option<u64>) -> Option<u64> {

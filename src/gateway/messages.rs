@@ -136,7 +136,7 @@ pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
     for (n, &idx) in plan.iter().enumerate() {
         let Some(b) = route.backends.get(idx).cloned() else { continue };
         // Hard budgets (issue 13): try the backend only if its worst case can be reserved.
-        let hold = match gw.inner.admission.admit_attempt(&b.cfg, ENDPOINT, bytes.len(), requested) {
+        let hold = match gw.inner.admission.admit_attempt(&b.cfg, ENDPOINT, bytes.len(), requested, 1) {
             admission::Admit::Free => None,
             admission::Admit::Held(h) => Some(h),
             admission::Admit::Refused(_) => {

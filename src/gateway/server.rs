@@ -218,13 +218,14 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<Failure> = None;
     let requested = admission::requested_output(endpoint, |k| creq.u64_field(k));
+    let choices = admission::choices(|k| creq.u64_field(k));
     let mut refused = None;
     for (n, &idx) in plan.iter().enumerate() {
         let Some(backend) = route.backends.get(idx).cloned() else {
             continue;
         };
         // Hard budgets (issue 13): try the backend only if its worst case can be reserved.
-        let hold = match gw.inner.admission.admit_attempt(&backend.cfg, endpoint, request_bytes, requested) {
+        let hold = match gw.inner.admission.admit_attempt(&backend.cfg, endpoint, request_bytes, requested, choices) {
             admission::Admit::Free => None,
             admission::Admit::Held(h) => Some(h),
             admission::Admit::Refused(budget) => {
