@@ -57,6 +57,8 @@ use crate::signals::contract::gen_ai as names;
 /// Labels of one gen_ai series: name/value pairs in exposition order.
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+/// A spend series: (operation, provider, request model).
+type CostKey = (&'static str, String, String);
 
 // Bucket boundaries: the ones each metric's convention text recommends.
 fn token_histogram() -> Histogram {
@@ -92,7 +94,7 @@ pub(crate) struct GenAi {
     /// Exact spend per (operation, provider, request model).
     /// Spend per (operation, provider, model): one shared cell per series, which every backend
     /// with those labels adds to.
-    cost: Mutex<BTreeMap<(&'static str, String, String), Arc<Mutex<Money>>>>,
+    cost: Mutex<BTreeMap<CostKey, Arc<Mutex<Money>>>>,
 }
 
 impl GenAi {
