@@ -334,11 +334,18 @@ impl Gateway {
             self.record_reload_error();
             return Err(e);
         }
+        self.swap_validated(config);
+        Ok(())
+    }
+
+    /// Serves a document the caller has just validated (the file and API sources decode and
+    /// validate before handing over), without validating it a second time: at fleet scale the
+    /// revision check alone hashes megabytes.
+    pub(crate) fn swap_validated(&self, config: GatewayConfig) {
         let revision = config.revision.clone();
         let served = Served::compile(config, &self.inner.metrics);
         self.inner.current.store(Some(Arc::new(served)));
         self.inner.metrics.meter.set_revision(&revision);
-        Ok(())
     }
 
     /// Applies the allowances document (Hard budgets' grants, issue 13) as gateway instance

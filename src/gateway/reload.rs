@@ -175,17 +175,11 @@ impl FileSource {
                 self.seen = Seen::Content(hash);
                 match parsed {
                     Ok(cfg) => {
+                        // `decode_file` validated it (whole, assembled from its shards).
                         let rev = cfg.revision.clone();
-                        match gw.swap_config(cfg) {
-                            Ok(()) => {
-                                tracing::info!(revision = %rev, path = %self.path.display(), "config loaded");
-                                ReloadOutcome::Applied(rev)
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "config refused; keeping the last good config");
-                                ReloadOutcome::Refused(e.to_string())
-                            }
-                        }
+                        gw.swap_validated(cfg);
+                        tracing::info!(revision = %rev, path = %self.path.display(), "config loaded");
+                        ReloadOutcome::Applied(rev)
                     }
                     Err(e) => {
                         gw.record_reload_error();

@@ -26,11 +26,10 @@ pub(super) async fn watch_configmap(gw: Gateway, object: &str) -> Result<tokio::
                     }
                 }
                 SourceUpdate::Config(cfg) => {
+                    // Validated by the source (`SourceUpdate::Config` is only ever a valid document).
                     let revision = cfg.revision.clone();
-                    match gw.swap_config(*cfg) {
-                        Ok(()) => tracing::info!(%revision, "config loaded from the API"),
-                        Err(e) => tracing::warn!(error = %e, "config from the API refused; keeping the last good one"),
-                    }
+                    gw.swap_validated(*cfg);
+                    tracing::info!(%revision, "config loaded from the API");
                 }
                 SourceUpdate::Rejected(why) => {
                     gw.record_reload_error();
