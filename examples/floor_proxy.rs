@@ -9,9 +9,14 @@
 //! The time between nginx and this is what the stack costs; between this and tollgate is ours.
 //!
 //! ```text
-//! cargo run --release --example floor_proxy -- 127.0.0.1:8090 http://127.0.0.1:8080
+//! cargo run --release --example floor_proxy -- 127.0.0.1:8090 http://127.0.0.1:8080 [WORKERS] [plain]
 //! ```
 //! Every `POST` path is forwarded to the same path of the upstream base URL.
+//!
+//! `plain` (an experiment of issue 16) swaps tollgate's listener for the least hyper needs:
+//! one current-thread runtime per worker, each accepting on its own `SO_REUSEPORT` socket, no
+//! connection cap, no watchdog, no graceful shutdown. It shows what those parts of the stack
+//! cost.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -88,6 +93,10 @@ fn main() {
         |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
     );
     let base: &'static str = Box::leak(upstream.trim_end_matches('/').to_string().into_boxed_str());
+    if args.next().as_deref() == Some("plain") {
+        plain(listen, base, workers);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap_or_else(|e| panic!("bind {listen}: {e}"));
@@ -102,4 +111,39 @@ fn main() {
             eprintln!("floor_proxy: {e}");
         }
     });
+}
+
+/// The `plain` listener: per worker thread, a current-thread runtime accepting on its own
+/// `SO_REUSEPORT` socket and serving each connection with hyper's auto builder directly.
+fn plain(listen: SocketAddr, base: &'static str, workers: usize) {
+    let threads: Vec<_> = (0..workers.max(1))
+        .map(|_| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("{e}"));
+                rt.block_on(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("socket: {e}"));
+                    socket.set_reuseport(true).unwrap_or_else(|e| panic!("SO_REUSEPORT: {e}"));
+                    socket.bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
+                    let listener = socket.listen(1024).unwrap_or_else(|e| panic!("listen: {e}"));
+                    let router = Router::new().fallback(axum::routing::post(forward)).with_state(base);
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).into_owned();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                });
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
 }
