@@ -191,6 +191,18 @@ pub(crate) fn sse_event(event: Option<&str>, data: &Value) -> Bytes {
     }
 }
 
+/// What every mock does before it answers, in either wire format: waits its `latency`, then
+/// draws the injected error (`errorRate`); `Some(status)` when this request is to fail.
+pub(crate) async fn delay_then_fault(mock: &MockEndpoint) -> Option<StatusCode> {
+    let latency = parse_duration_ms(&mock.latency).unwrap_or(0).max(0);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(u64::try_from(latency).unwrap_or(0))).await;
+    }
+    let error_ppm = mock.error_rate.parse::<Ppm>().map(|p| p.0).unwrap_or(0);
+    (error_ppm > 0 && rand::rng().random_range(0..1_000_000u32) < error_ppm)
+        .then(|| StatusCode::from_u16(mock.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+}
+
 /// Answers one request as the mock would.
 pub(crate) async fn respond(
     mock: &MockEndpoint,
@@ -198,13 +210,7 @@ pub(crate) async fn respond(
     endpoint: Endpoint,
     body: &[u8],
 ) -> UpstreamReply {
-    let latency = parse_duration_ms(&mock.latency).unwrap_or(0).max(0);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(u64::try_from(latency).unwrap_or(0))).await;
-    }
-    let error_ppm = mock.error_rate.parse::<Ppm>().map(|p| p.0).unwrap_or(0);
-    if error_ppm > 0 && rand::rng().random_range(0..1_000_000u32) < error_ppm {
-        let status = StatusCode::from_u16(mock.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    if let Some(status) = delay_then_fault(mock).await {
         let kind = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limit_error" } else { "server_error" };
         return json_reply(
             status,

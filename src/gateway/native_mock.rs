@@ -11,16 +11,12 @@
 //! `rate_limit_error` / `RESOURCE_EXHAUSTED` for 429). A Messages request without
 //! `max_tokens` is refused with 400 `invalid_request_error`, as Anthropic does.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
-use rand::RngExt;
 use serde_json::{Value, json};
 
-use super::mock::{json_reply, reply, sse_event};
+use super::mock::{delay_then_fault, json_reply, reply, sse_event};
 use super::upstream::UpstreamReply;
 use crate::config::{MockEndpoint, WireApi};
-use crate::policy::money::{Ppm, parse_duration_ms};
 
 const ANSWER: &str = "This is a mock answer from tollgate: no provider was called.";
 
@@ -65,13 +61,7 @@ pub(crate) async fn respond(
     stream: bool,
     body: &[u8],
 ) -> UpstreamReply {
-    let latency = parse_duration_ms(&mock.latency).unwrap_or(0).max(0);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(u64::try_from(latency).unwrap_or(0))).await;
-    }
-    let error_ppm = mock.error_rate.parse::<Ppm>().map(|p| p.0).unwrap_or(0);
-    if error_ppm > 0 && rand::rng().random_range(0..1_000_000u32) < error_ppm {
-        let status = StatusCode::from_u16(mock.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    if let Some(status) = delay_then_fault(mock).await {
         return error_reply(api, status);
     }
     let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
