@@ -14,19 +14,18 @@
 mod cluster;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{eventually, install_crds, yaml_docs};
+use cluster::{Controller, create, events, events_of, eventually, fresh_namespace, http_get, install_crds, yaml_docs};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tollgate::api::{ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
 use tollgate::kube_source::{self as source, SourceUpdate};
@@ -114,82 +113,7 @@ impl Drop for ChildGuard {
     }
 }
 
-// ---- the controller process ------------------------------------------------------------------
-
-struct Controller {
-    child: Child,
-    log: PathBuf,
-    health: u16,
-}
-
-impl Controller {
-    fn start(ns: &str, name: &str) -> Self {
-        let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = std::env::temp_dir().join(format!("tollgate-e2e-{ns}-{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["controller", "--namespaces", ns, "--signal-interval", "2s", "--lease-duration", "4s"])
-            .args(["--lease-namespace", ns, "--pod-name", name, "--listen", &format!("127.0.0.1:{health}")])
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "info,tollgate=debug")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self { child, log, health }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- controller log {} (tail) ---\n{}", self.log.display(), self.log_tail());
-        }
-        self.kill();
-    }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let resp = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
-    let code = resp.status().as_u16();
-    Some((code, resp.text().await.ok()?))
-}
-
 // ---- cluster helpers ---------------------------------------------------------------------------
-
-async fn create<K>(client: &Client, ns: &str, mut obj: Value) -> K
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    obj["metadata"]["namespace"] = json!(ns);
-    let k: K = serde_json::from_value(obj).unwrap();
-    Api::<K>::namespaced(client.clone(), ns).create(&PostParams::default(), &k).await.unwrap()
-}
-
-async fn events(client: &Client, ns: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap().items
-}
-
-fn has_event(events: &[Event], reason: &str, regarding: &str) -> bool {
-    events.iter().any(|e| {
-        e.reason.as_deref() == Some(reason) && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
-    })
-}
 
 async fn config(client: &Client, ns: &str) -> Option<GatewayConfig> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("tollgate-gateway").await.ok()??;
@@ -240,16 +164,8 @@ async fn controller_end_to_end() {
     }
     install_crds(&client).await;
 
-    let ns = format!("tollgate-e2e-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .unwrap();
-    // No controller-manager on the test server: create the default ServiceAccount Pods expect.
-    let _ = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap())
-        .await;
-    println!("namespace {ns}");
+    // With the default ServiceAccount Pods expect (no controller-manager on the test server).
+    let ns = fresh_namespace(&client, "tollgate-e2e").await;
 
     // The referenced Secrets (opted in with the provider-key label), then the example manifests (chat's ejection lengthened so that it
     // outlasts the restart below).
@@ -258,7 +174,7 @@ async fn controller_end_to_end() {
                        "stringData": {"api-key": format!("sk-{name}-e2e")}});
         create::<Secret>(&client, &ns, s).await;
     }
-    let mut controller = Controller::start(&ns, "e2e-controller-1");
+    let mut controller = Controller::start(&ns, "e2e-controller-1", &[]);
     for mut doc in yaml_docs("examples/routes.yaml") {
         if doc["metadata"]["name"] == "chat" {
             doc["spec"]["health"]["ejection"]["base"] = json!("10m");
@@ -454,8 +370,9 @@ async fn controller_end_to_end() {
         let (client, ns) = (client.clone(), ns.clone());
         async move {
             let ev = events(&client, &ns).await;
-            (has_event(&ev, "BudgetDeprioritized", "deepseek-daily") && has_event(&ev, "RouteRotated", "chat"))
-                .then_some(ev)
+            (!events_of(&ev, "BudgetDeprioritized", "deepseek-daily").is_empty()
+                && !events_of(&ev, "RouteRotated", "chat").is_empty())
+            .then_some(ev)
         }
     })
     .await;
@@ -501,7 +418,7 @@ async fn controller_end_to_end() {
     assert_eq!(chat.last_rotation.as_ref().unwrap().to, "claude-haiku=100");
     eventually("a BackendEjected Event", SLACK, || {
         let (client, ns) = (client.clone(), ns.clone());
-        async move { has_event(&events(&client, &ns).await, "BackendEjected", "chat").then_some(()) }
+        async move { (!events_of(&events(&client, &ns).await, "BackendEjected", "chat").is_empty()).then_some(()) }
     })
     .await;
 
@@ -514,10 +431,10 @@ async fn controller_end_to_end() {
     assert_eq!(rotations.len(), 2, "one Event per rotation, each with its own evidence: {rotations:?}");
 
     // Restart mid-window: SIGKILL (no goodbye), 2 USD more spend while no controller runs.
-    controller.kill();
+    controller.proc.kill();
     gateway.set("deepseek", 110, 0, 198_000_000_000);
     let restarted = Instant::now();
-    let controller2 = Controller::start(&ns, "e2e-controller-2");
+    let controller2 = Controller::start(&ns, "e2e-controller-2", &[]);
     let (spent, took) =
         eventually("the new controller counts exactly the spend made while none ran", Duration::from_secs(30), || {
             let (client, ns) = (client.clone(), ns.clone());
@@ -572,16 +489,8 @@ async fn controller_end_to_end() {
 
     // Graceful shutdown: SIGTERM → exit 0.
     let mut controller2 = controller2;
-    let pid = controller2.child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = controller2.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the controller did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    controller2.proc.signal("-TERM");
+    let status = controller2.proc.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status after SIGTERM: {status}");
     println!("e2e suite took {:?}", suite.elapsed());
 }

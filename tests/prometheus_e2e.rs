@@ -36,10 +36,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{eventually, install_crds, repo};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use cluster::{create, eventually, free_port, fresh_namespace, install_crds, repo};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tollgate::api::{BackendState, ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
@@ -52,14 +52,6 @@ const INTERVAL: Duration = Duration::from_secs(2);
 const SCRAPE: &str = "1s";
 /// How long a decision may take to show: a scrape, a signal interval, a pass, a watch event.
 const DECIDE: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
 
 /// A child process killed when dropped (also when the test fails), its log tail printed then.
 struct Proc {
@@ -105,19 +97,6 @@ async fn http_get(url: &str) -> Option<(u16, String)> {
 }
 
 // ---- the cluster ---------------------------------------------------------------------------------
-
-async fn create<K>(client: &Client, ns: &str, mut obj: Value) -> K
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    obj["metadata"]["namespace"] = json!(ns);
-    let k: K = serde_json::from_value(obj).unwrap();
-    Api::<K>::namespaced(client.clone(), ns).create(&PostParams::default(), &k).await.unwrap()
-}
 
 async fn config(client: &Client, ns: &str) -> Option<GatewayConfig> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("tollgate-gateway").await.ok()??;
@@ -394,16 +373,9 @@ async fn scenario(with_prometheus: bool) -> Outcomes {
     let mode = if with_prometheus { "prometheus" } else { "scrape" };
     let client = Client::try_default().await.expect("KUBECONFIG is set but no client could be built from it");
     install_crds(&client).await;
-    let ns = unique(&format!("tollgate-{mode}"));
+    let ns = fresh_namespace(&client, &format!("tollgate-{mode}")).await;
     let dir = std::env::temp_dir().join(&ns);
     std::fs::create_dir_all(&dir).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
-        .await
-        .unwrap();
-    let _ = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap())
-        .await;
     println!("[{mode}] namespace {ns}, files in {}", dir.display());
 
     let (routes, budgets) = manifests();
