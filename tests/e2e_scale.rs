@@ -134,24 +134,8 @@ async fn fleet_of_routes_in_one_namespace() {
 
     // The real gateway, reading the config through the API; a Pod object points the
     // controller at its /metrics (no kubelet here: the test server only stores objects).
-    let (port, metrics) = (free_port(), free_port());
-    let creds = std::env::temp_dir().join(format!("tollgate-{ns}-credentials"));
-    let gateway = Proc::spawn(
-        "gateway",
-        &ns,
-        &[
-            "gateway".into(),
-            "--from-configmap".into(),
-            format!("{ns}/tollgate-gateway"),
-            "--credentials-dir".into(),
-            creds.display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{metrics}"),
-        ],
-        &[("RUST_LOG", "info")],
-    );
+    let gateway = ApiGateway::start(&ns, &[], &[("RUST_LOG", "info")]);
+    let (port, metrics) = (gateway.api, gateway.metrics);
     gateway_pod(&client, &ns, "gateway-0", metrics).await;
     let t = Instant::now();
     // Statuses at 200 writes/s (default 50) to keep the suite short.
@@ -266,7 +250,7 @@ async fn fleet_of_routes_in_one_namespace() {
         // One attempt: the header appears only after a retry.
         assert!(resp.headers().get("x-tollgate-attempts").is_none(), "{:?}", resp.headers());
     }
-    drop(gateway);
-    let _ = std::fs::remove_dir_all(&creds);
+    drop(gateway.proc);
+    let _ = std::fs::remove_dir_all(&gateway.creds);
     println!("e2e_scale: {n} routes in {:?}", suite.elapsed());
 }

@@ -223,26 +223,8 @@ async fn a_route_cannot_read_an_unlabelled_secret() {
     assert_eq!(keys, ["team-key_api-key"], "only the labelled Secret's key is copied");
 
     // A real gateway following the ConfigMap and the credentials Secret through the API.
-    let (gw_api, gw_metrics) = (free_port(), free_port());
-    let creds_dir = std::env::temp_dir().join(format!("tollgate-e2e-secrets-creds-{ns}"));
-    let gateway = Proc::spawn(
-        "gateway",
-        &ns,
-        &[
-            "gateway".into(),
-            "--from-configmap".into(),
-            format!("{ns}/tollgate-gateway"),
-            "--credentials-dir".into(),
-            creds_dir.display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{gw_api}"),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{gw_metrics}"),
-            "--max-attempts".into(),
-            "1".into(),
-        ],
-        &[],
-    );
+    let gateway = ApiGateway::start(&ns, &["--max-attempts", "1"], &[]);
+    let gw_api = gateway.api;
     eventually("the gateway serves good", Duration::from_secs(20), || async {
         let (code, _) = chat(gw_api, "good").await;
         (code == 200).then_some(())
@@ -269,8 +251,8 @@ async fn a_route_cannot_read_an_unlabelled_secret() {
     assert!(warned[0].series.is_none(), "repeated: {:?}", warned[0].series);
     assert_absent(&secret_value, &namespace_texts(&admin, &ns, &["db-password"]).await);
     assert!(!controller.proc.log_text().contains(&secret_value), "the value is in the controller's log");
-    assert!(!gateway.log_text().contains(&secret_value), "the value is in the gateway's log");
-    for f in std::fs::read_dir(&creds_dir).unwrap() {
+    assert!(!gateway.proc.log_text().contains(&secret_value), "the value is in the gateway's log");
+    for f in std::fs::read_dir(&gateway.creds).unwrap() {
         let f = f.unwrap();
         let text = std::fs::read_to_string(f.path()).unwrap_or_default();
         assert!(!text.contains(&secret_value), "the value is in the gateway's credential file {:?}", f.file_name());
@@ -304,8 +286,8 @@ async fn a_route_cannot_read_an_unlabelled_secret() {
     // Still never in a ConfigMap, a status, an Event or a log (only the credentials Secret).
     assert_absent(&secret_value, &namespace_texts(&admin, &ns, &["db-password", "tollgate-credentials"]).await);
     assert!(!controller.proc.log_text().contains(&secret_value), "the value is in the controller's log");
-    assert!(!gateway.log_text().contains(&secret_value), "the value is in the gateway's log");
-    drop(gateway);
-    std::fs::remove_dir_all(&creds_dir).ok();
+    assert!(!gateway.proc.log_text().contains(&secret_value), "the value is in the gateway's log");
+    drop(gateway.proc);
+    std::fs::remove_dir_all(&gateway.creds).ok();
     println!("e2e_secrets took {:?}", suite.elapsed());
 }

@@ -236,6 +236,36 @@ impl Drop for Proc {
     }
 }
 
+/// A real `tollgate gateway` following `ns/tollgate-gateway` and its credentials through the
+/// API (`--from-configmap`), with `extra` flags; the API and metrics ports are free ones.
+pub struct ApiGateway {
+    pub proc: Proc,
+    pub api: u16,
+    pub metrics: u16,
+    /// Where it writes the API keys it reads.
+    pub creds: PathBuf,
+}
+
+impl ApiGateway {
+    pub fn start(ns: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let (api, metrics) = (free_port(), free_port());
+        let creds = std::env::temp_dir().join(format!("tollgate-{ns}-credentials"));
+        let mut args: Vec<String> = vec![
+            "gateway".into(),
+            "--from-configmap".into(),
+            format!("{ns}/tollgate-gateway"),
+            "--credentials-dir".into(),
+            creds.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self { proc: Proc::spawn("gateway", ns, &args, env), api, metrics, creds }
+    }
+}
+
 /// `tollgate controller` on namespace `ns` (signal interval 2 s, lease 4 s in `ns`), `/readyz`
 /// and `/metrics` on `health`.
 pub struct Controller {
