@@ -99,7 +99,7 @@ impl Engine {
         retry_transient(&self.ctx.settings, call).await
     }
 
-    fn labels(&self, component: &str) -> Value {
+    pub(super) fn labels(&self, component: &str) -> Value {
         json!({
             "app.kubernetes.io/name": "tollgate",
             "app.kubernetes.io/component": component,

@@ -72,6 +72,10 @@ pub struct Settings {
     /// Status writes sent at once (each waits for the API server's answer); 1 sends them one
     /// after the other, in order.
     pub status_writes_in_flight: usize,
+    /// Name of the allowances ConfigMap (Hard budgets' grants) in each namespace with Hard budgets.
+    pub allowances_configmap: String,
+    /// Headroom every live gateway pod is topped up to at least, per Hard budget.
+    pub hard_grant_floor: crate::policy::Money,
 }
 
 impl Default for Settings {
@@ -88,6 +92,8 @@ impl Default for Settings {
             status_writes_per_second: 50,
             status_write_burst: 100,
             status_writes_in_flight: 1,
+            allowances_configmap: crate::config::allowances::ALLOWANCES_CONFIGMAP.into(),
+            hard_grant_floor: crate::policy::allowance::GrantPolicy::default().floor,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Engine {
     pub(super) status_pace: super::status::WritePace,
     /// Fingerprint of each namespace's inputs at the last pass (`None`: plan everything next).
     pub(super) last_inputs: Option<BTreeMap<String, u64>>,
+    /// Hard budgets' grants ([`super::hard`]).
+    pub(super) hard: super::hard::HardMemory,
 }
 
 /// The UID of an object (namespace/name when it has none yet).
@@ -209,6 +217,7 @@ impl Engine {
             validation: ValidationCache::default(),
             status_pace,
             last_inputs: None,
+            hard: super::hard::HardMemory::default(),
         }
     }
 
@@ -313,6 +322,9 @@ impl Engine {
             self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
         }
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
+        // Hard budgets' grants (signal passes only: they need this round's gauges).
+        let hard_errors = self.hard_pass(&objects.budgets, &targets).await;
+        report.errors.extend(hard_errors);
 
         // Status.
         let mut writes = Vec::new();
@@ -466,6 +478,8 @@ impl Engine {
 
     async fn collect(&mut self, targets: &[GatewayTarget], budgets: &[ProviderBudget]) -> Observed {
         let readings = self.signals.collect(targets).await;
+        self.hard.readings =
+            Some(readings.iter().filter_map(|(uid, r)| Some((uid.clone(), r.as_ref().ok()?.hard.clone()))).collect());
         let mut seeds: BTreeMap<String, Vec<CheckpointSeed>> = BTreeMap::new();
         for ((key, uid), n) in &self.pending {
             if self.tracker.knows(uid) {

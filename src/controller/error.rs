@@ -36,6 +36,28 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The allowances ConfigMap (Hard budgets' grants) could not be read back.
+    #[error("read ConfigMap {namespace}/{name} (Hard budget grants): {source}")]
+    ReadAllowances {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Server-side apply of the allowances ConfigMap failed.
+    #[error("apply ConfigMap {namespace}/{name} (Hard budget grants): {source}")]
+    ApplyAllowances {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: Box<kube::Error>,
+    },
     /// A status write failed.
     #[error("write status of {kind} {namespace}/{name}: {source}")]
     ApplyStatus {
@@ -110,6 +132,8 @@ impl Error {
             Error::ApplyConfigMap { .. } => "apply_configmap",
             Error::ConfigTooLarge { .. } => "config_too_large",
             Error::ApplySecret { .. } => "apply_secret",
+            Error::ReadAllowances { .. } => "read_allowances",
+            Error::ApplyAllowances { .. } => "apply_allowances",
             Error::ApplyStatus { .. } => "apply_status",
             Error::PublishEvent { .. } => "publish_event",
             Error::BuildConfig { .. } => "build_config",

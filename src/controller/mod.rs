@@ -11,6 +11,7 @@
 //!   [`plan`] (snapshot → the shared [`crate::plan`] step), [`apply`] (ConfigMap and Secret),
 //!   [`status`], [`events`] (the outbox), [`pods`] (gateway targets).
 //! - [`honest`]: statuses and Events when a namespace's config did not reach the cluster.
+//! - `hard`: the Hard budgets' grants, written as the allowances ConfigMap per namespace.
 //! - [`restore`]: the policy's memory rebuilt from statuses after a restart.
 //! - [`run`]: watchers, leader election, the interval loop, SIGTERM, the HTTP endpoints.
 
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod engine;
 pub mod error;
 pub mod events;
+mod hard;
 pub mod honest;
 pub mod http;
 pub mod metrics;
@@ -56,6 +58,13 @@ fn parse_signals(s: &str) -> Result<SignalsSource, String> {
     }
 }
 
+fn parse_usd(s: &str) -> Result<crate::policy::Money, String> {
+    match s.parse::<crate::policy::Money>() {
+        Ok(m) if !m.is_negative() => Ok(m),
+        _ => Err(format!("{s:?}: expected a USD amount such as 0.01")),
+    }
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -86,6 +95,15 @@ pub struct ControllerArgs {
     /// Name of the gateway ConfigMap written in each namespace with routes.
     #[arg(long, default_value = crate::config::CONFIGMAP_NAME)]
     pub configmap_name: String,
+    /// Name of the ConfigMap holding the Hard budgets' grants (`allowances.json`), written in
+    /// each namespace with Hard ProviderBudgets; gateways read it (`--allowances`).
+    #[arg(long, default_value = crate::config::allowances::ALLOWANCES_CONFIGMAP)]
+    pub allowances_configmap_name: String,
+    /// Headroom (USD) every live gateway pod is topped up to at least, per Hard budget, each
+    /// signal interval (more for pods that spend faster). Keep it above one request's worst
+    /// case: a pod with less admits nothing.
+    #[arg(long, default_value = "0.01", value_parser = parse_usd)]
+    pub hard_grant_floor: crate::policy::Money,
     /// Status writes per second at most, after a burst of 100 (0: unbounded): the client-side
     /// budget that keeps thousands of routes changing at once from flooding the API server.
     #[arg(long, default_value_t = 50)]

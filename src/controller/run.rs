@@ -103,6 +103,8 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         status_writes_per_second: args.status_writes_per_second,
         // The pace bounds the rate; a few in flight keep each write's round trip from bounding it.
         status_writes_in_flight: 8,
+        allowances_configmap: args.allowances_configmap_name.clone(),
+        hard_grant_floor: args.hard_grant_floor,
         ..Settings::default()
     };
     let ctx = Arc::new(Context { client: client.clone(), reporter, metrics, settings });

@@ -211,6 +211,7 @@ impl Engine {
             && plan.decision.budgets.contains_key(&key)
         {
             status.checkpoints = self.checkpoints(b, &key, existing);
+            status.hard = super::hard::hard_status(&self.hard, b);
         }
         let stored = g.0.as_ref().ok().and_then(|b| b.status.clone());
         let desired = to_value(&status, "ProviderBudget status")?;

@@ -16,6 +16,7 @@
 
 pub mod contract;
 pub mod delta;
+pub mod hard;
 pub mod prometheus;
 pub mod scrape;
 pub mod text;
@@ -65,6 +66,8 @@ pub struct GatewayReading {
     pub latency: BTreeMap<SeriesKey, LatencyCounter>,
     /// Revision of the config document served (`tollgate_config_revision_info{revision}`).
     pub revision: Option<String>,
+    /// Its Hard budgets, by budget name ([`hard`]).
+    pub hard: BTreeMap<String, hard::HardGauges>,
 }
 
 impl GatewayReading {
@@ -107,7 +110,9 @@ impl GatewayReading {
                     self.revision = Some(r.clone());
                 }
             }
-            _ => {}
+            _ => {
+                hard::add_sample(&mut self.hard, metric, labels, value);
+            }
         }
     }
 
@@ -303,6 +308,7 @@ impl Tracker {
                         cost_nanousd: base,
                         latency: reading.latency.clone(),
                         revision: None,
+                        hard: BTreeMap::new(),
                     }
                 }
             };
