@@ -11,6 +11,12 @@
 //! shard ConfigMaps it names (`get`, by name) and assembling them; one missing, stale or
 //! corrupt shard rejects the update (the last good config stays).
 //!
+//! [`allowance_updates`] follows the Hard budgets' allowances ConfigMap (`tollgate-allowances`,
+//! key `allowances.json`, written by the controller) the same way: each distinct valid
+//! document, or why one was refused. A missing ConfigMap yields nothing (a gateway that never
+//! saw one enforces no Hard budget; one that did keeps its last grants: it spends at most
+//! those).
+//!
 //! ```no_run
 //! # async fn demo(gw: tollgate::gateway::Gateway, dir: std::path::PathBuf) -> Result<(), Box<dyn std::error::Error>> {
 //! use futures::StreamExt;
@@ -39,6 +45,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::warn;
 
+use crate::config::allowances::{ALLOWANCES_KEY, Allowances};
 use crate::config::shard::{INDEX_KEY, assemble, parse_index};
 use crate::config::{CONFIG_GZ_KEY, CONFIG_KEY, GatewayConfig};
 
@@ -209,6 +216,46 @@ pub fn updates(
     })
 }
 
+/// What an allowances ConfigMap holds: `None` when it is missing (nothing to apply), else its
+/// validated document or why it is refused.
+pub fn allowances_update(namespace: &str, name: &str, cm: Option<&ConfigMap>) -> Option<Result<Allowances, String>> {
+    let cm = cm?;
+    let Some(text) = cm.data.as_ref().and_then(|d| d.get(ALLOWANCES_KEY)) else {
+        return Some(Err(format!("ConfigMap {namespace}/{name} has no data key {ALLOWANCES_KEY}")));
+    };
+    Some(Allowances::from_json(text.as_bytes()).map_err(|e| format!("ConfigMap {namespace}/{name}: {e}")))
+}
+
+/// Watches the allowances ConfigMap `namespace/name`: yields each distinct valid document
+/// (`Ok`) and each refusal (`Err`, the last document stays in force). Watch errors are retried
+/// with backoff.
+pub fn allowance_updates(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> impl Stream<Item = Result<Allowances, String>> + Send + use<> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let (ns, cm_name) = (namespace.to_string(), name.to_string());
+    let mut last: Option<Allowances> = None;
+    watcher::watch_object(api, name).default_backoff().filter_map(move |r| {
+        let u = match r {
+            Ok(cm) => match allowances_update(&ns, &cm_name, cm.as_ref()) {
+                Some(Ok(doc)) if last.as_ref() == Some(&doc) => None,
+                Some(Ok(doc)) => {
+                    last = Some(doc.clone());
+                    Some(Ok(doc))
+                }
+                other => other,
+            },
+            Err(e) => {
+                warn!(error = %e, "watch of the allowances ConfigMap failed (retrying)");
+                None
+            }
+        };
+        futures::future::ready(u)
+    })
+}
+
 /// Writes credentials as files of `dir` (each atomically: temporary file, then rename) and
 /// removes the files of `dir` that are no longer in the set. File names that are not plain
 /// names are refused.
@@ -315,6 +362,25 @@ mod tests {
             ConfigMap { data: Some(BTreeMap::from([(INDEX_KEY.to_string(), b.index.clone())])), ..Default::default() };
         assert_eq!(shard_index(&index_cm), Some(b.index.as_str()));
         assert!(matches!(config_update("n", "c", Some(&index_cm)), SourceUpdate::Rejected(m) if m.contains("missing")));
+    }
+
+    #[test]
+    fn allowances_are_validated_before_handing_over() {
+        let cm = |text: &str| ConfigMap {
+            data: Some(BTreeMap::from([(ALLOWANCES_KEY.to_string(), text.to_string())])),
+            ..Default::default()
+        };
+        assert_eq!(allowances_update("n", "a", None), None);
+        let ok = r#"{"namespace":"n","budgets":[{"name":"pb","provider":"openai","limit":"1","windowStart":0,"grants":{"uid-1":"0.5"}}]}"#;
+        let doc = allowances_update("n", "a", Some(&cm(ok))).unwrap().unwrap();
+        assert_eq!(doc.budgets[0].grant_of("uid-1"), "0.5".parse().unwrap());
+        let over = ok.replace("0.5", "1.5");
+        assert!(
+            matches!(allowances_update("n", "a", Some(&cm(&over))), Some(Err(m)) if m.contains("n/a") && m.contains("above the limit"))
+        );
+        assert!(
+            matches!(allowances_update("n", "a", Some(&ConfigMap::default())), Some(Err(m)) if m.contains(ALLOWANCES_KEY))
+        );
     }
 
     #[test]

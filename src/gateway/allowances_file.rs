@@ -1,5 +1,7 @@
 //! `tollgate gateway --allowances FILE`: the Hard budgets' grants (issue 13) from a file (the
-//! mounted `tollgate-allowances` ConfigMap), polled.
+//! mounted `tollgate-allowances` ConfigMap), polled; with `--from-configmap` and no
+//! `--allowances`, from the allowances ConfigMap through the API instead
+//! ([`watch_allowances_configmap`], same rules).
 //!
 //! Rules: the file is read every poll interval; a changed content is parsed and validated
 //! whole ([`Allowances::from_json`]) and applied for this gateway's `--instance` id. A missing,
@@ -11,6 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+
+use futures::StreamExt;
 
 use super::Gateway;
 use crate::config::allowances::Allowances;
@@ -46,6 +50,28 @@ pub fn watch_allowances_file(gw: Gateway, path: PathBuf, instance: String, poll:
                     last_error = Some(e);
                 }
                 Err(_) => {}
+            }
+        }
+    })
+}
+
+/// Follows the allowances ConfigMap `namespace/name` through the API and applies each new
+/// valid document as instance `instance`; a refused one keeps the grants last applied.
+pub fn watch_allowances_configmap(
+    gw: Gateway,
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    instance: String,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(crate::kube_source::allowance_updates(client, &namespace, &name));
+        while let Some(update) = stream.next().await {
+            match update.and_then(|doc| gw.set_allowances(&instance, &doc).map_err(|e| e.to_string())) {
+                Ok(()) => {
+                    tracing::info!(configmap = %format!("{namespace}/{name}"), instance = %instance, "allowances applied")
+                }
+                Err(e) => tracing::error!(error = %e, "allowances not updated; the grants last applied stay"),
             }
         }
     })

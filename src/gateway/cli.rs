@@ -112,7 +112,12 @@ pub struct GatewayArgs {
     /// `tollgate-allowances` ConfigMap), polled every `--reload-interval` (issue 13).
     #[arg(long, env = "TOLLGATE_ALLOWANCES", value_name = "FILE")]
     pub allowances: Option<PathBuf>,
-    /// This gateway's instance id in the allowances (unique per replica, e.g. the pod UID).
+    /// With `--from-configmap` and no `--allowances`: the name of the allowances ConfigMap
+    /// (key `allowances.json`) watched beside the config ConfigMap, in its namespace.
+    #[arg(long, value_name = "NAME", default_value = crate::config::allowances::ALLOWANCES_CONFIGMAP)]
+    pub allowances_configmap: String,
+    /// This gateway's instance id in the allowances: its pod UID in a cluster (the controller
+    /// grants each gateway pod by UID; the chart passes it from the downward API).
     #[arg(long, env = "TOLLGATE_INSTANCE", value_name = "ID", default_value = "gateway")]
     pub instance: String,
 }
@@ -161,10 +166,25 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
         (None, Some(object)) => watch_configmap(gw.clone(), object).await?,
         (None, None) => return Err(GatewayError::Source("either --config or --from-configmap is required".into())),
     };
-    let allowances = args
-        .allowances
-        .clone()
-        .map(|path| super::watch_allowances_file(gw.clone(), path, args.instance.clone(), args.reload_interval));
+    let allowances = match (&args.allowances, &args.from_configmap) {
+        (Some(path), _) => {
+            Some(super::watch_allowances_file(gw.clone(), path.clone(), args.instance.clone(), args.reload_interval))
+        }
+        (None, Some(object)) => {
+            let (namespace, _) = crate::kube_source::parse_object_ref(object).map_err(GatewayError::Source)?;
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| GatewayError::Source(format!("cannot reach the Kubernetes API: {e}")))?;
+            Some(super::watch_allowances_configmap(
+                gw.clone(),
+                client,
+                namespace,
+                args.allowances_configmap.clone(),
+                args.instance.clone(),
+            ))
+        }
+        (None, None) => None,
+    };
     tracing::info!(
         listen = %args.listen,
         metrics = %args.metrics_listen,

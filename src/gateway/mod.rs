@@ -63,7 +63,7 @@ use axum::Router;
 use axum::http::{HeaderValue, Uri};
 
 pub use admission::{DEFAULT_HARD_OUTPUT_CAP, HardUsage, INPUT_TOKEN_OVERHEAD};
-pub use allowances_file::watch_allowances_file;
+pub use allowances_file::{watch_allowances_configmap, watch_allowances_file};
 pub use cli::{GatewayArgs, run, run_gateway};
 pub use errors::ApiError;
 pub use metrics::{Meter, MeterEntry, MeterKey, MeterSnapshot};
