@@ -81,6 +81,9 @@ as a comma-separated list of names. */}}
 {{- range $i, $e := until 8 }}{{ if $i }}, {{ end }}{{ $cm }}-shard-{{ add1 $i }}{{ end -}}
 {{- end }}
 {{- define "tollgate.credentialsSecretName" -}}tollgate-credentials{{- end }}
+{{/* The Hard budgets' grants (config::allowances::ALLOWANCES_CONFIGMAP, --allowances-configmap-name's
+default), written by the controller in each namespace with Hard ProviderBudgets. */}}
+{{- define "tollgate.allowancesConfigMapName" -}}tollgate-allowances{{- end }}
 
 {{/* Refuses combinations that install but cannot work. */}}
 {{- define "tollgate.validate" -}}
