@@ -1064,3 +1064,233 @@ async fn a_spec_change_plans_only_the_namespaces_it_touches() {
     assert_eq!(r.statuses_written, ["ProviderBudget team-a/openai-daily"]);
     h.finish().await;
 }
+
+// ---- Hard budgets (issue 13) ------------------------------------------------------------------
+
+const ALLOWANCES_URI: &str =
+    "/api/v1/namespaces/team-a/configmaps/tollgate-allowances?&force=true&fieldManager=tollgate-controller";
+const ALLOWANCES_GET: &str = "/api/v1/namespaces/team-a/configmaps/tollgate-allowances";
+
+fn hard_budget(status: Option<Value>) -> Value {
+    let mut b = budget();
+    b["spec"]["enforcement"] = json!("Hard");
+    if let Some(s) = status {
+        b["status"] = s;
+    }
+    b
+}
+
+fn window_start() -> i64 {
+    "2025-05-14T00:00:00Z".parse::<Timestamp>().unwrap().as_second()
+}
+
+/// The allowances document the controller should write for the one Hard budget.
+fn allowances_doc(grants: &[(&str, &str)]) -> String {
+    use tollgate::config::allowances::{Allowances, HardBudgetGrants};
+    Allowances {
+        namespace: NS.into(),
+        budgets: vec![HardBudgetGrants {
+            name: "openai-daily".into(),
+            provider: "openai".into(),
+            models: vec![],
+            limit: "10".into(),
+            window_start: window_start(),
+            grants: grants.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }],
+    }
+    .to_json()
+}
+
+fn allowances_body(grants: &[(&str, &str)]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tollgate-allowances", "namespace": NS, "labels": labels("gateway-allowances")},
+        "data": {"allowances.json": allowances_doc(grants)}
+    })
+}
+
+/// Signals with the gateway's Hard budget gauges for `openai-daily`.
+fn hard_signals(nanousd: u64, granted: &str, settled: &str, reserved: &str, refused: u64, rev: &str) -> String {
+    format!(
+        "tollgate_requests_total{{route=\"chat\",backend=\"openai-mini\",provider=\"openai\",model=\"gpt-5-mini\",outcome=\"ok\"}} 10\n\
+         tollgate_cost_nanousd_total{{route=\"chat\",backend=\"openai-mini\",provider=\"openai\",model=\"gpt-5-mini\"}} {nanousd}\n\
+         tollgate_config_revision_info{{revision=\"{rev}\"}} 1\n\
+         tollgate_hard_budget_reservations_total{{budget=\"openai-daily\",result=\"admitted\"}} 5\n\
+         tollgate_hard_budget_reservations_total{{budget=\"openai-daily\",result=\"refused\"}} {refused}\n\
+         tollgate_hard_budget_granted_usd{{budget=\"openai-daily\"}} {granted}\n\
+         tollgate_hard_budget_settled_usd{{budget=\"openai-daily\"}} {settled}\n\
+         tollgate_hard_budget_reserved_usd{{budget=\"openai-daily\"}} {reserved}\n"
+    )
+}
+
+fn hard_of(b: &Value) -> Value {
+    status_envelope("ProviderBudget", "openai-daily", b)["hard"].clone()
+}
+
+/// The controller grants a Hard budget to the gateway pod by UID in ConfigMap
+/// tollgate-allowances (read back first: 404 on a new namespace), counting the spend seen before
+/// any grant; tops it up from its gauges; fills status.hard; one Warning Event when it starts
+/// refusing; a failed write is counted and announced once, and its grants count as given.
+#[tokio::test]
+async fn hard_budget_grants_are_written_restored_first_and_reported() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    world.budgets = vec![hard_budget(None)];
+    let expects = vec![
+        expect("PATCH", CM_URI, |_| {}),
+        expect("PATCH", SECRET_URI, |_| {}),
+        // Pass 1: read back (none yet), then the first grants: the floor for the pod, and the
+        // $1 seen before any grant counted as given.
+        expect("GET", ALLOWANCES_GET, |_| {}).fail(404, "NotFound"),
+        expect("PATCH", ALLOWANCES_URI, |b| {
+            assert_eq!(b, &allowances_body(&[("spent-before-grants", "1"), (GW_UID, "0.01")]));
+        }),
+        expect("PATCH", status_uri("modelroutes", "chat"), |_| {}),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            assert_eq!(
+                hard_of(b),
+                json!({"reserved": "0.000000", "settled": "0.000000", "bound": "1.010000", "refused": 0,
+                       "grants": [{"gateway": "spent-before-grants", "granted": "1.000000"},
+                                  {"gateway": GW_UID, "granted": "0.010000"}]})
+            );
+        }),
+        // Pass 2: the pod used 0.009 of 0.01 (settled + reserved) and refused 3: topped up to
+        // the floor again, one Event.
+        expect("PATCH", ALLOWANCES_URI, |b| {
+            assert_eq!(b, &allowances_body(&[("spent-before-grants", "1"), (GW_UID, "0.019")]));
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            let h = hard_of(b);
+            assert_eq!(
+                (&h["reserved"], &h["settled"], &h["bound"], &h["refused"]),
+                (&json!("0.001000"), &json!("0.008000"), &json!("1.019000"), &json!(3))
+            );
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!((&b["reason"], &b["type"]), (&json!("HardBudgetRefusing"), &json!("Warning")));
+            assert_eq!(b["regarding"]["name"], "openai-daily");
+            assert!(b["note"].as_str().unwrap().contains("refused 3 requests"), "{b}");
+        }),
+        // Pass 3: it burnt 0.010 in the interval: headroom target two intervals (0.02). The
+        // write is refused: counted, one Warning Event; the grants count as given.
+        expect("PATCH", ALLOWANCES_URI, |b| {
+            assert_eq!(b, &allowances_body(&[("spent-before-grants", "1"), (GW_UID, "0.038")]));
+        })
+        .fail(422, "Invalid"),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            assert_eq!(hard_of(b)["bound"], "1.038000");
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!((&b["reason"], &b["type"]), (&json!("AllowancesNotApplied"), &json!("Warning")));
+            assert_eq!(b["regarding"]["name"], "tollgate-allowances");
+        }),
+        // Pass 4: the same grants written again, and said so.
+        expect("PATCH", ALLOWANCES_URI, |b| {
+            assert_eq!(b, &allowances_body(&[("spent-before-grants", "1"), (GW_UID, "0.038")]));
+        }),
+        expect("POST", EVENTS_URI, |b| {
+            assert_eq!((&b["reason"], &b["type"]), (&json!("AllowancesApplied"), &json!("Normal")));
+        }),
+    ];
+    let mut h = harness(expects);
+    let rev = expected_doc(&world.routes).revision;
+    h.signals.set(10, 0, 1_000_000_000, &rev);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let pb = h.sent(&format!("PATCH {}", status_uri("providerbudgets", "openai-daily")));
+    world.budgets = vec![hard_budget(Some(pb["status"].clone()))];
+    world.configmaps = vec![serde_json::from_value(server_echo(&h.sent(&format!("PATCH {CM_URI}")))).unwrap()];
+    world.secrets.push(serde_json::from_value(server_echo(&h.sent(&format!("PATCH {SECRET_URI}")))).unwrap());
+    let mr = h.sent(&format!("PATCH {}", status_uri("modelroutes", "chat")));
+    world.routes = vec![with_status(chat(), &mr["status"])];
+    let set = |h: &Harness, text: String| *h.signals.0.lock().unwrap() = text;
+
+    set(&h, hard_signals(1_008_000_000, "0.01", "0.008", "0.001", 3, &rev));
+    let r = h.pass(&world, later(15), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.events_published, 1);
+    let pb = h.sent(&format!("PATCH {}", status_uri("providerbudgets", "openai-daily")));
+    world.budgets = vec![hard_budget(Some(pb["status"].clone()))];
+
+    set(&h, hard_signals(1_018_000_000, "0.019", "0.018", "0", 3, &rev));
+    let r = h.pass(&world, later(30), true).await;
+    let kinds: Vec<&str> = r.errors.iter().map(|e| e.metric_label()).collect();
+    assert_eq!(kinds, ["apply_allowances"]);
+    assert!(r.errors[0].to_string().contains("tollgate-allowances"), "{}", r.errors[0]);
+    let metrics = h.metrics.encode();
+    assert!(
+        metrics.contains("tollgate_controller_config_not_applied_total{reason=\"AllowancesNotApplied\"} 1"),
+        "{metrics}"
+    );
+    let pb = h.sent(&format!("PATCH {}", status_uri("providerbudgets", "openai-daily")));
+    world.budgets = vec![hard_budget(Some(pb["status"].clone()))];
+
+    let r = h.pass(&world, later(45), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    h.finish().await;
+}
+
+/// A new controller (restart, new leader) restores the grants before granting: from the
+/// ConfigMap it wrote and from status.hard.grants (per pod, the larger), and never grants
+/// the sum above the limit. A ConfigMap it cannot read grants nothing that pass.
+#[tokio::test]
+async fn a_new_controller_restores_grants_before_granting_and_never_exceeds_the_limit() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    world.configmaps = vec![serde_json::from_value(server_echo(&configmap_body(&doc))).unwrap()];
+    let key = base64::engine::general_purpose::STANDARD.encode("sk-test");
+    world.secrets.push(serde_json::from_value(server_echo(&secret_body(json!({"openai_api-key": key})))).unwrap());
+    // The status (newer) knows a larger grant and a pod since gone; the ConfigMap an older one.
+    let status = json!({
+        "observedGeneration": 1, "spent": "1.008", "percentUsed": "10.08", "state": "Ok",
+        "window": {"start": "2025-05-14T00:00:00Z", "end": "2025-05-15T00:00:00Z"},
+        "checkpoints": [{"gateway": GW_UID, "counter": "1.008"}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "WithinBudget", "message": "ok",
+                        "lastTransitionTime": "2025-05-14T12:00:00Z", "observedGeneration": 1}],
+        "hard": {"reserved": "0", "settled": "8.9", "bound": "9.998", "refused": 3,
+                 "grants": [{"gateway": "spent-before-grants", "granted": "1"}, {"gateway": GW_UID, "granted": "8.995"},
+                            {"gateway": "uid-gone", "granted": "0.003"}]}
+    });
+    world.budgets = vec![hard_budget(Some(status))];
+    let stored = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tollgate-allowances", "namespace": NS, "uid": "uid-a", "resourceVersion": "7"},
+        "data": {"allowances.json": allowances_doc(&[("spent-before-grants", "1"), (GW_UID, "0.019")])}});
+    let expects = vec![
+        // Pass 1: the read is refused: no grant at all this pass.
+        expect("GET", ALLOWANCES_GET, |_| {}).fail(403, "Forbidden"),
+        expect("PATCH", status_uri("modelroutes", "chat"), |_| {}),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            // Until restored, status.hard stays as stored.
+            assert_eq!(hard_of(b)["bound"], "9.998");
+        }),
+        // Pass 2: restored (max of both), then topped up by only what is left of the limit.
+        expect("GET", ALLOWANCES_GET, |_| {}).reply(stored),
+        expect("PATCH", ALLOWANCES_URI, |b| {
+            assert_eq!(b, &allowances_body(&[("spent-before-grants", "1"), (GW_UID, "8.997"), ("uid-gone", "0.003")]));
+        }),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            let h = hard_of(b);
+            assert_eq!((&h["bound"], &h["refused"]), (&json!("10.000000"), &json!(3)));
+        }),
+    ];
+    let mut h = harness(expects);
+    // The pod used 8.99 of its 8.995: it needs the floor (0.01), only 0.002 is left.
+    *h.signals.0.lock().unwrap() = hard_signals(1_008_000_000, "8.995", "8.99", "0", 3, &doc.revision);
+    let r = h.pass(&world, later(30), true).await;
+    let kinds: Vec<&str> = r.errors.iter().map(|e| e.metric_label()).collect();
+    assert_eq!(kinds, ["read_allowances"]);
+    let pb = h.sent(&format!("PATCH {}", status_uri("providerbudgets", "openai-daily")));
+    world.budgets = vec![hard_budget(Some(pb["status"].clone()))];
+    let mr = h.sent(&format!("PATCH {}", status_uri("modelroutes", "chat")));
+    world.routes = vec![with_status(chat(), &mr["status"])];
+    let r = h.pass(&world, later(45), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let sent = h.sent(&format!("PATCH {ALLOWANCES_URI}"));
+    let written = tollgate::config::allowances::Allowances::from_json(
+        sent["data"]["allowances.json"].as_str().unwrap().as_bytes(),
+    )
+    .expect("a valid document: grants within the limit");
+    let sum: tollgate::policy::Money =
+        written.budgets[0].grants.values().map(|g| g.parse::<tollgate::policy::Money>().unwrap()).sum();
+    assert_eq!(sum, "10".parse().unwrap());
+    h.finish().await;
+}

@@ -25,7 +25,7 @@
 //! Status: `status.hard` from the last gauges read in the window (settled summed over every
 //! pod seen in it, reserved over those read this round), the ledger's grants and their sum
 //! (the bound), and refusals counted from the gateways' counters (deltas; the first round
-//! after a start only sets baselines). One Warning Event `HardBudgetRefusing` when a budget
+//! after a restore only sets baselines, as the restored count holds them). One Warning Event `HardBudgetRefusing` when a budget
 //! starts refusing (a round with refusals after one without). A failed write is counted in
 //! `tollgate_controller_config_not_applied_total{reason="AllowancesNotApplied"}`, with one
 //! Warning Event per failure episode on the ConfigMap and a Normal one when writes succeed again.
@@ -73,6 +73,9 @@ struct BudgetLedger {
     refused_last: BTreeMap<String, u64>,
     /// Whether the last round had refusals.
     refusing: bool,
+    /// Restored and not granted yet: the pods' refusal counters seen first are baselines
+    /// (the restored `refused` already counts them).
+    restored: bool,
 }
 
 /// The controller's memory of Hard budgets.
@@ -87,8 +90,6 @@ pub(super) struct HardMemory {
     failing: BTreeSet<String>,
     /// Gauges of this pass's signal round (`None`: no round this pass).
     pub(super) readings: Option<HardReadings>,
-    /// Signal rounds folded in so far.
-    rounds: u64,
 }
 
 impl HardMemory {
@@ -189,7 +190,6 @@ impl Engine {
                 }
             }
         }
-        self.hard.rounds += 1;
         errors
     }
 
@@ -213,7 +213,13 @@ impl Engine {
             if !grants.is_empty() {
                 info!(budget = %key, window, gateways = grants.len(), "restored Hard budget grants");
             }
-            let ledger = BudgetLedger { window, grants, refused: hard.map_or(0, |h| h.refused), ..Default::default() };
+            let ledger = BudgetLedger {
+                window,
+                grants,
+                refused: hard.map_or(0, |h| h.refused),
+                restored: true,
+                ..Default::default()
+            };
             self.hard.ledgers.insert(key, ledger);
         }
     }
@@ -231,9 +237,9 @@ impl Engine {
         let mem = self.state.budgets.get(&key)?;
         let window = mem.window_start.as_second();
         let spent_before = mem.spent;
-        let first_round = self.hard.rounds == 0;
         let floor = self.ctx.settings.hard_grant_floor;
         let ledger = self.hard.ledgers.entry(key.clone()).or_default();
+        let first_round = std::mem::take(&mut ledger.restored);
         if ledger.window != window || ledger.grants.is_empty() {
             if ledger.window != window {
                 *ledger = BudgetLedger {
@@ -261,7 +267,7 @@ impl Engine {
             let gauges = read.get(&key.name).copied();
             let (spent, burn) = match gauges {
                 Some(g) => {
-                    let before = ledger.seen.get(&t.uid).map_or(Money::ZERO, |p| p.settled);
+                    let before = ledger.seen.get(&t.uid).map_or(g.settled, |p| p.settled);
                     reserved += g.reserved;
                     let last = ledger.refused_last.insert(t.uid.clone(), g.refused);
                     refused_now += match last {
