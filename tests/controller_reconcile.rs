@@ -1136,14 +1136,14 @@ async fn hard_budget_grants_are_written_restored_first_and_reported() {
     let mut world = World::new(vec![chat()], vec![openai_secret()]);
     world.budgets = vec![hard_budget(None)];
     let expects = vec![
-        expect("PATCH", CM_URI, |_| {}),
-        expect("PATCH", SECRET_URI, |_| {}),
         // Pass 1: read back (none yet), then the first grants: the floor for the pod, and the
-        // $1 seen before any grant counted as given.
+        // $1 seen before any grant counted as given. Before the routing config.
         expect("GET", ALLOWANCES_GET, |_| {}).fail(404, "NotFound"),
         expect("PATCH", ALLOWANCES_URI, |b| {
             assert_eq!(b, &allowances_body(&[("spent-before-grants", "1"), (GW_UID, "0.01")]));
         }),
+        expect("PATCH", CM_URI, |_| {}),
+        expect("PATCH", SECRET_URI, |_| {}),
         expect("PATCH", status_uri("modelroutes", "chat"), |_| {}),
         expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
             assert_eq!(

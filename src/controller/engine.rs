@@ -285,6 +285,11 @@ impl Engine {
             info!(kind = kind_name(t.kind), object = %t.object, reason = %t.reason, "{}", t.message);
         }
 
+        // Hard budgets' grants (signal passes only: they need this round's gauges), written
+        // before the routing config, so that a gateway that loads a config also finds grants.
+        let hard_errors = self.hard_pass(&objects.budgets, &targets).await;
+        report.errors.extend(hard_errors);
+
         // Apply, per namespace. `revisions`: what the cluster holds (the new revision once
         // written; else the one the ConfigMap still holds), so statuses claim only that.
         let mut revisions: BTreeMap<String, String> = BTreeMap::new();
@@ -322,9 +327,6 @@ impl Engine {
             self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
         }
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
-        // Hard budgets' grants (signal passes only: they need this round's gauges).
-        let hard_errors = self.hard_pass(&objects.budgets, &targets).await;
-        report.errors.extend(hard_errors);
 
         // Status.
         let mut writes = Vec::new();
