@@ -248,8 +248,14 @@ pub struct ApiGateway {
 
 impl ApiGateway {
     pub fn start(ns: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let (api, metrics) = (free_port(), free_port());
-        let creds = std::env::temp_dir().join(format!("tollgate-{ns}-credentials"));
+        Self::start_on(ns, "gateway", free_port(), free_port(), extra, env)
+    }
+
+    /// One of several gateways in `ns`: its own `name` (log and credentials directory) and the
+    /// given API and metrics ports (e.g. a metrics port a fake Pod object already points at).
+    pub fn start_on(ns: &str, name: &str, api: u16, metrics: u16, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = if name == "gateway" { String::new() } else { format!("-{name}") };
+        let creds = std::env::temp_dir().join(format!("tollgate-{ns}{dir}-credentials"));
         let mut args: Vec<String> = vec![
             "gateway".into(),
             "--from-configmap".into(),
@@ -262,7 +268,7 @@ impl ApiGateway {
             format!("127.0.0.1:{metrics}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self { proc: Proc::spawn("gateway", ns, &args, env), api, metrics, creds }
+        Self { proc: Proc::spawn(name, ns, &args, env), api, metrics, creds }
     }
 }
 
