@@ -3,9 +3,10 @@
 //! enforce, under concurrent load.
 //!
 //! Each gateway is a Pod object (created first, so its UID is known) whose `metrics` port is
-//! the gateway's loopback metrics port, and the gateway runs with `--instance <that UID>`: the
-//! controller scrapes it, grants it by UID in ConfigMap `tollgate-allowances`, and the gateway
-//! watches that ConfigMap through the API.
+//! the gateway's loopback metrics port, and the gateway runs as the chart runs it,
+//! `--instance <that UID> --instance-per-process`: the controller scrapes it, reads its
+//! instance id (`<UID>.<suffix>`) there, grants it in ConfigMap `tollgate-allowances`, and the
+//! gateway watches that ConfigMap through the API.
 //!
 //! Two routes, same load, same prices, same limit ($0.10), side by side in one run:
 //! - `hard`: backend `openai` (tier 0) under ProviderBudget `openai-hard` (`enforcement: Hard`),
@@ -117,7 +118,7 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
             &name,
             api,
             metrics,
-            &["--instance", &uid, "--workers", "1"],
+            &["--instance", &uid, "--instance-per-process", "--workers", "1"],
             &[("RUST_LOG", "info")],
         );
         gws.push((name, uid, gw));
@@ -196,10 +197,9 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
         (spent_answers(&tallies) * COST_NANOS >= LIMIT_NANOS * 2 / 5).then_some(())
     })
     .await;
-    let (_, dead_uid, dead) = &mut gws[2];
+    let (_, _, dead) = &mut gws[2];
     dead.proc.signal("-KILL");
     let _ = dead.proc.wait_exit(Duration::from_secs(10)).await;
-    let dead_uid = dead_uid.clone();
     delete_pod(&client, &ns, "gw-3").await;
     let killed_at = started.elapsed();
     let dead_spent = tallies[2].hard.load(Ordering::SeqCst) * COST_NANOS;
@@ -289,11 +289,13 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
     assert!(hard_total >= LIMIT_NANOS / 2, "the fleet spent only {} of {}", usd(hard_total), usd(LIMIT_NANOS));
     let sum: u64 = grants.values().map(|g| tollgate::signals::checkpoint_nanousd(g).unwrap_or(u64::MAX)).sum();
     assert!(sum <= LIMIT_NANOS, "grants sum to {}", usd(sum));
+    // Each process is granted as `<pod UID>.<its suffix>` (`--instance-per-process`).
     for (_, uid, _) in &gws {
-        assert!(grants.contains_key(uid), "no grant for pod {uid}: {grants:?}");
-        assert!(hard_status.grants.iter().any(|g| &g.gateway == uid), "status.hard lacks {uid}");
+        let prefix = format!("{uid}.");
+        assert!(grants.keys().any(|k| k.starts_with(&prefix)), "no grant for pod {uid}: {grants:?}");
+        assert!(hard_status.grants.iter().any(|g| g.gateway.starts_with(&prefix)), "status.hard lacks {uid}");
     }
-    assert!(grants.contains_key(&dead_uid), "the killed pod keeps its grant counted");
+    assert_eq!(grants.len(), 3, "one instance per process: {grants:?}");
     let events = events(&client, &ns).await;
     let refusing = events_of(&events, "HardBudgetRefusing", "openai-hard");
     assert!(!refusing.is_empty(), "no HardBudgetRefusing Event");

@@ -11,9 +11,13 @@
 //!    that namespace this pass: granting from an empty ledger could hand out the window twice.
 //!    A window with no grant yet counts the spend the policy already saw in it (e.g. while the
 //!    budget was Soft) as the grant of a gone instance, [`BEFORE_GRANTS`].
-//! 2. **Regrant.** The instance id of a gateway is its **pod UID** (the chart passes
-//!    `--instance=$(POD_UID)` from the downward API). Pods read this round are alive; the
-//!    others (not ready, unreadable, gone) keep their grant and get nothing more.
+//! 2. **Regrant.** A gateway is granted by the instance id it publishes on `/metrics`
+//!    (`tollgate_hard_budget_instance_info`), else by its **pod UID**. The chart runs it with
+//!    `--instance=$(POD_UID) --instance-per-process`: `<pod UID>.<random suffix>`, new for each
+//!    process, so a restarted container is a new instance with no grant (its predecessor's
+//!    grant stays counted) rather than a fresh ledger under a grant already spent. Instances
+//!    read this round are alive; the others (not ready, unreadable, gone, restarted) keep
+//!    their grant and get nothing more.
 //!    [`crate::policy::allowance::regrant`] tops each alive pod up to a headroom of
 //!    `max(--hard-grant-floor, 2 × its burn over the last interval)`, grants never shrink, and
 //!    their sum never exceeds the limit. The gateway's own gauges (settled + reserved) say what
@@ -50,13 +54,13 @@ use crate::policy::ObjectKey;
 use crate::policy::allowance::{GatewayView, GrantPolicy, regrant};
 use crate::policy::money::Money;
 use crate::signals::GatewayTarget;
-use crate::signals::hard::HardGauges;
+use crate::signals::hard::{HardGauges, HardReading};
 
 /// Instance id standing for the spend seen in a window before any grant of it.
 pub const BEFORE_GRANTS: &str = "spent-before-grants";
 
-/// Gauges read in one signal round: pod UID → budget name → gauges. Only pods read.
-pub(super) type HardReadings = BTreeMap<String, BTreeMap<String, HardGauges>>;
+/// What the pods read in one signal round report of their Hard budgets, by pod UID.
+pub(super) type HardReadings = BTreeMap<String, HardReading>;
 
 /// One Hard budget's grants in its current window.
 #[derive(Clone, Debug, Default)]
@@ -263,25 +267,28 @@ impl Engine {
         let mut refused_now = 0u64;
         for t in targets.iter().filter(|t| t.namespace == key.namespace) {
             let Some(read) = readings.get(&t.uid) else { continue };
-            let granted = ledger.grants.get(&t.uid).copied().unwrap_or(Money::ZERO);
-            let gauges = read.get(&key.name).copied();
+            // The id the gateway process reads its grants as (a restarted process is a new
+            // instance), else its pod UID.
+            let id = read.instance.clone().unwrap_or_else(|| t.uid.clone());
+            let granted = ledger.grants.get(&id).copied().unwrap_or(Money::ZERO);
+            let gauges = read.budgets.get(&key.name).copied();
             let (spent, burn) = match gauges {
                 Some(g) => {
-                    let before = ledger.seen.get(&t.uid).map_or(g.settled, |p| p.settled);
+                    let before = ledger.seen.get(&id).map_or(g.settled, |p: &HardGauges| p.settled);
                     reserved += g.reserved;
-                    let last = ledger.refused_last.insert(t.uid.clone(), g.refused);
+                    let last = ledger.refused_last.insert(id.clone(), g.refused);
                     refused_now += match last {
                         Some(l) if g.refused >= l => g.refused - l,
                         Some(_) => g.refused,
                         None if first_round => 0,
                         None => g.refused,
                     };
-                    ledger.seen.insert(t.uid.clone(), g);
+                    ledger.seen.insert(id.clone(), g);
                     (g.settled + g.reserved, g.settled.saturating_sub(before))
                 }
                 None => (Money::ZERO, Money::ZERO),
             };
-            views.insert(t.uid.clone(), GatewayView { granted, spent, burn, alive: true });
+            views.insert(id, GatewayView { granted, spent, burn, alive: true });
         }
         ledger.reserved = reserved;
         ledger.refused += refused_now;

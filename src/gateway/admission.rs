@@ -438,6 +438,17 @@ fn usd(m: Money) -> f64 {
 impl Collector for AdmissionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let usage = self.0.usage();
+        // The instance id the grants are read for: the controller grants this pod by it.
+        let instance = lock(&self.0.instance).clone();
+        if !instance.is_empty() {
+            let mut fam = encoder.encode_descriptor(
+                "tollgate_hard_budget_instance",
+                "This gateway's instance id in the allowances (Hard budgets' grants)",
+                None,
+                MetricType::Info,
+            )?;
+            fam.encode_info(&[("instance", instance.as_str())])?;
+        }
         let mut fam = encoder.encode_descriptor(
             "tollgate_hard_budget_reservations",
             "Hard budget reservations by result (admitted, refused)",

@@ -120,6 +120,12 @@ pub struct GatewayArgs {
     /// grants each gateway pod by UID; the chart passes it from the downward API).
     #[arg(long, env = "TOLLGATE_INSTANCE", value_name = "ID", default_value = "gateway")]
     pub instance: String,
+    /// Make the instance id unique to this process, `<ID>.<8 random hex digits>`: a restarted
+    /// gateway (same pod, same `--instance`) is then a new instance with no grant, instead of a
+    /// new process that could spend its predecessor's grant again. The id is published on
+    /// `/metrics` (`tollgate_hard_budget_instance_info`), where the controller reads it.
+    #[arg(long)]
+    pub instance_per_process: bool,
 }
 
 impl GatewayArgs {
@@ -166,9 +172,20 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
         (None, Some(object)) => watch_configmap(gw.clone(), object).await?,
         (None, None) => return Err(GatewayError::Source("either --config or --from-configmap is required".into())),
     };
+    let instance = if args.instance_per_process {
+        format!("{}.{:08x}", args.instance, rand::random::<u32>())
+    } else {
+        args.instance.clone()
+    };
+    if args.allowances.is_some() || args.from_configmap.is_some() {
+        // Publishes the instance id at once (no Hard budget known until a document arrives).
+        gw.set_allowances(&instance, &crate::config::allowances::Allowances::default())
+            .map_err(|e| GatewayError::Source(e.to_string()))?;
+        tracing::info!(instance = %instance, "Hard budgets: grants are read for this instance id");
+    }
     let allowances = match (&args.allowances, &args.from_configmap) {
         (Some(path), _) => {
-            Some(super::watch_allowances_file(gw.clone(), path.clone(), args.instance.clone(), args.reload_interval))
+            Some(super::watch_allowances_file(gw.clone(), path.clone(), instance.clone(), args.reload_interval))
         }
         (None, Some(object)) => {
             let (namespace, _) = crate::kube_source::parse_object_ref(object).map_err(GatewayError::Source)?;
@@ -180,7 +197,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
                 client,
                 namespace,
                 args.allowances_configmap.clone(),
-                args.instance.clone(),
+                instance.clone(),
             ))
         }
         (None, None) => None,

@@ -1,7 +1,8 @@
 //! What a gateway reports of its Hard budgets (issue 13), read from its `/metrics`:
 //! `tollgate_hard_budget_{granted,settled,reserved}_usd{budget}` (gauges) and
-//! `tollgate_hard_budget_reservations_total{budget,result}` (counters), as written by
-//! `crate::gateway::admission`.
+//! `tollgate_hard_budget_reservations_total{budget,result}` (counters), and the instance id
+//! the gateway reads its grants as (`tollgate_hard_budget_instance_info{instance}`), as written
+//! by `crate::gateway::admission`.
 //!
 //! Rules: gauges are USD written as floats; a value is read as an exact decimal when it is
 //! one (`0.002`) and otherwise (exponent form, `1e-7`) rounded to the nearest pico-dollar.
@@ -23,6 +24,17 @@ pub const SETTLED_USD: &str = "tollgate_hard_budget_settled_usd";
 pub const RESERVED_USD: &str = "tollgate_hard_budget_reserved_usd";
 /// `tollgate_hard_budget_reservations_total`.
 pub const RESERVATIONS_TOTAL: &str = "tollgate_hard_budget_reservations_total";
+/// `tollgate_hard_budget_instance_info`.
+pub const INSTANCE_INFO: &str = "tollgate_hard_budget_instance_info";
+
+/// What one gateway reports of its Hard budgets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HardReading {
+    /// The instance id it reads its grants as (`None`: not reported, e.g. an older gateway).
+    pub instance: Option<String>,
+    /// Its Hard budgets, by name.
+    pub budgets: BTreeMap<String, HardGauges>,
+}
 
 /// One Hard budget as one gateway reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,14 +51,16 @@ pub struct HardGauges {
     pub refused: u64,
 }
 
-/// Folds one sample into `hard` (by budget name) when it is one of the Hard budget metrics;
-/// returns whether it was.
-pub fn add_sample(
-    hard: &mut BTreeMap<String, HardGauges>,
-    metric: &str,
-    labels: &BTreeMap<String, String>,
-    value: &str,
-) -> bool {
+/// Folds one sample into `reading` when it is one of the Hard budget metrics; returns whether
+/// it was.
+pub fn add_sample(reading: &mut HardReading, metric: &str, labels: &BTreeMap<String, String>, value: &str) -> bool {
+    if metric == INSTANCE_INFO {
+        if let Some(i) = labels.get("instance").filter(|i| !i.is_empty()) {
+            reading.instance = Some(i.clone());
+        }
+        return true;
+    }
+    let hard = &mut reading.budgets;
     let field: fn(&mut HardGauges) -> &mut Money = match metric {
         GRANTED_USD => |h| &mut h.granted,
         SETTLED_USD => |h| &mut h.settled,
@@ -95,13 +109,15 @@ mod tests {
             tollgate_hard_budget_settled_usd{budget=\"pb\"} 0.014\n\
             tollgate_hard_budget_reserved_usd{budget=\"pb\"} 1e-6\n\
             tollgate_hard_budget_reserved_usd 3\n\
+            tollgate_hard_budget_instance_info{instance=\"uid-1.0a1b2c3d\"} 1\n\
             tollgate_requests_total{route=\"r\"} 1\n";
-        let mut hard = BTreeMap::new();
+        let mut hard = HardReading::default();
         for s in super::super::text::samples(body) {
             add_sample(&mut hard, &s.metric, &s.labels, &s.value);
         }
-        assert_eq!(hard.len(), 1);
-        let h = hard["pb"];
+        assert_eq!(hard.instance.as_deref(), Some("uid-1.0a1b2c3d"));
+        assert_eq!(hard.budgets.len(), 1);
+        let h = hard.budgets["pb"];
         assert_eq!((h.admitted, h.refused), (7, 2));
         assert_eq!(h.granted, "0.05".parse().unwrap());
         assert_eq!(h.settled, "0.014".parse().unwrap());

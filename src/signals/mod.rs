@@ -66,8 +66,8 @@ pub struct GatewayReading {
     pub latency: BTreeMap<SeriesKey, LatencyCounter>,
     /// Revision of the config document served (`tollgate_config_revision_info{revision}`).
     pub revision: Option<String>,
-    /// Its Hard budgets, by budget name ([`hard`]).
-    pub hard: BTreeMap<String, hard::HardGauges>,
+    /// Its Hard budgets and instance id ([`hard`]).
+    pub hard: hard::HardReading,
 }
 
 impl GatewayReading {
@@ -308,7 +308,7 @@ impl Tracker {
                         cost_nanousd: base,
                         latency: reading.latency.clone(),
                         revision: None,
-                        hard: BTreeMap::new(),
+                        hard: hard::HardReading::default(),
                     }
                 }
             };
