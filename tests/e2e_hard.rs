@@ -20,8 +20,9 @@
 //! - the exact metered spend (`tollgate_cost_nanousd_total`) of the Hard budget summed over
 //!   the gateways (the killed one: its answers counted by the clients, each $0.002 exactly, as
 //!   its /metrics died with it) is ≤ the limit to the nano-dollar, and reaches most of it;
-//! - after the kill, the two others still keep the total within the limit, the load going on
-//!   until the whole limit is granted and two signal intervals more;
+//! - after the kill (and the controller's: SIGKILL, then a new controller, which restores the
+//!   grants before granting), the two others still keep the total within the limit, the load
+//!   going on until the whole limit is granted and two signal intervals more;
 //! - the grants in the ConfigMap never sum above the limit; `status.hard` lists the three
 //!   pods; a `HardBudgetRefusing` Event;
 //! - the Soft budget's overshoot is printed beside the Hard one.
@@ -123,8 +124,8 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
         );
         gws.push((name, uid, gw));
     }
-    let controller =
-        Controller::start(&ns, "controller-hard", &["--leader-election=false", "--hard-grant-floor", "0.01"]);
+    let controller_args = ["--leader-election=false", "--hard-grant-floor", "0.01"];
+    let mut controller = Controller::start(&ns, "controller-hard", &controller_args);
 
     // Every gateway serves the routes and holds a grant before the load starts.
     for (name, _, gw) in &gws {
@@ -206,6 +207,13 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
     let live_answers = |tallies: &[Arc<Tally>]| tallies[..2].iter().map(|t| t.hard.load(Ordering::SeqCst)).sum::<u64>();
     let live_at_kill = live_answers(&tallies);
     println!("gw-3 killed at {killed_at:?}, having spent {} of openai-hard", usd(dead_spent));
+
+    // The controller too (SIGKILL): a new one must restore the grants (ConfigMap and status)
+    // before it grants, or it would hand the window out a second time.
+    controller.proc.signal("-KILL");
+    let _ = controller.proc.wait_exit(Duration::from_secs(10)).await;
+    controller = Controller::start(&ns, "controller-hard-2", &controller_args);
+    println!("controller killed and replaced at {:?}", started.elapsed());
 
     // The Hard budget is refused on both live gateways (answered by the fallback) for a while,
     // and the Soft one has been drained; then the load stops.
@@ -303,5 +311,7 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
     for (name, _, gw) in gws.iter().take(2) {
         assert!(gw.proc.log_text().contains("allowances applied"), "{name} never applied allowances");
     }
+    let log = controller.proc.log_text();
+    assert!(log.contains("restored Hard budget grants"), "the new controller did not restore the grants");
     drop(controller);
 }
