@@ -15,16 +15,18 @@
 //!   the controller sees the spend), then a free fallback.
 //!
 //! Every tier-0 answer costs exactly $0.002 (mock: 1000 input + 1000 output tokens at $1/1M),
-//! and its worst case is the same. Gateway 3 is killed (SIGKILL, its Pod deleted, as a crashed
-//! pod's ReplicaSet would replace it) mid-run. Checked:
+//! and its worst case is the same. Mid-run, gateway 3 is killed (SIGKILL, its Pod deleted, as a
+//! crashed pod's ReplicaSet would replace it), the controller is killed and replaced, and
+//! gateway 2's process is killed and started again in its Pod (a container restart). Checked:
 //! - the exact metered spend (`tollgate_cost_nanousd_total`) of the Hard budget summed over
 //!   the gateways (the killed one: its answers counted by the clients, each $0.002 exactly, as
 //!   its /metrics died with it) is ≤ the limit to the nano-dollar, and reaches most of it;
 //! - after the kill (and the controller's: SIGKILL, then a new controller, which restores the
 //!   grants before granting), the two others still keep the total within the limit, the load
 //!   going on until the whole limit is granted and two signal intervals more;
-//! - the grants in the ConfigMap never sum above the limit; `status.hard` lists the three
-//!   pods; a `HardBudgetRefusing` Event;
+//! - the grants in the ConfigMap never sum above the limit; one instance per process (gw-2's
+//!   restarted process is a new one, its first process's grant stays counted); `status.hard`
+//!   lists them; a `HardBudgetRefusing` Event;
 //! - the Soft budget's overshoot is printed beside the Hard one.
 
 #[path = "common/cluster.rs"]
@@ -215,6 +217,22 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
     controller = Controller::start(&ns, "controller-hard-2", &controller_args);
     println!("controller killed and replaced at {:?}", started.elapsed());
 
+    // Gateway 2's process dies and starts again in place (same Pod, same ports, same
+    // `--instance`), as a container restart does: with `--instance-per-process` it is a new
+    // instance with no grant, and its predecessor's grant stays counted (otherwise it would
+    // spend that grant a second time). What the first process spent: by its answers.
+    let (_, uid2, gw2) = &mut gws[1];
+    gw2.proc.signal("-KILL");
+    let _ = gw2.proc.wait_exit(Duration::from_secs(10)).await;
+    let first_process = [tallies[1].hard.load(Ordering::SeqCst), tallies[1].soft.load(Ordering::SeqCst)];
+    let gw2_args = ["--instance", uid2.as_str(), "--instance-per-process", "--workers", "1"];
+    *gw2 = ApiGateway::start_on(&ns, "gw-2-restarted", gw2.api, gw2.metrics, &gw2_args, &[("RUST_LOG", "info")]);
+    println!(
+        "gw-2 restarted in place at {:?}; its first process spent {} of openai-hard",
+        started.elapsed(),
+        usd(first_process[0] * COST_NANOS)
+    );
+
     // The Hard budget is refused on both live gateways (answered by the fallback) for a while,
     // and the Soft one has been drained; then the load stops.
     let pb: Api<ProviderBudget> = Api::namespaced(client.clone(), &ns);
@@ -243,8 +261,17 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
     for (i, (name, _, gw)) in gws.iter().enumerate().take(2) {
         let (_, text) = http_get(gw.metrics, "/metrics").await.expect("a live gateway answers /metrics");
         let (h, s) = (metered(&text, "openai"), metered(&text, "acme"));
-        assert_eq!(h, tallies[i].hard.load(Ordering::SeqCst) * COST_NANOS, "{name}: metered ≠ answers × $0.002");
-        assert_eq!(s, tallies[i].soft.load(Ordering::SeqCst) * COST_NANOS, "{name}: metered ≠ answers × $0.002");
+        // gw-2's /metrics are its second process's: the first one's answers are added apart.
+        let before = if i == 1 { first_process } else { [0, 0] };
+        let answers = |n: &AtomicU64, b: u64| (n.load(Ordering::SeqCst) - b) * COST_NANOS;
+        assert_eq!(h, answers(&tallies[i].hard, before[0]), "{name}: metered ≠ answers × $0.002");
+        assert_eq!(s, answers(&tallies[i].soft, before[1]), "{name}: metered ≠ answers × $0.002");
+        if i == 1 {
+            let (h0, s0) = (before[0] * COST_NANOS, before[1] * COST_NANOS);
+            rows.push(format!("{name} (first process, by its answers): hard {} soft {}", usd(h0), usd(s0)));
+            hard_total += h0;
+            soft_total += s0;
+        }
         rows.push(format!("{name}: hard {} soft {}", usd(h), usd(s)));
         hard_total += h;
         soft_total += s;
@@ -303,7 +330,9 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
         assert!(grants.keys().any(|k| k.starts_with(&prefix)), "no grant for pod {uid}: {grants:?}");
         assert!(hard_status.grants.iter().any(|g| g.gateway.starts_with(&prefix)), "status.hard lacks {uid}");
     }
-    assert_eq!(grants.len(), 3, "one instance per process: {grants:?}");
+    assert_eq!(grants.len(), 4, "one instance per process (gw-2 had two): {grants:?}");
+    let gw2_instances = grants.keys().filter(|k| k.starts_with(&format!("{}.", gws[1].1))).count();
+    assert_eq!(gw2_instances, 2, "gw-2's restarted process is a new instance: {grants:?}");
     let events = events(&client, &ns).await;
     let refusing = events_of(&events, "HardBudgetRefusing", "openai-hard");
     assert!(!refusing.is_empty(), "no HardBudgetRefusing Event");
