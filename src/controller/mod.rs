@@ -60,8 +60,8 @@ fn parse_signals(s: &str) -> Result<SignalsSource, String> {
 
 fn parse_usd(s: &str) -> Result<crate::policy::Money, String> {
     match s.parse::<crate::policy::Money>() {
-        Ok(m) if !m.is_negative() => Ok(m),
-        _ => Err(format!("{s:?}: expected a USD amount such as 0.01")),
+        Ok(m) if m > crate::policy::Money::ZERO => Ok(m),
+        _ => Err(format!("{s:?}: expected a USD amount above zero, such as 0.01")),
     }
 }
 
@@ -143,6 +143,8 @@ mod tests {
             Ok(SignalsSource::Prometheus("http://prom:9090".into()))
         );
         assert!(parse_signals("prometheus=prom").is_err());
+        assert_eq!(parse_usd("0.01"), Ok("0.01".parse().unwrap()));
+        assert!(parse_usd("0").is_err() && parse_usd("-1").is_err() && parse_usd("x").is_err());
         let positive = crate::cmd::parse_duration_in::<1, { u64::MAX }>;
         assert_eq!(positive("1500ms"), Ok(Duration::from_millis(1500)));
         assert!(positive("0s").is_err());

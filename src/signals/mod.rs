@@ -13,6 +13,8 @@
 //! [`contract`] names every metric and label both sides use (the gateway writes with it, the
 //! readers here read with it); [`delta`] is the one definition of observation deltas and merges
 //! (also used by the gateway's meter and by `tollgate local`). Both are free of Kubernetes.
+//! [`hard`] reads what a gateway reports of its Hard budgets (grant, settled, reserved,
+//! refusals, its instance id), kept beside the counters in [`GatewayReading::hard`].
 
 pub mod contract;
 pub mod delta;
