@@ -36,6 +36,18 @@
 //!
 //! With `--signals prometheus=URL` the gauges are not read: every pod then counts as having
 //! used nothing and is topped up to the floor only (the bound holds; big spenders wait).
+//!
+//! Edge cases, each deliberate:
+//! - A new window starts a new ledger (its spend so far, as the policy counted it, entered as
+//!   [`BEFORE_GRANTS`]). Gateways still on the previous window's grant until they read the new
+//!   document settle into that window: what they held unspent at the boundary can be spent in
+//!   the new window beyond its bound (at most one interval's headroom per gateway).
+//! - A budget switched to Soft loses its ledger (and the gateways theirs, once they read a
+//!   document without it); switched back to Hard in the same window, its grants start again
+//!   from what the policy counted as spent, which lags the Soft spend by up to one interval.
+//! - A Hard budget created between two signal passes is granted at the next one; until then
+//!   the gateways do not know it is Hard.
+//! - Grants of gone instances stay in the ledger (and the document) until the window ends.
 
 use std::collections::{BTreeMap, BTreeSet};
 
