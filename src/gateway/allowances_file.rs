@@ -7,7 +7,8 @@
 //! whole ([`Allowances::from_json`]) and applied for this gateway's `--instance` id. A missing,
 //! unreadable or invalid file keeps the grants last applied (logged once per distinct error):
 //! a gateway that loses its source keeps spending only what it was granted. Until a first
-//! valid document arrives the gateway knows no Hard budget and enforces none.
+//! valid document arrives the gateway knows no Hard budget and enforces none (a file missing
+//! from the start, as in a namespace without Hard budgets, is no error: said once at info).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub fn watch_allowances_file(gw: Gateway, path: PathBuf, instance: String, poll:
     tokio::spawn(async move {
         let mut last: Option<Vec<u8>> = None;
         let mut last_error: Option<String> = None;
+        let mut announced_none = false;
         let mut tick = tokio::time::interval(poll.max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -41,6 +43,14 @@ pub fn watch_allowances_file(gw: Gateway, path: PathBuf, instance: String, poll:
                     }
                     Err(e) => Err(e),
                 },
+                // No document yet (a namespace without Hard budgets has none): nothing to say.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && last.is_none() => {
+                    if !announced_none {
+                        tracing::info!(path = %path.display(), "no allowances document yet: no Hard budget enforced");
+                        announced_none = true;
+                    }
+                    Ok(())
+                }
                 Err(e) => Err(format!("cannot read {}: {e}", path.display())),
             };
             match result {
