@@ -1294,3 +1294,32 @@ async fn a_new_controller_restores_grants_before_granting_and_never_exceeds_the_
     assert_eq!(sum, "10".parse().unwrap());
     h.finish().await;
 }
+
+/// A gateway that publishes its instance id (`--instance-per-process`) is granted by it, not
+/// by its pod UID.
+#[tokio::test]
+async fn a_gateway_is_granted_by_the_instance_id_it_publishes() {
+    let mut world = World::new(vec![chat()], vec![openai_secret()]);
+    world.budgets = vec![hard_budget(None)];
+    let instance = format!("{GW_UID}.0a1b2c3d");
+    let expected = allowances_body(&[(instance.as_str(), "0.01")]);
+    let expects = vec![
+        expect("GET", ALLOWANCES_GET, |_| {}).fail(404, "NotFound"),
+        expect("PATCH", ALLOWANCES_URI, move |b| assert_eq!(b, &expected)),
+        expect("PATCH", CM_URI, |_| {}),
+        expect("PATCH", SECRET_URI, |_| {}),
+        expect("PATCH", status_uri("modelroutes", "chat"), |_| {}),
+        expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+            assert_eq!(hard_of(b)["grants"], json!([{"gateway": format!("{GW_UID}.0a1b2c3d"), "granted": "0.010000"}]));
+        }),
+    ];
+    let mut h = harness(expects);
+    let rev = expected_doc(&world.routes).revision;
+    *h.signals.0.lock().unwrap() = format!(
+        "tollgate_config_revision_info{{revision=\"{rev}\"}} 1\n\
+         tollgate_hard_budget_instance_info{{instance=\"{instance}\"}} 1\n"
+    );
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    h.finish().await;
+}
