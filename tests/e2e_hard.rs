@@ -126,6 +126,13 @@ async fn three_gateways_hold_a_hard_budget_to_the_nano_dollar_beside_a_soft_one(
         );
         gws.push((name, uid, gw));
     }
+    // Their listeners are bound before the controller picks its own free port.
+    for (name, _, gw) in &gws {
+        eventually(&format!("{name} serving /metrics"), Duration::from_secs(30), || async {
+            http_get(gw.metrics, "/metrics").await.map(|_| ())
+        })
+        .await;
+    }
     let controller_args = ["--leader-election=false", "--hard-grant-floor", "0.01"];
     let mut controller = Controller::start(&ns, "controller-hard", &controller_args);
 
