@@ -81,6 +81,7 @@ http {
   scgi_temp_path $WORK/$1/tmp/scgi;
   keepalive_requests 1000000;
   keepalive_timeout 120s;
+  client_body_buffer_size 256k;
 $2
 }
 EOF
@@ -135,9 +136,9 @@ FL_WORKERS=$(sed -n 's/.*--workers[ =]\([0-9]*\).*/\1/p' <<<"${GATEWAY_ARGS:-}")
 FL_PID=$!
 PIDS+=("$FL_PID")
 
-wait_http() { # url
+wait_http() { # url [model]
   for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d '{"model":"bench"}' "$1"; then return 0; fi
+    if curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d "{\"model\":\"${2:-bench}\"}" "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   echo "error: $1 does not answer" >&2
@@ -325,14 +326,14 @@ EOF
   server { listen 127.0.0.1:$NGX_H2_PORT http2; location / { proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
   K_URL="http://127.0.0.1:$K_PORT/v1/chat/completions"
   H_URL="http://127.0.0.1:$H_PORT/v1/chat/completions"
-  wait_http "$K_URL"; wait_http "$H_URL"
+  wait_http "$K_URL" bench-500; wait_http "$H_URL"
   sed 's/"model":"bench"/"model":"bench-500"/' "$WORK/post.lua" >"$WORK/post-1k.lua"
 
   # $1 = url, $2 = lua script → p50 us at 1 connection
   p50_with() {
     wrk -t1 -c1 -d"$WARMUP" -s "$2" "$1" >/dev/null
     local out; out=$(wrk -t1 -c1 -d"$DURATION" --latency -s "$2" "$1")
-    check "$out" "$1"
+    check "$out" "$1 with $(basename "$2")"
     to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")"
   }
   # $1 = url, $2 = pid, $3 = lua script → CPU us per request at $CONNS connections
