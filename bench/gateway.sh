@@ -81,6 +81,7 @@ http {
   scgi_temp_path $WORK/$1/tmp/scgi;
   keepalive_requests 1000000;
   keepalive_timeout 120s;
+  client_body_buffer_size 256k;
 $2
 }
 EOF
@@ -135,9 +136,9 @@ FL_WORKERS=$(sed -n 's/.*--workers[ =]\([0-9]*\).*/\1/p' <<<"${GATEWAY_ARGS:-}")
 FL_PID=$!
 PIDS+=("$FL_PID")
 
-wait_http() { # url
+wait_http() { # url [model]
   for _ in $(seq 1 100); do
-    if curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d '{"model":"bench"}' "$1"; then return 0; fi
+    if curl -fsS -o /dev/null -X POST -H 'content-type: application/json' -d "{\"model\":\"${2:-bench}\"}" "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   echo "error: $1 does not answer" >&2
@@ -249,3 +250,171 @@ awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99
   printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %s; spend metered: %s nano-USD\n",
     rss / 1024, hwm / 1024, ok, nano
 }'
+
+# -------------------------------------------------------------------------------------------
+# Extras (issue 16 item 4 and issue 13's admission cost), each in the same run as a baseline;
+# EXTRAS=0 skips them. Added p50 at 1 connection over the direct upstream (median of ROUNDS),
+# CPU per request at $CONNS connections where it says so:
+#   - 100 KB request body: nginx, floor and tollgate;
+#   - a 1,000-route config: tollgate serving route 500 of 1,000 against the 1-route tollgate
+#     (the route lookup must not grow with the config);
+#   - a Hard budget: the 1-route tollgate with its provider under a Hard ProviderBudget and an
+#     allowances file granting far more than the run spends (reservation, output cap inserted
+#     upstream, settlement on every request) against the same gateway without it;
+#   - streaming: time to the first body byte of an SSE answer (python client, keep-alive,
+#     stream with no usage requested, so tollgate also asks for usage upstream and strips it);
+#   - HTTP/2 clients (h2c, prior knowledge; h2load from nghttp2-client, installed when run as
+#     root): mean time per request at 1 connection, 1 stream; nginx listens with `listen ... http2`.
+if [[ ${EXTRAS:-1} != 0 ]]; then
+  echo "extras..." >&2
+  # 100 KB body
+  python3 -c 'import json; print("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = " + json.dumps(json.dumps({"model": "bench", "messages": [{"role": "user", "content": "x" * 102400}]})))' >"$WORK/post100k.lua"
+  # 1,000 routes: bench-0 .. bench-999, each its own backend on the fixed upstream
+  mkdir -p "$WORK/manifests-1k"
+  for i in $(seq 0 999); do
+    cat <<EOF
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: bench-$i}
+spec:
+  backends:
+    - name: fixed
+      provider: openai
+      model: bench-model-$i
+      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
+      pricing: {input: "2.50", cachedInput: "1.25", output: "10.00"}
+EOF
+  done >"$WORK/manifests-1k/routes.yaml"
+  "$TOLLGATE" render -f "$WORK/manifests-1k" >"$WORK/config-1k.json"
+  K_PORT=$(free_port)
+  RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config-1k.json" --credentials-dir "$WORK/creds" \
+    --listen "127.0.0.1:$K_PORT" --metrics-listen "127.0.0.1:$(free_port)" ${GATEWAY_ARGS:-} >"$WORK/gateway-1k.log" 2>&1 &
+  K_PID=$!; PIDS+=("$K_PID")
+  # Hard budget
+  DAY=$(( $(date -u +%s) / 86400 * 86400 ))
+  printf '{"namespace":"default","budgets":[{"name":"openai-hard","provider":"openai","limit":"1000000","windowStart":%s,"grants":{"bench":"1000000"}}]}\n' "$DAY" >"$WORK/allowances.json"
+  H_PORT=$(free_port); H_METRICS=$(free_port)
+  RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
+    --listen "127.0.0.1:$H_PORT" --metrics-listen "127.0.0.1:$H_METRICS" --allowances "$WORK/allowances.json" --instance bench \
+    ${GATEWAY_ARGS:-} >"$WORK/gateway-hard.log" 2>&1 &
+  H_PID=$!; PIDS+=("$H_PID")
+  # Streaming: an SSE upstream, and a route to it
+  SSE_PORT=$(free_port)
+  SSE_BODY='data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench-model","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}\n\ndata: [DONE]\n\n'
+  nginx_conf sse "
+  server { listen 127.0.0.1:$SSE_PORT; location / { default_type text/event-stream; return 200 '$SSE_BODY'; } }"
+  NGX_SSE_PORT=$(free_port)
+  nginx_conf proxysse "
+  upstream sse { server 127.0.0.1:$SSE_PORT; keepalive 16; }
+  server { listen 127.0.0.1:$NGX_SSE_PORT; location / { proxy_pass http://sse; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; } }"
+  mkdir -p "$WORK/manifests-sse"
+  sed "s/name: bench}/name: bench-sse}/; s/$UP_PORT/$SSE_PORT/" "$WORK/manifests/route.yaml" >"$WORK/manifests-sse/route.yaml"
+  "$TOLLGATE" render -f "$WORK/manifests-sse" >"$WORK/config-sse.json"
+  S_PORT=$(free_port)
+  RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config-sse.json" --credentials-dir "$WORK/creds" \
+    --listen "127.0.0.1:$S_PORT" --metrics-listen "127.0.0.1:$(free_port)" ${GATEWAY_ARGS:-} >"$WORK/gateway-sse.log" 2>&1 &
+  S_PID=$!; PIDS+=("$S_PID")
+  # HTTP/2: nginx with h2c on its own port
+  # (nginx 1.22 syntax: a plaintext `listen ... http2` port speaks h2c with prior knowledge only;
+  # the direct baseline is the fixed body served over h2c by its own nginx server)
+  NGX_H2_PORT=$(free_port); UP_H2_PORT=$(free_port)
+  nginx_conf upstreamh2 "
+  server { listen 127.0.0.1:$UP_H2_PORT http2; location / { default_type application/json; return 200 '$BODY'; } }"
+  nginx_conf proxyh2 "
+  upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server { listen 127.0.0.1:$NGX_H2_PORT http2; location / { proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  K_URL="http://127.0.0.1:$K_PORT/v1/chat/completions"
+  H_URL="http://127.0.0.1:$H_PORT/v1/chat/completions"
+  wait_http "$K_URL" bench-500; wait_http "$H_URL"
+  sed 's/"model":"bench"/"model":"bench-500"/' "$WORK/post.lua" >"$WORK/post-1k.lua"
+
+  # $1 = url, $2 = lua script → p50 us at 1 connection
+  p50_with() {
+    wrk -t1 -c1 -d"$WARMUP" -s "$2" "$1" >/dev/null
+    local out; out=$(wrk -t1 -c1 -d"$DURATION" --latency -s "$2" "$1")
+    check "$out" "$1 with $(basename "$2")"
+    to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")"
+  }
+  # $1 = url, $2 = pid, $3 = lua script → CPU us per request at $CONNS connections
+  cpu_with() {
+    wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$3" "$1" >/dev/null
+    local before after out
+    before=$(ticks "$2"); out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$3" "$1"); after=$(ticks "$2")
+    check "$out" "$1"
+    awk -v d=$((after - before)) -v hz="$(getconf CLK_TCK)" '/requests in/ {n = $1} END {printf "%.1f\n", (n > 0 ? d * 1000000 / hz / n : 0)}' <<<"$out"
+  }
+  cat >"$WORK/ttfb.py" <<'EOF'
+import http.client, json, statistics, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+body = json.dumps({"model": sys.argv[3], "stream": True, "messages": [{"role": "user", "content": "Say hello."}]}).encode()
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+out = []
+for i in range(n + 50):
+    t = time.perf_counter()
+    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    first = r.read(1)
+    dt = time.perf_counter() - t
+    rest = r.read()
+    if r.status != 200 or not first or b"[DONE]" not in first + rest:
+        sys.exit(f"bad answer {r.status}")
+    if i >= 50:
+        out.append(dt)
+print(f"{statistics.median(out) * 1e6:.0f}")
+EOF
+  if ! command -v h2load >/dev/null && [[ $(id -u) == 0 ]] && need apt-get; then
+    echo "installing nghttp2-client (h2load)..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || true
+  fi
+  printf '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}' >"$WORK/h2body.json"
+  # $1 = base url → mean us per request, 1 connection, 1 stream
+  h2_mean() {
+    local out
+    out=$(h2load -n 3000 -c 1 -m 1 -d "$WORK/h2body.json" -H 'content-type: application/json' "$1/v1/chat/completions")
+    grep -q '3000 succeeded' <<<"$out" || { echo "error: h2load on $1:" >&2; echo "$out" >&2; exit 1; }
+    awk '/time for request:/ {v = $6; if (v ~ /us$/) print v + 0; else if (v ~ /ms$/) print (v + 0) * 1000; else print v + 0}' <<<"$out"
+  }
+  declare -A X
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "extras round $round/$ROUNDS..." >&2
+    X[a100]+="$(p50_with "$A_URL" "$WORK/post100k.lua") "
+    X[b100]+="$(p50_with "$B_URL" "$WORK/post100k.lua") "
+    X[d100]+="$(p50_with "$D_URL" "$WORK/post100k.lua") "
+    X[c100]+="$(p50_with "$C_URL" "$WORK/post100k.lua") "
+    X[a1]+="$(p50_with "$A_URL" "$WORK/post.lua") "
+    X[c1]+="$(p50_with "$C_URL" "$WORK/post.lua") "
+    X[k1]+="$(p50_with "$K_URL" "$WORK/post-1k.lua") "
+    X[h1]+="$(p50_with "$H_URL" "$WORK/post.lua") "
+    X[ccpu]+="$(cpu_with "$C_URL" "$TG_PID" "$WORK/post.lua") "
+    X[hcpu]+="$(cpu_with "$H_URL" "$H_PID" "$WORK/post.lua") "
+    X[kcpu]+="$(cpu_with "$K_URL" "$K_PID" "$WORK/post-1k.lua") "
+    X[sa]+="$(python3 "$WORK/ttfb.py" "$SSE_PORT" 500 bench) "
+    X[sb]+="$(python3 "$WORK/ttfb.py" "$NGX_SSE_PORT" 500 bench) "
+    X[sc]+="$(python3 "$WORK/ttfb.py" "$S_PORT" 500 bench-sse) "
+    if command -v h2load >/dev/null; then
+      X[ha]+="$(h2_mean "http://127.0.0.1:$UP_H2_PORT") "
+      X[hb]+="$(h2_mean "http://127.0.0.1:$NGX_H2_PORT") "
+      X[hc]+="$(h2_mean "http://127.0.0.1:$TG_PORT") "
+      X[hd]+="$(h2_mean "http://127.0.0.1:$FL_PORT") "
+    fi
+  done
+  x() { tr ' ' '\n' <<<"${X[$1]:-}" | grep -v '^$' | median; }
+  HARD_OK=$(curl -fsS "http://127.0.0.1:$H_METRICS/metrics" | awk '/^tollgate_hard_budget_reservations_total\{.*result="admitted"/ {s += $2} END {print s + 0}')
+  awk -v a100="$(x a100)" -v b100="$(x b100)" -v c100="$(x c100)" -v d100="$(x d100)" -v a1="$(x a1)" -v c1="$(x c1)" \
+      -v k1="$(x k1)" -v h1="$(x h1)" -v ccpu="$(x ccpu)" -v hcpu="$(x hcpu)" -v kcpu="$(x kcpu)" -v bcpu="$BCPU" \
+      -v sa="$(x sa)" -v sb="$(x sb)" -v sc="$(x sc)" -v ha="$(x ha)" -v hb="$(x hb)" -v hc="$(x hc)" -v hd="$(x hd)" \
+      -v admitted="$HARD_OK" 'BEGIN {
+    printf "\nextras (added p50 at 1 connection over the direct upstream, medians of rounds)\n"
+    printf "100 KB request body:   nginx %.0f us, floor %.0f us, tollgate %.0f us (tollgate / nginx %.2fx, / floor %.2fx)\n",
+      b100 - a100, d100 - a100, c100 - a100, (c100 - a100) / (b100 - a100), (c100 - a100) / (d100 - a100)
+    printf "1,000-route config:    tollgate %.0f us vs 1 route %.0f us (%.2fx); CPU per request %.1f vs %.1f us (%.2fx)\n",
+      k1 - a1, c1 - a1, (k1 - a1) / (c1 - a1), kcpu, ccpu, kcpu / ccpu
+    printf "Hard budget admission: tollgate %.0f us vs without %.0f us (%.2fx); CPU per request %.1f vs %.1f us (%.2fx; %.2fx nginx, was %.2fx); %d admitted\n",
+      h1 - a1, c1 - a1, (h1 - a1) / (c1 - a1), hcpu, ccpu, hcpu / ccpu, hcpu / bcpu, ccpu / bcpu, admitted
+    printf "SSE first byte:        nginx %.0f us, tollgate %.0f us added (%.2fx)\n", sb - sa, sc - sa, (sb > sa ? (sc - sa) / (sb - sa) : 0)
+    if (ha > 0) printf "HTTP/2 (h2c) clients:  nginx %.0f us, floor %.0f us, tollgate %.0f us added per request (tollgate / nginx %.2fx, / floor %.2fx)\n",
+      hb - ha, hd - ha, hc - ha, (hc - ha) / (hb - ha), (hc - ha) / (hd - ha)
+    else print "HTTP/2 (h2c) clients:  skipped (no h2load; apt-get install nghttp2-client)"
+  }'
+fi

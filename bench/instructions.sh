@@ -10,7 +10,14 @@
 #
 #   bench/instructions.sh               # N0=200 N1=1200, about 2 minutes
 #   N0=100 N1=600 bench/instructions.sh
-#   ANNOTATE=1 bench/instructions.sh    # also prints tollgate's top functions (inclusive)
+#   ANNOTATE=1 bench/instructions.sh    # also prints tollgate's top functions (inclusive), both rows
+#   NO_BUILD=1 TOLLGATE=/path/a FLOOR=/path/b bench/instructions.sh   # count given binaries
+#   KEEP=1 bench/instructions.sh        # keep the callgrind files (for callgrind_annotate)
+#
+# A fourth row, "tollgate, Hard budget", runs the same gateway with the route's provider under
+# a Hard ProviderBudget (issue 13) and an allowances file granting it far more than the run
+# spends: every request is admitted by reservation, gets the output cap inserted and is
+# settled, so the row minus the plain tollgate row is what admission costs per request.
 #
 # Needs valgrind, nginx and python3 (the client); builds target/release/{tollgate,floor_proxy}.
 set -euo pipefail
@@ -21,10 +28,12 @@ N1=${N1:-1200}
 for c in valgrind nginx python3; do
   command -v "$c" >/dev/null || { echo "error: needs $c (Debian: valgrind nginx-light)" >&2; exit 1; }
 done
-echo "building release binaries..." >&2
-cargo build -q --release --bin tollgate --example floor_proxy
-TOLLGATE=$PWD/target/release/tollgate
-FLOOR=$PWD/target/release/examples/floor_proxy
+if [[ -z ${NO_BUILD:-} ]]; then
+  echo "building release binaries..." >&2
+  cargo build -q --release --bin tollgate --example floor_proxy
+fi
+TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
+FLOOR=${FLOOR:-$PWD/target/release/examples/floor_proxy}
 NGINX=$(command -v nginx)
 
 WORK=$(mktemp -d -t tollgate-instr.XXXXXX)
@@ -32,7 +41,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [[ -n ${KEEP:-} ]]; then echo "callgrind files kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -109,6 +118,12 @@ spec:
       pricing: {input: "2.50", cachedInput: "1.25", output: "10.00"}
 EOF
 "$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
+# The Hard row: a grant of $1,000,000 for instance "bench" in today's UTC day window.
+DAY=$(( $(date -u +%s) / 86400 * 86400 ))
+cat >"$WORK/allowances.json" <<EOF
+{"namespace":"default","budgets":[{"name":"openai-hard","provider":"openai","limit":"1000000",
+ "windowStart":$DAY,"grants":{"bench":"1000000"}}]}
+EOF
 
 # $1 = target name, $2 = requests → total instructions of the proxy process (all threads)
 count() {
@@ -130,6 +145,11 @@ count() {
         --credentials-dir "$WORK/creds" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" --workers 1 \
         2>"$out.log" >/dev/null &
       ;;
+    tollgate-hard)
+      RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$TOLLGATE" gateway --config "$WORK/config.json" \
+        --credentials-dir "$WORK/creds" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$(free_port)" --workers 1 \
+        --allowances "$WORK/allowances.json" --instance bench 2>"$out.log" >/dev/null &
+      ;;
   esac
   pid=$!
   python3 "$WORK/client.py" "$port" "$n"
@@ -142,7 +162,7 @@ count() {
 }
 
 declare -A PER
-for t in nginx floor tollgate; do
+for t in nginx floor tollgate tollgate-hard; do
   echo "counting $t ($N0 and $N1 requests under callgrind)..." >&2
   i0=$(count "$t" "$N0")
   i1=$(count "$t" "$N1")
@@ -150,11 +170,15 @@ for t in nginx floor tollgate; do
 done
 
 if [[ -n ${ANNOTATE:-} ]]; then
-  callgrind_annotate --inclusive=yes "$WORK/cg.tollgate.$N1" 2>/dev/null | sed -n '1,60p' || true
+  for t in tollgate tollgate-hard; do
+    echo "== $t: top functions, inclusive ($N1 requests)"
+    callgrind_annotate --inclusive=yes "$WORK/cg.$t.$N1" 2>/dev/null | sed -n '1,60p' || true
+  done
 fi
 
-awk -v n="${PER[nginx]}" -v f="${PER[floor]}" -v t="${PER[tollgate]}" -v n0="$N0" -v n1="$N1" 'BEGIN {
+awk -v n="${PER[nginx]}" -v f="${PER[floor]}" -v t="${PER[tollgate]}" -v h="${PER[tollgate-hard]}" -v n0="$N0" -v n1="$N1" 'BEGIN {
   printf "\nuser-space instructions per proxied request (callgrind, (I(%d) - I(%d)) / %d)\n\n", n1, n0, n1 - n0
-  printf "%-24s %12d\n%-24s %12d\n%-24s %12d\n\n", "nginx proxy", n, "floor (gateway stack)", f, "tollgate gateway", t
+  printf "%-30s %12d\n%-30s %12d\n%-30s %12d\n%-30s %12d\n\n", "nginx proxy", n, "floor (gateway stack)", f, "tollgate gateway", t, "tollgate, Hard budget", h
   printf "ratios: tollgate / nginx %.2fx, tollgate / floor %.2fx, floor / nginx %.2fx\n", t / n, t / f, f / n
+  printf "admission (Hard budget): %+d instructions per request (%.2fx tollgate; %.2fx nginx)\n", h - t, h / t, h / n
 }'

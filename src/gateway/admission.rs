@@ -43,6 +43,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Map, Value};
 
+mod splice;
+
 use super::request::Endpoint;
 use crate::config::allowances::{Allowances, HardBudgetGrants};
 use crate::config::{BackendConfig, EndpointConfig, WireApi};
@@ -382,6 +384,22 @@ fn clamp_or_insert(obj: &mut Map<String, Value>, present: &[&str], insert: &str,
 pub(crate) fn cap_body(body: &[u8], api: WireApi, endpoint: Endpoint, provider: &str, cap: u32) -> Option<Vec<u8>> {
     if endpoint == Endpoint::Embeddings {
         return None;
+    }
+    // Top-level fields: spliced into the bytes (no re-serialisation; see `splice`).
+    let top_level: Option<(&[&str], &str)> = match (api, endpoint) {
+        (WireApi::AnthropicMessages, _) => Some((&["max_tokens"], "max_tokens")),
+        (WireApi::OpenAI, Endpoint::ChatCompletions) => Some((
+            &["max_completion_tokens", "max_tokens"],
+            if provider == "openai" { "max_completion_tokens" } else { "max_tokens" },
+        )),
+        (WireApi::OpenAI, Endpoint::Completions) => Some((&["max_tokens"], "max_tokens")),
+        (WireApi::OpenAI, Endpoint::Responses) => Some((&["max_output_tokens"], "max_output_tokens")),
+        _ => None,
+    };
+    if let Some((present, insert)) = top_level
+        && let Some(out) = splice::cap_top_level(body, present, insert, cap)
+    {
+        return Some(out);
     }
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
         return None;

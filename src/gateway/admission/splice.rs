@@ -1,0 +1,235 @@
+//! The output cap on a top-level field, spliced into the body's bytes (issue 16: the Hard
+//! budget's per-request cost).
+//!
+//! Rules, the same as clamping a parsed object: every top-level key of `present` whose value is
+//! not `null` counts; a value that is not an unsigned integer at most `cap` (a larger number, a
+//! float, a negative, a string) is replaced by `cap`; when no such key is there, `insert: cap`
+//! is added as the object's first member (set in place when it is there as `null`). Everything else reaches upstream byte for byte, in
+//! the client's key order (the parsed-object path re-serialised the whole body, sorted).
+//!
+//! Edge cases: a body that is not a JSON object gives `None` (the caller sends it unchanged and
+//! the upstream refuses it); a body repeating one of the capped keys gives `None` too, so the
+//! caller takes the parsed-object path, which keeps the last value as JSON readers do — a
+//! splice of each occurrence could leave a later `null` (no bound) in force.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A top-level key, borrowed from the body when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The top-level members of an object, values as raw slices of the body.
+struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `body` with the cap applied to its top-level `present` keys (or `insert` added, or set
+/// when it is there as `null`); `None` when
+/// the body is not a JSON object or repeats a capped key (see the module rules).
+pub(crate) fn cap_top_level(body: &[u8], present: &[&str], insert: &str, cap: u32) -> Option<Vec<u8>> {
+    let Members(members) = serde_json::from_slice(body).ok()?;
+    let base = body.as_ptr() as usize;
+    let mut edits: Vec<(usize, usize)> = Vec::new();
+    let mut seen = 0usize;
+    let mut any = false;
+    for (k, v) in &members {
+        if !present.contains(&k.0.as_ref()) {
+            continue;
+        }
+        seen += 1;
+        let raw = v.get();
+        if raw == "null" {
+            continue;
+        }
+        any = true;
+        if serde_json::from_str::<u64>(raw).is_ok_and(|n| n <= u64::from(cap)) {
+            continue;
+        }
+        let start = (raw.as_ptr() as usize).checked_sub(base)?;
+        edits.push((start, start + raw.len()));
+    }
+    let distinct = present.iter().filter(|p| members.iter().any(|(k, _)| k.0 == **p)).count();
+    if seen > distinct {
+        return None;
+    }
+    let digits = cap.to_string();
+    let mut out = Vec::with_capacity(body.len() + insert.len() + 16);
+    if !any && let Some((_, v)) = members.iter().find(|(k, _)| k.0 == insert) {
+        // `insert` is there as `null`: set it in place (a second member would come first and
+        // lose to the `null`).
+        let start = (v.get().as_ptr() as usize).checked_sub(base)?;
+        edits.push((start, start + v.get().len()));
+    } else if !any {
+        let open = body.iter().position(|&b| b == b'{')?;
+        out.extend_from_slice(&body[..=open]);
+        serde_json::to_writer(&mut out, insert).ok()?;
+        out.push(b':');
+        out.extend_from_slice(digits.as_bytes());
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(&body[open + 1..]);
+        return Some(out);
+    }
+    let mut at = 0;
+    for (start, end) in edits {
+        out.extend_from_slice(body.get(at..start)?);
+        out.extend_from_slice(digits.as_bytes());
+        at = end;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    fn s(b: Option<Vec<u8>>) -> String {
+        String::from_utf8(b.expect("capped")).expect("utf-8")
+    }
+
+    #[test]
+    fn inserts_first_and_keeps_the_rest_byte_for_byte() {
+        let body = br#" { "model" : "m",  "messages":[{"role":"user","content":"hi"}] , "z":1.50}"#;
+        assert_eq!(
+            s(cap_top_level(body, &["max_tokens"], "max_tokens", 64)),
+            r#" {"max_tokens":64, "model" : "m",  "messages":[{"role":"user","content":"hi"}] , "z":1.50}"#
+        );
+        assert_eq!(s(cap_top_level(b"{}", &["max_tokens"], "max_tokens", 7)), r#"{"max_tokens":7}"#);
+    }
+
+    #[test]
+    fn clamps_what_is_above_or_not_an_unsigned_integer() {
+        let cap = |body: &str| s(cap_top_level(body.as_bytes(), &["max_completion_tokens", "max_tokens"], "x", 100));
+        assert_eq!(cap(r#"{"max_tokens":5000,"a":1}"#), r#"{"max_tokens":100,"a":1}"#);
+        assert_eq!(cap(r#"{"max_tokens":50}"#), r#"{"max_tokens":50}"#);
+        assert_eq!(cap(r#"{"max_tokens": 1e3 }"#), r#"{"max_tokens": 100 }"#);
+        assert_eq!(
+            cap(r#"{"max_tokens":-1,"max_completion_tokens":"9"}"#),
+            r#"{"max_tokens":100,"max_completion_tokens":100}"#
+        );
+        assert_eq!(
+            cap(r#"{"max_tokens":null,"max_completion_tokens":7}"#),
+            r#"{"max_tokens":null,"max_completion_tokens":7}"#
+        );
+        // Only null: as if absent; the inserted key set in place when it is the null one.
+        assert_eq!(cap(r#"{"max_tokens":null}"#), r#"{"x":100,"max_tokens":null}"#);
+        let ins = |body: &str| s(cap_top_level(body.as_bytes(), &["max_tokens"], "max_tokens", 100));
+        assert_eq!(ins(r#"{"a":1,"max_tokens":null}"#), r#"{"a":1,"max_tokens":100}"#);
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_object_or_repeats_a_capped_key() {
+        assert_eq!(cap_top_level(b"[1,2]", &["max_tokens"], "max_tokens", 1), None);
+        assert_eq!(cap_top_level(b"{\"a\":", &["max_tokens"], "max_tokens", 1), None);
+        assert_eq!(cap_top_level(br#"{"max_tokens":5,"max_tokens":null}"#, &["max_tokens"], "max_tokens", 1), None);
+        // A repeated key that is not capped is fine.
+        assert!(cap_top_level(br#"{"a":5,"a":6}"#, &["max_tokens"], "max_tokens", 1).is_some());
+    }
+
+    #[test]
+    fn escaped_keys_are_recognised() {
+        let body = br#"{"max\u005ftokens":9000}"#;
+        assert_eq!(s(cap_top_level(body, &["max_tokens"], "max_tokens", 10)), r#"{"max\u005ftokens":10}"#);
+    }
+
+    /// The parsed-object oracle: clamp or insert on a `Map`.
+    fn oracle(obj: &mut Map<String, Value>, present: &[&str], insert: &str, cap: u32) {
+        let mut any = false;
+        for k in present {
+            if let Some(v) = obj.get_mut(*k)
+                && !v.is_null()
+            {
+                any = true;
+                if v.as_u64().is_none_or(|n| n > u64::from(cap)) {
+                    *v = Value::from(cap);
+                }
+            }
+        }
+        if !any {
+            obj.insert(insert.to_string(), Value::from(cap));
+        }
+    }
+
+    fn value_strategy() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            (0u64..20_000).prop_map(Value::from),
+            (-5i64..0).prop_map(Value::from),
+            (0.0f64..9000.0).prop_map(|f| json!(f)),
+            "[a-z]{0,4}".prop_map(Value::from),
+            Just(json!({"nested": [1, {"max_tokens": 99999}]})),
+        ]
+    }
+
+    proptest! {
+        /// The splice gives the same object as clamping the parsed object.
+        #[test]
+        fn the_splice_equals_the_parsed_object_path(
+            members in proptest::collection::btree_map(
+                prop_oneof![Just("max_tokens".to_string()), Just("max_completion_tokens".to_string()), "[a-z]{1,6}"],
+                value_strategy(),
+                0..6,
+            ),
+            cap in 1u32..10_000,
+            pretty in any::<bool>(),
+        ) {
+            let obj: Map<String, Value> = members.into_iter().collect();
+            let body = if pretty {
+                serde_json::to_vec_pretty(&Value::Object(obj.clone())).expect("json")
+            } else {
+                serde_json::to_vec(&Value::Object(obj.clone())).expect("json")
+            };
+            let present = ["max_completion_tokens", "max_tokens"];
+            let spliced = cap_top_level(&body, &present, "max_completion_tokens", cap).expect("an object");
+            let got: Value = serde_json::from_slice(&spliced).expect("valid JSON");
+            let mut want = obj;
+            oracle(&mut want, &present, "max_completion_tokens", cap);
+            prop_assert_eq!(got, Value::Object(want));
+        }
+    }
+}
