@@ -227,7 +227,7 @@ fn observations(s: &Scenario, step: &StepGen) -> Observations {
             let lat = 50 + 40 * j as u64 + s.routes[i].backends.len() as u64;
             o.backends.insert(
                 BackendKey::new("default", format!("r{i}"), format!("b{j}")),
-                BackendObservation { outcomes, latency_ms_sum: lat * ok, latency_count: ok },
+                BackendObservation { outcomes, latency_ms_sum: lat * ok, latency_count: ok, ..Default::default() },
             );
         }
     }

@@ -22,6 +22,7 @@ pub mod budget;
 pub mod common;
 pub mod coverage;
 pub mod health;
+pub mod latency;
 pub mod money;
 pub mod routes;
 mod table;
@@ -203,6 +204,11 @@ pub struct BackendObservation {
     pub latency_ms_sum: u64,
     /// Number of successful attempts whose latency is in `latency_ms_sum`.
     pub latency_count: u64,
+    /// Latency histogram of the successful attempts (time to first chunk of a stream, total
+    /// duration otherwise): cumulative counts per bucket of
+    /// `crate::signals::contract::LATENCY_BOUNDS_MS` then `+Inf`; empty when none was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_le: Vec<u64>,
 }
 
 impl BackendObservation {

@@ -189,7 +189,7 @@ pub(crate) fn evaluate_route(r: &RouteInput, effects: &[BudgetEffect], inputs: &
     let last_rotation = rotation_step(&mut cx, &decided, &baseline, &verdict);
     alert_transitions(&mut cx, &decided, &rows_in, &verdict);
     let conditions = route_conditions(&mut cx, &decided, &baseline, &verdict);
-    let (backends, since) = backend_statuses(&cx, &decided, &rows_in, &healths, params.is_some());
+    let (backends, since) = backend_statuses(&cx, &decided, &rows_in, &healths, params.as_ref());
 
     let active = decided.rows.iter().filter(|r| r.serving && r.weight > 0 && Some(r.tier) == decided.best_tier).count();
     let status = ModelRouteStatus {
@@ -289,6 +289,7 @@ fn row_inputs<'a>(
         rows_in.push(RowInput {
             backend: b,
             ejected_until,
+            slow: ejected_until.is_some() && h.latency_trip.is_some(),
             ramp,
             suppressed,
             budget: budget_hit(effects, &route.key.namespace, b),
@@ -452,8 +453,9 @@ fn backend_statuses(
     decided: &Table,
     rows_in: &[RowInput<'_>],
     healths: &[BackendHealth],
-    health_ran: bool,
+    params: Option<&HealthParams>,
 ) -> (Vec<BackendStatus>, BTreeMap<String, BackendSince>) {
+    let health_ran = params.is_some();
     let now = cx.now;
     let mut since = BTreeMap::new();
     let mut backends = Vec::with_capacity(decided.rows.len());
@@ -472,6 +474,7 @@ fn backend_statuses(
                 (h.error_rate().map(|p| p.to_decimal()), Some(req))
             }
         };
+        let lat = latency_status(params, h);
         let (ramp_stage, ramp_stage_since) = match h.phase {
             Phase::Ramping { stage, stage_started, .. } => (Some(stage.saturating_add(1)), Some(Time(stage_started))),
             _ => (None, None),
@@ -490,6 +493,9 @@ fn backend_statuses(
             since: Some(Time(s)),
             error_rate,
             requests,
+            latency_p95: lat.as_ref().and_then(|l| l.0.clone()),
+            latency_requests: lat.as_ref().map(|l| l.1),
+            latency_budget: lat.map(|l| l.2),
             ejected_until: rows_in[i].ejected_until.map(Time),
             trips: (h.trips > 0).then_some(h.trips),
             healthy_since: h.healthy_since.filter(|_| h.trips > 0 && h.phase == Phase::Healthy).map(Time),
@@ -500,6 +506,21 @@ fn backend_statuses(
         });
     }
     (backends, since)
+}
+
+/// A backend's latency evidence for status, with `health.latency`: (p95, answers, budget) of
+/// the trip while ejected for latency, else of the current window (p95 `None` without answers).
+fn latency_status(params: Option<&HealthParams>, h: &BackendHealth) -> Option<(Option<String>, u64, String)> {
+    let lp = params?.latency.as_ref()?;
+    if let (Phase::Ejected { .. }, Some(t)) = (h.phase, &h.latency_trip) {
+        return Some((Some(t.p95.display()), t.requests, health::fmt_ms(t.budget_ms)));
+    }
+    let le = super::latency::window(&h.latency_samples, None);
+    let budget = match h.phase {
+        Phase::Ramping { .. } => lp.recover_ms,
+        _ => lp.trip_ms,
+    };
+    Some((super::latency::p95(&le).map(|p| p.display()), super::latency::answers(&le), health::fmt_ms(budget)))
 }
 
 #[cfg(test)]

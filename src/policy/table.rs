@@ -28,6 +28,8 @@ pub(super) struct BudgetHit {
 pub(super) struct RowInput<'a> {
     pub(super) backend: &'a Backend,
     pub(super) ejected_until: Option<Timestamp>,
+    /// The ejection is for latency (`health.latency`), not for errors.
+    pub(super) slow: bool,
     pub(super) ramp: Option<(u32, u32, usize)>, // (percent, stage index, stages)
     pub(super) suppressed: bool,
     pub(super) budget: Option<BudgetHit>,
@@ -78,7 +80,8 @@ pub(super) fn base_row(inp: &RowInput<'_>, last_tier: u32, interventions: bool) 
         return row(BackendState::Active, b.priority, b.weight, true, None);
     }
     if let Some(until) = inp.ejected_until {
-        return row(BackendState::Ejected, b.priority, 0, false, Some(format!("ejected for errors until {until}")));
+        let why = if inp.slow { "latency" } else { "errors" };
+        return row(BackendState::Ejected, b.priority, 0, false, Some(format!("ejected for {why} until {until}")));
     }
     if let Some(hit) = inp.budget.as_ref().filter(|h| h.action == ThresholdAction::Drain) {
         return row(BackendState::OverBudget, b.priority, 0, false, Some(format!("budget {}: Drain", hit.budget)));

@@ -63,6 +63,9 @@ pub struct GatewayReading {
     pub cost_nanousd: BTreeMap<SeriesKey, u64>,
     /// Latency by series.
     pub latency: BTreeMap<SeriesKey, LatencyCounter>,
+    /// Health latency histogram by series: cumulative bucket counts (`le`) over
+    /// [`contract::LATENCY_BOUNDS_MS`] then `+Inf` ([`contract::HEALTH_LATENCY_BUCKET`]).
+    pub latency_le: BTreeMap<SeriesKey, Vec<u64>>,
     /// Revision of the config document served (`tollgate_config_revision_info{revision}`).
     pub revision: Option<String>,
 }
@@ -100,6 +103,16 @@ impl GatewayReading {
                     self.latency.entry(k).or_default().count += n;
                 }
             }
+            contract::HEALTH_LATENCY_BUCKET => {
+                if let (Some(k), Some(i), Some(n)) = (
+                    series(),
+                    labels.get(contract::LE).and_then(|le| contract::latency_bucket_index(le)),
+                    text::parse_count(value),
+                ) {
+                    let le = self.latency_le.entry(k).or_insert_with(|| vec![0; contract::LATENCY_BUCKETS]);
+                    le[i] = le[i].saturating_add(n);
+                }
+            }
             contract::CONFIG_REVISION_INFO => {
                 if let Some(r) = labels.get(contract::REVISION)
                     && text::parse_count(value).unwrap_or(0) > 0
@@ -134,6 +147,9 @@ impl GatewayReading {
             t.latency_ms_sum = if ms.is_finite() && ms < u64::MAX as f64 { ms as u64 } else { 0 };
             t.latency_count = l.count;
         }
+        for (k, le) in &self.latency_le {
+            out.entry(k.clone()).or_default().latency_le = le.clone();
+        }
         for (k, n) in &self.cost_nanousd {
             out.entry(k.clone()).or_default().spend = Money::from_picos(i128::from(*n) * PICOS_PER_NANO);
         }
@@ -145,7 +161,9 @@ impl GatewayReading {
         let req = earlier.requests.iter().any(|(k, v)| self.requests.get(k).copied().unwrap_or(0) < *v);
         let cost = earlier.cost_nanousd.iter().any(|(k, v)| self.cost_nanousd.get(k).copied().unwrap_or(0) < *v);
         let lat = earlier.latency.iter().any(|(k, v)| self.latency.get(k).map_or(0, |l| l.count) < v.count);
-        req || cost || lat
+        let inf = |le: &Vec<u64>| le.last().copied().unwrap_or(0);
+        let hist = earlier.latency_le.iter().any(|(k, v)| self.latency_le.get(k).map_or(0, inf) < inf(v));
+        req || cost || lat || hist
     }
 
     /// Cumulative spend of the series of `provider` (and, when `models` is not empty, of those
@@ -302,6 +320,7 @@ impl Tracker {
                         requests: reading.requests.clone(),
                         cost_nanousd: base,
                         latency: reading.latency.clone(),
+                        latency_le: reading.latency_le.clone(),
                         revision: None,
                     }
                 }
@@ -433,6 +452,38 @@ mod tests {
         assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(200_000));
         t.retain(&BTreeSet::new());
         assert!(!t.knows("p1"));
+    }
+
+    #[test]
+    fn health_latency_buckets_are_read_and_diffed_exactly() {
+        let body = |fast: u64, slow: u64| {
+            let l = "route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt\"";
+            format!(
+                "# TYPE tollgate_health_latency_seconds histogram\n\
+                 tollgate_health_latency_seconds_sum{{{l}}} 12.5\n\
+                 tollgate_health_latency_seconds_count{{{l}}} {n}\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"0.005\"}} 0\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"0.1\"}} {fast}\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"5.0\"}} {n}\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"+Inf\"}} {n}\n",
+                n = fast + slow
+            )
+        };
+        let r = GatewayReading::from_text(&body(3, 1));
+        let le = &r.latency_le[&SeriesKey::new("chat", "a", "openai", "gpt")];
+        assert_eq!((le[0], le[4], le[9], le[15]), (0, 3, 4, 4));
+        let mut t = Tracker::new();
+        let targets = [target("p1")];
+        // First sight is the baseline; then exact deltas per bucket.
+        let o = t.observe(&targets, read("p1", &body(3, 1)), &BTreeMap::new());
+        assert!(o.observations.backends.is_empty());
+        let o = t.observe(&targets, read("p1", &body(5, 21)), &BTreeMap::new());
+        let b = &o.observations.backends[&BackendKey::new("team-a", "chat", "a")];
+        assert_eq!((b.latency_le[4], b.latency_le[9], b.latency_le[15]), (2, 22, 22));
+        assert_eq!(crate::policy::latency::p95(&b.latency_le), Some(crate::policy::latency::P95::AtMost(5_000)));
+        // A histogram that went down: the gateway restarted.
+        let o = t.observe(&targets, read("p1", &body(1, 0)), &BTreeMap::new());
+        assert_eq!(o.resets, vec!["p1".to_string()]);
     }
 
     #[test]
