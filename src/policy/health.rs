@@ -27,8 +27,8 @@
 //!   conservative p95 over `latency.trip` trip exactly as an error rate does (same backoff,
 //!   same `maxEjectedPercent`, candidates after the error-rate ones of equal rate). Ramping:
 //!   ≥ `minRequests` answers and a p95 over `latency.recover` eject again; a stage advances
-//!   only if also the answers since the stage started (inside the latency window) have a p95
-//!   not over `recover` (or there were none). The p95 and its rounding: `policy::latency`.
+//!   only if also the stage's answers (all of them, kept apart from the window) have a p95 not
+//!   over `recover` (or there were none); otherwise it starts over. The p95 and its rounding: `policy::latency`.
 
 use std::collections::BTreeMap;
 
@@ -131,6 +131,9 @@ pub struct BackendHealth {
     /// Latency histogram deltas inside the latency window, oldest first (`health.latency`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_samples: Vec<LatencySample>,
+    /// While Ramping with a latency budget: the latency histogram of the current stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_latency_le: Vec<u64>,
     /// When the last trip was for latency: its evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_trip: Option<LatencyEvidence>,
@@ -353,6 +356,7 @@ impl Ctx<'_> {
     fn leave_ejection(&mut self, h: &mut BackendHealth, backend: &str, why: &str) {
         h.samples.clear();
         h.latency_samples.clear();
+        h.stage_latency_le.clear();
         if self.params.ramp_up.is_empty() {
             self.restore(h, backend, why);
         } else {
@@ -384,6 +388,7 @@ impl Ctx<'_> {
 
     fn restore(&mut self, h: &mut BackendHealth, backend: &str, why: &str) {
         h.phase = Phase::Healthy;
+        h.stage_latency_le.clear();
         h.healthy_since = Some(self.now);
         let mut ev = BTreeMap::new();
         ev.insert("trips".into(), h.trips.to_string());
@@ -405,6 +410,7 @@ impl Ctx<'_> {
         h.phase = Phase::Ejected { until };
         h.samples.clear();
         h.latency_samples.clear();
+        h.stage_latency_le.clear();
         h.healthy_since = None;
         h.suppressed = false;
         h.last_trip = Some(TripEvidence { at: self.now, error_rate: c.rate, requests: c.requests, errors: c.errors });
@@ -469,6 +475,11 @@ pub fn evaluate_route(
             Phase::Ramping { stage, stage_started, requests, errors } => {
                 let (dr, de) = record(h, o, now, cutoff);
                 record_latency(h, o, now, params.latency.as_ref());
+                if params.latency.is_some()
+                    && let Some(o) = o
+                {
+                    latency::add_counts(&mut h.stage_latency_le, &o.latency_le);
+                }
                 let (sr, se) = (requests.saturating_add(dr), errors.saturating_add(de));
                 h.phase = Phase::Ramping { stage, stage_started, requests: sr, errors: se };
                 let (wr, we) = h.window_totals();
@@ -482,10 +493,11 @@ pub fn evaluate_route(
                 } else if let Some(l) = slow {
                     wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: true, latency: Some(l) });
                 } else if now.as_millisecond() >= stage_started.as_millisecond().saturating_add(params.window_ms) {
-                    let stage_fast = params.latency.as_ref().is_none_or(|l| {
-                        latency::p95(&latency::window(&h.latency_samples, Some(stage_started)))
-                            .is_none_or(|p| !p.over(l.recover_ms))
-                    });
+                    let stage_fast = params
+                        .latency
+                        .as_ref()
+                        .is_none_or(|l| latency::p95(&h.stage_latency_le).is_none_or(|p| !p.over(l.recover_ms)));
+                    h.stage_latency_le.clear();
                     let stage_ok = stage_fast && Ppm::ratio(se, sr).is_none_or(|r| r < params.recover);
                     if stage_ok {
                         let next = stage + 1;
