@@ -267,6 +267,39 @@ mod tests {
         assert!(p.over(&le(&[(7, 10)]), 500).is_some());
     }
 
+    proptest::proptest! {
+        /// Against raw latencies bucketed as the gateway's meter buckets them: the p95 is the
+        /// upper bound of the bucket holding the exact 95th percentile (rank ceil(0.95 n)), so
+        /// never below it; and on every bound `B`, "over B" is exactly "fewer than the rank
+        /// answered within B".
+        #[test]
+        fn p95_is_conservative_and_exact_on_bounds(raw in proptest::collection::vec(0u64..400_000, 1..300)) {
+            let mut per = vec![0u64; LATENCY_BUCKETS];
+            for ms in &raw {
+                let i = LATENCY_BOUNDS_MS.iter().position(|b| ms <= b).unwrap_or(LATENCY_BOUNDS_MS.len());
+                per[i] += 1;
+            }
+            let cum: Vec<u64> = per.iter().scan(0, |c, n| { *c += n; Some(*c) }).collect();
+            let mut sorted = raw.clone();
+            sorted.sort_unstable();
+            let rank = (raw.len() * 95).div_ceil(100);
+            let exact = sorted[rank - 1];
+            let got = p95(&cum).unwrap();
+            match got {
+                P95::AtMost(ms) => {
+                    proptest::prop_assert!(exact <= ms);
+                    let i = LATENCY_BOUNDS_MS.iter().position(|b| *b == ms).unwrap();
+                    proptest::prop_assert!(i == 0 || exact > LATENCY_BOUNDS_MS[i - 1]);
+                }
+                P95::Above(_) => proptest::prop_assert!(exact > MAX_BUDGET_MS as u64),
+            }
+            for b in LATENCY_BOUNDS_MS {
+                let within = raw.iter().filter(|ms| **ms <= b).count();
+                proptest::prop_assert_eq!(got.over(b as i64), within < rank, "bound {}", b);
+            }
+        }
+    }
+
     #[test]
     fn windows_add_samples_after_a_time() {
         let t = |s: i64| Timestamp::from_second(s).unwrap();
