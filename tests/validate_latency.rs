@@ -52,11 +52,15 @@ fn latency_budgets_are_validated_with_field_names() {
 
 #[test]
 fn a_valid_latency_budget_gets_its_defaults_and_none_is_unchanged() {
-    let Ok(Some(Object::ModelRoute(r))) = validate_value(route(Some(json!({"trip": "2s500ms", "recover": "1s"})))) else {
+    let Ok(Some(Object::ModelRoute(r))) = validate_value(route(Some(json!({"trip": "2s500ms", "recover": "1s"}))))
+    else {
         panic!("rejected");
     };
     let l = r.spec.health.latency.clone().unwrap();
-    assert_eq!((l.trip.as_str(), l.recover.as_deref(), l.window.as_str(), l.min_requests), ("2s500ms", Some("1s"), "5m", 20));
+    assert_eq!(
+        (l.trip.as_str(), l.recover.as_deref(), l.window.as_str(), l.min_requests),
+        ("2s500ms", Some("1s"), "5m", 20)
+    );
     let Ok(Some(Object::ModelRoute(r))) = validate_value(route(None)) else { panic!("rejected") };
     assert_eq!(r.spec.health.latency, None);
     // Serialized back, a route without the field does not grow one.

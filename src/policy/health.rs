@@ -491,7 +491,14 @@ pub fn evaluate_route(
                 if wr >= params.min_requests && rate >= params.recover {
                     wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: true, latency: None });
                 } else if let Some(l) = slow {
-                    wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: true, latency: Some(l) });
+                    wants.push(Candidate {
+                        index: i,
+                        rate,
+                        requests: wr,
+                        errors: we,
+                        from_ramp: true,
+                        latency: Some(l),
+                    });
                 } else if now.as_millisecond() >= stage_started.as_millisecond().saturating_add(params.window_ms) {
                     let stage_fast = params
                         .latency
@@ -526,12 +533,17 @@ pub fn evaluate_route(
                 let rate = Ppm::ratio(we, wr).unwrap_or_default();
                 if wr >= params.min_requests && rate >= params.trip {
                     wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: false, latency: None });
-                } else if let Some(l) = params
-                    .latency
-                    .as_ref()
-                    .and_then(|l| l.over(&latency::window(&h.latency_samples, None), l.trip_ms))
+                } else if let Some(l) =
+                    params.latency.as_ref().and_then(|l| l.over(&latency::window(&h.latency_samples, None), l.trip_ms))
                 {
-                    wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: false, latency: Some(l) });
+                    wants.push(Candidate {
+                        index: i,
+                        rate,
+                        requests: wr,
+                        errors: we,
+                        from_ramp: false,
+                        latency: Some(l),
+                    });
                 }
             }
         }

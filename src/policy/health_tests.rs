@@ -337,7 +337,7 @@ const B2500MS: usize = 8;
 
 /// Adds answers to backend `name` of route `r`: `(bucket index, count)`.
 fn answers(mut o: Obs, name: &str, per_bucket: &[(usize, u64)]) -> Obs {
-    let mut v = vec![0u64; LATENCY_BUCKETS];
+    let mut v = [0u64; LATENCY_BUCKETS];
     for (i, n) in per_bucket {
         v[*i] += n;
     }
@@ -501,7 +501,11 @@ fn latency_trips_respect_max_ejected_percent() {
     assert_eq!(row(&d, "a").state, BackendState::Active);
     let tr = find(&d, "EjectionSuppressed");
     assert_eq!(tr.evidence["latencyP95"], "2s500ms");
-    assert!(tr.message.contains("has p95 latency 2s500ms over 5m (10 answers) above trip 1s but 0 of 1"), "{}", tr.message);
+    assert!(
+        tr.message.contains("has p95 latency 2s500ms over 5m (10 answers) above trip 1s but 0 of 1"),
+        "{}",
+        tr.message
+    );
     // An error-rate trip wins over a latency trip when only one may go.
     let mut s = sim(2, json!({"latency": {"trip": "1s", "minRequests": 10}}));
     let d = s.step(t0, &answers(Obs::new().req("r", "b", 0, 20), "a", &[(B2500MS, 10)]));

@@ -173,11 +173,7 @@ impl LatencyParams {
     pub fn over(&self, le: &[u64], budget_ms: i64) -> Option<LatencyEvidence> {
         let requests = answers(le);
         let p = p95(le)?;
-        (requests >= self.min_requests && p.over(budget_ms)).then_some(LatencyEvidence {
-            p95: p,
-            requests,
-            budget_ms,
-        })
+        (requests >= self.min_requests && p.over(budget_ms)).then_some(LatencyEvidence { p95: p, requests, budget_ms })
     }
 }
 
@@ -187,7 +183,7 @@ mod tests {
 
     /// Cumulative counts from per-bucket counts.
     fn le(per_bucket: &[(usize, u64)]) -> Vec<u64> {
-        let mut v = vec![0u64; LATENCY_BUCKETS];
+        let mut v = [0u64; LATENCY_BUCKETS];
         for (i, n) in per_bucket {
             v[*i] += n;
         }
@@ -274,7 +270,7 @@ mod tests {
         /// answered within B".
         #[test]
         fn p95_is_conservative_and_exact_on_bounds(raw in proptest::collection::vec(0u64..400_000, 1..300)) {
-            let mut per = vec![0u64; LATENCY_BUCKETS];
+            let mut per = [0u64; LATENCY_BUCKETS];
             for ms in &raw {
                 let i = LATENCY_BOUNDS_MS.iter().position(|b| ms <= b).unwrap_or(LATENCY_BOUNDS_MS.len());
                 per[i] += 1;
