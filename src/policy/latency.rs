@@ -61,6 +61,16 @@ impl P95 {
         }
     }
 
+    /// Reads back what [`P95::display`] wrote (a restarted controller reads status).
+    pub fn parse_display(s: &str) -> Option<P95> {
+        let (above, d) = match s.strip_prefix('>') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let ms = u64::try_from(parse_duration_ms(d).ok()?).ok()?;
+        Some(if above { P95::Above(ms) } else { P95::AtMost(ms) })
+    }
+
     /// As shown in status and events: a Kubernetes duration (`2s500ms`), or `>5m`.
     pub fn display(self) -> String {
         match self {
@@ -226,6 +236,10 @@ mod tests {
         assert!(P95::AtMost(5_000).over(4_000));
         assert!(!P95::AtMost(2_500).over(4_000));
         assert_eq!(P95::AtMost(2_500).display(), "2s500ms");
+        for p in [P95::AtMost(5), P95::AtMost(2_500), P95::AtMost(300_000), P95::Above(300_000)] {
+            assert_eq!(P95::parse_display(&p.display()), Some(p));
+        }
+        assert_eq!(P95::parse_display("fast"), None);
     }
 
     #[test]
