@@ -119,7 +119,8 @@ async fn scrape_and_prometheus_read_a_real_gateway_exactly() {
     assert_eq!(via_prom, via_scrape);
     assert_eq!(via_prom.latency_le, via_scrape.latency_le);
     assert!(!via_prom.latency_le.is_empty());
-    // The fake answered from its own evaluation: exactly the six samples the controller reads
+    assert_eq!(via_prom.tokens, via_scrape.tokens);
+    // The fake answered from its own evaluation: exactly the seven samples the controller reads
     // (names written out by hand), for both pods, and nothing else.
     let answered = prom.answered_names();
     assert_eq!(
@@ -131,6 +132,7 @@ async fn scrape_and_prometheus_read_a_real_gateway_exactly() {
             "tollgate_request_duration_seconds_count".to_string(),
             "tollgate_request_duration_seconds_sum".to_string(),
             "tollgate_requests_total".to_string(),
+            "tollgate_tokens_total".to_string(),
         ])
     );
 }
@@ -258,7 +260,7 @@ impl FakePrometheus {
 }
 
 /// The PromQL the controller sends, written out by hand.
-const CONTROLLER_QUERY: &str = "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|\
+const CONTROLLER_QUERY: &str = "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|tollgate_tokens_total|\
 tollgate_request_duration_seconds_sum|tollgate_request_duration_seconds_count|\
 tollgate_health_latency_seconds_bucket|tollgate_config_revision_info\"}";
 

@@ -726,7 +726,8 @@ fn restored_from_statuses(routes: &[ModelRoute], budgets: &[ProviderBudget], d: 
 /// `controller::restore`): burn-rate samples and lifetime total of budgets; error-rate window
 /// samples, last mean latency, the suppressed-trip flag, the last trip's evidence and the
 /// current ramp stage's request counts of backends; the latency window, the latency trip's
-/// evidence and the ramp stage's latency histogram (`health.latency`).
+/// evidence and the ramp stage's latency histogram (`health.latency`); the input tokens behind
+/// `Cheapest`'s achieved cache share.
 fn with_non_status_memory(mut restored: DecisionState, running: &Decision) -> DecisionState {
     let running = &running.state;
     for (k, m) in &mut restored.budgets {
@@ -744,6 +745,7 @@ fn with_non_status_memory(mut restored: DecisionState, running: &Decision) -> De
         h.latency_samples = r.latency_samples.clone();
         h.latency_trip = r.latency_trip.clone();
         h.stage_latency_le = r.stage_latency_le.clone();
+        h.input_samples = r.input_samples.clone();
         if let (
             Phase::Ramping { stage, stage_started, .. },
             Phase::Ramping { stage: rs, stage_started: rss, requests, errors },

@@ -110,6 +110,7 @@ impl MeterEntry {
                     Some(*c)
                 })
                 .collect(),
+            tokens: self.tokens,
             spend: self.cost,
         }
     }

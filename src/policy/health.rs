@@ -134,6 +134,9 @@ pub struct BackendHealth {
     /// While Ramping with a latency budget: the latency histogram of the current stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stage_latency_le: Vec<u64>,
+    /// Input tokens by minute over the last hour (the achieved prompt-cache share of `Cheapest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_samples: Vec<super::cache_share::InputSample>,
     /// When the last trip was for latency: its evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_trip: Option<LatencyEvidence>,
@@ -465,6 +468,7 @@ pub fn evaluate_route(
     for (i, b) in backends.iter().enumerate() {
         let h = &mut states[i];
         let o = obs.backends.get(&keys[i]);
+        super::cache_share::record(&mut h.input_samples, &o.map(|o| o.tokens).unwrap_or_default(), now);
         match h.phase {
             Phase::Ejected { until } => {
                 // Observations during an ejection are dropped.

@@ -19,6 +19,7 @@
 
 pub mod allowance;
 pub mod budget;
+pub mod cache_share;
 pub mod common;
 pub mod coverage;
 pub mod health;
@@ -209,6 +210,13 @@ pub struct BackendObservation {
     /// `crate::signals::contract::LATENCY_BOUNDS_MS` then `+Inf`; empty when none was seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_le: Vec<u64>,
+    /// Tokens billed, by kind (the achieved prompt-cache share of `Cheapest`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tokens: crate::pricing::TokenCounts,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl BackendObservation {

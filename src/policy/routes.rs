@@ -8,7 +8,9 @@
 //!
 //! Inside each tier the strategy sets the weights of the serving backends: `Weighted` keeps
 //! them; `Priority` keeps the first (list order) and zeroes the others; `Cheapest` keeps the
-//! backends with the lowest blended price (input + output per token) and zeroes the others;
+//! backends with the lowest blended price (input + output per token, the input priced at the
+//! prompt-cache share each backend achieved over the last hour: `cache_share`) and zeroes the
+//! others;
 //! `LowestLatency` multiplies each weight by a per-mille factor `1000 × lowest / own` of the
 //! mean latencies, rounded to a multiple of 50 and at least 50 (so small jitter does not
 //! rewrite the table); a backend with no known latency counts as the fastest.
@@ -270,7 +272,7 @@ fn row_inputs<'a>(
     for (i, b) in spec.backends.iter().enumerate() {
         let h = &healths[i];
         let price = if spec.strategy == Strategy::Cheapest {
-            blended_price(b, i).map_err(|e| cx.errors.push(e)).ok()
+            blended_price(b, i, super::cache_share::shares(&h.input_samples)).map_err(|e| cx.errors.push(e)).ok()
         } else {
             None
         };

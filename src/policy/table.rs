@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use super::budget::BudgetEffect;
 use super::coverage::covers;
 use super::health;
-use super::{EffectiveBackend, Money, ObjectKey, PricePerMillion};
+use super::{EffectiveBackend, Money, ObjectKey};
 use crate::api::{Backend, BackendState, OnExhausted, Strategy, ThresholdAction};
 
 /// The strongest budget action on one backend.
@@ -59,11 +59,17 @@ pub(super) fn budget_hit(effects: &[BudgetEffect], namespace: &str, b: &Backend)
         .map(|(action, ratio, e)| BudgetHit { action, budget: e.key.clone(), ratio })
 }
 
-pub(super) fn blended_price(b: &Backend, i: usize) -> Result<Money, String> {
-    let p = |field: &str, s: &str| {
-        s.parse::<PricePerMillion>().map_err(|e| format!("spec.backends[{i}].pricing.{field}: {e}"))
-    };
-    Ok(p("input", &b.pricing.input)?.per_token() + p("output", &b.pricing.output)?.per_token())
+/// The blended price per token of `Cheapest`: list prices weighted by the backend's achieved
+/// input shares (`super::cache_share`), list input + output without them.
+pub(super) fn blended_price(b: &Backend, i: usize, shares: Option<(u32, u32, u32)>) -> Result<Money, String> {
+    let p = crate::pricing::Prices::from_spec(&b.pricing).map_err(|e| format!("spec.backends[{i}].{e}"))?;
+    Ok(super::cache_share::blended(
+        p.input.per_token(),
+        p.cached_input.per_token(),
+        p.cache_write.per_token(),
+        p.output.per_token(),
+        shares,
+    ))
 }
 
 pub(super) fn base_row(inp: &RowInput<'_>, last_tier: u32, interventions: bool) -> EffectiveBackend {

@@ -39,8 +39,11 @@ pub const CONFIG_REVISION: &str = "tollgate_config_revision";
 /// Sample of [`CONFIG_REVISION`].
 pub const CONFIG_REVISION_INFO: &str = "tollgate_config_revision_info";
 
-/// Family: tokens billed, by kind (counter; not read by the controller).
+/// Family: tokens billed, by kind (counter; read by the controller for the achieved
+/// prompt-cache share of `Cheapest`).
 pub const TOKENS: &str = "tollgate_tokens";
+/// Sample of [`TOKENS`].
+pub const TOKENS_TOTAL: &str = "tollgate_tokens_total";
 /// Family: spend in USD as a float for humans (counter; not read by the controller).
 pub const COST_USD: &str = "tollgate_cost_usd";
 /// Family: successful answers whose usage could not be read, by reason (counter).
@@ -67,9 +70,10 @@ pub const LATENCY_BOUNDS_MS: [u64; 15] =
 pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 
 /// The samples the controller reads; everything else in an exposition is ignored by it.
-pub const READ_BY_CONTROLLER: [&str; 6] = [
+pub const READ_BY_CONTROLLER: [&str; 7] = [
     REQUESTS_TOTAL,
     COST_NANOUSD_TOTAL,
+    TOKENS_TOTAL,
     REQUEST_DURATION_SUM,
     REQUEST_DURATION_COUNT,
     HEALTH_LATENCY_BUCKET,
@@ -201,6 +205,7 @@ mod tests {
         assert_eq!(REQUEST_DURATION_COUNT, format!("{REQUEST_DURATION}_count"));
         assert_eq!(CONFIG_REVISION_INFO, format!("{CONFIG_REVISION}_info"));
         assert_eq!(HEALTH_LATENCY_BUCKET, format!("{HEALTH_LATENCY}_bucket"));
+        assert_eq!(TOKENS_TOTAL, format!("{TOKENS}_total"));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct GatewayReading {
     /// Health latency histogram by series: cumulative bucket counts (`le`) over
     /// [`contract::LATENCY_BOUNDS_MS`] then `+Inf` ([`contract::HEALTH_LATENCY_BUCKET`]).
     pub latency_le: BTreeMap<SeriesKey, Vec<u64>>,
+    /// Tokens billed by series ([`contract::TOKENS_TOTAL`], by `kind`).
+    pub tokens: BTreeMap<SeriesKey, crate::pricing::TokenCounts>,
     /// Revision of the config document served (`tollgate_config_revision_info{revision}`).
     pub revision: Option<String>,
 }
@@ -101,6 +103,25 @@ impl GatewayReading {
             contract::REQUEST_DURATION_COUNT => {
                 if let (Some(k), Some(n)) = (series(), text::parse_count(value)) {
                     self.latency.entry(k).or_default().count += n;
+                }
+            }
+            contract::TOKENS_TOTAL => {
+                let (Some(k), Some(kind), Some(n)) = (
+                    series(),
+                    labels
+                        .get(contract::KIND)
+                        .and_then(|l| crate::pricing::TokenKind::ALL.into_iter().find(|k| k.label() == l)),
+                    text::parse_count(value),
+                ) else {
+                    return;
+                };
+                let t = self.tokens.entry(k).or_default();
+                match kind {
+                    crate::pricing::TokenKind::Input => t.input = t.input.saturating_add(n),
+                    crate::pricing::TokenKind::CachedInput => t.cached_input = t.cached_input.saturating_add(n),
+                    crate::pricing::TokenKind::CacheWrite => t.cache_write = t.cache_write.saturating_add(n),
+                    crate::pricing::TokenKind::Output => t.output = t.output.saturating_add(n),
+                    crate::pricing::TokenKind::Reasoning => t.reasoning = t.reasoning.saturating_add(n),
                 }
             }
             contract::HEALTH_LATENCY_BUCKET => {
@@ -146,6 +167,9 @@ impl GatewayReading {
             // Latency is not money: a float-to-integer conversion of milliseconds is fine here.
             t.latency_ms_sum = if ms.is_finite() && ms < u64::MAX as f64 { ms as u64 } else { 0 };
             t.latency_count = l.count;
+        }
+        for (k, t) in &self.tokens {
+            out.entry(k.clone()).or_default().tokens = *t;
         }
         for (k, le) in &self.latency_le {
             out.entry(k.clone()).or_default().latency_le = le.clone();
@@ -321,6 +345,7 @@ impl Tracker {
                         cost_nanousd: base,
                         latency: reading.latency.clone(),
                         latency_le: reading.latency_le.clone(),
+                        tokens: reading.tokens.clone(),
                         revision: None,
                     }
                 }

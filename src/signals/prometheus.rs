@@ -201,7 +201,7 @@ mod tests {
         // Written out by hand: a renamed metric in the contract must show up here.
         assert_eq!(
             PrometheusSignals::query(),
-            "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|\
+            "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|tollgate_tokens_total|\
              tollgate_request_duration_seconds_sum|tollgate_request_duration_seconds_count|\
              tollgate_health_latency_seconds_bucket|tollgate_config_revision_info\"}"
         );
