@@ -288,14 +288,7 @@ impl Candidate {
     /// What makes it want out, for messages: the error rate, or the latency.
     fn cause(&self, p: &HealthParams) -> String {
         match (&self.latency, &p.latency) {
-            (Some(l), Some(lp)) => format!(
-                "p95 latency {} over {} ({} answers) above {} {}",
-                l.p95.display(),
-                lp.window,
-                l.requests,
-                if self.from_ramp { "recover" } else { "trip" },
-                fmt_ms(l.budget_ms)
-            ),
+            (Some(l), Some(lp)) => l.describe(&lp.window, self.from_ramp),
             _ => format!(
                 "error rate {} over {} ({} errors in {} requests)",
                 self.rate.to_decimal(),
@@ -310,10 +303,7 @@ impl Candidate {
     fn evidence(&self, p: &HealthParams, ev: &mut BTreeMap<String, String>) {
         match (&self.latency, &p.latency) {
             (Some(l), Some(lp)) => {
-                ev.insert("latencyP95".into(), l.p95.display());
-                ev.insert("requests".into(), l.requests.to_string());
-                ev.insert("latencyBudget".into(), fmt_ms(l.budget_ms));
-                ev.insert("window".into(), lp.window.clone());
+                l.evidence(&lp.window, ev);
                 ev.insert("errorRate".into(), self.rate.to_decimal());
             }
             _ => {
@@ -478,7 +468,7 @@ pub fn evaluate_route(
             }
             Phase::Ramping { stage, stage_started, requests, errors } => {
                 let (dr, de) = record(h, o, now, cutoff);
-                record_latency(h, o, now, params.latency.as_ref());
+                latency::record(&mut h.latency_samples, o.map(|o| &o.latency_le[..]), now, params.latency.as_ref());
                 if params.latency.is_some()
                     && let Some(o) = o
                 {
@@ -526,7 +516,7 @@ pub fn evaluate_route(
             }
             Phase::Healthy => {
                 record(h, o, now, cutoff);
-                record_latency(h, o, now, params.latency.as_ref());
+                latency::record(&mut h.latency_samples, o.map(|o| &o.latency_le[..]), now, params.latency.as_ref());
                 if h.trips > 0
                     && let Some(since) = h.healthy_since
                     && now.as_millisecond().saturating_sub(since.as_millisecond()) >= params.max_ms
@@ -625,27 +615,6 @@ fn record(h: &mut BackendHealth, o: Option<&super::BackendObservation>, now: Tim
         h.latency_ms = Some(l);
     }
     got
-}
-
-/// Records one latency histogram delta into the latency window and prunes it (nothing without
-/// a latency budget).
-fn record_latency(
-    h: &mut BackendHealth,
-    o: Option<&super::BackendObservation>,
-    now: Timestamp,
-    params: Option<&LatencyParams>,
-) {
-    let Some(p) = params else {
-        h.latency_samples.clear();
-        return;
-    };
-    let cutoff = now.as_millisecond().saturating_sub(p.window_ms);
-    h.latency_samples.retain(|s| s.at.as_millisecond() > cutoff);
-    if let Some(o) = o
-        && latency::answers(&o.latency_le) > 0
-    {
-        h.latency_samples.push(LatencySample { at: now, le: o.latency_le.clone() });
-    }
 }
 
 #[cfg(test)]

@@ -131,6 +131,41 @@ pub struct LatencyEvidence {
     pub budget_ms: i64,
 }
 
+impl LatencyEvidence {
+    /// The cause in an event message.
+    pub fn describe(&self, window: &str, from_ramp: bool) -> String {
+        let threshold = if from_ramp { "recover" } else { "trip" };
+        format!(
+            "p95 latency {} over {window} ({} answers) above {threshold} {}",
+            self.p95.display(),
+            self.requests,
+            fmt_ms(self.budget_ms)
+        )
+    }
+
+    /// The evidence entries of an event.
+    pub fn evidence(&self, window: &str, ev: &mut std::collections::BTreeMap<String, String>) {
+        ev.insert("latencyP95".into(), self.p95.display());
+        ev.insert("requests".into(), self.requests.to_string());
+        ev.insert("latencyBudget".into(), fmt_ms(self.budget_ms));
+        ev.insert("window".into(), window.to_string());
+    }
+}
+
+/// Records one latency histogram delta `le` into the window `samples` and prunes them to the
+/// budget's window (everything is dropped without a latency budget).
+pub fn record(samples: &mut Vec<LatencySample>, le: Option<&[u64]>, now: Timestamp, params: Option<&LatencyParams>) {
+    let Some(p) = params else {
+        samples.clear();
+        return;
+    };
+    let cutoff = now.as_millisecond().saturating_sub(p.window_ms);
+    samples.retain(|s| s.at.as_millisecond() > cutoff);
+    if let Some(le) = le.filter(|le| answers(le) > 0) {
+        samples.push(LatencySample { at: now, le: le.to_vec() });
+    }
+}
+
 /// A route's latency budget, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LatencyParams {
