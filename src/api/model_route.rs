@@ -53,7 +53,8 @@ pub struct ModelRouteSpec {
     )]
     pub backends: Vec<Backend>,
 
-    /// When a backend is taken out of rotation for errors, and how it comes back.
+    /// When a backend is taken out of rotation for errors (or, with `latency`, for slowness),
+    /// and how it comes back.
     #[serde(default)]
     pub health: HealthPolicy,
 

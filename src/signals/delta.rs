@@ -11,6 +11,7 @@
 //!   total (each source rounds its cumulative sum once, not each delta).
 //! - The latency histogram (cumulative bucket counts, `le`) is diffed bucket by bucket, exactly
 //!   (integers); a histogram whose `+Inf` count did not grow adds nothing.
+//! - Tokens are diffed kind by kind (for the achieved prompt-cache share of `Cheapest`).
 //! - A series that did nothing adds no entry: no empty backend rows, no zero spend.
 //! - Spend is exact [`Money`] (pico-dollars), never a float.
 

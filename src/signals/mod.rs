@@ -1,5 +1,5 @@
-//! Signals: what the gateways report back (requests by outcome, latency, exact spend, the config
-//! revision they serve), turned into the policy's [`Observations`] (deltas since the previous
+//! Signals: what the gateways report back (requests by outcome, latency and the exact health
+//! latency histogram, tokens by kind, exact spend, the config revision they serve), turned into the policy's [`Observations`] (deltas since the previous
 //! evaluation).
 //!
 //! Two sources implement [`Signals`]: [`scrape::ScrapeSignals`] reads each ready gateway pod's
