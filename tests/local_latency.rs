@@ -129,7 +129,9 @@ async fn a_slow_backend_is_ejected_for_latency_and_traffic_moves_to_the_fast_one
     };
     let to_eject = start.elapsed();
     let slow = backend(&s, "slow");
-    assert_eq!(slow["latencyP95"], "500ms", "{slow}");
+    // 400ms answers land in (250ms, 500ms]; a loaded machine may push a few past 500ms.
+    let slow_p95 = slow["latencyP95"].as_str().unwrap().to_string();
+    assert!(["500ms", "1s"].contains(&slow_p95.as_str()), "{slow}");
     assert_eq!(slow["latencyBudget"], "250ms", "{slow}");
     let answers = slow["latencyRequests"].as_u64().unwrap();
     assert!(answers >= 10, "{slow}");
@@ -148,21 +150,20 @@ async fn a_slow_backend_is_ejected_for_latency_and_traffic_moves_to_the_fast_one
     .await;
     let out = local.proc.stdout();
     let event = out.lines().find(|l| l.contains("BackendEjected")).unwrap().to_string();
-    assert!(event.contains("backend slow ejected: p95 latency 500ms over 1m"), "{event}");
+    assert!(event.contains(&format!("backend slow ejected: p95 latency {slow_p95} over 1m")), "{event}");
     assert!(event.contains("above trip 250ms; out for 10m"), "{event}");
     assert!(!out.lines().any(|l| l.contains("BackendEjected") && l.contains("backend fast")), "{out}");
 
-    // The exposition the controller would read: the slow backend's answers all in (250ms, 500ms].
+    // The exposition the controller would read: none of the slow backend's answers within 250ms,
+    // every one it answered counted.
     let text = local.client.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
     let text = text.text().await.unwrap();
     let l = |le: &'static str| {
         [("route", "chat"), ("backend", "slow"), ("provider", "prov-slow"), ("model", "m-slow"), ("le", le)]
     };
     let in_250 = series(&text, "tollgate_health_latency_seconds_bucket", &l("0.25")).unwrap();
-    let in_500 = series(&text, "tollgate_health_latency_seconds_bucket", &l("0.5")).unwrap();
     let all = series(&text, "tollgate_health_latency_seconds_bucket", &l("+Inf")).unwrap();
     assert_eq!(in_250, 0.0, "{text}");
-    assert_eq!(in_500, all);
     let slow_before = before.iter().filter(|b| *b == "slow").count();
     assert!(all >= slow_before as f64);
 
