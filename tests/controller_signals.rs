@@ -101,6 +101,8 @@ async fn scrape_and_prometheus_read_a_real_gateway_exactly() {
     let b = &second.observations.backends[&BackendKey::new("team-a", "chat", "openai-mini")];
     assert_eq!((b.requests(), b.errors()), (2, 0));
     assert_eq!(b.latency_count, 2);
+    // The health latency histogram: exact bucket deltas, two answers.
+    assert_eq!(b.latency_le.last().copied(), Some(2));
 
     // The same counters through a Prometheus server's HTTP API: the fake holds every series of
     // the exposition (with the target labels Prometheus adds) and answers the query it receives.
@@ -115,7 +117,10 @@ async fn scrape_and_prometheus_read_a_real_gateway_exactly() {
     let via_prom: GatewayReading = prometheus.collect(&targets).await["uid-1"].clone().unwrap();
     let via_scrape: GatewayReading = GatewayReading::from_text(&body);
     assert_eq!(via_prom, via_scrape);
-    // The fake answered from its own evaluation: exactly the five samples the controller reads
+    assert_eq!(via_prom.latency_le, via_scrape.latency_le);
+    assert!(!via_prom.latency_le.is_empty());
+    assert_eq!(via_prom.tokens, via_scrape.tokens);
+    // The fake answered from its own evaluation: exactly the seven samples the controller reads
     // (names written out by hand), for both pods, and nothing else.
     let answered = prom.answered_names();
     assert_eq!(
@@ -123,9 +128,11 @@ async fn scrape_and_prometheus_read_a_real_gateway_exactly() {
         BTreeSet::from([
             "tollgate_config_revision_info".to_string(),
             "tollgate_cost_nanousd_total".to_string(),
+            "tollgate_health_latency_seconds_bucket".to_string(),
             "tollgate_request_duration_seconds_count".to_string(),
             "tollgate_request_duration_seconds_sum".to_string(),
             "tollgate_requests_total".to_string(),
+            "tollgate_tokens_total".to_string(),
         ])
     );
 }
@@ -253,8 +260,9 @@ impl FakePrometheus {
 }
 
 /// The PromQL the controller sends, written out by hand.
-const CONTROLLER_QUERY: &str = "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|\
-tollgate_request_duration_seconds_sum|tollgate_request_duration_seconds_count|tollgate_config_revision_info\"}";
+const CONTROLLER_QUERY: &str = "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|tollgate_tokens_total|\
+tollgate_request_duration_seconds_sum|tollgate_request_duration_seconds_count|\
+tollgate_health_latency_seconds_bucket|tollgate_config_revision_info\"}";
 
 /// Two budgets of one pod's spend, one without `models` and one with: the controller sends the
 /// same single query for both (it filters by provider and models itself), and the checkpoint of

@@ -227,7 +227,7 @@ fn observations(s: &Scenario, step: &StepGen) -> Observations {
             let lat = 50 + 40 * j as u64 + s.routes[i].backends.len() as u64;
             o.backends.insert(
                 BackendKey::new("default", format!("r{i}"), format!("b{j}")),
-                BackendObservation { outcomes, latency_ms_sum: lat * ok, latency_count: ok },
+                BackendObservation { outcomes, latency_ms_sum: lat * ok, latency_count: ok, ..Default::default() },
             );
         }
     }
@@ -725,7 +725,9 @@ fn restored_from_statuses(routes: &[ModelRoute], budgets: &[ProviderBudget], d: 
 /// Copies into `restored` what the statuses do not hold, by design (the documented limit of
 /// `controller::restore`): burn-rate samples and lifetime total of budgets; error-rate window
 /// samples, last mean latency, the suppressed-trip flag, the last trip's evidence and the
-/// current ramp stage's request counts of backends.
+/// current ramp stage's request counts of backends; the latency window, the latency trip's
+/// evidence and the ramp stage's latency histogram (`health.latency`); the input tokens behind
+/// `Cheapest`'s achieved cache share.
 fn with_non_status_memory(mut restored: DecisionState, running: &Decision) -> DecisionState {
     let running = &running.state;
     for (k, m) in &mut restored.budgets {
@@ -740,6 +742,10 @@ fn with_non_status_memory(mut restored: DecisionState, running: &Decision) -> De
         h.latency_ms = r.latency_ms;
         h.suppressed = r.suppressed;
         h.last_trip = r.last_trip.clone();
+        h.latency_samples = r.latency_samples.clone();
+        h.latency_trip = r.latency_trip.clone();
+        h.stage_latency_le = r.stage_latency_le.clone();
+        h.input_samples = r.input_samples.clone();
         if let (
             Phase::Ramping { stage, stage_started, .. },
             Phase::Ramping { stage: rs, stage_started: rss, requests, errors },

@@ -4,6 +4,7 @@
 //! (`tollgate crds`), and `validate` enforces the same schema and CEL rules outside the cluster.
 
 pub mod convert;
+pub mod latency;
 pub mod meta;
 pub mod model_route;
 pub mod provider_budget;
@@ -11,6 +12,7 @@ pub mod shared;
 pub mod steering;
 pub mod validate;
 
+pub use latency::LatencyPolicy;
 pub use meta::{Condition, Time};
 pub use model_route::*;
 pub use provider_budget::*;

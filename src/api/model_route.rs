@@ -53,7 +53,8 @@ pub struct ModelRouteSpec {
     )]
     pub backends: Vec<Backend>,
 
-    /// When a backend is taken out of rotation for errors, and how it comes back.
+    /// When a backend is taken out of rotation for errors (or, with `latency`, for slowness),
+    /// and how it comes back.
     #[serde(default)]
     pub health: HealthPolicy,
 
@@ -422,6 +423,10 @@ pub struct HealthPolicy {
     #[serde(default = "default_max_ejected")]
     #[schemars(range(min = 0, max = 100))]
     pub max_ejected_percent: u32,
+    /// Latency budget (p95 over a window) that ejects a slow backend with the same backoff
+    /// and ramp-up as errors. None by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<super::LatencyPolicy>,
 }
 
 impl Default for HealthPolicy {
@@ -431,6 +436,7 @@ impl Default for HealthPolicy {
             ejection: EjectionPolicy::default(),
             ramp_up: default_ramp_up(),
             max_ejected_percent: default_max_ejected(),
+            latency: None,
         }
     }
 }
@@ -616,6 +622,17 @@ pub struct BackendStatus {
     /// Requests seen in the health window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
+    /// With `health.latency`: the conservative p95 latency (upper bound of the bucket holding
+    /// it, e.g. `2s500ms`, or `>5m`) over the latency window, or the one that ejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95: Option<String>,
+    /// With `health.latency`: successful answers behind `latencyP95`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_requests: Option<u64>,
+    /// With `health.latency`: the budget `latencyP95` is compared with (`trip`, or `recover`
+    /// for the ejection of a ramping backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_budget: Option<String>,
     /// End of the current ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejected_until: Option<StatusTime>,

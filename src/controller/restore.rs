@@ -6,15 +6,19 @@
 //! texts are for people and may be reworded freely). From `ProviderBudget` status: the window,
 //! `spent`, the action in force (`state`), `forecastTriggered` and the per-gateway
 //! `checkpoints`. From each `ModelRoute` `status.backends[]` entry: `state`, `effectiveWeight`,
-//! `tier`, `since`, `ejectedUntil`, `trips`, `healthySince`, `rampStage`/`rampStageSince`, `failOpen` and
-//! `deprioritizedBy`. What the statuses do not hold (burn-rate samples, error-rate windows,
-//! the current ramp stage's request counts) starts empty.
+//! `tier`, `since`, `ejectedUntil`, `trips`, `healthySince`, `rampStage`/`rampStageSince`, `failOpen`,
+//! `deprioritizedBy`, and for an Ejected backend with `latencyP95` (only a latency trip leaves
+//! one on an ejected backend) the latency evidence (`latencyP95`, `latencyRequests`,
+//! `latencyBudget`). What the statuses do not hold (burn-rate samples, error-rate and latency
+//! windows, the current ramp stage's request counts and latency histogram) starts empty.
 
 use std::collections::BTreeMap;
 
 use crate::api::{BackendState, BackendStatus, BudgetState, ModelRoute, ProviderBudget, ThresholdAction};
 use crate::policy::budget::{BudgetMemory, BudgetPolicy};
 use crate::policy::health::{BackendHealth, Phase, TripEvidence};
+use crate::policy::latency::{LatencyEvidence, P95};
+use crate::policy::money::parse_duration_ms;
 use crate::policy::routes::{BackendSince, RouteMemory, shares};
 use crate::policy::{BackendKey, EffectiveBackend, Money, ObjectKey, Ppm};
 use crate::signals::checkpoint_nanousd;
@@ -125,6 +129,16 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
         // (the entry into the current state: never earlier, so the backoff lasts no less).
         let healthy_since =
             matches!(phase, Phase::Healthy).then(|| b.healthy_since.as_ref().map(|t| t.0).or(at)).flatten();
+        let latency_trip = match (phase, &b.latency_p95, &b.latency_budget) {
+            (Phase::Ejected { .. }, Some(p95), Some(budget)) => P95::parse_display(p95).and_then(|p95| {
+                Some(LatencyEvidence {
+                    p95,
+                    requests: b.latency_requests.unwrap_or(0),
+                    budget_ms: parse_duration_ms(budget).ok()?,
+                })
+            }),
+            _ => None,
+        };
         health.push((
             BackendKey::new(&key.namespace, &key.name, &b.name),
             BackendHealth {
@@ -132,6 +146,7 @@ pub fn route_memory(r: &ModelRoute) -> Option<(RouteMemory, Vec<(BackendKey, Bac
                 trips: b.trips.unwrap_or(0).max(1),
                 last_trip,
                 healthy_since,
+                latency_trip,
                 ..BackendHealth::default()
             },
         ));
@@ -353,6 +368,43 @@ mod tests {
         assert!(matches!(by_name["b"].phase, Phase::Healthy));
         assert_eq!(by_name["b"].healthy_since, Some("2026-11-27T09:00:00Z".parse().unwrap()));
         assert!(!by_name.contains_key("c"), "a backend with no trips needs no memory");
+    }
+
+    #[test]
+    fn a_latency_ejection_keeps_its_evidence_across_a_restart() {
+        let le = |n: u64| {
+            let mut v = vec![0u64; crate::signals::contract::LATENCY_BUCKETS];
+            v[8..].iter_mut().for_each(|c| *c = n);
+            v
+        };
+        let chat = route(
+            "chat",
+            json!({
+                "backends": [backend("a", "openai", 50, 0), backend("b", "mistral", 50, 0)],
+                "health": {"latency": {"trip": "1s", "minRequests": 10}}
+            }),
+        );
+        let mut sim = Sim::new(vec![chat], vec![]);
+        let mut o = Obs::new();
+        o.0.backends.entry(crate::policy::BackendKey::new("default", "chat", "a")).or_default().latency_le = le(12);
+        let d = sim.step(t("2026-11-27T10:00:00Z"), &o);
+        let (routes, budgets) = stored(&sim, &d);
+        let st = &routes[0].status.as_ref().unwrap().backends[0];
+        assert_eq!((st.latency_p95.as_deref(), st.latency_requests), (Some("2s500ms"), Some(12)));
+        let state = restored(&routes, &budgets);
+        let key = crate::policy::BackendKey::new("default", "chat", "a");
+        assert_eq!(state.backends[&key].latency_trip, sim.state.backends[&key].latency_trip);
+        assert!(state.backends[&key].latency_trip.is_some());
+        // Decided from the restored memory, the status reads the same.
+        let mut again = Sim::new(sim.routes.clone(), vec![]);
+        again.state = state;
+        let next = again.idle(plus(t("2026-11-27T10:00:00Z"), 1));
+        let before = &d.routes[&ObjectKey::of(&routes[0])].status.backends[0];
+        let after = &next.routes[&ObjectKey::of(&routes[0])].status.backends[0];
+        assert_eq!(
+            (&after.latency_p95, after.latency_requests, &after.latency_budget, &after.reason),
+            (&before.latency_p95, before.latency_requests, &before.latency_budget, &before.reason)
+        );
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! and `tollgate_cost_nanousd_total` at 0, so a Prometheus `increase()` sees their first
 //! step); their token and float cost series appear with their first non-zero value.
 //!
+//! The health latency histogram (`tollgate_health_latency_seconds`: time to the first chunk of
+//! a streamed answer, total duration otherwise, successful attempts only) is counted exactly in
+//! the meter, so `local` and the controller's readers get the same integer bucket counts; a
+//! series exports it from its first successful attempt on (a bucket holds values ≤ its bound).
+//!
 //! Every metric and label name comes from [`crate::signals::contract`] (the controller reads
 //! with the same names); snapshot deltas go through [`crate::signals::delta`] (the controller's
 //! tracker and `tollgate local` use the same functions). The OpenTelemetry gen_ai families
@@ -54,6 +59,10 @@ pub struct MeterEntry {
     pub latency_us_sum: u64,
     /// Number of successful attempts in `latency_us_sum`.
     pub latency_count: u64,
+    /// The same latencies by bucket of [`contract::LATENCY_BOUNDS_MS`] then `+Inf`, not
+    /// cumulative (empty until the first success).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_buckets: Vec<u64>,
     /// Tokens billed, by kind.
     pub tokens: TokenCounts,
     /// Exact cost of those tokens.
@@ -93,8 +102,28 @@ impl MeterEntry {
             outcomes: self.outcomes.clone(),
             latency_ms_sum: self.latency_us_sum / 1000,
             latency_count: self.latency_count,
+            latency_le: self
+                .latency_buckets
+                .iter()
+                .scan(0u64, |c, n| {
+                    *c = c.saturating_add(*n);
+                    Some(*c)
+                })
+                .collect(),
+            tokens: self.tokens,
             spend: self.cost,
         }
+    }
+
+    fn observe_bucket(&mut self, us: u64) {
+        if self.latency_buckets.is_empty() {
+            self.latency_buckets = vec![0; contract::LATENCY_BUCKETS];
+        }
+        let i = contract::LATENCY_BOUNDS_MS
+            .iter()
+            .position(|ms| us <= ms.saturating_mul(1000))
+            .unwrap_or(contract::LATENCY_BOUNDS_MS.len());
+        self.latency_buckets[i] = self.latency_buckets[i].saturating_add(1);
     }
 }
 
@@ -132,6 +161,7 @@ impl MeterCell {
             let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
             e.latency_us_sum = e.latency_us_sum.saturating_add(us);
             e.latency_count += 1;
+            e.observe_bucket(us);
             drop(e);
             self.observe_latency(us);
         }
@@ -272,6 +302,7 @@ impl MeterSnapshot {
                 }
                 out.latency_us_sum += e.latency_us_sum;
                 out.latency_count += e.latency_count;
+                crate::policy::latency::add_counts(&mut out.latency_buckets, &e.latency_buckets);
                 add_tokens(&mut out.tokens, &e.tokens);
                 out.cost += e.cost;
                 out.estimated_cost += e.estimated_cost;
@@ -335,7 +366,7 @@ impl BackendLabels {
 type HistogramFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0])
+    Histogram::new(contract::LATENCY_BOUNDS_MS.map(|ms| ms as f64 / 1000.0))
 }
 
 /// A histogram series of one backend, created in its family at the first observation: a
@@ -516,6 +547,31 @@ impl Collector for MeterCollector {
             }
         }
 
+        let mut fam = encoder.encode_descriptor(
+            contract::HEALTH_LATENCY,
+            "Latency of successful upstream attempts as health sees it: time to the first chunk of a streamed answer, total duration otherwise",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (k, e) in &snap.entries {
+            if e.latency_buckets.is_empty() {
+                continue;
+            }
+            let buckets: Vec<(f64, u64)> = contract::LATENCY_BOUNDS_MS
+                .iter()
+                .map(|ms| *ms as f64 / 1000.0)
+                .chain([f64::INFINITY])
+                .zip(e.latency_buckets.iter().copied())
+                .collect();
+            let sum = e.latency_us_sum as f64 / 1_000_000.0;
+            fam.encode_family(&k.labels())?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum,
+                e.latency_count,
+                &buckets,
+                None,
+            )?;
+        }
+
         let fam = encoder.encode_descriptor(
             contract::CONFIG_RELOAD_ERRORS,
             "Config documents refused (unreadable, missing or invalid); the last good one keeps serving",
@@ -597,6 +653,10 @@ mod tests {
         assert_eq!(r.requests[&(key("chat", "a"), Outcome::UpstreamError)], 1);
         assert_eq!(r.cost_nanousd[&key("chat", "a")], 7000);
         assert_eq!(r.latency[&key("chat", "a")].count, 1);
+        // The health latency histogram: 250ms lands in the (100ms, 250ms] bucket (index 5).
+        let le = &r.latency_le[&key("chat", "a")];
+        assert_eq!(le.len(), contract::LATENCY_BUCKETS);
+        assert_eq!((le[4], le[5], le[15]), (0, 1, 1));
         // The same delta definition on both sides: the reading and the meter agree on spend and
         // outcomes (latency differs by source: scraped histogram vs. the meter's success latency).
         let via_reading = crate::signals::delta::observations_between("ns", &BTreeMap::new(), &r.totals());
@@ -605,6 +665,8 @@ mod tests {
         assert_eq!(via_meter.spend[&SpendKey::new("ns", "openai", "gpt-x")], Money::from_picos(7_000_999));
         let bk = BackendKey::new("ns", "chat", "a");
         assert_eq!(via_reading.backends[&bk].outcomes, via_meter.backends[&bk].outcomes);
+        // Bucket counts are integers on both sides: equal.
+        assert_eq!(via_reading.backends[&bk].latency_le, via_meter.backends[&bk].latency_le);
     }
 
     #[test]

@@ -20,7 +20,15 @@
 //!   stage starts over. After the last stage: Healthy (`BackendRestored`).
 //! - `trips` resets to 0 after `ejection.max` of continuous health.
 //! - Latency: the mean over the window of successful attempts; the last known mean is kept when
-//!   the window has none.
+//!   the window has none (for `LowestLatency`).
+//! - Latency budget (`health.latency`, optional): each evaluation's latency histogram delta is
+//!   kept for `latency.window` (dropped while Ejected, cleared on every ejection and at its end,
+//!   like the error samples). Healthy: ≥ `latency.minRequests` answers in the window and a
+//!   conservative p95 over `latency.trip` trip exactly as an error rate does (same backoff,
+//!   same `maxEjectedPercent`, candidates after the error-rate ones of equal rate). Ramping:
+//!   ≥ `minRequests` answers and a p95 over `latency.recover` eject again; a stage advances
+//!   only if also the stage's answers (all of them, kept apart from the window) have a p95 not
+//!   over `recover` (or there were none); otherwise it starts over. The p95 and its rounding: `policy::latency`.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +36,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::common::{add_ms, clip};
+use super::latency::{self, LatencyEvidence, LatencyParams, LatencySample};
 use super::money::parse_duration_ms;
 use super::{BackendKey, ObjectKey, ObjectKind, Observations, Ppm, Transition};
 use crate::api::{Backend, HealthPolicy};
@@ -119,6 +128,18 @@ pub struct BackendHealth {
     /// Evidence of the last trip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trip: Option<TripEvidence>,
+    /// Latency histogram deltas inside the latency window, oldest first (`health.latency`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_samples: Vec<LatencySample>,
+    /// While Ramping with a latency budget: the latency histogram of the current stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stage_latency_le: Vec<u64>,
+    /// Input tokens by minute over the last hour (the achieved prompt-cache share of `Cheapest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_samples: Vec<super::cache_share::InputSample>,
+    /// When the last trip was for latency: its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_trip: Option<LatencyEvidence>,
 }
 
 impl BackendHealth {
@@ -188,6 +209,8 @@ pub struct HealthParams {
     pub ramp_up: Vec<u32>,
     /// Ejection cap, percent of the route's backends.
     pub max_ejected_percent: u32,
+    /// The latency budget, if any.
+    pub latency: Option<LatencyParams>,
 }
 
 impl HealthParams {
@@ -209,6 +232,7 @@ impl HealthParams {
             max_ms: dur("ejection.max", &h.ejection.max)?,
             ramp_up: h.ramp_up.iter().map(|p| (*p).clamp(1, 100)).collect(),
             max_ejected_percent: h.max_ejected_percent.min(100),
+            latency: h.latency.as_ref().map(LatencyParams::parse).transpose()?,
         })
     }
 
@@ -249,13 +273,47 @@ pub fn fmt_ms(ms: i64) -> String {
     out
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Candidate {
     index: usize,
     rate: Ppm,
     requests: u64,
     errors: u64,
     from_ramp: bool,
+    /// Wants out for latency (the error rate is below its threshold).
+    latency: Option<LatencyEvidence>,
+}
+
+impl Candidate {
+    /// What makes it want out, for messages: the error rate, or the latency.
+    fn cause(&self, p: &HealthParams) -> String {
+        match (&self.latency, &p.latency) {
+            (Some(l), Some(lp)) => l.describe(&lp.window, self.from_ramp),
+            _ => format!(
+                "error rate {} over {} ({} errors in {} requests)",
+                self.rate.to_decimal(),
+                p.window,
+                self.errors,
+                self.requests
+            ),
+        }
+    }
+
+    /// Evidence entries of the cause.
+    fn evidence(&self, p: &HealthParams, ev: &mut BTreeMap<String, String>) {
+        match (&self.latency, &p.latency) {
+            (Some(l), Some(lp)) => {
+                l.evidence(&lp.window, ev);
+                ev.insert("errorRate".into(), self.rate.to_decimal());
+            }
+            _ => {
+                ev.insert("errorRate".into(), self.rate.to_decimal());
+                ev.insert("requests".into(), self.requests.to_string());
+                ev.insert("errors".into(), self.errors.to_string());
+                ev.insert("window".into(), p.window.clone());
+            }
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -290,6 +348,8 @@ impl Ctx<'_> {
     /// Leaves an ejection: first ramp stage, or Healthy without stages.
     fn leave_ejection(&mut self, h: &mut BackendHealth, backend: &str, why: &str) {
         h.samples.clear();
+        h.latency_samples.clear();
+        h.stage_latency_le.clear();
         if self.params.ramp_up.is_empty() {
             self.restore(h, backend, why);
         } else {
@@ -321,6 +381,7 @@ impl Ctx<'_> {
 
     fn restore(&mut self, h: &mut BackendHealth, backend: &str, why: &str) {
         h.phase = Phase::Healthy;
+        h.stage_latency_le.clear();
         h.healthy_since = Some(self.now);
         let mut ev = BTreeMap::new();
         ev.insert("trips".into(), h.trips.to_string());
@@ -341,32 +402,32 @@ impl Ctx<'_> {
         let until = add_ms(self.now, ms);
         h.phase = Phase::Ejected { until };
         h.samples.clear();
+        h.latency_samples.clear();
+        h.stage_latency_le.clear();
         h.healthy_since = None;
         h.suppressed = false;
         h.last_trip = Some(TripEvidence { at: self.now, error_rate: c.rate, requests: c.requests, errors: c.errors });
+        h.latency_trip = c.latency.clone();
         let threshold = if c.from_ramp { ("recover", p.recover) } else { ("trip", p.trip) };
         let mut ev = BTreeMap::new();
-        ev.insert("errorRate".into(), c.rate.to_decimal());
-        ev.insert("requests".into(), c.requests.to_string());
-        ev.insert("errors".into(), c.errors.to_string());
-        ev.insert("window".into(), p.window.clone());
+        c.evidence(p, &mut ev);
         ev.insert("ejectedUntil".into(), until.to_string());
         ev.insert("ejection".into(), fmt_ms(ms));
         ev.insert("trips".into(), h.trips.to_string());
-        ev.insert(threshold.0.into(), threshold.1.to_decimal());
+        let cause = c.cause(p);
+        let reached = if c.latency.is_some() {
+            String::new()
+        } else {
+            ev.insert(threshold.0.into(), threshold.1.to_decimal());
+            format!(" reached {} {}", threshold.0, threshold.1.to_decimal())
+        };
         let during = if c.from_ramp { " while ramping" } else { "" };
         self.push(
             backend,
             "BackendEjected",
             true,
             format!(
-                "backend {backend} ejected{during}: error rate {} over {} ({} errors in {} requests) reached {} {}; out for {} until {} (trip {})",
-                c.rate.to_decimal(),
-                p.window,
-                c.errors,
-                c.requests,
-                threshold.0,
-                threshold.1.to_decimal(),
+                "backend {backend} ejected{during}: {cause}{reached}; out for {} until {} (trip {})",
                 fmt_ms(ms),
                 until,
                 h.trips
@@ -397,6 +458,7 @@ pub fn evaluate_route(
     for (i, b) in backends.iter().enumerate() {
         let h = &mut states[i];
         let o = obs.backends.get(&keys[i]);
+        super::cache_share::record(&mut h.input_samples, &o.map(|o| o.tokens).unwrap_or_default(), now);
         match h.phase {
             Phase::Ejected { until } => {
                 // Observations during an ejection are dropped.
@@ -406,14 +468,38 @@ pub fn evaluate_route(
             }
             Phase::Ramping { stage, stage_started, requests, errors } => {
                 let (dr, de) = record(h, o, now, cutoff);
+                latency::record(&mut h.latency_samples, o.map(|o| &o.latency_le[..]), now, params.latency.as_ref());
+                if params.latency.is_some()
+                    && let Some(o) = o
+                {
+                    latency::add_counts(&mut h.stage_latency_le, &o.latency_le);
+                }
                 let (sr, se) = (requests.saturating_add(dr), errors.saturating_add(de));
                 h.phase = Phase::Ramping { stage, stage_started, requests: sr, errors: se };
                 let (wr, we) = h.window_totals();
                 let rate = Ppm::ratio(we, wr).unwrap_or_default();
+                let slow = params
+                    .latency
+                    .as_ref()
+                    .and_then(|l| l.over(&latency::window(&h.latency_samples, None), l.recover_ms));
                 if wr >= params.min_requests && rate >= params.recover {
-                    wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: true });
+                    wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: true, latency: None });
+                } else if let Some(l) = slow {
+                    wants.push(Candidate {
+                        index: i,
+                        rate,
+                        requests: wr,
+                        errors: we,
+                        from_ramp: true,
+                        latency: Some(l),
+                    });
                 } else if now.as_millisecond() >= stage_started.as_millisecond().saturating_add(params.window_ms) {
-                    let stage_ok = Ppm::ratio(se, sr).is_none_or(|r| r < params.recover);
+                    let stage_fast = params
+                        .latency
+                        .as_ref()
+                        .is_none_or(|l| latency::p95(&h.stage_latency_le).is_none_or(|p| !p.over(l.recover_ms)));
+                    h.stage_latency_le.clear();
+                    let stage_ok = stage_fast && Ppm::ratio(se, sr).is_none_or(|r| r < params.recover);
                     if stage_ok {
                         let next = stage + 1;
                         if next as usize >= params.ramp_up.len() {
@@ -430,6 +516,7 @@ pub fn evaluate_route(
             }
             Phase::Healthy => {
                 record(h, o, now, cutoff);
+                latency::record(&mut h.latency_samples, o.map(|o| &o.latency_le[..]), now, params.latency.as_ref());
                 if h.trips > 0
                     && let Some(since) = h.healthy_since
                     && now.as_millisecond().saturating_sub(since.as_millisecond()) >= params.max_ms
@@ -439,7 +526,18 @@ pub fn evaluate_route(
                 let (wr, we) = h.window_totals();
                 let rate = Ppm::ratio(we, wr).unwrap_or_default();
                 if wr >= params.min_requests && rate >= params.trip {
-                    wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: false });
+                    wants.push(Candidate { index: i, rate, requests: wr, errors: we, from_ramp: false, latency: None });
+                } else if let Some(l) =
+                    params.latency.as_ref().and_then(|l| l.over(&latency::window(&h.latency_samples, None), l.trip_ms))
+                {
+                    wants.push(Candidate {
+                        index: i,
+                        rate,
+                        requests: wr,
+                        errors: we,
+                        from_ramp: false,
+                        latency: Some(l),
+                    });
                 }
             }
         }
@@ -456,7 +554,9 @@ pub fn evaluate_route(
     }
     let mut count = ejected.len() - over;
 
-    wants.sort_by(|a, b| b.rate.cmp(&a.rate).then(a.index.cmp(&b.index)));
+    wants.sort_by(|a, b| {
+        b.rate.cmp(&a.rate).then(a.latency.is_some().cmp(&b.latency.is_some())).then(a.index.cmp(&b.index))
+    });
     let wanted: Vec<usize> = wants.iter().map(|c| c.index).collect();
     for c in wants {
         let name = &backends[c.index].name;
@@ -467,10 +567,7 @@ pub fn evaluate_route(
         } else if !h.suppressed {
             h.suppressed = true;
             let mut ev = BTreeMap::new();
-            ev.insert("errorRate".into(), c.rate.to_decimal());
-            ev.insert("requests".into(), c.requests.to_string());
-            ev.insert("errors".into(), c.errors.to_string());
-            ev.insert("window".into(), params.window.clone());
+            c.evidence(params, &mut ev);
             ev.insert("ejected".into(), count.to_string());
             ev.insert("backends".into(), backends.len().to_string());
             ev.insert("maxEjectedPercent".into(), params.max_ejected_percent.to_string());
@@ -479,11 +576,8 @@ pub fn evaluate_route(
                 "EjectionSuppressed",
                 true,
                 format!(
-                    "would eject: maxEjectedPercent reached: backend {name} has error rate {} over {} ({} errors in {} requests) but {count} of {} backends are already ejected (max {}%)",
-                    c.rate.to_decimal(),
-                    params.window,
-                    c.errors,
-                    c.requests,
+                    "would eject: maxEjectedPercent reached: backend {name} has {} but {count} of {} backends are already ejected (max {}%)",
+                    c.cause(params),
                     backends.len(),
                     params.max_ejected_percent
                 ),

@@ -324,3 +324,217 @@ fn durations_format_like_kubernetes() {
     assert_eq!(fmt_ms(250), "250ms");
     assert_eq!(fmt_ms(0), "0s");
 }
+
+// ---- latency budget (health.latency) --------------------------------------------------------
+
+use crate::signals::contract::LATENCY_BUCKETS;
+
+/// Bucket indexes of `LATENCY_BOUNDS_MS`.
+const B100MS: usize = 4;
+const B500MS: usize = 6;
+const B1S: usize = 7;
+const B2500MS: usize = 8;
+
+/// Adds answers to backend `name` of route `r`: `(bucket index, count)`.
+fn answers(mut o: Obs, name: &str, per_bucket: &[(usize, u64)]) -> Obs {
+    let mut v = [0u64; LATENCY_BUCKETS];
+    for (i, n) in per_bucket {
+        v[*i] += n;
+    }
+    let mut c = 0;
+    let le: Vec<u64> = v
+        .iter()
+        .map(|n| {
+            c += n;
+            c
+        })
+        .collect();
+    o.0.backends.entry(BackendKey::new("default", "r", name)).or_default().latency_le = le;
+    o
+}
+
+fn slow_sim() -> Sim {
+    sim(2, json!({"latency": {"trip": "1s", "recover": "500ms", "window": "1m", "minRequests": 10}}))
+}
+
+fn status<'a>(d: &'a Decision, name: &str) -> &'a crate::api::BackendStatus {
+    d.routes.values().next().unwrap().status.backends.iter().find(|b| b.name == name).unwrap()
+}
+
+#[test]
+fn latency_trips_at_p95_over_budget_with_min_requests_only() {
+    let mut s = slow_sim();
+    let t0 = t("2025-05-14T10:00:00Z");
+    // 9 slow answers: below minRequests, nothing happens, but status shows the evidence.
+    let d = s.step(t0, &answers(Obs::new().req("r", "a", 9, 0), "a", &[(B2500MS, 9)]));
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+    assert!(d.transitions.is_empty());
+    let st = status(&d, "a");
+    assert_eq!(
+        (st.latency_p95.as_deref(), st.latency_requests, st.latency_budget.as_deref()),
+        (Some("2s500ms"), Some(9), Some("1s"))
+    );
+    // The 10th answer inside the window: p95 2s500ms > 1s with 10 answers.
+    let d = s.step(plus(t0, 10), &answers(Obs::new().req("r", "a", 1, 0), "a", &[(B2500MS, 1)]));
+    assert_eq!(row(&d, "a").state, BackendState::Ejected);
+    assert_eq!(row(&d, "a").reason.as_deref(), Some("ejected for latency until 2025-05-14T10:00:40Z"));
+    let tr = find(&d, "BackendEjected");
+    assert!(tr.warning);
+    assert_eq!(tr.evidence["latencyP95"], "2s500ms");
+    assert_eq!(tr.evidence["requests"], "10");
+    assert_eq!(tr.evidence["latencyBudget"], "1s");
+    assert_eq!(tr.evidence["window"], "1m");
+    assert_eq!(tr.evidence["ejection"], "30s");
+    assert_eq!(tr.evidence["trips"], "1");
+    assert_eq!(tr.evidence["errorRate"], "0.00");
+    assert!(
+        tr.message.contains("p95 latency 2s500ms over 1m (10 answers) above trip 1s; out for 30s"),
+        "{}",
+        tr.message
+    );
+    let st = status(&d, "a");
+    assert_eq!(
+        (st.latency_p95.as_deref(), st.latency_requests, st.latency_budget.as_deref()),
+        (Some("2s500ms"), Some(10), Some("1s"))
+    );
+    assert_eq!(st.trips, Some(1));
+    assert!(health(&s, "a").latency_samples.is_empty());
+    // The fast backend is untouched and takes the traffic.
+    assert_eq!((row(&d, "b").state, row(&d, "b").weight), (BackendState::Active, 30));
+    // Answers older than the window do not count.
+    let mut s = slow_sim();
+    s.step(t0, &answers(Obs::new(), "a", &[(B2500MS, 9)]));
+    let d = s.step(plus(t0, 61), &answers(Obs::new(), "a", &[(B2500MS, 1)]));
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+}
+
+#[test]
+fn latency_p95_is_conservative_and_exact_on_bucket_bounds() {
+    // 95 fast, 5 slow: p95 is 100ms, healthy.
+    let mut s = slow_sim();
+    let t0 = t("2025-05-14T10:00:00Z");
+    let d = s.step(t0, &answers(Obs::new(), "a", &[(B100MS, 95), (B2500MS, 5)]));
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+    assert_eq!(status(&d, "a").latency_p95.as_deref(), Some("100ms"));
+    // 94 fast, 6 slow: the 95th answer is slow.
+    let mut s = slow_sim();
+    let d = s.step(t0, &answers(Obs::new(), "a", &[(B100MS, 94), (B2500MS, 6)]));
+    assert_eq!(row(&d, "a").state, BackendState::Ejected);
+    // All in the (500ms, 1s] bucket: p95 ≤ 1s is not over a 1s budget (a bound: exact).
+    let mut s = slow_sim();
+    let d = s.step(t0, &answers(Obs::new(), "a", &[(B1S, 50)]));
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+    assert_eq!(status(&d, "a").latency_p95.as_deref(), Some("1s"));
+    // Healthy backends trip at `trip`, not at `recover` (500ms).
+    assert!(d.transitions.is_empty());
+    // Without a latency budget nothing about latency is kept or shown.
+    let mut s = sim(2, json!({}));
+    let d = s.step(t0, &answers(Obs::new(), "a", &[(B2500MS, 100)]));
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+    assert!(health(&s, "a").latency_samples.is_empty());
+    let st = status(&d, "a");
+    assert_eq!((st.latency_p95.as_ref(), st.latency_requests, st.latency_budget.as_ref()), (None, None, None));
+}
+
+#[test]
+fn latency_recovers_with_hysteresis_and_doubled_backoff() {
+    let mut s = slow_sim();
+    let t0 = t("2025-05-14T10:00:00Z");
+    s.step(t0, &answers(Obs::new(), "a", &[(B2500MS, 20)]));
+    // Slow answers during the ejection are dropped.
+    let d = s.step(plus(t0, 20), &answers(Obs::new(), "a", &[(B2500MS, 50)]));
+    assert!(d.transitions.is_empty());
+    let d = s.idle(plus(t0, 30));
+    assert_eq!((row(&d, "a").state, row(&d, "a").weight), (BackendState::Ramping, 7));
+    assert_eq!(status(&d, "a").latency_budget.as_deref(), Some("500ms"), "ramping is judged against recover");
+    // p95 ≤ 1s: under trip but over recover (500ms), with minRequests: out again, 1m.
+    let d = s.step(plus(t0, 40), &answers(Obs::new(), "a", &[(B1S, 10)]));
+    let tr = find(&d, "BackendEjected");
+    assert_eq!(tr.evidence["trips"], "2");
+    assert_eq!(tr.evidence["ejection"], "1m");
+    assert_eq!(tr.evidence["latencyBudget"], "500ms");
+    assert!(tr.message.contains("ejected while ramping: p95 latency 1s over 1m (10 answers) above recover 500ms"));
+    assert_eq!(health(&s, "a").ejected_until(), Some(plus(t0, 100)));
+    // Third trip: 2m (doubling again).
+    s.idle(plus(t0, 100));
+    let d = s.step(plus(t0, 110), &answers(Obs::new(), "a", &[(B2500MS, 10)]));
+    assert_eq!(find(&d, "BackendEjected").evidence["ejection"], "2m");
+    // Fast enough (≤ recover) while ramping: keeps ramping.
+    let mut s = slow_sim();
+    s.step(t0, &answers(Obs::new(), "a", &[(B2500MS, 20)]));
+    s.idle(plus(t0, 30));
+    let d = s.step(plus(t0, 40), &answers(Obs::new(), "a", &[(B500MS, 30)]));
+    assert_eq!(row(&d, "a").state, BackendState::Ramping);
+    assert!(d.transitions.is_empty());
+}
+
+#[test]
+fn latency_ramp_stages_advance_only_when_fast() {
+    let mut s = slow_sim();
+    let t0 = t("2025-05-14T10:00:00Z");
+    s.step(t0, &answers(Obs::new(), "a", &[(B2500MS, 20)]));
+    s.idle(plus(t0, 30));
+    // Stage 1 (5m, the errorRate window): a few slow answers, fewer than minRequests: not
+    // ejected, but the stage is not fast: it repeats.
+    s.step(plus(t0, 100), &answers(Obs::new(), "a", &[(B2500MS, 3)]));
+    let d = s.idle(plus(t0, 330));
+    assert_eq!(row(&d, "a").weight, 7);
+    assert!(matches!(health(&s, "a").phase, Phase::Ramping { stage: 0, .. }));
+    assert!(d.transitions.is_empty());
+    // The repeated stage sees fast answers only: it advances, then the next ones too.
+    s.step(plus(t0, 400), &answers(Obs::new(), "a", &[(B100MS, 5)]));
+    let d = s.idle(plus(t0, 630));
+    assert_eq!((row(&d, "a").state, row(&d, "a").weight), (BackendState::Ramping, 35));
+    let d = s.idle(plus(t0, 930));
+    assert_eq!(row(&d, "a").weight, 70);
+    let d = s.idle(plus(t0, 1230));
+    assert_eq!((row(&d, "a").state, row(&d, "a").weight), (BackendState::Active, 70));
+    assert!(reasons(&d).contains(&"BackendRestored"));
+    assert_eq!(health(&s, "a").trips, 1);
+}
+
+#[test]
+fn latency_trips_respect_max_ejected_percent() {
+    let mut s = sim(1, json!({"latency": {"trip": "1s", "minRequests": 10}}));
+    let t0 = t("2025-05-14T10:00:00Z");
+    let d = s.step(t0, &answers(Obs::new(), "a", &[(B2500MS, 10)]));
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+    let tr = find(&d, "EjectionSuppressed");
+    assert_eq!(tr.evidence["latencyP95"], "2s500ms");
+    assert!(
+        tr.message.contains("has p95 latency 2s500ms over 5m (10 answers) above trip 1s but 0 of 1"),
+        "{}",
+        tr.message
+    );
+    // An error-rate trip wins over a latency trip when only one may go.
+    let mut s = sim(2, json!({"latency": {"trip": "1s", "minRequests": 10}}));
+    let d = s.step(t0, &answers(Obs::new().req("r", "b", 0, 20), "a", &[(B2500MS, 10)]));
+    assert_eq!(row(&d, "b").state, BackendState::Ejected);
+    assert_eq!(row(&d, "a").state, BackendState::Active);
+    assert!(find(&d, "EjectionSuppressed").evidence.contains_key("latencyP95"));
+}
+
+#[test]
+fn invalid_latency_budget_is_reported_with_its_field() {
+    for (latency, field) in [
+        (json!({"trip": "0s"}), "spec.health.latency.trip"),
+        (json!({"trip": "1s", "recover": "2s"}), "spec.health.latency.recover"),
+        (json!({"trip": "1s", "window": "0s"}), "spec.health.latency.window"),
+    ] {
+        let mut s = sim(2, json!({ "latency": latency }));
+        let d = s.idle(t("2025-05-14T10:00:00Z"));
+        assert!(find(&d, "InvalidSpec").message.contains(field), "{field}");
+    }
+}
+
+#[test]
+fn latency_memory_round_trips_through_json() {
+    let mut s = slow_sim();
+    let t0 = t("2025-05-14T10:00:00Z");
+    s.step(t0, &answers(Obs::new(), "a", &[(B100MS, 3)]));
+    s.step(plus(t0, 1), &answers(Obs::new(), "b", &[(B2500MS, 20)]));
+    let json = serde_json::to_value(&s.state).unwrap();
+    assert_eq!(json["backends"]["default/r/b"]["latencyTrip"]["p95"], json!({"kind": "AtMost", "ms": 2500}));
+    let back: crate::policy::DecisionState = serde_json::from_value(json).unwrap();
+    assert_eq!(back, s.state);
+}

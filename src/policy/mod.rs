@@ -19,9 +19,11 @@
 
 pub mod allowance;
 pub mod budget;
+pub mod cache_share;
 pub mod common;
 pub mod coverage;
 pub mod health;
+pub mod latency;
 pub mod money;
 pub mod routes;
 mod table;
@@ -203,6 +205,18 @@ pub struct BackendObservation {
     pub latency_ms_sum: u64,
     /// Number of successful attempts whose latency is in `latency_ms_sum`.
     pub latency_count: u64,
+    /// Latency histogram of the successful attempts (time to first chunk of a stream, total
+    /// duration otherwise): cumulative counts per bucket of
+    /// `crate::signals::contract::LATENCY_BOUNDS_MS` then `+Inf`; empty when none was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_le: Vec<u64>,
+    /// Tokens billed, by kind (the achieved prompt-cache share of `Cheapest`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tokens: crate::pricing::TokenCounts,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl BackendObservation {

@@ -8,7 +8,9 @@
 //!
 //! Inside each tier the strategy sets the weights of the serving backends: `Weighted` keeps
 //! them; `Priority` keeps the first (list order) and zeroes the others; `Cheapest` keeps the
-//! backends with the lowest blended price (input + output per token) and zeroes the others;
+//! backends with the lowest blended price (input + output per token, the input priced at the
+//! prompt-cache share each backend achieved over the last hour: `cache_share`) and zeroes the
+//! others;
 //! `LowestLatency` multiplies each weight by a per-mille factor `1000 × lowest / own` of the
 //! mean latencies, rounded to a multiple of 50 and at least 50 (so small jitter does not
 //! rewrite the table); a backend with no known latency counts as the fastest.
@@ -189,7 +191,7 @@ pub(crate) fn evaluate_route(r: &RouteInput, effects: &[BudgetEffect], inputs: &
     let last_rotation = rotation_step(&mut cx, &decided, &baseline, &verdict);
     alert_transitions(&mut cx, &decided, &rows_in, &verdict);
     let conditions = route_conditions(&mut cx, &decided, &baseline, &verdict);
-    let (backends, since) = backend_statuses(&cx, &decided, &rows_in, &healths, params.is_some());
+    let (backends, since) = backend_statuses(&cx, &decided, &rows_in, &healths, params.as_ref());
 
     let active = decided.rows.iter().filter(|r| r.serving && r.weight > 0 && Some(r.tier) == decided.best_tier).count();
     let status = ModelRouteStatus {
@@ -270,7 +272,7 @@ fn row_inputs<'a>(
     for (i, b) in spec.backends.iter().enumerate() {
         let h = &healths[i];
         let price = if spec.strategy == Strategy::Cheapest {
-            blended_price(b, i).map_err(|e| cx.errors.push(e)).ok()
+            blended_price(b, i, super::cache_share::shares(&h.input_samples)).map_err(|e| cx.errors.push(e)).ok()
         } else {
             None
         };
@@ -289,6 +291,7 @@ fn row_inputs<'a>(
         rows_in.push(RowInput {
             backend: b,
             ejected_until,
+            slow: ejected_until.is_some() && h.latency_trip.is_some(),
             ramp,
             suppressed,
             budget: budget_hit(effects, &route.key.namespace, b),
@@ -452,8 +455,9 @@ fn backend_statuses(
     decided: &Table,
     rows_in: &[RowInput<'_>],
     healths: &[BackendHealth],
-    health_ran: bool,
+    params: Option<&HealthParams>,
 ) -> (Vec<BackendStatus>, BTreeMap<String, BackendSince>) {
+    let health_ran = params.is_some();
     let now = cx.now;
     let mut since = BTreeMap::new();
     let mut backends = Vec::with_capacity(decided.rows.len());
@@ -472,6 +476,7 @@ fn backend_statuses(
                 (h.error_rate().map(|p| p.to_decimal()), Some(req))
             }
         };
+        let lat = latency_status(params, h);
         let (ramp_stage, ramp_stage_since) = match h.phase {
             Phase::Ramping { stage, stage_started, .. } => (Some(stage.saturating_add(1)), Some(Time(stage_started))),
             _ => (None, None),
@@ -490,6 +495,9 @@ fn backend_statuses(
             since: Some(Time(s)),
             error_rate,
             requests,
+            latency_p95: lat.as_ref().and_then(|l| l.0.clone()),
+            latency_requests: lat.as_ref().map(|l| l.1),
+            latency_budget: lat.map(|l| l.2),
             ejected_until: rows_in[i].ejected_until.map(Time),
             trips: (h.trips > 0).then_some(h.trips),
             healthy_since: h.healthy_since.filter(|_| h.trips > 0 && h.phase == Phase::Healthy).map(Time),
@@ -500,6 +508,21 @@ fn backend_statuses(
         });
     }
     (backends, since)
+}
+
+/// A backend's latency evidence for status, with `health.latency`: (p95, answers, budget) of
+/// the trip while ejected for latency, else of the current window (p95 `None` without answers).
+fn latency_status(params: Option<&HealthParams>, h: &BackendHealth) -> Option<(Option<String>, u64, String)> {
+    let lp = params?.latency.as_ref()?;
+    if let (Phase::Ejected { .. }, Some(t)) = (h.phase, &h.latency_trip) {
+        return Some((Some(t.p95.display()), t.requests, health::fmt_ms(t.budget_ms)));
+    }
+    let le = super::latency::window(&h.latency_samples, None);
+    let budget = match h.phase {
+        Phase::Ramping { .. } => lp.recover_ms,
+        _ => lp.trip_ms,
+    };
+    Some((super::latency::p95(&le).map(|p| p.display()), super::latency::answers(&le), health::fmt_ms(budget)))
 }
 
 #[cfg(test)]

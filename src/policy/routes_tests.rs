@@ -270,6 +270,47 @@ fn cheapest_strategy_keeps_the_lowest_blended_price() {
 }
 
 #[test]
+fn cheapest_prices_input_at_the_cache_share_each_backend_achieves() {
+    // `cached` lists $3 input but $0.30 cached input; `listed` is cheaper on paper ($2 input,
+    // no cache discount). Output $1 for both.
+    let route = route(
+        "r",
+        json!({"strategy": "Cheapest", "backends": [
+            {"name": "cached", "provider": "anthropic", "model": "m", "weight": 50,
+             "pricing": {"input": "3.00", "cachedInput": "0.30", "output": "1"}},
+            {"name": "listed", "provider": "openai", "model": "m", "weight": 50,
+             "pricing": {"input": "2.00", "output": "1"}}
+        ]}),
+    );
+    let tokens = |input: u64, cached_input: u64| crate::pricing::TokenCounts {
+        input,
+        cached_input,
+        output: 100,
+        ..crate::pricing::TokenCounts::default()
+    };
+    let with = |o: Obs, name: &str, t: crate::pricing::TokenCounts| {
+        let mut o = o;
+        o.0.backends.entry(crate::policy::BackendKey::new("default", "r", name)).or_default().tokens = t;
+        o
+    };
+    let mut s = Sim::new(vec![route], vec![]);
+    // No tokens yet: list prices, `listed` ($3/1M blended) beats `cached` ($4/1M).
+    let d = s.idle(t(T0));
+    assert_eq!((row(&d, "listed").weight, row(&d, "cached").weight), (50, 0));
+    // `cached` achieves 80% cache reads, `listed` none: $3 × 20% + $0.30 × 80% + $1 = $1.84/1M
+    // against $3/1M. The one with the higher list price wins.
+    let d = s.step(plus(t(T0), 10), &with(with(Obs::new(), "cached", tokens(200, 800)), "listed", tokens(1000, 0)));
+    assert_eq!((row(&d, "cached").weight, row(&d, "listed").weight), (50, 0));
+    assert_eq!(row(&d, "listed").reason.as_deref(), Some("strategy Cheapest: cached cheaper"));
+    // The share is of the last hour: once it is gone, list prices decide again.
+    let d = s.idle(plus(t(T0), 10 + 3600));
+    assert_eq!((row(&d, "listed").weight, row(&d, "cached").weight), (50, 0));
+    // A low share is not enough: 20% reads give $3 × 80% + $0.30 × 20% + $1 = $3.46/1M.
+    let d = s.step(plus(t(T0), 7300), &with(Obs::new(), "cached", tokens(800, 200)));
+    assert_eq!((row(&d, "listed").weight, row(&d, "cached").weight), (50, 0));
+}
+
+#[test]
 fn lowest_latency_strategy_scales_weights_and_explores_unknowns() {
     let route = route(
         "chat",

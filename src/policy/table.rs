@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use super::budget::BudgetEffect;
 use super::coverage::covers;
 use super::health;
-use super::{EffectiveBackend, Money, ObjectKey, PricePerMillion};
+use super::{EffectiveBackend, Money, ObjectKey};
 use crate::api::{Backend, BackendState, OnExhausted, Strategy, ThresholdAction};
 
 /// The strongest budget action on one backend.
@@ -28,6 +28,8 @@ pub(super) struct BudgetHit {
 pub(super) struct RowInput<'a> {
     pub(super) backend: &'a Backend,
     pub(super) ejected_until: Option<Timestamp>,
+    /// The ejection is for latency (`health.latency`), not for errors.
+    pub(super) slow: bool,
     pub(super) ramp: Option<(u32, u32, usize)>, // (percent, stage index, stages)
     pub(super) suppressed: bool,
     pub(super) budget: Option<BudgetHit>,
@@ -57,11 +59,17 @@ pub(super) fn budget_hit(effects: &[BudgetEffect], namespace: &str, b: &Backend)
         .map(|(action, ratio, e)| BudgetHit { action, budget: e.key.clone(), ratio })
 }
 
-pub(super) fn blended_price(b: &Backend, i: usize) -> Result<Money, String> {
-    let p = |field: &str, s: &str| {
-        s.parse::<PricePerMillion>().map_err(|e| format!("spec.backends[{i}].pricing.{field}: {e}"))
-    };
-    Ok(p("input", &b.pricing.input)?.per_token() + p("output", &b.pricing.output)?.per_token())
+/// The blended price per token of `Cheapest`: list prices weighted by the backend's achieved
+/// input shares (`super::cache_share`), list input + output without them.
+pub(super) fn blended_price(b: &Backend, i: usize, shares: Option<(u32, u32, u32)>) -> Result<Money, String> {
+    let p = crate::pricing::Prices::from_spec(&b.pricing).map_err(|e| format!("spec.backends[{i}].{e}"))?;
+    Ok(super::cache_share::blended(
+        p.input.per_token(),
+        p.cached_input.per_token(),
+        p.cache_write.per_token(),
+        p.output.per_token(),
+        shares,
+    ))
 }
 
 pub(super) fn base_row(inp: &RowInput<'_>, last_tier: u32, interventions: bool) -> EffectiveBackend {
@@ -78,7 +86,8 @@ pub(super) fn base_row(inp: &RowInput<'_>, last_tier: u32, interventions: bool) 
         return row(BackendState::Active, b.priority, b.weight, true, None);
     }
     if let Some(until) = inp.ejected_until {
-        return row(BackendState::Ejected, b.priority, 0, false, Some(format!("ejected for errors until {until}")));
+        let why = if inp.slow { "latency" } else { "errors" };
+        return row(BackendState::Ejected, b.priority, 0, false, Some(format!("ejected for {why} until {until}")));
     }
     if let Some(hit) = inp.budget.as_ref().filter(|h| h.action == ThresholdAction::Drain) {
         return row(BackendState::OverBudget, b.priority, 0, false, Some(format!("budget {}: Drain", hit.budget)));

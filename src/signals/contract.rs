@@ -39,8 +39,11 @@ pub const CONFIG_REVISION: &str = "tollgate_config_revision";
 /// Sample of [`CONFIG_REVISION`].
 pub const CONFIG_REVISION_INFO: &str = "tollgate_config_revision_info";
 
-/// Family: tokens billed, by kind (counter; not read by the controller).
+/// Family: tokens billed, by kind (counter; read by the controller for the achieved
+/// prompt-cache share of `Cheapest`).
 pub const TOKENS: &str = "tollgate_tokens";
+/// Sample of [`TOKENS`].
+pub const TOKENS_TOTAL: &str = "tollgate_tokens_total";
 /// Family: spend in USD as a float for humans (counter; not read by the controller).
 pub const COST_USD: &str = "tollgate_cost_usd";
 /// Family: successful answers whose usage could not be read, by reason (counter).
@@ -53,9 +56,29 @@ pub const CONFIG_RELOAD_ERRORS: &str = "tollgate_config_reload_errors";
 /// Family: time from sending a streaming request to its first chunk, seconds (histogram).
 pub const TIME_TO_FIRST_TOKEN: &str = "tollgate_time_to_first_token_seconds";
 
+/// Family: latency of each successful upstream attempt as health sees it: time to the first
+/// chunk for a streamed answer, total duration otherwise (histogram with the bounds
+/// [`LATENCY_BOUNDS_MS`], counted exactly by the gateway's meter).
+pub const HEALTH_LATENCY: &str = "tollgate_health_latency_seconds";
+/// `_bucket` sample of [`HEALTH_LATENCY`] (cumulative counts, label [`LE`]).
+pub const HEALTH_LATENCY_BUCKET: &str = "tollgate_health_latency_seconds_bucket";
+/// Upper bounds of the [`HEALTH_LATENCY`] buckets, milliseconds, increasing; a last `+Inf`
+/// bucket follows. Latency budgets are compared at this granularity.
+pub const LATENCY_BOUNDS_MS: [u64; 15] =
+    [5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000];
+/// Number of [`HEALTH_LATENCY`] buckets: the bounds plus `+Inf`.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
 /// The samples the controller reads; everything else in an exposition is ignored by it.
-pub const READ_BY_CONTROLLER: [&str; 5] =
-    [REQUESTS_TOTAL, COST_NANOUSD_TOTAL, REQUEST_DURATION_SUM, REQUEST_DURATION_COUNT, CONFIG_REVISION_INFO];
+pub const READ_BY_CONTROLLER: [&str; 7] = [
+    REQUESTS_TOTAL,
+    COST_NANOUSD_TOTAL,
+    TOKENS_TOTAL,
+    REQUEST_DURATION_SUM,
+    REQUEST_DURATION_COUNT,
+    HEALTH_LATENCY_BUCKET,
+    CONFIG_REVISION_INFO,
+];
 
 /// Label: ModelRoute name.
 pub const ROUTE: &str = "route";
@@ -73,6 +96,24 @@ pub const KIND: &str = "kind";
 pub const REASON: &str = "reason";
 /// Label of [`CONFIG_REVISION`]: the revision served.
 pub const REVISION: &str = "revision";
+/// Label of a histogram bucket: its upper bound in seconds, or `+Inf`.
+pub const LE: &str = "le";
+
+/// The index in [`LATENCY_BOUNDS_MS`] (or [`LATENCY_BOUNDS_MS`]`.len()` for `+Inf`) of a
+/// bucket's `le` label value, as the gateway writes it (`0.005`, `1.0`, `+Inf`) or as
+/// Prometheus returns it (`1`); `None` for a bound that is not one of ours.
+pub fn latency_bucket_index(le: &str) -> Option<usize> {
+    if le == "+Inf" {
+        return Some(LATENCY_BOUNDS_MS.len());
+    }
+    let secs: f64 = le.parse().ok()?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return None;
+    }
+    // A bound is a whole number of milliseconds: compare at micro-second precision.
+    let us = (secs * 1_000_000.0).round();
+    LATENCY_BOUNDS_MS.iter().position(|ms| (*ms as f64) * 1000.0 == us)
+}
 
 /// Identity of one metered series: route + backend, with the provider and upstream model the
 /// backend had when it served (a reload may change them). The gateway's meter keys its cells
@@ -163,6 +204,22 @@ mod tests {
         assert_eq!(REQUEST_DURATION_SUM, format!("{REQUEST_DURATION}_sum"));
         assert_eq!(REQUEST_DURATION_COUNT, format!("{REQUEST_DURATION}_count"));
         assert_eq!(CONFIG_REVISION_INFO, format!("{CONFIG_REVISION}_info"));
+        assert_eq!(HEALTH_LATENCY_BUCKET, format!("{HEALTH_LATENCY}_bucket"));
+        assert_eq!(TOKENS_TOTAL, format!("{TOKENS}_total"));
+    }
+
+    #[test]
+    fn bucket_bounds_read_back_from_le_labels() {
+        assert!(LATENCY_BOUNDS_MS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(latency_bucket_index("0.005"), Some(0));
+        assert_eq!(latency_bucket_index("1.0"), Some(7));
+        assert_eq!(latency_bucket_index("1"), Some(7));
+        assert_eq!(latency_bucket_index("2.5"), Some(8));
+        assert_eq!(latency_bucket_index("300.0"), Some(14));
+        assert_eq!(latency_bucket_index("+Inf"), Some(15));
+        assert_eq!(latency_bucket_index("0.2"), None);
+        assert_eq!(latency_bucket_index("NaN"), None);
+        assert_eq!(latency_bucket_index("-1"), None);
     }
 
     #[test]

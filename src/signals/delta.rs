@@ -9,6 +9,9 @@
 //!   gateway (and then diffing against zero) is the caller's job.
 //! - Latency is in whole milliseconds of the cumulative sum, so successive deltas add up to the
 //!   total (each source rounds its cumulative sum once, not each delta).
+//! - The latency histogram (cumulative bucket counts, `le`) is diffed bucket by bucket, exactly
+//!   (integers); a histogram whose `+Inf` count did not grow adds nothing.
+//! - Tokens are diffed kind by kind (for the achieved prompt-cache share of `Cheapest`).
 //! - A series that did nothing adds no entry: no empty backend rows, no zero spend.
 //! - Spend is exact [`Money`] (pico-dollars), never a float.
 
@@ -16,6 +19,7 @@ use std::collections::BTreeMap;
 
 use super::contract::SeriesKey;
 use crate::policy::{BackendKey, BackendObservation, Money, Observations, Outcome, SpendKey};
+use crate::pricing::{TokenCounts, TokenKind};
 
 /// Cumulative totals of one series, in the units of the policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +30,11 @@ pub struct SeriesTotals {
     pub latency_ms_sum: u64,
     /// Number of successful attempts in `latency_ms_sum`.
     pub latency_count: u64,
+    /// Latency histogram of successful attempts: cumulative counts per bucket of
+    /// [`super::contract::LATENCY_BOUNDS_MS`] then `+Inf` (empty: none seen).
+    pub latency_le: Vec<u64>,
+    /// Tokens billed, by kind.
+    pub tokens: TokenCounts,
     /// Exact spend.
     pub spend: Money,
 }
@@ -43,7 +52,13 @@ pub fn add_delta(obs: &mut Observations, namespace: &str, key: &SeriesKey, befor
     if delta.latency_count > 0 {
         delta.latency_ms_sum = now.latency_ms_sum.saturating_sub(before.latency_ms_sum);
     }
-    if !delta.outcomes.is_empty() || delta.latency_count > 0 {
+    delta.latency_le = le_delta(&before.latency_le, &now.latency_le);
+    delta.tokens = tokens_delta(&before.tokens, &now.tokens);
+    if !delta.outcomes.is_empty()
+        || delta.latency_count > 0
+        || !delta.latency_le.is_empty()
+        || delta.tokens != TokenCounts::default()
+    {
         let slot = obs.backends.entry(BackendKey::new(namespace, &key.route, &key.backend)).or_default();
         add_backend(slot, &delta);
     }
@@ -88,6 +103,30 @@ pub fn merge_observations(into: &mut Observations, more: Observations) {
     }
 }
 
+/// Bucket-by-bucket growth of a cumulative latency histogram (a missing bucket counts as 0, a
+/// bucket that went down as no growth); empty when the `+Inf` bucket (the last) did not grow.
+pub fn le_delta(before: &[u64], now: &[u64]) -> Vec<u64> {
+    let d: Vec<u64> =
+        now.iter().enumerate().map(|(i, n)| n.saturating_sub(before.get(i).copied().unwrap_or(0))).collect();
+    if d.last().copied().unwrap_or(0) == 0 { Vec::new() } else { d }
+}
+
+/// Growth of each token kind (a kind that went down grew by nothing).
+pub fn tokens_delta(before: &TokenCounts, now: &TokenCounts) -> TokenCounts {
+    let mut d = TokenCounts::default();
+    for kind in TokenKind::ALL {
+        let n = now.get(kind).saturating_sub(before.get(kind));
+        match kind {
+            TokenKind::Input => d.input = n,
+            TokenKind::CachedInput => d.cached_input = n,
+            TokenKind::CacheWrite => d.cache_write = n,
+            TokenKind::Output => d.output = n,
+            TokenKind::Reasoning => d.reasoning = n,
+        }
+    }
+    d
+}
+
 fn add_backend(slot: &mut BackendObservation, more: &BackendObservation) {
     for (outcome, n) in &more.outcomes {
         let c = slot.outcomes.entry(*outcome).or_insert(0);
@@ -95,6 +134,13 @@ fn add_backend(slot: &mut BackendObservation, more: &BackendObservation) {
     }
     slot.latency_ms_sum = slot.latency_ms_sum.saturating_add(more.latency_ms_sum);
     slot.latency_count = slot.latency_count.saturating_add(more.latency_count);
+    crate::policy::latency::add_counts(&mut slot.latency_le, &more.latency_le);
+    let t = &mut slot.tokens;
+    t.input = t.input.saturating_add(more.tokens.input);
+    t.cached_input = t.cached_input.saturating_add(more.tokens.cached_input);
+    t.cache_write = t.cache_write.saturating_add(more.tokens.cache_write);
+    t.output = t.output.saturating_add(more.tokens.output);
+    t.reasoning = t.reasoning.saturating_add(more.tokens.reasoning);
 }
 
 #[cfg(test)]
@@ -106,6 +152,8 @@ mod tests {
             outcomes: BTreeMap::from([(Outcome::Ok, ok), (Outcome::Timeout, timeouts)]),
             latency_ms_sum: ms,
             latency_count: count,
+            latency_le: Vec::new(),
+            tokens: TokenCounts::default(),
             spend: Money::from_picos(picos),
         }
     }
@@ -138,7 +186,13 @@ mod tests {
         a.spend.insert(k.clone(), Money::from_picos(5));
         a.backends.insert(
             bk.clone(),
-            BackendObservation { outcomes: BTreeMap::from([(Outcome::Ok, 1)]), latency_ms_sum: 10, latency_count: 1 },
+            BackendObservation {
+                outcomes: BTreeMap::from([(Outcome::Ok, 1)]),
+                latency_ms_sum: 10,
+                latency_count: 1,
+                latency_le: vec![1, 1],
+                tokens: TokenCounts::default(),
+            },
         );
         let mut b = Observations::default();
         b.spend.insert(k.clone(), Money::from_picos(7));
@@ -148,6 +202,8 @@ mod tests {
                 outcomes: BTreeMap::from([(Outcome::Ok, 2), (Outcome::Timeout, 1)]),
                 latency_ms_sum: 25,
                 latency_count: 2,
+                latency_le: vec![0, 2],
+                tokens: TokenCounts { input: 5, cached_input: 7, ..TokenCounts::default() },
             },
         );
         merge_observations(&mut a, b);
@@ -155,5 +211,34 @@ mod tests {
         let m = &a.backends[&bk];
         assert_eq!(m.outcomes, BTreeMap::from([(Outcome::Ok, 3), (Outcome::Timeout, 1)]));
         assert_eq!((m.latency_ms_sum, m.latency_count), (35, 3));
+        assert_eq!(m.latency_le, [1, 3]);
+        assert_eq!((m.tokens.input, m.tokens.cached_input), (5, 7));
+    }
+
+    #[test]
+    fn latency_histograms_diff_bucket_by_bucket() {
+        let k = SeriesKey::new("chat", "a", "openai", "gpt");
+        let with = |le: Vec<u64>| SeriesTotals { latency_le: le, ..SeriesTotals::default() };
+        let before = BTreeMap::from([(k.clone(), with(vec![1, 4, 4]))]);
+        let now = BTreeMap::from([(k.clone(), with(vec![1, 6, 9]))]);
+        let obs = observations_between("ns", &before, &now);
+        assert_eq!(obs.backends[&BackendKey::new("ns", "chat", "a")].latency_le, [0, 2, 5]);
+        // No growth of +Inf: nothing at all.
+        assert_eq!(observations_between("ns", &now, &now), Observations::default());
+        assert!(le_delta(&[3, 3], &[1, 2]).is_empty());
+        // Token kinds diff one by one.
+        let tk = |i: u64, c: u64| SeriesTotals {
+            tokens: TokenCounts { input: i, cached_input: c, ..TokenCounts::default() },
+            ..SeriesTotals::default()
+        };
+        let obs = observations_between(
+            "ns",
+            &BTreeMap::from([(k.clone(), tk(10, 5))]),
+            &BTreeMap::from([(k.clone(), tk(12, 50))]),
+        );
+        let t = obs.backends[&BackendKey::new("ns", "chat", "a")].tokens;
+        assert_eq!((t.input, t.cached_input), (2, 45));
+        // From nothing: the whole histogram.
+        assert_eq!(le_delta(&[], &[2, 3]), [2, 3]);
     }
 }

@@ -1,5 +1,5 @@
-//! Signals: what the gateways report back (requests by outcome, latency, exact spend, the config
-//! revision they serve), turned into the policy's [`Observations`] (deltas since the previous
+//! Signals: what the gateways report back (requests by outcome, latency and the exact health
+//! latency histogram, tokens by kind, exact spend, the config revision they serve), turned into the policy's [`Observations`] (deltas since the previous
 //! evaluation).
 //!
 //! Two sources implement [`Signals`]: [`scrape::ScrapeSignals`] reads each ready gateway pod's
@@ -66,6 +66,11 @@ pub struct GatewayReading {
     pub cost_nanousd: BTreeMap<SeriesKey, u64>,
     /// Latency by series.
     pub latency: BTreeMap<SeriesKey, LatencyCounter>,
+    /// Health latency histogram by series: cumulative bucket counts (`le`) over
+    /// [`contract::LATENCY_BOUNDS_MS`] then `+Inf` ([`contract::HEALTH_LATENCY_BUCKET`]).
+    pub latency_le: BTreeMap<SeriesKey, Vec<u64>>,
+    /// Tokens billed by series ([`contract::TOKENS_TOTAL`], by `kind`).
+    pub tokens: BTreeMap<SeriesKey, crate::pricing::TokenCounts>,
     /// Revision of the config document served (`tollgate_config_revision_info{revision}`).
     pub revision: Option<String>,
     /// Its Hard budgets and instance id ([`hard`]).
@@ -105,6 +110,35 @@ impl GatewayReading {
                     self.latency.entry(k).or_default().count += n;
                 }
             }
+            contract::TOKENS_TOTAL => {
+                let (Some(k), Some(kind), Some(n)) = (
+                    series(),
+                    labels
+                        .get(contract::KIND)
+                        .and_then(|l| crate::pricing::TokenKind::ALL.into_iter().find(|k| k.label() == l)),
+                    text::parse_count(value),
+                ) else {
+                    return;
+                };
+                let t = self.tokens.entry(k).or_default();
+                match kind {
+                    crate::pricing::TokenKind::Input => t.input = t.input.saturating_add(n),
+                    crate::pricing::TokenKind::CachedInput => t.cached_input = t.cached_input.saturating_add(n),
+                    crate::pricing::TokenKind::CacheWrite => t.cache_write = t.cache_write.saturating_add(n),
+                    crate::pricing::TokenKind::Output => t.output = t.output.saturating_add(n),
+                    crate::pricing::TokenKind::Reasoning => t.reasoning = t.reasoning.saturating_add(n),
+                }
+            }
+            contract::HEALTH_LATENCY_BUCKET => {
+                if let (Some(k), Some(i), Some(n)) = (
+                    series(),
+                    labels.get(contract::LE).and_then(|le| contract::latency_bucket_index(le)),
+                    text::parse_count(value),
+                ) {
+                    let le = self.latency_le.entry(k).or_insert_with(|| vec![0; contract::LATENCY_BUCKETS]);
+                    le[i] = le[i].saturating_add(n);
+                }
+            }
             contract::CONFIG_REVISION_INFO => {
                 if let Some(r) = labels.get(contract::REVISION)
                     && text::parse_count(value).unwrap_or(0) > 0
@@ -141,6 +175,12 @@ impl GatewayReading {
             t.latency_ms_sum = if ms.is_finite() && ms < u64::MAX as f64 { ms as u64 } else { 0 };
             t.latency_count = l.count;
         }
+        for (k, t) in &self.tokens {
+            out.entry(k.clone()).or_default().tokens = *t;
+        }
+        for (k, le) in &self.latency_le {
+            out.entry(k.clone()).or_default().latency_le = le.clone();
+        }
         for (k, n) in &self.cost_nanousd {
             out.entry(k.clone()).or_default().spend = Money::from_picos(i128::from(*n) * PICOS_PER_NANO);
         }
@@ -152,7 +192,9 @@ impl GatewayReading {
         let req = earlier.requests.iter().any(|(k, v)| self.requests.get(k).copied().unwrap_or(0) < *v);
         let cost = earlier.cost_nanousd.iter().any(|(k, v)| self.cost_nanousd.get(k).copied().unwrap_or(0) < *v);
         let lat = earlier.latency.iter().any(|(k, v)| self.latency.get(k).map_or(0, |l| l.count) < v.count);
-        req || cost || lat
+        let inf = |le: &Vec<u64>| le.last().copied().unwrap_or(0);
+        let hist = earlier.latency_le.iter().any(|(k, v)| self.latency_le.get(k).map_or(0, inf) < inf(v));
+        req || cost || lat || hist
     }
 
     /// Cumulative spend of the series of `provider` (and, when `models` is not empty, of those
@@ -309,6 +351,8 @@ impl Tracker {
                         requests: reading.requests.clone(),
                         cost_nanousd: base,
                         latency: reading.latency.clone(),
+                        latency_le: reading.latency_le.clone(),
+                        tokens: reading.tokens.clone(),
                         revision: None,
                         hard: hard::HardReading::default(),
                     }
@@ -441,6 +485,38 @@ mod tests {
         assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(200_000));
         t.retain(&BTreeSet::new());
         assert!(!t.knows("p1"));
+    }
+
+    #[test]
+    fn health_latency_buckets_are_read_and_diffed_exactly() {
+        let body = |fast: u64, slow: u64| {
+            let l = "route=\"chat\",backend=\"a\",provider=\"openai\",model=\"gpt\"";
+            format!(
+                "# TYPE tollgate_health_latency_seconds histogram\n\
+                 tollgate_health_latency_seconds_sum{{{l}}} 12.5\n\
+                 tollgate_health_latency_seconds_count{{{l}}} {n}\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"0.005\"}} 0\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"0.1\"}} {fast}\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"5.0\"}} {n}\n\
+                 tollgate_health_latency_seconds_bucket{{{l},le=\"+Inf\"}} {n}\n",
+                n = fast + slow
+            )
+        };
+        let r = GatewayReading::from_text(&body(3, 1));
+        let le = &r.latency_le[&SeriesKey::new("chat", "a", "openai", "gpt")];
+        assert_eq!((le[0], le[4], le[9], le[15]), (0, 3, 4, 4));
+        let mut t = Tracker::new();
+        let targets = [target("p1")];
+        // First sight is the baseline; then exact deltas per bucket.
+        let o = t.observe(&targets, read("p1", &body(3, 1)), &BTreeMap::new());
+        assert!(o.observations.backends.is_empty());
+        let o = t.observe(&targets, read("p1", &body(5, 21)), &BTreeMap::new());
+        let b = &o.observations.backends[&BackendKey::new("team-a", "chat", "a")];
+        assert_eq!((b.latency_le[4], b.latency_le[9], b.latency_le[15]), (2, 22, 22));
+        assert_eq!(crate::policy::latency::p95(&b.latency_le), Some(crate::policy::latency::P95::AtMost(5_000)));
+        // A histogram that went down: the gateway restarted.
+        let o = t.observe(&targets, read("p1", &body(1, 0)), &BTreeMap::new());
+        assert_eq!(o.resets, vec!["p1".to_string()]);
     }
 
     #[test]

@@ -146,6 +146,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_health_latency_buckets_exactly() {
+        let p = PrometheusSignals::new("http://prom:9090", Duration::from_secs(1)).unwrap();
+        let bucket = |le: &str, v: &str| {
+            serde_json::json!({"metric": {"__name__": "tollgate_health_latency_seconds_bucket", "namespace": "a",
+                "pod": "gw-1", "route": "chat", "backend": "slow", "provider": "openai", "model": "m", "le": le},
+                "value": [1.0, v]})
+        };
+        // Prometheus may write bounds as scraped (`1.0`) or normalized (`1`); values as text.
+        let result = serde_json::json!([
+            bucket("0.5", "2"),
+            bucket("1", "3"),
+            bucket("2.5", "3"),
+            bucket("5.0", "40"),
+            bucket("+Inf", "41"),
+            bucket("0.2", "99")
+        ]);
+        let samples: Vec<VectorSample> = serde_json::from_value(result).unwrap();
+        let targets = [GatewayTarget { uid: "u1".into(), namespace: "a".into(), name: "gw-1".into(), address: None }];
+        let r = p.readings(samples, &targets);
+        let le = &r["u1"].as_ref().unwrap().latency_le[&crate::signals::SeriesKey::new("chat", "slow", "openai", "m")];
+        assert_eq!(le.len(), crate::signals::contract::LATENCY_BUCKETS);
+        // Indexes: 500ms = 6, 1s = 7, 2.5s = 8, 5s = 9, +Inf = 15; the unknown bound 0.2 is ignored.
+        assert_eq!((le[5], le[6], le[7], le[8], le[9], le[15]), (0, 2, 3, 3, 40, 41));
+        assert_eq!(crate::policy::latency::p95(&le[..]), Some(crate::policy::latency::P95::AtMost(5_000)));
+    }
+
+    #[test]
     fn groups_vector_samples_by_pod() {
         let p = PrometheusSignals::new("http://prom:9090/", Duration::from_secs(1)).unwrap();
         let body = serde_json::json!({
@@ -174,9 +201,9 @@ mod tests {
         // Written out by hand: a renamed metric in the contract must show up here.
         assert_eq!(
             PrometheusSignals::query(),
-            "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|\
+            "{__name__=~\"tollgate_requests_total|tollgate_cost_nanousd_total|tollgate_tokens_total|\
              tollgate_request_duration_seconds_sum|tollgate_request_duration_seconds_count|\
-             tollgate_config_revision_info\"}"
+             tollgate_health_latency_seconds_bucket|tollgate_config_revision_info\"}"
         );
     }
 }
