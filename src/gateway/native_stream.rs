@@ -7,10 +7,12 @@
 //!   the Messages event sequence, or the upstream bytes unchanged for Anthropic pass-through).
 //! - Bytes go out as soon as the events they complete are translated; nothing is buffered
 //!   beyond one incomplete event (bounded by the translators' 4 MiB limit).
-//! - A stream bills exactly once: at its end with the final usage; when cut short (upstream
-//!   error event, broken or truncated stream, idle or total timeout, client gone) with the usage
-//!   known so far, or `usage_missing` when none is known. An error event in the client's shape
-//!   ends a failed stream (a pass-through stream already carries the upstream's own).
+//! - A stream bills exactly once (through [`super::answer::bill`], like the pass-through): at
+//!   its end with the final usage; when cut short (upstream error event, broken or truncated
+//!   stream, idle or total timeout, client gone, shutdown cut) with the usage known so far, or,
+//!   when none is known, `usage_missing{reason}` and an estimate (request bytes, upstream data
+//!   events; see [`super::limits`]). An error event in the client's shape ends a failed stream
+//!   (a pass-through stream already carries the upstream's own).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,7 +28,8 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, Sleep};
 
 use super::CompiledBackend;
-use super::native::{Surface, bill, native_answer, record};
+use super::codec::Surface;
+use super::native::native_answer;
 use super::request::Endpoint;
 use super::stream::BodyStream;
 use super::translate::{
@@ -34,6 +37,7 @@ use super::translate::{
 };
 use crate::config::{ProviderFamily, WireApi};
 use crate::policy::Outcome;
+use crate::pricing::UsageError;
 
 /// An upstream stream decoder into chat chunks.
 pub(crate) enum Decoder {
@@ -78,6 +82,8 @@ pub(crate) struct Translator {
     /// `None`: the upstream speaks OpenAI chat (only with [`Encoder::Messages`]).
     pub(crate) decoder: Option<Decoder>,
     pub(crate) encoder: Encoder,
+    /// The `model` named in answers to a Messages client (the route alias).
+    pub(crate) alias: String,
 }
 
 impl Translator {
@@ -89,12 +95,8 @@ impl Translator {
     }
 
     /// A whole answer: the client body and the usage.
-    pub(crate) fn whole(
-        &self,
-        b: &CompiledBackend,
-        v: &Value,
-        alias: &str,
-    ) -> Result<(Value, UsageReport), TranslateError> {
+    pub(crate) fn whole(&self, b: &CompiledBackend, v: &Value) -> Result<(Value, UsageReport), TranslateError> {
+        let alias = self.alias.as_str();
         match (&self.decoder, &self.encoder) {
             (Some(_), Encoder::Chat) => {
                 let a = native_answer(b.cfg.api, &b.cfg.model, v)?;
@@ -120,26 +122,27 @@ impl Translator {
         }
     }
 
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
+    /// Feeds upstream bytes; returns how many data events (chunks) they completed.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<Bytes>) -> Result<u64, TranslateError> {
         match (&mut self.decoder, &mut self.encoder) {
             (None, Encoder::Messages(enc)) => {
-                for ev in enc.push(bytes)? {
-                    out.push(Bytes::from(ev.to_sse()));
-                }
-                Ok(())
+                let evs = enc.push(bytes)?;
+                out.extend(evs.iter().map(|ev| Bytes::from(ev.to_sse())));
+                Ok(evs.len() as u64)
             }
             (None, Encoder::Chat | Encoder::Raw) => {
                 out.push(Bytes::copy_from_slice(bytes));
-                Ok(())
+                Ok(1)
             }
             (Some(dec), Encoder::Raw) => {
                 out.push(Bytes::copy_from_slice(bytes));
                 // Chunks are discarded; an upstream `error` event already went out as is.
-                dec.push(bytes).map(drop)
+                dec.push(bytes).map(|outs| outs.len() as u64)
             }
             (Some(dec), enc) => {
                 let outs = dec.push(bytes)?;
-                encode(outs, enc, out)
+                let n = outs.len() as u64;
+                encode(outs, enc, out).map(|()| n)
             }
         }
     }
@@ -201,7 +204,7 @@ fn error_event(surface: Surface, e: &TranslateError) -> Bytes {
         other => (502, Some("api_error"), other.to_string()),
     };
     match surface {
-        Surface::Chat => {
+        Surface::OpenAI(_) => {
             let body = match e {
                 TranslateError::Upstream(u) => u.openai_body(),
                 _ => {
@@ -226,6 +229,8 @@ pub(crate) struct StreamMeter {
     pub(crate) surface: Surface,
     /// The Hard budget reservation of the attempt (issue 13), settled by the bill.
     pub(crate) hold: Option<super::admission::Hold>,
+    /// The client's request size (the estimate's input when no usage is known).
+    pub(crate) request_bytes: usize,
 }
 
 /// The translated stream; bills once, when it ends or is dropped (client gone).
@@ -239,6 +244,10 @@ pub(crate) struct TranslatedStream {
     total_timer: Pin<Box<Sleep>>,
     done: bool,
     meter: Option<StreamMeter>,
+    /// Upstream data events received (the estimate's output when no usage is known).
+    data_events: u64,
+    /// The server's shutdown cut: a stream dropped after it is metered as `shutdown_cut`.
+    cut: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl TranslatedStream {
@@ -262,24 +271,33 @@ impl TranslatedStream {
             total_timer: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
             meter: Some(meter),
+            data_events: 0,
+            cut: None,
         }
+    }
+
+    /// The stream with the server's shutdown cut token (see [`super::serve::ShutdownCut`]).
+    pub(crate) fn with_cut(mut self, cut: Option<tokio_util::sync::CancellationToken>) -> Self {
+        self.cut = cut;
+        self
     }
 
     fn end(&mut self, outcome: Outcome, usage: Option<UsageReport>, missing: &str) {
         let Some(m) = self.meter.take() else { return };
         let latency = (outcome == Outcome::Ok).then_some(m.ttfb);
-        record(&m.b, m.endpoint, outcome, m.started, latency);
-        match usage.or_else(|| self.translator.partial_usage()) {
-            Some(u) => super::admission::scoped_sync(m.hold.clone(), || bill(&m.b, m.endpoint, &u)),
-            None => {
-                tracing::warn!(backend = %m.b.cfg.name, reason = missing, "native stream without usable usage: not billed");
-                m.b.cell.record_usage_missing(missing);
-            }
-        }
+        m.b.cell.record_outcome(outcome, latency);
+        let secs = m.started.elapsed().as_secs_f64();
+        m.b.duration.observe(secs);
+        m.b.gen_ai.duration(m.endpoint, outcome, secs);
+        let usage = usage.or_else(|| self.translator.partial_usage()).map(|u| u.counts).ok_or(UsageError::Missing);
+        let events = self.data_events;
+        super::admission::scoped_sync(m.hold, || {
+            super::answer::bill(&m.b, m.endpoint, usage, Some(missing), m.request_bytes, events)
+        });
     }
 
     fn surface(&self) -> Surface {
-        self.meter.as_ref().map_or(Surface::Chat, |m| m.surface)
+        self.meter.as_ref().map_or(Surface::OpenAI(Endpoint::ChatCompletions), |m| m.surface)
     }
 
     fn fail(&mut self, outcome: Outcome, e: &TranslateError, missing: &str) {
@@ -295,7 +313,10 @@ impl TranslatedStream {
     fn feed(&mut self, chunk: &[u8]) {
         let mut out = Vec::new();
         match self.translator.push(chunk, &mut out) {
-            Ok(()) => self.pending.extend(out),
+            Ok(n) => {
+                self.data_events = self.data_events.saturating_add(n);
+                self.pending.extend(out);
+            }
             Err(e) => {
                 self.pending.extend(out);
                 self.fail(Outcome::UpstreamError, &e, "stream_interrupted");
@@ -307,7 +328,8 @@ impl TranslatedStream {
 impl Drop for TranslatedStream {
     fn drop(&mut self) {
         if self.meter.is_some() {
-            self.end(Outcome::Ok, None, "client_disconnected");
+            let cut = self.cut.as_ref().is_some_and(tokio_util::sync::CancellationToken::is_cancelled);
+            self.end(Outcome::Ok, None, if cut { "shutdown_cut" } else { "client_disconnected" });
         }
     }
 }
