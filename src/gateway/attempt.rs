@@ -246,7 +246,7 @@ pub(crate) async fn attempt(
             }
             Codec::Translate(translator) => {
                 let meter = StreamMeter { b: b.clone(), endpoint, started, ttfb, surface, hold, request_bytes };
-                let stream = TranslatedStream::new(first, body, translator, opts.idle_stream_timeout, deadline, meter)
+                let stream = TranslatedStream::new(first, body, *translator, opts.idle_stream_timeout, deadline, meter)
                     .with_cut(ctx.cut.clone());
                 // No API key reaches the client, however encoded (issue 10): every frame is
                 // scrubbed. Translated frames are whole events; a raw pass-through frame is what

@@ -157,7 +157,7 @@ pub(crate) enum Codec {
     /// the side; with `ask_usage`, the gateway's own usage chunk is removed from the stream).
     Pass { ask_usage: bool },
     /// Every other pair: decoded from the upstream format, encoded for the client.
-    Translate(Translator),
+    Translate(Box<Translator>),
 }
 
 /// One upstream request, ready to send.
@@ -202,7 +202,7 @@ pub(crate) fn encode(surface: Surface, req: &Inbound, b: &CompiledBackend) -> Re
             Ok(Encoded {
                 body: p.body,
                 target: Target::Native { url: p.url, stream: c.stream },
-                codec: Codec::Translate(t),
+                codec: Codec::Translate(Box::new(t)),
             })
         }
         (Inbound::Messages(m), WireApi::AnthropicMessages) => {
@@ -213,7 +213,7 @@ pub(crate) fn encode(surface: Surface, req: &Inbound, b: &CompiledBackend) -> Re
                 alias: m.alias.clone(),
             };
             let target = Target::Native { url: anthropic_url(base), stream: m.stream };
-            Ok(Encoded { body, target, codec: Codec::Translate(t) })
+            Ok(Encoded { body, target, codec: Codec::Translate(Box::new(t)) })
         }
         (Inbound::Messages(m), api) => {
             let opts = InboundOptions { model: b.cfg.model.clone(), max_completion_tokens: false };
@@ -226,10 +226,14 @@ pub(crate) fn encode(surface: Surface, req: &Inbound, b: &CompiledBackend) -> Re
                 let decoder = Decoder::Gemini(GeminiStream::new(&b.cfg.model, now_secs(), true));
                 let t = Translator { decoder: Some(decoder), encoder, alias: m.alias.clone() };
                 let target = Target::Native { url: p.url, stream: m.stream };
-                return Ok(Encoded { body: p.body, target, codec: Codec::Translate(t) });
+                return Ok(Encoded { body: p.body, target, codec: Codec::Translate(Box::new(t)) });
             }
             let t = Translator { decoder: None, encoder, alias: m.alias.clone() };
-            Ok(Encoded { body: chat, target: Target::OpenAI(Endpoint::ChatCompletions), codec: Codec::Translate(t) })
+            Ok(Encoded {
+                body: chat,
+                target: Target::OpenAI(Endpoint::ChatCompletions),
+                codec: Codec::Translate(Box::new(t)),
+            })
         }
     }
 }
