@@ -392,3 +392,64 @@ async fn count_tokens_passes_through_to_anthropic_or_answers_an_estimate() {
     assert_eq!(code, 404);
     assert_eq!(v["error"]["type"], "not_found_error");
 }
+
+fn anthropic_events() -> Vec<String> {
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+            "model": "m", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " world"}}),
+        ),
+        ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": 5}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ]
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_translated_stream_early_is_billed_the_final_usage() {
+    let client = reqwest::Client::new();
+    for c in [Client::Chat, Client::Messages] {
+        let claude =
+            Fake::start(|_, _| common::upstream::paced_sse(anthropic_events(), Duration::from_millis(150), &[])).await;
+        let (gw, url) = start(config(vec![native_backend("claude", Native::Anthropic, &claude, 0)]), opts()).await;
+        let mut body = request(c);
+        body["stream"] = json!(true);
+        let r = client.post(format!("{url}{}", path(c))).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let mut s = r.bytes_stream();
+        let first = futures::StreamExt::next(&mut s).await.unwrap().unwrap();
+        assert!(!first.is_empty());
+        drop(s); // the client leaves after the first event
+        // Drained for its usage: message_start's 10 input + message_delta's 5 output at $1/1M
+        // (what was known when the client left, 10 + 1, would be 11_000).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = metric(&gw, "tollgate_cost_nanousd_total", &[("backend", "claude")]);
+            if got == 15_000.0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{c:?}: billed {got}, want 15000");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metric(&gw, "tollgate_usage_missing_total", &[("backend", "claude")]), 0.0);
+    }
+}

@@ -26,7 +26,7 @@ use super::answer::{ReadError, bill, is_event_stream, pass_headers, read_all};
 use super::codec::{self, Codec, Encoded, Inbound, Surface, Target, Verdict};
 use super::errors::ApiError;
 use super::limits::{self, HeldBody};
-use super::native_stream::{StreamMeter, TranslatedStream};
+use super::native_stream::{DrainBounds, StreamMeter, TranslatedStream};
 use super::stream::{SseProcessor, StreamBounds, StreamEnd, StreamSummary, metered};
 use super::upstream::{SendError, UpstreamReply};
 use super::{CompiledBackend, CompiledRoute, Gateway, mock, native, native_mock};
@@ -247,7 +247,11 @@ pub(crate) async fn attempt(
             Codec::Translate(translator) => {
                 let meter = StreamMeter { b: b.clone(), endpoint, started, ttfb, surface, hold, request_bytes };
                 let stream = TranslatedStream::new(first, body, *translator, opts.idle_stream_timeout, deadline, meter)
-                    .with_cut(ctx.cut.clone());
+                    .with_drain(DrainBounds {
+                        cut: ctx.cut.clone(),
+                        timeout: opts.disconnect_drain_timeout,
+                        bytes: opts.disconnect_drain_bytes,
+                    });
                 // No API key reaches the client, however encoded (issue 10): every frame is
                 // scrubbed. Translated frames are whole events; a raw pass-through frame is what
                 // one upstream read gave, so a key split across two reads is the one form this

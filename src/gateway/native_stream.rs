@@ -12,7 +12,8 @@
 //!   stream, idle or total timeout, client gone, shutdown cut) with the usage known so far, or,
 //!   when none is known, `usage_missing{reason}` and an estimate (request bytes, upstream data
 //!   events; see [`super::limits`]). An error event in the client's shape ends a failed stream
-//!   (a pass-through stream already carries the upstream's own).
+//!   (a pass-through stream already carries the upstream's own). A client that leaves early
+//!   does not stop metering: the upstream is drained for its usage ([`DrainBounds`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -246,8 +247,20 @@ pub(crate) struct TranslatedStream {
     meter: Option<StreamMeter>,
     /// Upstream data events received (the estimate's output when no usage is known).
     data_events: u64,
-    /// The server's shutdown cut: a stream dropped after it is metered as `shutdown_cut`.
-    cut: Option<tokio_util::sync::CancellationToken>,
+    /// What happens when the client leaves first (see [`DrainBounds`]).
+    drain: DrainBounds,
+    deadline: Instant,
+}
+
+/// When the client leaves before the end, the upstream is read on in the background (at most
+/// `timeout` and `bytes`, never past the request's deadline) so the usage the provider bills is
+/// metered exactly, as on the pass-through; a stream cut by the shutdown grace (`cut`
+/// cancelled) is not drained and bills what is known as `shutdown_cut`.
+#[derive(Default)]
+pub(crate) struct DrainBounds {
+    pub(crate) cut: Option<tokio_util::sync::CancellationToken>,
+    pub(crate) timeout: Duration,
+    pub(crate) bytes: usize,
 }
 
 impl TranslatedStream {
@@ -272,28 +285,20 @@ impl TranslatedStream {
             done: false,
             meter: Some(meter),
             data_events: 0,
-            cut: None,
+            drain: DrainBounds::default(),
+            deadline,
         }
     }
 
-    /// The stream with the server's shutdown cut token (see [`super::serve::ShutdownCut`]).
-    pub(crate) fn with_cut(mut self, cut: Option<tokio_util::sync::CancellationToken>) -> Self {
-        self.cut = cut;
+    /// The stream with its client-gone bounds (see [`DrainBounds`]).
+    pub(crate) fn with_drain(mut self, drain: DrainBounds) -> Self {
+        self.drain = drain;
         self
     }
 
     fn end(&mut self, outcome: Outcome, usage: Option<UsageReport>, missing: &str) {
         let Some(m) = self.meter.take() else { return };
-        let latency = (outcome == Outcome::Ok).then_some(m.ttfb);
-        m.b.cell.record_outcome(outcome, latency);
-        let secs = m.started.elapsed().as_secs_f64();
-        m.b.duration.observe(secs);
-        m.b.gen_ai.duration(m.endpoint, outcome, secs);
-        let usage = usage.or_else(|| self.translator.partial_usage()).map(|u| u.counts).ok_or(UsageError::Missing);
-        let events = self.data_events;
-        super::admission::scoped_sync(m.hold, || {
-            super::answer::bill(&m.b, m.endpoint, usage, Some(missing), m.request_bytes, events)
-        });
+        settle(m, &self.translator, self.data_events, outcome, usage, missing);
     }
 
     fn surface(&self) -> Surface {
@@ -325,11 +330,75 @@ impl TranslatedStream {
     }
 }
 
+/// Meters a finished stream: outcome, durations, and its usage (else the partial usage known,
+/// else `usage_missing{missing}` and an estimate).
+fn settle(
+    m: StreamMeter,
+    translator: &Translator,
+    data_events: u64,
+    outcome: Outcome,
+    usage: Option<UsageReport>,
+    missing: &str,
+) {
+    let latency = (outcome == Outcome::Ok).then_some(m.ttfb);
+    m.b.cell.record_outcome(outcome, latency);
+    let secs = m.started.elapsed().as_secs_f64();
+    m.b.duration.observe(secs);
+    m.b.gen_ai.duration(m.endpoint, outcome, secs);
+    let usage = usage.or_else(|| translator.partial_usage()).map(|u| u.counts).ok_or(UsageError::Missing);
+    super::admission::scoped_sync(m.hold, || {
+        super::answer::bill(&m.b, m.endpoint, usage, Some(missing), m.request_bytes, data_events)
+    });
+}
+
+/// Reads the rest of a stream whose client left, for its usage (see [`DrainBounds`]).
+async fn drain(
+    mut body: BodyStream,
+    mut tr: Translator,
+    m: StreamMeter,
+    until: Instant,
+    max_bytes: usize,
+    events: u64,
+) {
+    let read = async {
+        let (mut seen, mut events, mut sink) = (0usize, events, Vec::new());
+        while let Some(Ok(chunk)) = body.next().await {
+            seen = seen.saturating_add(chunk.len());
+            sink.clear();
+            match tr.push(&chunk, &mut sink) {
+                Ok(n) => events = events.saturating_add(n),
+                Err(_) => return (None, events),
+            }
+            if seen > max_bytes {
+                return (None, events);
+            }
+        }
+        sink.clear();
+        (tr.finish(&mut sink).ok(), events)
+    };
+    let (usage, events) = match tokio::time::timeout_at(until, read).await {
+        Ok(r) => r,
+        Err(_) => (None, events),
+    };
+    settle(m, &tr, events, Outcome::Ok, usage, "client_disconnected");
+}
+
 impl Drop for TranslatedStream {
     fn drop(&mut self) {
-        if self.meter.is_some() {
-            let cut = self.cut.as_ref().is_some_and(tokio_util::sync::CancellationToken::is_cancelled);
-            self.end(Outcome::Ok, None, if cut { "shutdown_cut" } else { "client_disconnected" });
+        let Some(m) = self.meter.take() else { return };
+        if self.drain.cut.as_ref().is_some_and(tokio_util::sync::CancellationToken::is_cancelled) {
+            settle(m, &self.translator, self.data_events, Outcome::Ok, None, "shutdown_cut");
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let until = self.deadline.min(Instant::now() + self.drain.timeout);
+                let body = std::mem::replace(&mut self.body, Box::pin(futures::stream::empty()));
+                let placeholder = Translator { decoder: None, encoder: Encoder::Raw, alias: String::new() };
+                let tr = std::mem::replace(&mut self.translator, placeholder);
+                rt.spawn(drain(body, tr, m, until, self.drain.bytes, self.data_events));
+            }
+            Err(_) => settle(m, &self.translator, self.data_events, Outcome::Ok, None, "client_disconnected"),
         }
     }
 }
