@@ -407,3 +407,50 @@ fn pass_error(b: &CompiledBackend, status: StatusCode, headers: &HeaderMap, raw:
     pass_headers(headers, response.headers_mut(), key);
     Verdict::Answer { outcome: Outcome::ClientError, response }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_formats_serve_only_chat_turns() {
+        for api in [WireApi::OpenAI, WireApi::AnthropicMessages, WireApi::Gemini] {
+            assert!(Surface::OpenAI(Endpoint::ChatCompletions).serves(api));
+            assert!(Surface::Messages.serves(api));
+            for e in [Endpoint::Completions, Endpoint::Embeddings, Endpoint::Responses] {
+                assert_eq!(Surface::OpenAI(e).serves(api), api == WireApi::OpenAI, "{e:?} on {api:?}");
+            }
+        }
+        assert_eq!(Surface::Messages.endpoint(), Endpoint::Messages);
+        assert_eq!(Surface::Messages.path(), "/v1/messages");
+        assert_eq!(Surface::OpenAI(Endpoint::Embeddings).path(), "/v1/embeddings");
+    }
+
+    async fn body(r: Response) -> (u16, Value) {
+        let status = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn errors_take_the_surface_shape() {
+        let e = || ApiError::new(StatusCode::GATEWAY_TIMEOUT, "api_error", "upstream_timeout", "late");
+        let (s, v) = body(Surface::OpenAI(Endpoint::ChatCompletions).render(e())).await;
+        assert_eq!(s, 504);
+        assert_eq!(v["error"]["code"], "upstream_timeout");
+        let (s, v) = body(Surface::Messages.render(e())).await;
+        assert_eq!(s, 504);
+        assert_eq!(v, json!({"type": "error", "error": {"type": "timeout_error", "message": "late"}}));
+        for (status, kind) in [
+            (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            (StatusCode::NOT_FOUND, "not_found_error"),
+            (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
+            (StatusCode::BAD_GATEWAY, "api_error"),
+        ] {
+            let (_, v) = body(Surface::Messages.render(ApiError::new(status, "x", "y", "m"))).await;
+            assert_eq!(v["error"]["type"], kind, "{status}");
+        }
+    }
+}
