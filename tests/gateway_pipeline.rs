@@ -453,3 +453,31 @@ async fn a_client_that_leaves_a_translated_stream_early_is_billed_the_final_usag
         assert_eq!(metric(&gw, "tollgate_usage_missing_total", &[("backend", "claude")]), 0.0);
     }
 }
+
+#[tokio::test]
+async fn a_stalled_messages_body_gets_an_anthropic_shaped_408_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let claude = Fake::start(|_, _| native_answer(Native::Anthropic, "hi")).await;
+    let opts = GatewayOptions { body_read_timeout: Duration::from_millis(300), ..opts() };
+    let (_gw, url) = start(config(vec![native_backend("claude", Native::Anthropic, &claude, 0)]), opts).await;
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Content-Length 1000, one byte sent.
+    s.write_all(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the stalled body's connection is closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(claude.hits(), 0);
+}

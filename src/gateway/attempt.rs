@@ -168,7 +168,7 @@ pub(crate) async fn attempt(
         let wait = (Instant::now() + ERROR_BODY_WAIT).min(deadline);
         let raw = match read_all(&mut body, MAX_ERROR_BODY, wait, None).await {
             Ok(r) => r,
-            Err(_) if !status.is_client_error() => {
+            Err(_) if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
                 return Attempt::Retry(fail(
                     if status == StatusCode::TOO_MANY_REQUESTS { Outcome::RateLimited } else { Outcome::UpstreamError },
                     Some(status),
