@@ -329,7 +329,7 @@ pub(crate) fn requested_output(endpoint: Endpoint, field: impl Fn(&str) -> Optio
                 (a, b) => a.or(b),
             }
         }
-        Endpoint::Completions => field("max_tokens"),
+        Endpoint::Completions | Endpoint::Messages => field("max_tokens"),
         Endpoint::Responses => field("max_output_tokens"),
         Endpoint::Embeddings => None,
     }
@@ -421,7 +421,9 @@ pub(crate) fn cap_body(body: &[u8], api: WireApi, endpoint: Endpoint, provider: 
             let insert = if provider == "openai" { "max_completion_tokens" } else { "max_tokens" };
             clamp_or_insert(&mut obj, &["max_completion_tokens", "max_tokens"], insert, cap);
         }
-        (WireApi::OpenAI, Endpoint::Completions) => clamp_or_insert(&mut obj, &["max_tokens"], "max_tokens", cap),
+        (WireApi::OpenAI, Endpoint::Completions | Endpoint::Messages) => {
+            clamp_or_insert(&mut obj, &["max_tokens"], "max_tokens", cap)
+        }
         (WireApi::OpenAI, Endpoint::Responses) => {
             clamp_or_insert(&mut obj, &["max_output_tokens"], "max_output_tokens", cap)
         }

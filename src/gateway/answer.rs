@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Version, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::CompiledBackend;
+use super::codec::Surface;
 use super::errors::{ApiError, clip};
 use super::limits;
 use super::redact::Redactor;
@@ -41,6 +42,7 @@ async fn too_large(
     limit: usize,
     stall: Duration,
     declared: Option<u64>,
+    surface: Surface,
 ) -> Response {
     if version == Version::HTTP_2 {
         let max = limit.saturating_mul(DISCARD_FACTOR).max(1 << 20);
@@ -56,9 +58,9 @@ async fn too_large(
             };
             let _ = tokio::time::timeout(DISCARD_TIME, discard).await;
         }
-        return ApiError::payload_too_large(limit).into_response();
+        return surface.render(ApiError::payload_too_large(limit));
     }
-    let mut resp = ApiError::payload_too_large(limit).into_response();
+    let mut resp = surface.render(ApiError::payload_too_large(limit));
     resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
@@ -72,30 +74,33 @@ pub(crate) async fn read_body(
     version: Version,
     limit: usize,
     stall: Duration,
+    surface: Surface,
 ) -> Result<Bytes, Response> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large(&mut body, version, limit, stall, declared).await);
+        return Err(too_large(&mut body, version, limit, stall, declared, surface).await);
     }
     let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     loop {
         match tokio::time::timeout(stall, body.frame()).await {
             Err(_) => {
-                let mut resp = ApiError::request_timeout(stall).into_response();
+                let mut resp = surface.render(ApiError::request_timeout(stall));
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Err(resp);
             }
             Ok(None) => return Ok(Bytes::from(out)),
             Ok(Some(Err(e))) => {
-                return Err(ApiError::bad_request("body_read_error", format!("Could not read the request body: {e}"))
-                    .into_response());
+                return Err(surface.render(ApiError::bad_request(
+                    "body_read_error",
+                    format!("Could not read the request body: {e}"),
+                )));
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     if out.len() + data.len() > limit {
                         drop(out);
-                        return Err(too_large(&mut body, version, limit, stall, declared).await);
+                        return Err(too_large(&mut body, version, limit, stall, declared, surface).await);
                     }
                     out.extend_from_slice(&data);
                 }

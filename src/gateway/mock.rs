@@ -234,8 +234,9 @@ pub(crate) async fn respond(
     let include_usage =
         req.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions => {
-            let chat = endpoint == Endpoint::ChatCompletions;
+        // `Messages` never reaches an OpenAI-shaped mock (it is sent as chat); served as chat.
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages => {
+            let chat = endpoint != Endpoint::Completions;
             let (id, object) = if chat {
                 (format!("chatcmpl-mock-{seq}"), if stream { "chat.completion.chunk" } else { "chat.completion" })
             } else {

@@ -30,7 +30,9 @@ mod admission;
 mod affinity;
 mod allowances_file;
 mod answer;
+mod attempt;
 mod cli;
+mod codec;
 mod errors;
 mod limits;
 mod messages;
@@ -40,6 +42,7 @@ mod mock_cache;
 mod native;
 mod native_mock;
 mod native_stream;
+mod pipeline;
 mod redact;
 mod reload;
 mod request;
@@ -228,7 +231,7 @@ impl Served {
                         let (duration, ttft) = metrics.histograms(&labels);
                         let uris = match &b.endpoint {
                             EndpointConfig::Http { base_url, .. } => {
-                                let parsed: Result<Vec<Uri>, _> = Endpoint::ALL
+                                let parsed: Result<Vec<Uri>, _> = Endpoint::UPSTREAM
                                     .iter()
                                     .map(|e| Uri::try_from(format!("{base_url}{}", e.path())))
                                     .collect();

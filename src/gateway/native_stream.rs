@@ -7,10 +7,13 @@
 //!   the Messages event sequence, or the upstream bytes unchanged for Anthropic pass-through).
 //! - Bytes go out as soon as the events they complete are translated; nothing is buffered
 //!   beyond one incomplete event (bounded by the translators' 4 MiB limit).
-//! - A stream bills exactly once: at its end with the final usage; when cut short (upstream
-//!   error event, broken or truncated stream, idle or total timeout, client gone) with the usage
-//!   known so far, or `usage_missing` when none is known. An error event in the client's shape
-//!   ends a failed stream (a pass-through stream already carries the upstream's own).
+//! - A stream bills exactly once (through [`super::answer::bill`], like the pass-through): at
+//!   its end with the final usage; when cut short (upstream error event, broken or truncated
+//!   stream, idle or total timeout, client gone, shutdown cut) with the usage known so far, or,
+//!   when none is known, `usage_missing{reason}` and an estimate (request bytes, upstream data
+//!   events; see [`super::limits`]). An error event in the client's shape ends a failed stream
+//!   (a pass-through stream already carries the upstream's own). A client that leaves early
+//!   does not stop metering: the upstream is drained for its usage ([`DrainBounds`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,7 +29,8 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, Sleep};
 
 use super::CompiledBackend;
-use super::native::{Surface, bill, native_answer, record};
+use super::codec::Surface;
+use super::native::native_answer;
 use super::request::Endpoint;
 use super::stream::BodyStream;
 use super::translate::{
@@ -34,6 +38,7 @@ use super::translate::{
 };
 use crate::config::{ProviderFamily, WireApi};
 use crate::policy::Outcome;
+use crate::pricing::UsageError;
 
 /// An upstream stream decoder into chat chunks.
 pub(crate) enum Decoder {
@@ -78,6 +83,8 @@ pub(crate) struct Translator {
     /// `None`: the upstream speaks OpenAI chat (only with [`Encoder::Messages`]).
     pub(crate) decoder: Option<Decoder>,
     pub(crate) encoder: Encoder,
+    /// The `model` named in answers to a Messages client (the route alias).
+    pub(crate) alias: String,
 }
 
 impl Translator {
@@ -89,12 +96,8 @@ impl Translator {
     }
 
     /// A whole answer: the client body and the usage.
-    pub(crate) fn whole(
-        &self,
-        b: &CompiledBackend,
-        v: &Value,
-        alias: &str,
-    ) -> Result<(Value, UsageReport), TranslateError> {
+    pub(crate) fn whole(&self, b: &CompiledBackend, v: &Value) -> Result<(Value, UsageReport), TranslateError> {
+        let alias = self.alias.as_str();
         match (&self.decoder, &self.encoder) {
             (Some(_), Encoder::Chat) => {
                 let a = native_answer(b.cfg.api, &b.cfg.model, v)?;
@@ -120,26 +123,27 @@ impl Translator {
         }
     }
 
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<Bytes>) -> Result<(), TranslateError> {
+    /// Feeds upstream bytes; returns how many data events (chunks) they completed.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<Bytes>) -> Result<u64, TranslateError> {
         match (&mut self.decoder, &mut self.encoder) {
             (None, Encoder::Messages(enc)) => {
-                for ev in enc.push(bytes)? {
-                    out.push(Bytes::from(ev.to_sse()));
-                }
-                Ok(())
+                let evs = enc.push(bytes)?;
+                out.extend(evs.iter().map(|ev| Bytes::from(ev.to_sse())));
+                Ok(evs.len() as u64)
             }
             (None, Encoder::Chat | Encoder::Raw) => {
                 out.push(Bytes::copy_from_slice(bytes));
-                Ok(())
+                Ok(1)
             }
             (Some(dec), Encoder::Raw) => {
                 out.push(Bytes::copy_from_slice(bytes));
                 // Chunks are discarded; an upstream `error` event already went out as is.
-                dec.push(bytes).map(drop)
+                dec.push(bytes).map(|outs| outs.len() as u64)
             }
             (Some(dec), enc) => {
                 let outs = dec.push(bytes)?;
-                encode(outs, enc, out)
+                let n = outs.len() as u64;
+                encode(outs, enc, out).map(|()| n)
             }
         }
     }
@@ -201,7 +205,7 @@ fn error_event(surface: Surface, e: &TranslateError) -> Bytes {
         other => (502, Some("api_error"), other.to_string()),
     };
     match surface {
-        Surface::Chat => {
+        Surface::OpenAI(_) => {
             let body = match e {
                 TranslateError::Upstream(u) => u.openai_body(),
                 _ => {
@@ -226,6 +230,8 @@ pub(crate) struct StreamMeter {
     pub(crate) surface: Surface,
     /// The Hard budget reservation of the attempt (issue 13), settled by the bill.
     pub(crate) hold: Option<super::admission::Hold>,
+    /// The client's request size (the estimate's input when no usage is known).
+    pub(crate) request_bytes: usize,
 }
 
 /// The translated stream; bills once, when it ends or is dropped (client gone).
@@ -239,6 +245,22 @@ pub(crate) struct TranslatedStream {
     total_timer: Pin<Box<Sleep>>,
     done: bool,
     meter: Option<StreamMeter>,
+    /// Upstream data events received (the estimate's output when no usage is known).
+    data_events: u64,
+    /// What happens when the client leaves first (see [`DrainBounds`]).
+    drain: DrainBounds,
+    deadline: Instant,
+}
+
+/// When the client leaves before the end, the upstream is read on in the background (at most
+/// `timeout` and `bytes`, never past the request's deadline) so the usage the provider bills is
+/// metered exactly, as on the pass-through; a stream cut by the shutdown grace (`cut`
+/// cancelled) is not drained and bills what is known as `shutdown_cut`.
+#[derive(Default)]
+pub(crate) struct DrainBounds {
+    pub(crate) cut: Option<tokio_util::sync::CancellationToken>,
+    pub(crate) timeout: Duration,
+    pub(crate) bytes: usize,
 }
 
 impl TranslatedStream {
@@ -262,24 +284,25 @@ impl TranslatedStream {
             total_timer: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
             meter: Some(meter),
+            data_events: 0,
+            drain: DrainBounds::default(),
+            deadline,
         }
+    }
+
+    /// The stream with its client-gone bounds (see [`DrainBounds`]).
+    pub(crate) fn with_drain(mut self, drain: DrainBounds) -> Self {
+        self.drain = drain;
+        self
     }
 
     fn end(&mut self, outcome: Outcome, usage: Option<UsageReport>, missing: &str) {
         let Some(m) = self.meter.take() else { return };
-        let latency = (outcome == Outcome::Ok).then_some(m.ttfb);
-        record(&m.b, m.endpoint, outcome, m.started, latency);
-        match usage.or_else(|| self.translator.partial_usage()) {
-            Some(u) => super::admission::scoped_sync(m.hold.clone(), || bill(&m.b, m.endpoint, &u)),
-            None => {
-                tracing::warn!(backend = %m.b.cfg.name, reason = missing, "native stream without usable usage: not billed");
-                m.b.cell.record_usage_missing(missing);
-            }
-        }
+        settle(m, &self.translator, self.data_events, outcome, usage, missing);
     }
 
     fn surface(&self) -> Surface {
-        self.meter.as_ref().map_or(Surface::Chat, |m| m.surface)
+        self.meter.as_ref().map_or(Surface::OpenAI(Endpoint::ChatCompletions), |m| m.surface)
     }
 
     fn fail(&mut self, outcome: Outcome, e: &TranslateError, missing: &str) {
@@ -295,7 +318,10 @@ impl TranslatedStream {
     fn feed(&mut self, chunk: &[u8]) {
         let mut out = Vec::new();
         match self.translator.push(chunk, &mut out) {
-            Ok(()) => self.pending.extend(out),
+            Ok(n) => {
+                self.data_events = self.data_events.saturating_add(n);
+                self.pending.extend(out);
+            }
             Err(e) => {
                 self.pending.extend(out);
                 self.fail(Outcome::UpstreamError, &e, "stream_interrupted");
@@ -304,10 +330,75 @@ impl TranslatedStream {
     }
 }
 
+/// Meters a finished stream: outcome, durations, and its usage (else the partial usage known,
+/// else `usage_missing{missing}` and an estimate).
+fn settle(
+    m: StreamMeter,
+    translator: &Translator,
+    data_events: u64,
+    outcome: Outcome,
+    usage: Option<UsageReport>,
+    missing: &str,
+) {
+    let latency = (outcome == Outcome::Ok).then_some(m.ttfb);
+    m.b.cell.record_outcome(outcome, latency);
+    let secs = m.started.elapsed().as_secs_f64();
+    m.b.duration.observe(secs);
+    m.b.gen_ai.duration(m.endpoint, outcome, secs);
+    let usage = usage.or_else(|| translator.partial_usage()).map(|u| u.counts).ok_or(UsageError::Missing);
+    super::admission::scoped_sync(m.hold, || {
+        super::answer::bill(&m.b, m.endpoint, usage, Some(missing), m.request_bytes, data_events)
+    });
+}
+
+/// Reads the rest of a stream whose client left, for its usage (see [`DrainBounds`]).
+async fn drain(
+    mut body: BodyStream,
+    mut tr: Translator,
+    m: StreamMeter,
+    until: Instant,
+    max_bytes: usize,
+    events: u64,
+) {
+    let read = async {
+        let (mut seen, mut events, mut sink) = (0usize, events, Vec::new());
+        while let Some(Ok(chunk)) = body.next().await {
+            seen = seen.saturating_add(chunk.len());
+            sink.clear();
+            match tr.push(&chunk, &mut sink) {
+                Ok(n) => events = events.saturating_add(n),
+                Err(_) => return (None, events),
+            }
+            if seen > max_bytes {
+                return (None, events);
+            }
+        }
+        sink.clear();
+        (tr.finish(&mut sink).ok(), events)
+    };
+    let (usage, events) = match tokio::time::timeout_at(until, read).await {
+        Ok(r) => r,
+        Err(_) => (None, events),
+    };
+    settle(m, &tr, events, Outcome::Ok, usage, "client_disconnected");
+}
+
 impl Drop for TranslatedStream {
     fn drop(&mut self) {
-        if self.meter.is_some() {
-            self.end(Outcome::Ok, None, "client_disconnected");
+        let Some(m) = self.meter.take() else { return };
+        if self.drain.cut.as_ref().is_some_and(tokio_util::sync::CancellationToken::is_cancelled) {
+            settle(m, &self.translator, self.data_events, Outcome::Ok, None, "shutdown_cut");
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let until = self.deadline.min(Instant::now() + self.drain.timeout);
+                let body = std::mem::replace(&mut self.body, Box::pin(futures::stream::empty()));
+                let placeholder = Translator { decoder: None, encoder: Encoder::Raw, alias: String::new() };
+                let tr = std::mem::replace(&mut self.translator, placeholder);
+                rt.spawn(drain(body, tr, m, until, self.drain.bytes, self.data_events));
+            }
+            Err(_) => settle(m, &self.translator, self.data_events, Outcome::Ok, None, "client_disconnected"),
         }
     }
 }

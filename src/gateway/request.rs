@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::errors::ApiError;
 
-/// The API surface a request came in on.
+/// The API surface a request came in on (the metrics endpoint of its attempts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `POST /v1/chat/completions`
@@ -23,21 +23,57 @@ pub enum Endpoint {
     Embeddings,
     /// `POST /v1/responses`
     Responses,
+    /// `POST /v1/messages` (Anthropic clients; never an OpenAI-compatible upstream path: such a
+    /// backend serves these requests on its chat-completions URL).
+    Messages,
 }
 
 impl Endpoint {
-    /// Path appended to a backend's base URL.
+    /// Path appended to an OpenAI-compatible backend's base URL.
     pub fn path(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::ChatCompletions | Endpoint::Messages => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Responses => "/responses",
         }
     }
 
+    /// The path clients call.
+    pub fn client_path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Messages => "/v1/messages",
+        }
+    }
+
+    /// The endpoint's label (`chat_completions`, `completions`, `embeddings`, `responses`,
+    /// `messages`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+        }
+    }
+
     /// Every endpoint, in [`index`](Self::index) order.
-    pub const ALL: [Endpoint; 4] =
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Messages,
+    ];
+
+    /// The endpoints with a URL of their own on an OpenAI-compatible backend, in
+    /// [`index`](Self::index) order.
+    pub const UPSTREAM: [Endpoint; 4] =
         [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings, Endpoint::Responses];
 
     /// Position in [`ALL`](Self::ALL).
@@ -47,6 +83,7 @@ impl Endpoint {
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
             Endpoint::Responses => 3,
+            Endpoint::Messages => 4,
         }
     }
 

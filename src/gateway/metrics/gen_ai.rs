@@ -79,7 +79,7 @@ fn ttft_histogram() -> Histogram {
 /// `gen_ai.operation.name` of an endpoint.
 pub(crate) fn operation_name(endpoint: Endpoint) -> &'static str {
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses => "chat",
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => "chat",
         Endpoint::Completions => "text_completion",
         Endpoint::Embeddings => "embeddings",
     }

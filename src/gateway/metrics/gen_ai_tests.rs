@@ -142,5 +142,5 @@ fn nothing_before_traffic_and_operations_are_a_fixed_list() {
     let _unused = m.gen_ai("openai", "gpt-x");
     assert!(!m.encode().contains("gen_ai"), "families without series are not exposed");
     let ops: Vec<&str> = Endpoint::ALL.iter().map(|e| operation_name(*e)).collect();
-    assert_eq!(ops, ["chat", "text_completion", "embeddings", "chat"]);
+    assert_eq!(ops, ["chat", "text_completion", "embeddings", "chat", "chat"]);
 }

@@ -1,0 +1,248 @@
+//! The per-request pipeline shared by every client surface: route → refusals (rejecting
+//! route, input too large, hints) → attempt plan (steered, native backends skipped where they
+//! cannot serve, paused backends skipped) → attempts with Hard-budget admission and failover
+//! ([`super::attempt`]) → the final answer, every error in the surface's shape.
+//!
+//! Rules and edge cases:
+//! - A backend whose wire format cannot serve the surface (a native backend for
+//!   `/v1/completions`, `/v1/embeddings`, `/v1/responses`) is left out of the plan before any
+//!   budget is reserved, and the plan is then cut to `max_attempts`; when no backend of the
+//!   route can serve the request the client gets a 400 `endpoint_not_supported` naming them.
+//! - Backends paused by a `Retry-After` are skipped; when every backend of the plan is paused
+//!   the client gets 429 with `Retry-After`. When the last failure was a rate limit, the final
+//!   error carries the earliest pause as `Retry-After`.
+//! - When no attempt reached upstream because every backend's worst case was refused by a Hard
+//!   budget, the answer is 429 `budget_exhausted`.
+//! - Every answer names the route (and the backend that answered) in `x-tollgate-*` headers.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use tokio::time::Instant;
+
+use super::attempt::{Attempt, AttemptCtx, Failure, attempt};
+use super::codec::{Inbound, Surface, not_served};
+use super::errors::ApiError;
+use super::{CompiledBackend, CompiledRoute, Gateway, admission, limits};
+use crate::config::RouteState;
+use crate::policy::Outcome;
+
+static ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tollgate-route");
+static BACKEND_HEADER: HeaderName = HeaderName::from_static("x-tollgate-backend");
+static PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-tollgate-provider");
+static ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-tollgate-attempts");
+
+pub(crate) fn set_headers(
+    resp: &mut Response,
+    route: &CompiledRoute,
+    backend: Option<&CompiledBackend>,
+    attempts: usize,
+) {
+    let h = resp.headers_mut();
+    h.insert(ROUTE_HEADER.clone(), route.route_header.clone());
+    if let Some(b) = backend {
+        h.insert(BACKEND_HEADER.clone(), b.backend_header.clone());
+        h.insert(PROVIDER_HEADER.clone(), b.provider_header.clone());
+    }
+    if attempts > 1 {
+        h.insert(ATTEMPTS_HEADER.clone(), HeaderValue::from(attempts));
+    }
+}
+
+/// One parsed client request on its way through the pipeline.
+pub(crate) struct Request<'a> {
+    pub(crate) surface: Surface,
+    pub(crate) inbound: Inbound,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) request_bytes: usize,
+    pub(crate) cut: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// Serves one parsed request.
+pub(crate) async fn run(gw: &Gateway, req: Request<'_>) -> Response {
+    let Request { surface, inbound, headers, request_bytes, cut } = req;
+    let opts = &gw.inner.opts;
+    let Some(served) = gw.inner.current.load_full() else {
+        return surface.render(ApiError::not_ready());
+    };
+    let Some(route) = served.routes.get(inbound.alias()).cloned() else {
+        return surface.render(ApiError::model_not_found(inbound.alias()));
+    };
+    drop(served);
+    let answer = |e: ApiError, backend: Option<&CompiledBackend>, attempts: usize| {
+        let mut resp = surface.render(e);
+        set_headers(&mut resp, &route, backend, attempts);
+        resp
+    };
+
+    if route.state == RouteState::Rejecting {
+        // Attributed to the route's preferred backend (the one a request would have gone to).
+        let preferred = route.backends.iter().min_by_key(|b| b.cfg.tier);
+        if let Some(b) = preferred {
+            b.cell.record_outcome(Outcome::BudgetRejected, None);
+        }
+        return answer(ApiError::budget_exhausted(&route.name), None, 1);
+    }
+
+    if let Some(msg) = admission::input_too_large(route.max_input_tokens, &route.name, request_bytes) {
+        return answer(ApiError::bad_request("input_too_large", msg), None, 1);
+    }
+
+    // issue 15 hook: affinity key and request hints (src/gateway/steer.rs).
+    let input = match &inbound {
+        Inbound::OpenAI(c) => super::steer::Input::openai(headers, c, surface.endpoint(), request_bytes),
+        Inbound::Messages(m) => super::steer::Input::messages(headers, &m.value, request_bytes),
+    };
+    let steer = match super::steer::steer(&route, input) {
+        Ok(s) => s,
+        Err(r) => return answer(ApiError::new(r.status, "invalid_request_error", r.code, r.message), None, 1),
+    };
+    // Native backends serve only chat turns: on other endpoints they leave the plan before it
+    // is cut to `max_attempts` (a check of the configured formats, no allocation when all
+    // backends are OpenAI-compatible).
+    let filter = !matches!(surface, Surface::OpenAI(super::request::Endpoint::ChatCompletions) | Surface::Messages)
+        && route.backends.iter().any(|b| !surface.serves(b.cfg.api));
+    let mut plan = route.attempt_plan_steered(if filter { usize::MAX } else { opts.max_attempts }, &steer);
+    if filter {
+        let unserved: Vec<usize> = plan.iter().copied().filter(|&i| !serves(&route, surface, i)).collect();
+        plan.retain(|&i| serves(&route, surface, i));
+        plan.truncate(opts.max_attempts);
+        if plan.is_empty() && !unserved.is_empty() {
+            let skipped = unserved.iter().filter_map(|&i| route.backends.get(i)).map(|b| &**b);
+            return answer(not_served(surface, skipped), None, 1);
+        }
+    }
+    if plan.is_empty() {
+        return answer(ApiError::no_backend(&route.name), None, 1);
+    }
+    let shared = &gw.inner.limits;
+    let pause_of = |i: usize| route.backends.get(i).and_then(|b| shared.paused_until(&route.name, &b.cfg.name));
+    let (plan, paused): (Vec<usize>, Vec<usize>) = plan.into_iter().partition(|&i| pause_of(i).is_none());
+    if plan.is_empty() {
+        let until = paused.iter().filter_map(|&i| pause_of(i)).min();
+        let secs = until.map_or(1, limits::retry_after_secs);
+        let mut resp = answer(
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                format!(
+                    "Every backend of model route `{}` asked to pause (Retry-After); retry in {secs} s.",
+                    route.name
+                ),
+            ),
+            None,
+            1,
+        );
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
+    let endpoint = surface.endpoint();
+    let ctx = AttemptCtx { surface, inbound: &inbound, client_headers: headers, request_bytes, cut };
+
+    let deadline = Instant::now() + opts.total_timeout;
+    let mut last: Option<Failure> = None;
+    let requested = admission::requested_output(endpoint, |k| inbound.u64_field(k));
+    let choices = match &inbound {
+        Inbound::OpenAI(c) => admission::choices(|k| c.u64_field(k)),
+        Inbound::Messages(_) => 1,
+    };
+    let mut refused = None;
+    for (n, &idx) in plan.iter().enumerate() {
+        let Some(backend) = route.backends.get(idx).cloned() else {
+            continue;
+        };
+        // Hard budgets (issue 13): try the backend only if its worst case can be reserved.
+        let hold = match gw.inner.admission.admit_attempt(&backend.cfg, endpoint, request_bytes, requested, choices) {
+            admission::Admit::Free => None,
+            admission::Admit::Held(h) => Some(h),
+            admission::Admit::Refused(budget) => {
+                backend.cell.record_outcome(Outcome::BudgetRejected, None);
+                refused = Some(budget);
+                continue;
+            }
+        };
+        let result = admission::scoped(hold.clone(), attempt(gw, &route, &backend, &ctx, deadline)).await;
+        admission::after_attempt(hold.as_ref(), matches!(&result, Attempt::Done(r) if r.status().is_success()));
+        match result {
+            Attempt::Done(mut resp) => {
+                set_headers(&mut resp, &route, Some(&backend), n + 1);
+                return resp;
+            }
+            Attempt::Retry(f) => {
+                tracing::warn!(route = %route.name, backend = %f.backend, outcome = f.outcome.label(), error = %f.message, attempt = n + 1, surface = surface.path(), "upstream attempt failed");
+                last = Some(f);
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    if last.is_none()
+        && let Some(budget) = refused
+    {
+        tracing::info!(route = %route.name, budget = %budget, "no backend's worst case fits a Hard budget's allowance");
+        return answer(ApiError::budget_exhausted(&route.name), None, plan.len());
+    }
+    let attempts = plan.len();
+    let rate_limited = last.as_ref().is_some_and(|f| f.outcome == Outcome::RateLimited);
+    let mut resp = answer(exhausted(last, attempts, surface), None, attempts);
+    if rate_limited
+        && let Some(until) = route.backends.iter().filter_map(|b| shared.paused_until(&route.name, &b.cfg.name)).min()
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limits::retry_after_secs(until)));
+    }
+    resp
+}
+
+fn serves(route: &CompiledRoute, surface: Surface, i: usize) -> bool {
+    route.backends.get(i).is_some_and(|b| surface.serves(b.cfg.api))
+}
+
+/// The error answered when every attempt failed.
+fn exhausted(last: Option<Failure>, attempts: usize, surface: Surface) -> ApiError {
+    let Some(f) = last else {
+        return ApiError::new(StatusCode::BAD_GATEWAY, "api_error", "upstream_error", "No upstream could be tried.");
+    };
+    let tries = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
+    let msg = |what: &str| format!("All upstreams failed ({tries}); last: backend `{}` {what}", f.backend);
+    let overloaded = f.status.is_some_and(|s| s.as_u16() == 529 || s == StatusCode::SERVICE_UNAVAILABLE);
+    match (f.outcome, f.status) {
+        (Outcome::RateLimited, _) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            msg(&format!("is rate limited (429): {}", f.message)),
+        ),
+        (Outcome::Timeout, _) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "api_error",
+            "upstream_timeout",
+            msg(&format!("timed out: {}", f.message)),
+        ),
+        (Outcome::ConnectError, _) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "upstream_unavailable",
+            msg(&format!("is unreachable: {}", f.message)),
+        ),
+        // Anthropic clients know `overloaded_error` (503) as "retry later".
+        (_, Some(s)) if overloaded && surface == Surface::Messages => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "upstream_overloaded",
+            msg(&format!("is overloaded ({}): {}", s.as_u16(), f.message)),
+        ),
+        (_, Some(s)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "upstream_error",
+            msg(&format!("answered {}: {}", s.as_u16(), f.message)),
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "upstream_error",
+            msg(&format!("failed: {}", f.message)),
+        ),
+    }
+}
