@@ -392,9 +392,9 @@ pub(crate) fn cap_body(body: &[u8], api: WireApi, endpoint: Endpoint, provider: 
             &["max_completion_tokens", "max_tokens"],
             if provider == "openai" { "max_completion_tokens" } else { "max_tokens" },
         )),
-        (WireApi::OpenAI, Endpoint::Completions) => Some((&["max_tokens"], "max_tokens")),
+        (WireApi::OpenAI, Endpoint::Completions | Endpoint::Messages) => Some((&["max_tokens"], "max_tokens")),
         (WireApi::OpenAI, Endpoint::Responses) => Some((&["max_output_tokens"], "max_output_tokens")),
-        _ => None,
+        (WireApi::Gemini, _) | (WireApi::OpenAI, Endpoint::Embeddings) => None,
     };
     if let Some((present, insert)) = top_level
         && let Some(out) = splice::cap_top_level(body, present, insert, cap)
