@@ -7,6 +7,7 @@ pub mod convert;
 pub mod meta;
 pub mod model_route;
 pub mod provider_budget;
+pub mod rules;
 pub mod shared;
 pub mod steering;
 pub mod validate;
