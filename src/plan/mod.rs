@@ -262,6 +262,26 @@ pub fn admit_cached(
     unreadable: &[Unreadable],
     cache: &mut ValidationCache,
 ) -> Admitted {
+    let route_checks = cache.check_all(ObjectKind::ModelRoute, routes);
+    let budget_checks = cache.check_all(ObjectKind::ProviderBudget, budgets);
+    admit_checked(routes, budgets, unreadable, route_checks, budget_checks)
+}
+
+/// [`admit`] for objects validated when they were read (`render` and `local`: by
+/// [`crate::api::validate::load_dir`], which only returns valid objects): not validated
+/// again, only the rules across objects (duplicate aliases) apply.
+pub fn admit_validated(routes: &[ModelRoute], budgets: &[ProviderBudget], unreadable: &[Unreadable]) -> Admitted {
+    admit_checked(routes, budgets, unreadable, vec![None; routes.len()], vec![None; budgets.len()])
+}
+
+/// Admission from each object's validation problem (same order as the objects).
+fn admit_checked(
+    routes: &[ModelRoute],
+    budgets: &[ProviderBudget],
+    unreadable: &[Unreadable],
+    route_checks: Vec<Option<Problem>>,
+    budget_checks: Vec<Option<Problem>>,
+) -> Admitted {
     let mut out = Admitted::default();
     for u in unreadable {
         let problems = match u.kind {
@@ -270,7 +290,7 @@ pub fn admit_cached(
         };
         problems.insert(u.key.clone(), u.problem.clone());
     }
-    for (r, problem) in routes.iter().zip(cache.check_all(ObjectKind::ModelRoute, routes)) {
+    for (r, problem) in routes.iter().zip(route_checks) {
         match problem {
             Some(p) => {
                 out.route_problems.insert(ObjectKey::of(r), p);
@@ -281,7 +301,7 @@ pub fn admit_cached(
     duplicate_aliases(&out.routes, &mut out.route_problems);
     let problems = &out.route_problems;
     out.routes.retain(|r| !problems.contains_key(&ObjectKey::of(r)));
-    for (b, problem) in budgets.iter().zip(cache.check_all(ObjectKind::ProviderBudget, budgets)) {
+    for (b, problem) in budgets.iter().zip(budget_checks) {
         if let Some(p) = problem {
             out.budget_problems.insert(ObjectKey::of(b), p);
         }
