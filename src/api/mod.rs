@@ -11,6 +11,7 @@ pub mod rules;
 pub mod shared;
 pub mod steering;
 pub mod validate;
+pub mod yaml;
 
 pub use meta::{Condition, Time};
 pub use model_route::*;

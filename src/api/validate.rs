@@ -316,23 +316,14 @@ pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> R
             ),
         }]);
     }
-    // The parser's default budget stops at 1,024 documents and 250,000 nodes: the size bound
-    // above replaces them (a node or event takes at least one byte of input).
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_reader_input_bytes: Some(MAX_MANIFEST_BYTES),
-            max_documents: text.len().saturating_add(1),
-            max_nodes: text.len().saturating_add(1024),
-            max_events: text.len().saturating_mul(2).saturating_add(1024),
-        },
-    };
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+    // Parsed on every core; the parser's own budgets are scaled to the size bound above.
+    let docs = super::yaml::parse_documents(text).map_err(|message| {
         vec![ManifestError {
             source_name: source_name.into(),
             doc: 0,
             object: "(unparsed)".into(),
             field: "(yaml)".into(),
-            message: e.to_string(),
+            message,
         }]
     })?;
     let mut errors = Vec::new();
