@@ -56,8 +56,10 @@ fn every_cel_rule_of_the_crds_has_a_native_counterpart() {
         count += found.len();
         crd.extend(found.into_iter().map(|(p, r, m)| (kind.to_string(), p, r, m)));
     }
-    let native: BTreeSet<_> =
-        RULES.iter().map(|r| (r.kind.to_string(), r.path.to_string(), r.rule.to_string(), r.message.to_string())).collect();
+    let native: BTreeSet<_> = RULES
+        .iter()
+        .map(|r| (r.kind.to_string(), r.path.to_string(), r.rule.to_string(), r.message.to_string()))
+        .collect();
     assert_eq!(count, RULES.len(), "rules in the CRDs vs native rules");
     assert_eq!(crd, native, "every CRD rule needs a native check with the same text and message");
 }
@@ -202,7 +204,9 @@ fn failing_cases() -> Vec<Value> {
         route(json!({"backends": [ok(), backend("a", "qwen", 2, None)]})),
         route(json!({"backends": [backend("a", "openai", 0, None), backend("b", "openai", 0, None)]})),
         route(json!({"backends": [ok(), backend("b", "acme", 1, None)]})),
-        route(json!({"backends": [backend("a", "acme", 1, Some(json!({"baseUrl": "https://x.example", "mock": {}})))]})),
+        route(
+            json!({"backends": [backend("a", "acme", 1, Some(json!({"baseUrl": "https://x.example", "mock": {}})))]}),
+        ),
         route(json!({"backends": [backend("a", "acme", 1, Some(mock_key))]})),
         route(json!({"backends": [ok()], "health": {"errorRate": {"trip": "0.2", "recover": "0.200"}}})),
         route(json!({"backends": [ok()], "health": {"rampUp": [50, 10]}})),
