@@ -7,7 +7,9 @@
 //! object should carry. Pure: no client, no clock, no I/O. Applying the documents, writing the
 //! statuses and publishing Events stay in the adapters. [`plan`] runs it all; the controller
 //! runs [`admit`] (validate) and [`plan_admitted`] (decide, build) apart, to restore the
-//! policy's memory of the admitted routes from their statuses in between.
+//! policy's memory of the admitted routes from their statuses in between; `render` and `local`
+//! run [`admit_validated`] (their objects were validated when read) and [`plan_admitted`].
+//! Validation of many objects runs on every core.
 //!
 //! Rules, the same for every entry point:
 //! - A route or budget whose spec fails validation (schema, CEL, what no schema says) gets an
