@@ -3,9 +3,9 @@
 #
 # Prints figures; asserts nothing (performance claims come from this script, not from timed
 # tests). For each size (default 1000 5000 10000 routes, 5 mock backends each, one namespace):
-#   - render_s:     wall time of `tollgate render -f DIR` (YAML parse + validate + decide +
-#                   build + pretty print): the plan step a controller pass runs, plus YAML and
-#                   printing (one pass alone: `cargo bench --bench scale_pass`)
+#   - render_s:     wall time of `tollgate render -f DIR` (YAML parse and validation on every
+#                   core, then decide + build + pretty print): the plan step a controller pass
+#                   runs, plus YAML and printing (one pass alone: `cargo bench --bench scale_pass`)
 #   - json_bytes:   the document as compact JSON
 #   - stored_bytes: what the controller writes (`render --stored-dir`, the controller's own
 #                   encoder): compact JSON up to 512 KiB, gzip past it, split into shard

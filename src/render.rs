@@ -3,7 +3,10 @@
 //! The manifests are validated as the API server would (an invalid one fails the whole
 //! render, naming file, document and field); the objects then go through the same plan step
 //! as the controller's ([`crate::plan`]), with no observations and no memory, so the document
-//! is the one the controller would write for a fresh namespace. What the controller would
+//! is the one the controller would write for a fresh namespace. Each object is validated once,
+//! when read ([`load_dir`] returns only valid objects): the plan step here admits them without
+//! validating them again ([`crate::plan::admit_validated`]); the rules across objects
+//! (duplicate aliases) still apply. What the controller would
 //! report in a status (a route refused for a duplicate alias, a budget no route uses) is
 //! printed on stderr as a note; the document is still printed and the exit code is 0, as the
 //! cluster would still serve the rest. Credentials are named (file names), never resolved.
@@ -16,7 +19,7 @@ use jiff::Timestamp;
 
 use crate::api::validate::{Manifests, load_dir};
 use crate::config::GatewayConfig;
-use crate::plan::{Plan, PlanInput, kind_name, plan};
+use crate::plan::{Plan, PlanInput, admit_validated, kind_name, plan_admitted};
 use crate::policy::{DecisionState, ObjectKey, Observations};
 
 /// Why rendering failed.
@@ -55,8 +58,8 @@ pub fn pick_namespace(m: &Manifests, namespace: Option<&str>) -> Result<String, 
     }
 }
 
-/// The plan of validated manifests: `namespace` is always rendered (empty if no route is in
-/// it); credentials are not resolved.
+/// The plan of validated manifests (as [`load_dir`] returns them: not validated again):
+/// `namespace` is always rendered (empty if no route is in it); credentials are not resolved.
 pub fn plan_manifests(
     m: &Manifests,
     namespace: &str,
@@ -65,7 +68,7 @@ pub fn plan_manifests(
     now: Timestamp,
 ) -> Plan {
     let namespaces = BTreeSet::from([namespace.to_string()]);
-    plan(PlanInput {
+    let input = PlanInput {
         routes: &m.routes,
         budgets: &m.budgets,
         unreadable: &[],
@@ -74,7 +77,8 @@ pub fn plan_manifests(
         observations,
         previous,
         now,
-    })
+    };
+    plan_admitted(input, admit_validated(&m.routes, &m.budgets, &[]))
 }
 
 /// A rendered namespace: its document and the plan it came from.

@@ -8,9 +8,11 @@ pub mod latency;
 pub mod meta;
 pub mod model_route;
 pub mod provider_budget;
+pub mod rules;
 pub mod shared;
 pub mod steering;
 pub mod validate;
+pub mod yaml;
 
 pub use latency::LatencyPolicy;
 pub use meta::{Condition, Time};

@@ -9,8 +9,17 @@
 //! A manifest directory holds `*.yaml` / `*.yml` regular files (symlinks followed) of at most
 //! [`MAX_MANIFEST_FILE_BYTES`] each; anything else so named is an error naming the file
 //! ([`read_manifest_files`], shared by [`load_dir`] and `tollgate local`'s change detector).
-//! The schema validator and the CEL rules are compiled once per process (the CEL function
-//! environment once per thread), never per object.
+//! The schema validator is compiled once per process, never per object. The CEL rules are
+//! checked natively ([`super::rules`]: one pure function per rule, same field and message as
+//! the API server; kube-cel stays the oracle of the tests), on the typed object.
+//!
+//! Cost (issue 12): an object is checked without building its defaulted copy. Defaults only
+//! add fields the schema declares, with values valid for it, and the schema has no keyword a
+//! new field can break (no `required` field with a default, no `minProperties`, `oneOf`...), so
+//! an object is structurally valid exactly when its defaulted copy is; serde applies the same
+//! defaults (the schema's are generated from them) when the typed object is read. Only an
+//! invalid object is defaulted, and its errors come from the defaulted copy as before.
+//! [`validate_all`] checks many objects on every core, results in input order.
 //!
 //! Manifest files may hold any number of documents; a file is bounded by size instead
 //! ([`MAX_MANIFEST_BYTES`]), with an error naming the file and the limit beyond it.
@@ -19,7 +28,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kube::core::cel::{CompiledSchema, Validator, apply_defaults, compile_schema};
+use kube::core::cel::apply_defaults;
 use serde_json::Value;
 
 use super::{ModelRoute, ProviderBudget};
@@ -78,13 +87,6 @@ pub struct Manifests {
 struct KindSchema {
     schema: Value,
     structural: jsonschema::Validator,
-    /// The CEL rules, parsed once per process (parsing them per object dominated the cost).
-    cel: CompiledSchema,
-}
-
-thread_local! {
-    /// The CEL function environment, built once per thread (it is not `Sync`).
-    static CEL: Validator = Validator::new();
 }
 
 fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
@@ -109,27 +111,8 @@ fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
             .should_validate_formats(false)
             .build(&schema)
             .map_err(|e| format!("the {kind} CRD schema does not compile: {e}"))?;
-        let cel = compile_schema(&schema);
-        if let Some(e) = first_compilation_error(&cel) {
-            return Err(format!("a CEL rule of the {kind} CRD does not compile: {e}"));
-        }
-        Ok(KindSchema { schema, structural, cel })
+        Ok(KindSchema { schema, structural })
     }))
-}
-
-/// The first CEL rule of the tree that does not compile (a bug of the CRD, not of the input).
-fn first_compilation_error(c: &CompiledSchema) -> Option<String> {
-    if let Some(e) = c.compilation_errors().first() {
-        return Some(e.to_string());
-    }
-    c.properties
-        .values()
-        .chain(c.items.as_deref())
-        .chain(c.additional_properties.as_deref())
-        .chain(c.all_of.iter())
-        .chain(c.one_of.iter())
-        .chain(c.any_of.iter())
-        .find_map(first_compilation_error)
 }
 
 /// `/spec/backends/0/weight` → `spec.backends[0].weight`.
@@ -162,33 +145,46 @@ fn drop_nulls(v: &mut Value) {
 }
 
 /// Fields the schema does not declare (what `kubectl apply` refuses with strict validation).
-fn unknown_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<FieldError>) {
+/// `path` is the field path so far (a buffer: restored on return, allocated only per error).
+fn unknown_fields(schema: &Value, value: &Value, path: &mut String, out: &mut Vec<FieldError>) {
+    use std::fmt::Write as _;
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
         return;
     }
+    let len = path.len();
     match value {
         Value::Object(m) => {
             let Some(props) = schema.get("properties").and_then(Value::as_object) else {
                 if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
                     for (k, v) in m {
-                        unknown_fields(ap, v, &format!("{path}.{k}"), out);
+                        path.push('.');
+                        path.push_str(k);
+                        unknown_fields(ap, v, path, out);
+                        path.truncate(len);
                     }
                 }
                 return;
             };
+            let lenient = path.is_empty() || path == "metadata";
             for (k, v) in m {
-                let field = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                match props.get(k) {
-                    Some(sub) => unknown_fields(sub, v, &field, out),
-                    None if path.is_empty() || path == "metadata" => {}
-                    None => out.push(FieldError::new(field, "unknown field")),
+                if !path.is_empty() {
+                    path.push('.');
                 }
+                path.push_str(k);
+                match props.get(k) {
+                    Some(sub) => unknown_fields(sub, v, path, out),
+                    None if lenient => {}
+                    None => out.push(FieldError::new(path.clone(), "unknown field")),
+                }
+                path.truncate(len);
             }
         }
         Value::Array(a) => {
             if let Some(items) = schema.get("items") {
                 for (i, v) in a.iter().enumerate() {
-                    unknown_fields(items, v, &format!("{path}[{i}]"), out);
+                    let _ = write!(path, "[{i}]");
+                    unknown_fields(items, v, path, out);
+                    path.truncate(len);
                 }
             }
         }
@@ -257,27 +253,35 @@ pub fn validate_value(mut value: Value) -> Result<Option<Object>, Vec<FieldError
         return Err(errors);
     }
 
-    let defaulted = apply_defaults(&schema.schema, &value);
-    unknown_fields(&schema.schema, &defaulted, "", &mut errors);
-    for e in schema.structural.iter_errors(&defaulted) {
-        errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), e.to_string()));
+    // Fast path: a valid object is never defaulted as JSON (see the module comment).
+    let mut unknown = Vec::new();
+    unknown_fields(&schema.schema, &value, &mut String::new(), &mut unknown);
+    let value = if unknown.is_empty() && errors.is_empty() && schema.structural.is_valid(&value) {
+        value
+    } else {
+        let defaulted = apply_defaults(&schema.schema, &value);
+        unknown_fields(&schema.schema, &defaulted, &mut String::new(), &mut errors);
+        for e in schema.structural.iter_errors(&defaulted) {
+            errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), e.to_string()));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        defaulted
+    };
+
+    let object = match kind.as_str() {
+        "ModelRoute" => serde_json::from_value::<ModelRoute>(value).map(|r| Object::ModelRoute(Box::new(r))),
+        _ => serde_json::from_value::<ProviderBudget>(value).map(|b| Object::ProviderBudget(Box::new(b))),
+    }
+    .map_err(|e| vec![FieldError::new("(object)", e.to_string())])?;
+    match &object {
+        Object::ModelRoute(r) => super::rules::model_route(&r.spec, &mut errors),
+        Object::ProviderBudget(b) => super::rules::provider_budget(&b.spec, &mut errors),
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    if let Err(cel) = CEL.with(|v| v.validate_compiled(&schema.cel, &defaulted, None)) {
-        for e in cel.as_slice() {
-            let field = if e.field_path.is_empty() { "(object)".to_string() } else { e.field_path.clone() };
-            errors.push(FieldError::new(field, e.message.clone()));
-        }
-        return Err(errors);
-    }
-
-    let object = match kind.as_str() {
-        "ModelRoute" => serde_json::from_value::<ModelRoute>(defaulted).map(|r| Object::ModelRoute(Box::new(r))),
-        _ => serde_json::from_value::<ProviderBudget>(defaulted).map(|b| Object::ProviderBudget(Box::new(b))),
-    }
-    .map_err(|e| vec![FieldError::new("(object)", e.to_string())])?;
     semantic_errors(&object, &mut errors);
     if errors.is_empty() { Ok(Some(object)) } else { Err(errors) }
 }
@@ -312,50 +316,80 @@ pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> R
             ),
         }]);
     }
-    // The parser's default budget stops at 1,024 documents and 250,000 nodes: the size bound
-    // above replaces them (a node or event takes at least one byte of input).
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_reader_input_bytes: Some(MAX_MANIFEST_BYTES),
-            max_documents: text.len().saturating_add(1),
-            max_nodes: text.len().saturating_add(1024),
-            max_events: text.len().saturating_mul(2).saturating_add(1024),
-        },
-    };
-    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+    // Parsed on every core; the parser's own budgets are scaled to the size bound above.
+    let docs = super::yaml::parse_documents(text).map_err(|message| {
         vec![ManifestError {
             source_name: source_name.into(),
             doc: 0,
             object: "(unparsed)".into(),
             field: "(yaml)".into(),
-            message: e.to_string(),
+            message,
         }]
     })?;
     let mut errors = Vec::new();
+    let mut objects = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
         if doc.is_null() {
             continue;
         }
         let object = describe(&doc);
-        let at = |field: String, message: String| ManifestError {
-            source_name: source_name.into(),
-            doc: i + 1,
-            object: object.clone(),
-            field,
-            message,
-        };
-        if !doc.is_object() {
-            errors.push(at("(document)".into(), "expected a mapping (a Kubernetes object)".into()));
-            continue;
+        if doc.is_object() {
+            objects.push((i + 1, object, doc));
+        } else {
+            errors.push(ManifestError {
+                source_name: source_name.into(),
+                doc: i + 1,
+                object,
+                field: "(document)".into(),
+                message: "expected a mapping (a Kubernetes object)".into(),
+            });
         }
-        match validate_value(doc) {
+    }
+    let checked = parallel_map(objects, |(doc, object, value)| (doc, object, validate_value(value)));
+    for (doc, object, result) in checked {
+        match result {
             Ok(Some(Object::ModelRoute(r))) => into.routes.push(*r),
             Ok(Some(Object::ProviderBudget(b))) => into.budgets.push(*b),
-            Ok(None) => into.skipped.push(format!("{source_name}: document {}: {object}", i + 1)),
-            Err(fields) => errors.extend(fields.into_iter().map(|f| at(f.field, f.message))),
+            Ok(None) => into.skipped.push(format!("{source_name}: document {doc}: {object}")),
+            Err(fields) => errors.extend(fields.into_iter().map(|f| ManifestError {
+                source_name: source_name.into(),
+                doc,
+                object: object.clone(),
+                field: f.field,
+                message: f.message,
+            })),
         }
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Below this many items [`parallel_map`] stays on the calling thread.
+const PARALLEL_MIN_ITEMS: usize = 64;
+
+/// `items.map(f)` on every core (scoped threads over contiguous chunks), results in input
+/// order; on the calling thread for fewer than 64 items or one core. A panic in `f` is
+/// propagated. Validation of many objects ([`parse_manifests`], the plan's admission) uses it.
+pub fn parallel_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if threads < 2 || items.len() < PARALLEL_MIN_ITEMS {
+        return items.into_iter().map(f).collect();
+    }
+    let per_chunk = items.len().div_ceil(threads);
+    let mut chunks = Vec::with_capacity(threads);
+    let mut rest = items.into_iter();
+    loop {
+        let chunk: Vec<T> = rest.by_ref().take(per_chunk).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            chunks.into_iter().map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }
 
 /// The largest manifest file read (16 MiB). A bigger `*.yaml` entry is an error naming the file,
@@ -510,3 +544,7 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, Vec<ManifestError>> {
     }
     if errors.is_empty() { Ok(manifests) } else { Err(errors) }
 }
+
+#[cfg(test)]
+#[path = "validate_oracle_tests.rs"]
+mod oracle_tests;

@@ -7,7 +7,9 @@
 //! object should carry. Pure: no client, no clock, no I/O. Applying the documents, writing the
 //! statuses and publishing Events stay in the adapters. [`plan`] runs it all; the controller
 //! runs [`admit`] (validate) and [`plan_admitted`] (decide, build) apart, to restore the
-//! policy's memory of the admitted routes from their statuses in between.
+//! policy's memory of the admitted routes from their statuses in between; `render` and `local`
+//! run [`admit_validated`] (their objects were validated when read) and [`plan_admitted`].
+//! Validation of many objects runs on every core.
 //!
 //! Rules, the same for every entry point:
 //! - A route or budget whose spec fails validation (schema, CEL, what no schema says) gets an
@@ -32,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
-use crate::api::validate::{FieldError, validate_value};
+use crate::api::validate::{FieldError, parallel_map, validate_value};
 use crate::api::{ModelRoute, ModelRouteStatus, ProviderBudget, ProviderBudgetStatus, StatusCondition, condition};
 use crate::config::{ConfigError, GatewayConfig, credential_refs};
 use crate::policy::{
@@ -201,19 +203,36 @@ pub struct ValidationCache {
 }
 
 impl ValidationCache {
-    fn check<K: serde::Serialize + kube::Resource>(&mut self, kind: ObjectKind, obj: &K) -> Option<Problem> {
-        let meta = obj.meta();
-        let (Some(uid), Some(generation)) = (meta.uid.clone(), meta.generation) else {
-            return validate(obj);
+    /// The problems of `objects` (`None`: valid), reusing the results of objects whose
+    /// generation did not change and validating the others on every core.
+    fn check_all<K: serde::Serialize + kube::Resource + Sync>(
+        &mut self,
+        kind: ObjectKind,
+        objects: &[K],
+    ) -> Vec<Option<Problem>> {
+        let key = |obj: &K| {
+            let meta = obj.meta();
+            meta.uid.clone().zip(meta.generation)
         };
-        if let Some((g, p)) = self.entries.get(&(kind, uid.clone()))
-            && *g == generation
-        {
-            return p.clone();
+        let mut known: Vec<Option<Option<Problem>>> = objects
+            .iter()
+            .map(|obj| {
+                let (uid, generation) = key(obj)?;
+                match self.entries.get(&(kind, uid)) {
+                    Some((g, p)) if *g == generation => Some(p.clone()),
+                    _ => None,
+                }
+            })
+            .collect();
+        let missing: Vec<usize> = known.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i).collect();
+        let fresh = parallel_map(missing.clone(), |i| validate(&objects[i]));
+        for (i, p) in missing.into_iter().zip(fresh) {
+            if let Some((uid, generation)) = key(&objects[i]) {
+                self.entries.insert((kind, uid), (generation, p.clone()));
+            }
+            known[i] = Some(p);
         }
-        let p = validate(obj);
-        self.entries.insert((kind, uid), (generation, p.clone()));
-        p
+        known.into_iter().map(Option::flatten).collect()
     }
 
     /// Forgets objects whose UID is not in `uids` (deleted).
@@ -245,6 +264,26 @@ pub fn admit_cached(
     unreadable: &[Unreadable],
     cache: &mut ValidationCache,
 ) -> Admitted {
+    let route_checks = cache.check_all(ObjectKind::ModelRoute, routes);
+    let budget_checks = cache.check_all(ObjectKind::ProviderBudget, budgets);
+    admit_checked(routes, budgets, unreadable, route_checks, budget_checks)
+}
+
+/// [`admit`] for objects validated when they were read (`render` and `local`: by
+/// [`crate::api::validate::load_dir`], which only returns valid objects): not validated
+/// again, only the rules across objects (duplicate aliases) apply.
+pub fn admit_validated(routes: &[ModelRoute], budgets: &[ProviderBudget], unreadable: &[Unreadable]) -> Admitted {
+    admit_checked(routes, budgets, unreadable, vec![None; routes.len()], vec![None; budgets.len()])
+}
+
+/// Admission from each object's validation problem (same order as the objects).
+fn admit_checked(
+    routes: &[ModelRoute],
+    budgets: &[ProviderBudget],
+    unreadable: &[Unreadable],
+    route_checks: Vec<Option<Problem>>,
+    budget_checks: Vec<Option<Problem>>,
+) -> Admitted {
     let mut out = Admitted::default();
     for u in unreadable {
         let problems = match u.kind {
@@ -253,8 +292,8 @@ pub fn admit_cached(
         };
         problems.insert(u.key.clone(), u.problem.clone());
     }
-    for r in routes {
-        match cache.check(ObjectKind::ModelRoute, r) {
+    for (r, problem) in routes.iter().zip(route_checks) {
+        match problem {
             Some(p) => {
                 out.route_problems.insert(ObjectKey::of(r), p);
             }
@@ -264,8 +303,8 @@ pub fn admit_cached(
     duplicate_aliases(&out.routes, &mut out.route_problems);
     let problems = &out.route_problems;
     out.routes.retain(|r| !problems.contains_key(&ObjectKey::of(r)));
-    for b in budgets {
-        if let Some(p) = cache.check(ObjectKind::ProviderBudget, b) {
+    for (b, problem) in budgets.iter().zip(budget_checks) {
+        if let Some(p) = problem {
             out.budget_problems.insert(ObjectKey::of(b), p);
         }
     }
