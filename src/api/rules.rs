@@ -90,6 +90,30 @@ const RAMP_UP: NativeRule = rule(
     "self.all(a, a >= 1 && a <= 100) && self.isSorted() && self.all(a, self.exists_one(b, b == a))",
     "stages must be percents in 1..100, strictly increasing",
 );
+const LATENCY_RECOVER_NOT_ABOVE_TRIP: NativeRule = rule(
+    "ModelRoute",
+    "spec.health.latency",
+    "!has(self.recover) || duration(self.recover) <= duration(self.trip)",
+    "latency.recover must not be above latency.trip",
+);
+const LATENCY_TRIP_RANGE: NativeRule = rule(
+    "ModelRoute",
+    "spec.health.latency.trip",
+    "duration(self) >= duration('5ms') && duration(self) <= duration('5m')",
+    "latency.trip must be between 5ms and 5m",
+);
+const LATENCY_RECOVER_RANGE: NativeRule = rule(
+    "ModelRoute",
+    "spec.health.latency.recover",
+    "duration(self) >= duration('5ms') && duration(self) <= duration('5m')",
+    "latency.recover must be between 5ms and 5m",
+);
+const LATENCY_WINDOW_POSITIVE: NativeRule = rule(
+    "ModelRoute",
+    "spec.health.latency.window",
+    "duration(self) > duration('0s')",
+    "latency.window must be longer than zero",
+);
 const THRESHOLDS: NativeRule = rule(
     "ProviderBudget",
     "spec.thresholds",
@@ -110,7 +134,7 @@ const WINDOW_DURATION_ONLY_ROLLING: NativeRule = rule(
 );
 
 /// Every CEL rule of both CRDs that has a native check, in the order the checks run.
-pub const RULES: [NativeRule; 12] = [
+pub const RULES: [NativeRule; 16] = [
     AFFINITY_KEYS,
     BACKENDS_SIZE,
     BACKENDS_UNIQUE,
@@ -120,6 +144,10 @@ pub const RULES: [NativeRule; 12] = [
     ENDPOINT_MOCK_NO_KEY,
     ERROR_RATE,
     RAMP_UP,
+    LATENCY_RECOVER_NOT_ABOVE_TRIP,
+    LATENCY_TRIP_RANGE,
+    LATENCY_RECOVER_RANGE,
+    LATENCY_WINDOW_POSITIVE,
     THRESHOLDS,
     WINDOW_DURATION_REQUIRED,
     WINDOW_DURATION_ONLY_ROLLING,
@@ -142,6 +170,39 @@ fn strictly_increasing(items: impl IntoIterator<Item = u32>) -> bool {
         last = Some(x);
         ok
     })
+}
+
+/// A duration as CEL's `duration()` reads the schema's pattern (`None`: it does not read). Very
+/// long texts (`3000000h`) read as kube-cel reads them, in full; cel-go would refuse durations
+/// past 2^63 ns, which no rule here accepts anyway except `window > 0`.
+fn cel_duration_ms(text: &str) -> Option<i64> {
+    crate::policy::money::parse_duration_ms(text).ok()
+}
+
+/// Between 5ms and 5m (`duration(self) >= duration('5ms') && duration(self) <= duration('5m')`).
+fn in_latency_range(text: &str) -> bool {
+    cel_duration_ms(text).is_some_and(|ms| (5..=300_000).contains(&ms))
+}
+
+/// The rules of `spec.health.latency` (issue 15), node first, then its fields.
+fn latency(l: &super::LatencyPolicy, out: &mut Vec<FieldError>) {
+    if let Some(recover) = &l.recover {
+        match (cel_duration_ms(recover), cel_duration_ms(&l.trip)) {
+            (Some(r), Some(t)) if r <= t => {}
+            _ => fail(out, LATENCY_RECOVER_NOT_ABOVE_TRIP.path, &LATENCY_RECOVER_NOT_ABOVE_TRIP),
+        }
+    }
+    if !in_latency_range(&l.trip) {
+        fail(out, LATENCY_TRIP_RANGE.path, &LATENCY_TRIP_RANGE);
+    }
+    if let Some(recover) = &l.recover
+        && !in_latency_range(recover)
+    {
+        fail(out, LATENCY_RECOVER_RANGE.path, &LATENCY_RECOVER_RANGE);
+    }
+    if !cel_duration_ms(&l.window).is_some_and(|ms| ms > 0) {
+        fail(out, LATENCY_WINDOW_POSITIVE.path, &LATENCY_WINDOW_POSITIVE);
+    }
 }
 
 /// The rules of a ModelRoute spec that fail, as the API server reports them.
@@ -184,6 +245,9 @@ pub fn model_route(spec: &ModelRouteSpec, out: &mut Vec<FieldError>) {
     let ramp = &spec.health.ramp_up;
     if !(ramp.iter().all(|a| (1..=100).contains(a)) && strictly_increasing(ramp.iter().copied())) {
         fail(out, RAMP_UP.path, &RAMP_UP);
+    }
+    if let Some(l) = &spec.health.latency {
+        latency(l, out);
     }
 }
 

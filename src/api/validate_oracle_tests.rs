@@ -210,6 +210,10 @@ fn failing_cases() -> Vec<Value> {
         route(json!({"backends": [backend("a", "acme", 1, Some(mock_key))]})),
         route(json!({"backends": [ok()], "health": {"errorRate": {"trip": "0.2", "recover": "0.200"}}})),
         route(json!({"backends": [ok()], "health": {"rampUp": [50, 10]}})),
+        route(json!({"backends": [ok()], "health": {"latency": {"trip": "1s", "recover": "2s"}}})),
+        route(json!({"backends": [ok()], "health": {"latency": {"trip": "4ms"}}})),
+        route(json!({"backends": [ok()], "health": {"latency": {"trip": "5m", "recover": "1ms"}}})),
+        route(json!({"backends": [ok()], "health": {"latency": {"trip": "1s", "window": "0s"}}})),
         budget(json!({"provider": "openai", "limit": "5", "thresholds": [
             {"percent": 90, "action": "Warn"}, {"percent": 90, "action": "Drain"}]})),
         budget(json!({"provider": "openai", "limit": "5", "window": {"period": "Rolling"}})),
@@ -266,10 +270,18 @@ prop_compose! {
                                           json!({"keys": ["User", "Prefix", "User"]}), json!({"keys": ["Header", "Prefix"]})]),
         health in any::<bool>(),
         model in prop::sample::select(vec![json!(null), json!("alias"), json!("")]),
+        latency in prop::option::of((
+            prop::sample::select(vec!["1ms", "5ms", "250ms", "1s", "2s500ms", "5m", "5m1ms", "1h"]),
+            prop::sample::select(vec![json!(null), json!("4ms"), json!("5ms"), json!("1s"), json!("10m")]),
+            prop::sample::select(vec![json!(null), json!("0s"), json!("0ms0s"), json!("1m"), json!("3000000h")]),
+        )),
     ) -> Value {
         let mut spec = json!({"backends": backends, "model": model, "affinity": keys});
         if health {
             spec["health"] = json!({"errorRate": {"trip": trip, "recover": recover}, "rampUp": ramp});
+            if let Some((trip, recover, window)) = latency {
+                spec["health"]["latency"] = json!({"trip": trip, "recover": recover, "window": window});
+            }
         }
         route(spec)
     }
