@@ -200,7 +200,7 @@ fn latency(l: &super::LatencyPolicy, out: &mut Vec<FieldError>) {
     {
         fail(out, LATENCY_RECOVER_RANGE.path, &LATENCY_RECOVER_RANGE);
     }
-    if !cel_duration_ms(&l.window).is_some_and(|ms| ms > 0) {
+    if cel_duration_ms(&l.window).is_none_or(|ms| ms <= 0) {
         fail(out, LATENCY_WINDOW_POSITIVE.path, &LATENCY_WINDOW_POSITIVE);
     }
 }
