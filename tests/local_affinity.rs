@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use common::local::Local;
-use common::proc::{Proc, TempDir, free_port, usd_picos, wait_until};
+use common::proc::{TempDir, usd_picos, wait_until};
 
 const CONVERSATIONS: usize = 24;
 const TURNS: usize = 6;
@@ -102,28 +102,7 @@ async fn run(affinity: bool) -> Run {
     let dir = root.join("manifests");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("routes.yaml"), manifests(affinity)).unwrap();
-    let port = free_port();
-    let args: Vec<String> = [
-        "local",
-        "--interval",
-        "200ms",
-        "--table",
-        "never",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "-f",
-        dir.to_str().unwrap(),
-        "--state",
-        root.join("state.json").to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let local = Local {
-        proc: Proc::spawn("tollgate local", &args, root.join("local.log")),
-        url: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-    };
-    local.ready().await;
+    let local = Local::start(&root, &dir, &["--interval", "200ms"]).await;
 
     let mut out = Run::default();
     for phase in [1..=3, 4..=TURNS] {

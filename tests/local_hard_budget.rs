@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::local::Local;
-use common::proc::{Proc, TempDir, free_port, usd_picos};
+use common::proc::{TempDir, free_port, usd_picos};
 
 const LIMIT_PICOS: i128 = 3_000_000_000_000;
 
@@ -59,29 +59,8 @@ async fn start(tag: &str, enforcement: &str) -> (Local, TempDir, String) {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart/routes.yaml")).unwrap();
     std::fs::write(manifests.join("routes.yaml"), routes).unwrap();
     std::fs::write(manifests.join("budgets.yaml"), budgets(enforcement)).unwrap();
-    let port = free_port();
     let metrics_port = free_port();
-    let args: Vec<String> = [
-        "local",
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-        "--table",
-        "never",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "-f",
-        manifests.to_str().unwrap(),
-        "--state",
-        dir.join("state.json").to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let local = Local {
-        proc: Proc::spawn("tollgate local", &args, dir.join("local.log")),
-        url: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-    };
-    local.ready().await;
+    let local = Local::start(&dir, &manifests, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).await;
     (local, dir, format!("http://127.0.0.1:{metrics_port}/metrics"))
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::local::Local;
-use common::proc::{Proc, TempDir, free_port, series, wait_until};
+use common::proc::{TempDir, free_port, series, wait_until};
 
 const MANIFEST: &str = "apiVersion: tollgate.dev/v1alpha1
 kind: ModelRoute
@@ -78,29 +78,9 @@ async fn a_slow_backend_is_ejected_for_latency_and_traffic_moves_to_the_fast_one
     let dir = root.join("manifests");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("route.yaml"), MANIFEST).unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let args: Vec<String> = [
-        "local",
-        "--interval",
-        "200ms",
-        "--table",
-        "never",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-        "-f",
-        dir.to_str().unwrap(),
-        "--state",
-        root.join("state.json").to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let local = Local {
-        proc: Proc::spawn("tollgate local", &args, root.join("local.log")),
-        url: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-    };
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let local = Local::start(&root, &dir, &["--interval", "200ms", "--metrics-listen", &metrics]).await;
     let first = local.ready().await;
     assert_eq!(backend(&first, "slow")["state"], "Active");
 

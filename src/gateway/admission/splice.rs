@@ -177,22 +177,9 @@ mod tests {
         assert_eq!(s(cap_top_level(body, &["max_tokens"], "max_tokens", 10)), r#"{"max\u005ftokens":10}"#);
     }
 
-    /// The parsed-object oracle: clamp or insert on a `Map`.
+    /// The parsed-object oracle: the clamp-or-insert on a `Map` that `cap_body` falls back to.
     fn oracle(obj: &mut Map<String, Value>, present: &[&str], insert: &str, cap: u32) {
-        let mut any = false;
-        for k in present {
-            if let Some(v) = obj.get_mut(*k)
-                && !v.is_null()
-            {
-                any = true;
-                if v.as_u64().is_none_or(|n| n > u64::from(cap)) {
-                    *v = Value::from(cap);
-                }
-            }
-        }
-        if !any {
-            obj.insert(insert.to_string(), Value::from(cap));
-        }
+        super::super::clamp_or_insert(obj, present, insert, cap);
     }
 
     fn value_strategy() -> impl Strategy<Value = Value> {
