@@ -102,7 +102,7 @@ async fn run(affinity: bool) -> Run {
     let dir = root.join("manifests");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("routes.yaml"), manifests(affinity)).unwrap();
-    let local = Local::start(&root, &dir, &["--interval", "200ms"]).await;
+    let local = Local::start(root.path(), &dir, &["--interval", "200ms"]).await;
 
     let mut out = Run::default();
     for phase in [1..=3, 4..=TURNS] {

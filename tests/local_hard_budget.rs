@@ -60,7 +60,7 @@ async fn start(tag: &str, enforcement: &str) -> (Local, TempDir, String) {
     std::fs::write(manifests.join("routes.yaml"), routes).unwrap();
     std::fs::write(manifests.join("budgets.yaml"), budgets(enforcement)).unwrap();
     let metrics_port = free_port();
-    let local = Local::start(&dir, &manifests, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).await;
+    let local = Local::start(dir.path(), &manifests, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).await;
     (local, dir, format!("http://127.0.0.1:{metrics_port}/metrics"))
 }
 

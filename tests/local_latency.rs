@@ -80,7 +80,7 @@ async fn a_slow_backend_is_ejected_for_latency_and_traffic_moves_to_the_fast_one
     std::fs::write(dir.join("route.yaml"), MANIFEST).unwrap();
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let local = Local::start(&root, &dir, &["--interval", "200ms", "--metrics-listen", &metrics]).await;
+    let local = Local::start(root.path(), &dir, &["--interval", "200ms", "--metrics-listen", &metrics]).await;
     let first = local.ready().await;
     assert_eq!(backend(&first, "slow")["state"], "Active");
 
