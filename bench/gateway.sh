@@ -12,6 +12,8 @@
 #   bench/gateway.sh                      # 3 rounds × 5s per measurement, about 2.5 minutes
 #   ROUNDS=5 DURATION=10s bench/gateway.sh
 #   GATEWAY_ARGS="--workers 1" bench/gateway.sh    # extra flags for `tollgate gateway`
+#   NO_BUILD=1 TOLLGATE=/path/a FLOOR=/path/b bench/gateway.sh   # measure given binaries
+#   EXTRAS=0 bench/gateway.sh             # skip the extras (see the end of this file)
 #
 # The targets are measured in turns, ROUNDS times, and the median of each figure is printed, so
 # a burst of load from something else on the machine skews one round, not one target. The CPU
@@ -41,10 +43,12 @@ if ! need wrk || ! need nginx; then
 fi
 NGINX=$(command -v nginx)
 
-echo "building target/release/tollgate..." >&2
-cargo build -q --release --bin tollgate --example floor_proxy
-TOLLGATE=$PWD/target/release/tollgate
-FLOOR=$PWD/target/release/examples/floor_proxy
+if [[ -z ${NO_BUILD:-} ]]; then
+  echo "building target/release/tollgate..." >&2
+  cargo build -q --release --bin tollgate --example floor_proxy
+fi
+TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
+FLOOR=${FLOOR:-$PWD/target/release/examples/floor_proxy}
 
 WORK=$(mktemp -d -t tollgate-bench.XXXXXX)
 PIDS=()
