@@ -178,13 +178,7 @@ impl MeterCell {
             let Some(total) = total else {
                 return Err(format!("the {} token total would overflow its counter", kind.label()));
             };
-            match kind {
-                TokenKind::Input => sum.input = total,
-                TokenKind::CachedInput => sum.cached_input = total,
-                TokenKind::CacheWrite => sum.cache_write = total,
-                TokenKind::Output => sum.output = total,
-                TokenKind::Reasoning => sum.reasoning = total,
-            }
+            *sum.get_mut(kind) = total;
         }
         let picos = e.cost.picos().checked_add(cost.picos()).filter(|p| *p >= 0 && *p / 1000 <= i128::from(u64::MAX));
         let Some(picos) = picos else {

@@ -180,6 +180,17 @@ impl TokenCounts {
         }
     }
 
+    /// The count of one kind, to change it.
+    pub fn get_mut(&mut self, kind: TokenKind) -> &mut u64 {
+        match kind {
+            TokenKind::Input => &mut self.input,
+            TokenKind::CachedInput => &mut self.cached_input,
+            TokenKind::CacheWrite => &mut self.cache_write,
+            TokenKind::Output => &mut self.output,
+            TokenKind::Reasoning => &mut self.reasoning,
+        }
+    }
+
     /// `(kind, count)` for every kind, in [`TokenKind::ALL`] order; `kind.label()` is the metric
     /// label value.
     pub fn by_kind(&self) -> [(TokenKind, u64); 5] {

@@ -115,14 +115,7 @@ pub fn le_delta(before: &[u64], now: &[u64]) -> Vec<u64> {
 pub fn tokens_delta(before: &TokenCounts, now: &TokenCounts) -> TokenCounts {
     let mut d = TokenCounts::default();
     for kind in TokenKind::ALL {
-        let n = now.get(kind).saturating_sub(before.get(kind));
-        match kind {
-            TokenKind::Input => d.input = n,
-            TokenKind::CachedInput => d.cached_input = n,
-            TokenKind::CacheWrite => d.cache_write = n,
-            TokenKind::Output => d.output = n,
-            TokenKind::Reasoning => d.reasoning = n,
-        }
+        *d.get_mut(kind) = now.get(kind).saturating_sub(before.get(kind));
     }
     d
 }

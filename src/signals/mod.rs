@@ -121,13 +121,8 @@ impl GatewayReading {
                     return;
                 };
                 let t = self.tokens.entry(k).or_default();
-                match kind {
-                    crate::pricing::TokenKind::Input => t.input = t.input.saturating_add(n),
-                    crate::pricing::TokenKind::CachedInput => t.cached_input = t.cached_input.saturating_add(n),
-                    crate::pricing::TokenKind::CacheWrite => t.cache_write = t.cache_write.saturating_add(n),
-                    crate::pricing::TokenKind::Output => t.output = t.output.saturating_add(n),
-                    crate::pricing::TokenKind::Reasoning => t.reasoning = t.reasoning.saturating_add(n),
-                }
+                let count = t.get_mut(kind);
+                *count = count.saturating_add(n);
             }
             contract::HEALTH_LATENCY_BUCKET => {
                 if let (Some(k), Some(i), Some(n)) = (
