@@ -112,29 +112,12 @@ fn reference(mut value: Value) -> Result<Option<Object>, Vec<FieldError>> {
     let schema = schema_of(&kind);
     drop_nulls(&mut value);
     let mut errors = Vec::new();
-    match value.pointer("/metadata/name").and_then(Value::as_str) {
-        None => errors.push(FieldError::new("metadata.name", "required")),
-        Some(n) if !is_dns_subdomain(n) => errors.push(FieldError::new(
-            "metadata.name",
-            format!("{n:?} must be a lowercase RFC 1123 subdomain (letters, digits, '-' and '.')"),
-        )),
-        Some(_) => {}
-    }
-    if let Some(ns) = value.pointer("/metadata/namespace") {
-        match ns.as_str() {
-            Some(n) if is_dns_subdomain(n) && !n.contains('.') && n.len() <= 63 => {}
-            _ => errors.push(FieldError::new("metadata.namespace", format!("{ns} is not a valid namespace name"))),
-        }
-    }
+    metadata_errors(&value, &mut errors);
     if value.get("spec").is_none() {
         errors.push(FieldError::new("spec", "required"));
         return Err(errors);
     }
-    let defaulted = apply_defaults(&schema.schema, &value);
-    unknown_fields(&schema.schema, &defaulted, &mut String::new(), &mut errors);
-    for e in schema.structural.iter_errors(&defaulted) {
-        errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), e.to_string()));
-    }
+    let defaulted = defaulted_with_structure_errors(schema, &value, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
