@@ -24,6 +24,7 @@
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
@@ -67,15 +68,22 @@ pub(crate) fn parse(raw: Bytes) -> Result<MessagesRequest, ApiError> {
     Ok(MessagesRequest { raw, value, alias, stream })
 }
 
+/// The request's head and its body, read within the gateway's size and time limits (an
+/// Anthropic-shaped error answer otherwise).
+async fn read_request(gw: &Gateway, req: Request) -> Result<(Parts, Bytes), Response> {
+    let (parts, body) = req.into_parts();
+    let opts = &gw.inner.opts;
+    let raw =
+        read_body(body, &parts.headers, parts.version, opts.max_body_bytes, opts.body_read_timeout, Surface::Messages)
+            .await?;
+    Ok((parts, raw))
+}
+
 /// The `/v1/messages` handler.
 pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
     let surface = Surface::Messages;
-    let opts = &gw.inner.opts;
-    let raw = match read_body(body, &parts.headers, parts.version, opts.max_body_bytes, opts.body_read_timeout, surface)
-        .await
-    {
-        Ok(b) => b,
+    let (parts, raw) = match read_request(&gw, req).await {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
     let request_bytes = raw.len();
@@ -90,15 +98,12 @@ pub(crate) async fn handle(gw: Gateway, req: Request) -> Response {
 
 /// The `/v1/messages/count_tokens` handler (see the module docs).
 pub(crate) async fn count_tokens(gw: Gateway, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
     let surface = Surface::Messages;
-    let opts = &gw.inner.opts;
-    let raw = match read_body(body, &parts.headers, parts.version, opts.max_body_bytes, opts.body_read_timeout, surface)
-        .await
-    {
-        Ok(b) => b,
+    let (parts, raw) = match read_request(&gw, req).await {
+        Ok(r) => r,
         Err(resp) => return resp,
     };
+    let opts = &gw.inner.opts;
     let m = match parse(raw) {
         Ok(m) => m,
         Err(e) => return surface.render(e),
