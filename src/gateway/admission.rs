@@ -404,9 +404,10 @@ pub(crate) fn cap_body(body: &[u8], api: WireApi, endpoint: Endpoint, provider: 
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };
-    match (api, endpoint) {
-        (WireApi::AnthropicMessages, _) => clamp_or_insert(&mut obj, &["max_tokens"], "max_tokens", cap),
-        (WireApi::Gemini, _) => {
+    match (top_level, api) {
+        // A repeated capped key: the parsed object keeps the last value, as JSON readers do.
+        (Some((present, insert)), _) => clamp_or_insert(&mut obj, present, insert, cap),
+        (None, WireApi::Gemini) => {
             let gc = obj.entry("generationConfig").or_insert_with(|| Value::Object(Map::new()));
             if !gc.is_object() {
                 *gc = Value::Object(Map::new());
@@ -415,19 +416,7 @@ pub(crate) fn cap_body(body: &[u8], api: WireApi, endpoint: Endpoint, provider: 
                 clamp_or_insert(gc, &["maxOutputTokens"], "maxOutputTokens", cap);
             }
         }
-        (WireApi::OpenAI, Endpoint::ChatCompletions) => {
-            // OpenAI's own API wants max_completion_tokens (reasoning models refuse
-            // max_tokens); OpenAI-compatible providers know max_tokens.
-            let insert = if provider == "openai" { "max_completion_tokens" } else { "max_tokens" };
-            clamp_or_insert(&mut obj, &["max_completion_tokens", "max_tokens"], insert, cap);
-        }
-        (WireApi::OpenAI, Endpoint::Completions | Endpoint::Messages) => {
-            clamp_or_insert(&mut obj, &["max_tokens"], "max_tokens", cap)
-        }
-        (WireApi::OpenAI, Endpoint::Responses) => {
-            clamp_or_insert(&mut obj, &["max_output_tokens"], "max_output_tokens", cap)
-        }
-        (WireApi::OpenAI, Endpoint::Embeddings) => return None,
+        (None, _) => return None,
     }
     serde_json::to_vec(&Value::Object(obj)).ok()
 }
