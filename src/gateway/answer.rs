@@ -24,7 +24,11 @@ use super::stream::BodyStream;
 use crate::pricing::{TokenCounts, UsageError};
 
 /// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [&str; 3] = ["x-request-id", "request-id", "openai-processing-ms"];
+const PASSED_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("request-id"),
+    HeaderName::from_static("openai-processing-ms"),
+];
 /// Most bytes of an over-limit HTTP/2 request body read and thrown away before the 413 (a
 /// multiple of the limit, at least 1 MiB).
 const DISCARD_FACTOR: usize = 4;
@@ -173,15 +177,15 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// Copies the passed-through upstream headers, scrubbed of the API keys.
 pub(crate) fn pass_headers(from: &HeaderMap, to: &mut HeaderMap, redactor: &Redactor) {
-    for name in PASSED_HEADERS {
+    for name in &PASSED_HEADERS {
         if let Some(v) = from.get(name) {
             if redactor.is_empty() {
-                to.insert(HeaderName::from_static(name), v.clone());
+                to.insert(name.clone(), v.clone());
                 continue;
             }
             let scrubbed = redactor.redact(v.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&scrubbed) {
-                to.insert(HeaderName::from_static(name), v);
+                to.insert(name.clone(), v);
             }
         }
     }

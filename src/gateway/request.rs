@@ -4,10 +4,12 @@
 //! but `model` (and, when the gateway asks for stream usage, `stream_options`) reaches upstream
 //! byte for byte, in the client's key order.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::errors::ApiError;
@@ -93,20 +95,40 @@ impl Endpoint {
     }
 }
 
-/// A JSON object with its top-level keys in order and their values as raw text.
-struct RawObject(Vec<(String, Box<RawValue>)>);
+/// A JSON object's top-level entries, borrowed from its text: each key (decoded; borrowed
+/// when it has no escapes) and its value's raw text.
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for RawObject {
+impl<'de> Deserialize<'de> for RawObject<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key<'a>(Cow<'a, str>);
+        impl<'de> Deserialize<'de> for Key<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct K;
+                impl<'de> Visitor<'de> for K {
+                    type Value = Key<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a key")
+                    }
+                    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                        Ok(Key(Cow::Borrowed(s)))
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                        Ok(Key(Cow::Owned(s.to_owned())))
+                    }
+                }
+                d.deserialize_str(K)
+            }
+        }
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawObject;
+            type Value = RawObject<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     out.push((k, v));
                 }
                 Ok(RawObject(out))
@@ -116,9 +138,18 @@ impl<'de> Deserialize<'de> for RawObject {
     }
 }
 
-/// A parsed client request.
+/// A top-level key: where its text is in the body (no escapes: written back as it came), or
+/// decoded (it had escapes; written back escaped by serde_json).
+enum Key {
+    At(Range<usize>),
+    Decoded(String),
+}
+
+/// A parsed client request: the body, with its top-level keys and values as places in it
+/// (nothing of it is copied).
 pub(crate) struct ClientRequest {
-    fields: Vec<(String, Box<RawValue>)>,
+    body: String,
+    fields: Vec<(Key, Range<usize>)>,
     /// The alias the client asked for.
     pub(crate) model: String,
     /// `stream: true`.
@@ -127,14 +158,32 @@ pub(crate) struct ClientRequest {
     pub(crate) include_usage: bool,
 }
 
+/// Where `part` (a slice of `whole`) starts and ends in `whole`.
+fn span(whole: &str, part: &str) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
 impl ClientRequest {
     /// Parses a body: a JSON object with a string `model`.
-    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let RawObject(fields) = serde_json::from_slice(body).map_err(|e| {
+    pub(crate) fn parse(body: Vec<u8>) -> Result<Self, ApiError> {
+        let invalid = |e: &dyn fmt::Display| {
             ApiError::bad_request("invalid_json", format!("The request body is not a valid JSON object: {e}"))
-        })?;
-        let get = |key: &str| fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get());
-        let model = match get("model") {
+        };
+        let body = String::from_utf8(body).map_err(|e| invalid(&e))?;
+        let RawObject(entries) = serde_json::from_str(&body).map_err(|e| invalid(&e))?;
+        let fields: Vec<(Key, Range<usize>)> = entries
+            .into_iter()
+            .map(|(k, v)| {
+                let key = match k {
+                    Cow::Borrowed(k) => Key::At(span(&body, k)),
+                    Cow::Owned(k) => Key::Decoded(k),
+                };
+                (key, span(&body, v.get()))
+            })
+            .collect();
+        let mut req = Self { body, fields, model: String::new(), stream: false, include_usage: false };
+        req.model = match req.raw("model") {
             None => {
                 return Err(ApiError::bad_request(
                     "missing_model",
@@ -144,20 +193,28 @@ impl ClientRequest {
             Some(raw) => serde_json::from_str::<String>(raw)
                 .map_err(|_| ApiError::bad_request("invalid_model", "`model` must be a string."))?,
         };
-        if model.is_empty() {
+        if req.model.is_empty() {
             return Err(ApiError::bad_request("missing_model", "`model` is empty: say which model alias to use."));
         }
-        let stream = match get("stream") {
+        req.stream = match req.raw("stream") {
             None => false,
             Some(raw) => serde_json::from_str::<Option<bool>>(raw)
                 .map_err(|_| ApiError::bad_request("invalid_stream", "`stream` must be a boolean."))?
                 .unwrap_or(false),
         };
-        let include_usage = get("stream_options")
+        req.include_usage = req
+            .raw("stream_options")
             .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
             .and_then(|v| v.get("include_usage").and_then(serde_json::Value::as_bool))
             .unwrap_or(false);
-        Ok(Self { fields, model, stream, include_usage })
+        Ok(req)
+    }
+
+    fn key<'s>(&'s self, key: &'s Key) -> &'s str {
+        match key {
+            Key::At(r) => &self.body[r.clone()],
+            Key::Decoded(k) => k,
+        }
     }
 
     /// A top-level field as an unsigned integer (`None`: absent, null or not one).
@@ -167,44 +224,53 @@ impl ClientRequest {
 
     /// The raw JSON text of a top-level field (the last one when repeated, as `parse` reads).
     pub(crate) fn raw(&self, key: &str) -> Option<&str> {
-        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.get())
+        self.fields.iter().rev().find(|(k, _)| self.key(k) == key).map(|(_, v)| &self.body[v.clone()])
     }
 
     /// The body for one upstream: `model` replaced by `upstream_model`; with `ask_usage`,
     /// `stream_options.include_usage` set to `true` (other `stream_options` keys kept).
     pub(crate) fn upstream_body(&self, upstream_model: &str, ask_usage: bool) -> Vec<u8> {
-        let size: usize = self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum();
-        let mut out = Vec::with_capacity(size + upstream_model.len() + 48);
+        let mut out = Vec::with_capacity(self.body.len() + upstream_model.len() + 48);
         out.push(b'{');
         let mut first = true;
-        let mut push_key = |out: &mut Vec<u8>, k: &str| {
+        let mut push_key = |out: &mut Vec<u8>, k: &Key| {
             if !first {
                 out.push(b',');
             }
             first = false;
-            // Serializing a &str into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, k);
+            match k {
+                Key::At(r) => {
+                    out.push(b'"');
+                    out.extend_from_slice(&self.body.as_bytes()[r.clone()]);
+                    out.push(b'"');
+                }
+                // Serializing a &str into a Vec cannot fail.
+                Key::Decoded(k) => {
+                    let _ = serde_json::to_writer(&mut *out, k);
+                }
+            }
             out.push(b':');
         };
         let mut saw_options = false;
         for (k, v) in &self.fields {
             push_key(&mut out, k);
+            let (k, v) = (self.key(k), &self.body[v.clone()]);
             if k == "model" {
                 let _ = serde_json::to_writer(&mut out, upstream_model);
             } else if k == "stream_options" && ask_usage {
                 saw_options = true;
-                let mut opts = match serde_json::from_str::<serde_json::Value>(v.get()) {
+                let mut opts = match serde_json::from_str::<serde_json::Value>(v) {
                     Ok(serde_json::Value::Object(m)) => m,
                     _ => serde_json::Map::new(),
                 };
                 opts.insert("include_usage".into(), serde_json::Value::Bool(true));
                 let _ = serde_json::to_writer(&mut out, &opts);
             } else {
-                out.extend_from_slice(v.get().as_bytes());
+                out.extend_from_slice(v.as_bytes());
             }
         }
         if ask_usage && !saw_options {
-            push_key(&mut out, "stream_options");
+            push_key(&mut out, &Key::Decoded("stream_options".into()));
             out.extend_from_slice(br#"{"include_usage":true}"#);
         }
         out.push(b'}');
@@ -219,7 +285,7 @@ mod tests {
     #[test]
     fn only_the_model_changes_and_key_order_is_kept() {
         let body = br#"{"z":1,"model":"chat","messages":[{"role":"user","content":"h\u00e9"}],"a":{"y":2,"b":1.50}}"#;
-        let r = ClientRequest::parse(body).unwrap();
+        let r = ClientRequest::parse(body.to_vec()).unwrap();
         assert_eq!(r.model, "chat");
         assert!(!r.stream);
         let out = String::from_utf8(r.upstream_body("gpt-4o-\"mini\"", false)).unwrap();
@@ -230,22 +296,34 @@ mod tests {
     }
 
     #[test]
+    fn escaped_keys_are_read_decoded_and_written_escaped() {
+        let body = br#"{"mo\u0064el":"chat","x\"y":1,"stream":true}"#;
+        let r = ClientRequest::parse(body.to_vec()).unwrap();
+        assert_eq!((r.model.as_str(), r.stream), ("chat", true));
+        assert_eq!(r.raw("x\"y"), Some("1"));
+        assert_eq!(String::from_utf8(r.upstream_body("u", false)).unwrap(), r#"{"model":"u","x\"y":1,"stream":true}"#);
+    }
+
+    #[test]
     fn asks_for_stream_usage() {
-        let r = ClientRequest::parse(br#"{"model":"m","stream":true}"#).unwrap();
+        let r = ClientRequest::parse(br#"{"model":"m","stream":true}"#.to_vec()).unwrap();
         assert!(r.stream && !r.include_usage);
         assert_eq!(
             String::from_utf8(r.upstream_body("u", true)).unwrap(),
             r#"{"model":"u","stream":true,"stream_options":{"include_usage":true}}"#
         );
-        let r = ClientRequest::parse(br#"{"stream_options":{"x":1,"include_usage":false},"model":"m","stream":true}"#)
-            .unwrap();
+        let r = ClientRequest::parse(
+            br#"{"stream_options":{"x":1,"include_usage":false},"model":"m","stream":true}"#.to_vec(),
+        )
+        .unwrap();
         assert!(!r.include_usage);
         assert_eq!(
             String::from_utf8(r.upstream_body("u", true)).unwrap(),
             r#"{"stream_options":{"include_usage":true,"x":1},"model":"u","stream":true}"#
         );
         let r =
-            ClientRequest::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+            ClientRequest::parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#.to_vec())
+                .unwrap();
         assert!(r.include_usage);
     }
 
@@ -259,8 +337,9 @@ mod tests {
             (b"{\"model\":\"\"}", "missing_model"),
             (b"{\"model\":5}", "invalid_model"),
             (b"{\"model\":\"a\",\"stream\":\"yes\"}", "invalid_stream"),
+            (b"{\"model\":\"a\xff\"}", "invalid_json"),
         ] {
-            let e = ClientRequest::parse(body).err().unwrap();
+            let e = ClientRequest::parse(body.to_vec()).err().unwrap();
             assert_eq!(e.code, code, "{}", String::from_utf8_lossy(body));
             assert_eq!(e.status.as_u16(), 400);
         }

@@ -102,11 +102,10 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
         Err(resp) => return resp,
     };
     let request_bytes = bytes.len();
-    let creq = match ClientRequest::parse(&bytes) {
+    let creq = match ClientRequest::parse(Vec::from(bytes)) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    drop(bytes);
     let cut = parts.extensions.get::<ShutdownCut>().map(|c| c.0.clone());
     let req =
         pipeline::Request { surface, inbound: Inbound::OpenAI(creq), headers: &parts.headers, request_bytes, cut };

@@ -24,159 +24,56 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use memchr::memmem;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
-use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::redact::Redactor;
 use crate::config::ProviderFamily;
-use crate::pricing::{TokenCounts, UsageError, parse_usage};
+use crate::pricing::{Node, Object, TokenCounts, UsageError, parse_usage_node};
 
 /// A body as a stream of chunks.
 pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
-#[derive(Deserialize, Default)]
-struct MessageView {
-    #[serde(default)]
-    usage: Option<Value>,
+/// An answer or stream event as a [`Node`] tree; `None` when the bytes are not a JSON object.
+fn parse_object(bytes: &[u8]) -> Option<Node<'_>> {
+    Node::parse(bytes).filter(|n| n.as_object().is_some())
 }
 
-#[derive(Deserialize, Default)]
-struct ResponseView {
-    #[serde(default)]
-    usage: Option<Value>,
+fn non_null(v: Option<&Node<'_>>) -> bool {
+    v.is_some_and(|v| !v.is_null())
 }
 
-/// The usage-bearing fields of an answer or stream event; everything else is skipped while
-/// parsing.
-#[derive(Deserialize, Default)]
-struct UsageView {
-    #[serde(rename = "type", default)]
-    kind: Option<Value>,
-    #[serde(default)]
-    usage: Option<Value>,
-    #[serde(rename = "usageMetadata", default)]
-    usage_metadata: Option<Value>,
-    #[serde(default)]
-    response: Option<ResponseView>,
-    #[serde(default)]
-    message: Option<MessageView>,
-    #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
+/// The `type` of an event (Anthropic's `message_start`, `message_delta`...).
+fn kind<'n>(root: &'n Node<'_>) -> Option<&'n str> {
+    root.as_object()?.get("type")?.as_str()
 }
 
-fn non_null(v: &Option<Value>) -> bool {
-    v.as_ref().is_some_and(|v| !v.is_null())
+/// Whether an answer or event carries usage where [`parse_usage_node`] looks for it.
+fn has_usage(root: &Node<'_>) -> bool {
+    let Some(o) = root.as_object() else { return false };
+    non_null(o.get("usage"))
+        || non_null(o.get("usageMetadata"))
+        || non_null(o.get("response").and_then(Node::as_object).and_then(|r| r.get("usage")))
 }
 
-impl UsageView {
-    /// Parses a JSON object; `None` when the bytes are not a JSON object.
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        // Only an object (a derived struct would also accept an array, field by position).
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return None;
-        }
-        match serde_json::from_slice::<UsageView>(bytes) {
-            Ok(v) => Some(v),
-            // Lenient path: odd shapes of the skipped fields (a string `message`, duplicate
-            // keys...) must not hide the usage.
-            Err(_) => match serde_json::from_slice::<Value>(bytes).ok()? {
-                Value::Object(mut m) => Some(UsageView {
-                    kind: m.remove("type"),
-                    usage: m.remove("usage"),
-                    usage_metadata: m.remove("usageMetadata"),
-                    response: match m.remove("response") {
-                        Some(Value::Object(mut r)) => Some(ResponseView { usage: r.remove("usage") }),
-                        _ => None,
-                    },
-                    message: match m.remove("message") {
-                        Some(Value::Object(mut r)) => Some(MessageView { usage: r.remove("usage") }),
-                        _ => None,
-                    },
-                    choices: match m.remove("choices") {
-                        Some(Value::Array(a)) => Some(a.iter().map(|_| IgnoredAny).collect()),
-                        _ => None,
-                    },
-                }),
-                _ => None,
-            },
-        }
-    }
-
-    fn kind(&self) -> Option<&str> {
-        self.kind.as_ref().and_then(Value::as_str)
-    }
-
-    fn has_usage(&self) -> bool {
-        non_null(&self.usage)
-            || non_null(&self.usage_metadata)
-            || self.response.as_ref().is_some_and(|r| non_null(&r.usage))
-    }
-
-    /// The usage-only chunk an OpenAI-shaped stream ends with when `include_usage` is set.
-    fn is_usage_only_chunk(&self) -> bool {
-        non_null(&self.usage) && self.choices.as_ref().is_some_and(Vec::is_empty)
-    }
-
-    /// A JSON object with just the fields [`parse_usage`] reads (moved out of the view).
-    fn into_value(self) -> Value {
-        let mut m = Map::new();
-        if let Some(k) = self.kind {
-            m.insert("type".into(), k);
-        }
-        if let Some(u) = self.usage {
-            m.insert("usage".into(), u);
-        }
-        if let Some(u) = self.usage_metadata {
-            m.insert("usageMetadata".into(), u);
-        }
-        if let Some(r) = self.response {
-            let mut inner = Map::new();
-            if let Some(u) = r.usage {
-                inner.insert("usage".into(), u);
-            }
-            m.insert("response".into(), Value::Object(inner));
-        }
-        Value::Object(m)
-    }
-
-    /// A JSON object with just the fields [`parse_usage`] reads.
-    fn to_value(&self) -> Value {
-        let mut m = Map::new();
-        if let Some(k) = &self.kind {
-            m.insert("type".into(), k.clone());
-        }
-        if let Some(u) = &self.usage {
-            m.insert("usage".into(), u.clone());
-        }
-        if let Some(u) = &self.usage_metadata {
-            m.insert("usageMetadata".into(), u.clone());
-        }
-        if let Some(r) = &self.response {
-            let mut inner = Map::new();
-            if let Some(u) = &r.usage {
-                inner.insert("usage".into(), u.clone());
-            }
-            m.insert("response".into(), Value::Object(inner));
-        }
-        Value::Object(m)
-    }
+/// The usage-only chunk an OpenAI-shaped stream ends with when `include_usage` is set.
+fn is_usage_only_chunk(root: &Node<'_>) -> bool {
+    let Some(o) = root.as_object() else { return false };
+    non_null(o.get("usage")) && matches!(o.get("choices"), Some(Node::Array(0)))
 }
 
 /// Usage of a whole (non-stream) JSON answer. `Err(())` when the body is not a JSON object
 /// (upstream garbage).
 pub(crate) fn body_usage(family: ProviderFamily, body: &[u8]) -> Result<Result<TokenCounts, UsageError>, ()> {
-    let view = UsageView::parse(body).ok_or(())?;
-    Ok(parse_usage(family, &view.into_value()))
+    let root = parse_object(body).ok_or(())?;
+    Ok(parse_usage_node(family, &root))
 }
 
 /// Follows the usage of a stream, event by event.
 pub(crate) struct UsageTracker {
     family: ProviderFamily,
-    last: Option<UsageView>,
-    anthropic_start: Option<Map<String, Value>>,
+    last: Option<Node<'static>>,
+    anthropic_start: Option<Object<'static>>,
 }
 
 impl UsageTracker {
@@ -184,15 +81,20 @@ impl UsageTracker {
         Self { family, last: None, anthropic_start: None }
     }
 
-    fn observe(&mut self, view: UsageView) {
-        if view.kind() == Some("message_start")
-            && let Some(Value::Object(u)) = view.message.as_ref().and_then(|m| m.usage.as_ref())
+    fn observe(&mut self, mut event: Node<'_>) {
+        if kind(&event) == Some("message_start")
+            && let Some(u) = event
+                .as_object_mut()
+                .and_then(|o| o.get_mut("message"))
+                .and_then(Node::as_object_mut)
+                .and_then(|m| m.get_mut("usage"))
+                .and_then(Node::as_object_mut)
         {
-            self.anthropic_start = Some(u.clone());
+            self.anthropic_start = Some(std::mem::take(u).into_owned());
             return;
         }
-        if view.has_usage() {
-            self.last = Some(view);
+        if has_usage(&event) {
+            self.last = Some(event.into_owned());
         }
     }
 
@@ -200,24 +102,29 @@ impl UsageTracker {
     pub(crate) fn result(&self) -> Result<TokenCounts, UsageError> {
         match (&self.last, &self.anthropic_start) {
             (Some(last), start) => {
-                let mut v = last.to_value();
                 if self.family == ProviderFamily::Anthropic
-                    && last.kind() == Some("message_delta")
+                    && kind(last) == Some("message_delta")
                     && let Some(start) = start
-                    && let Some(Value::Object(u)) = v.get_mut("usage")
+                    && let Node::Object(root) = last
+                    && let Some(Node::Object(_)) = root.get("usage")
                 {
-                    for (k, val) in start {
-                        if !u.contains_key(k) {
-                            u.insert(k.clone(), val.clone());
+                    // The delta's own counts win; the start fills in what it lacks.
+                    let mut root = root.clone();
+                    if let Some(Node::Object(u)) = root.get_mut("usage") {
+                        for (k, val) in start.iter() {
+                            if !u.contains_key(k) {
+                                u.insert(k.to_owned(), val.clone());
+                            }
                         }
                     }
+                    return parse_usage_node(self.family, &Node::Object(root));
                 }
-                parse_usage(self.family, &v)
+                parse_usage_node(self.family, last)
             }
             (None, Some(start)) => {
-                let mut m = Map::new();
-                m.insert("usage".into(), Value::Object(start.clone()));
-                parse_usage(self.family, &Value::Object(m))
+                let mut root = Object::default();
+                root.insert("usage", Node::Object(start.clone()));
+                parse_usage_node(self.family, &Node::Object(root))
             }
             (None, None) => Err(UsageError::Missing),
         }
@@ -334,11 +241,11 @@ impl SseProcessor {
             return true;
         }
         let data = event_data(event);
-        let Some(view) = UsageView::parse(&data) else {
+        let Some(event) = parse_object(&data) else {
             return true;
         };
-        let drop_it = self.strip_usage_chunk && view.is_usage_only_chunk();
-        self.tracker.observe(view);
+        let drop_it = self.strip_usage_chunk && is_usage_only_chunk(&event);
+        self.tracker.observe(event);
         !drop_it
     }
 
@@ -615,7 +522,7 @@ pub(crate) fn metered(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -112,8 +112,33 @@ impl Credentials {
     }
 }
 
-/// Request headers of the client passed on to upstream.
-const FORWARDED: [&str; 3] = ["openai-beta", "anthropic-beta", "accept"];
+/// Request headers of the client passed on to upstream (names built once: a lookup by a
+/// string would parse and hash the name on every request).
+const FORWARDED: [HeaderName; 3] =
+    [HeaderName::from_static("openai-beta"), HeaderName::from_static("anthropic-beta"), header::ACCEPT];
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
+/// The `Host` header hyper would write for `uri` (the host, and the port unless it is the
+/// scheme's default), taken from the URI's own text instead of formatted per request; `None`
+/// (hyper then writes it) for the rare authority this shortcut does not cover: with
+/// credentials, or a port written other than as hyper prints it.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let default = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    match authority.port() {
+        None => HeaderValue::from_str(authority.host()).ok(),
+        Some(p) if Some(p.as_u16()) == default => HeaderValue::from_str(authority.host()).ok(),
+        Some(p) if p.as_str() == p.as_u16().to_string() => HeaderValue::from_str(authority.as_str()).ok(),
+        Some(_) => None,
+    }
+}
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -187,20 +212,27 @@ impl Upstream {
         };
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
+        let host = host_header(&uri);
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
+        if let Some(host) = host {
+            headers.insert(header::HOST, host);
+        }
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        for name in FORWARDED {
+        for name in &FORWARDED {
             if let Some(v) = client_headers.get(name) {
-                headers.insert(HeaderName::from_static(name), v.clone());
+                headers.insert(name.clone(), v.clone());
             }
         }
         if let Some(key) = api_key.as_deref() {
             let bad = || SendError::Credentials("the API key contains characters not allowed in an HTTP header".into());
             match protocol {
                 Protocol::OpenAI => {
-                    let mut v = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| bad())?;
+                    let mut bearer = String::with_capacity(7 + key.len());
+                    bearer.push_str("Bearer ");
+                    bearer.push_str(key);
+                    let mut v = HeaderValue::try_from(bearer).map_err(|_| bad())?;
                     v.set_sensitive(true);
                     headers.insert(header::AUTHORIZATION, v);
                 }
@@ -211,8 +243,8 @@ impl Upstream {
                 }
             }
         }
-        if protocol == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
-            headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static("2023-06-01"));
+        if protocol == Protocol::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
+            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
         }
         let client = self.client()?;
         let resp = match tokio::time::timeout_at(first_byte_deadline, client.request(req)).await {
@@ -244,6 +276,20 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_header_is_what_hyper_writes() {
+        let host = |u: &str| host_header(&u.parse::<Uri>().unwrap()).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(host("http://127.0.0.1:8080/v1/chat/completions").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(host("http://example.com:80/x").as_deref(), Some("example.com"));
+        assert_eq!(host("https://api.openai.com/v1").as_deref(), Some("api.openai.com"));
+        assert_eq!(host("https://api.openai.com:443/v1").as_deref(), Some("api.openai.com"));
+        assert_eq!(host("https://[::1]:8443/v1").as_deref(), Some("[::1]:8443"));
+        // Left to hyper: credentials in the authority, a port hyper would print otherwise.
+        assert_eq!(host("http://user:pw@example.com/x"), None);
+        assert_eq!(host("http://example.com:0080/x").as_deref(), Some("example.com"));
+        assert_eq!(host("http://example.com:08080/x"), None);
+    }
 
     #[test]
     fn credentials_are_read_trimmed_and_errors_name_only_the_file() {

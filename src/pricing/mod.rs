@@ -23,6 +23,7 @@
 mod anthropic;
 mod deepseek;
 mod gemini;
+mod node;
 mod openai;
 mod usage;
 
@@ -39,7 +40,9 @@ use deepseek::deepseek;
 use gemini::{gemini_native, gemini_openai_compat};
 use openai::{openai_chat, openai_responses};
 pub use usage::UsageError;
-use usage::{Fields, json_kind, malformed};
+use usage::{Fields, malformed};
+
+pub use node::{Node, Object};
 
 // ---------------------------------------------------------------------------------------------
 // Prices
@@ -233,11 +236,14 @@ impl TokenCounts {
 /// A `usage` that is absent or `null` (every non-final chunk of an OpenAI stream) is
 /// [`UsageError::Missing`].
 pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, UsageError> {
-    let Value::Object(map) = body else {
-        return Err(malformed(
-            "(response body)".to_string(),
-            format!("expected a JSON object, got {}", json_kind(body)),
-        ));
+    parse_usage_node(family, &Node::of_value(body))
+}
+
+/// [`parse_usage`] of a [`Node`] tree: the same rules, read without building a `Value` (the
+/// gateway parses answers straight into a [`Node`]).
+pub fn parse_usage_node(family: ProviderFamily, body: &Node<'_>) -> Result<TokenCounts, UsageError> {
+    let Node::Object(map) = body else {
+        return Err(malformed("(response body)".to_string(), format!("expected a JSON object, got {}", body.kind())));
     };
     let root = Fields::root(map);
 
@@ -249,7 +255,7 @@ pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, 
 
     // An OpenAI Responses stream event wraps the whole response object.
     let response = match (map.get("usage"), map.get("response")) {
-        (None | Some(Value::Null), Some(Value::Object(_))) => root.child("response")?,
+        (None | Some(Node::Null), Some(Node::Object(_))) => root.child("response")?,
         _ => None,
     };
     let usage = match (root.child("usage")?, &response) {
@@ -271,7 +277,7 @@ pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, 
             if usage.has("prompt_tokens") {
                 anthropic_openai_compat(&usage)
             } else {
-                let is_delta = map.get("type").and_then(Value::as_str) == Some("message_delta");
+                let is_delta = map.get("type").and_then(Node::as_str) == Some("message_delta");
                 anthropic_native(&usage, is_delta)
             }
         }
@@ -279,5 +285,7 @@ pub fn parse_usage(family: ProviderFamily, body: &Value) -> Result<TokenCounts, 
     }
 }
 
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 //! provider family shares: counts are non-negative JSON integers up to 2^53 - 1, a part never
 //! exceeds its whole, and a stated total must equal the sum of its parts.
 
-use serde_json::{Map, Value};
+use super::node::{Node, Object};
 
 // ---------------------------------------------------------------------------------------------
 // Usage errors
@@ -59,7 +59,7 @@ pub(super) const MAX_TOKENS: u64 = (1 << 53) - 1;
 /// path is kept as links to the parent objects and written out only when an error names a
 /// field: reading well-formed usage formats no string.
 pub(super) struct Fields<'a> {
-    map: &'a Map<String, Value>,
+    map: &'a Object<'a>,
     parent: Option<(&'a Fields<'a>, &'a str)>,
 }
 
@@ -101,7 +101,7 @@ impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> std::fmt::Display 
 
 impl<'a> Fields<'a> {
     /// The top-level object of a response body.
-    pub(super) fn root(map: &'a Map<String, Value>) -> Self {
+    pub(super) fn root(map: &'a Object<'a>) -> Self {
         Fields { map, parent: None }
     }
 
@@ -119,8 +119,8 @@ impl<'a> Fields<'a> {
     /// malformed.
     pub(super) fn opt(&self, key: &str) -> Result<Option<u64>, UsageError> {
         match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => match n.as_u64() {
+            None | Some(Node::Null) => Ok(None),
+            Some(Node::Number(n)) => match n.as_u64() {
                 Some(v) if v <= MAX_TOKENS => Ok(Some(v)),
                 Some(v) => {
                     Err(malformed(self.name(key), format!("{v} is not a plausible token count (above 2^53 - 1)")))
@@ -129,7 +129,7 @@ impl<'a> Fields<'a> {
                 None => Err(malformed(self.name(key), format!("{n} is not an integer"))),
             },
             Some(other) => {
-                Err(malformed(self.name(key), format!("expected a non-negative integer, got {}", json_kind(other))))
+                Err(malformed(self.name(key), format!("expected a non-negative integer, got {}", other.kind())))
             }
         }
     }
@@ -142,9 +142,9 @@ impl<'a> Fields<'a> {
     /// A nested object: absent or `null` is `None`.
     pub(super) fn child<'s>(&'s self, key: &'s str) -> Result<Option<Fields<'s>>, UsageError> {
         match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(Fields { map: m, parent: Some((self, key)) })),
-            Some(other) => Err(malformed(self.name(key), format!("expected an object, got {}", json_kind(other)))),
+            None | Some(Node::Null) => Ok(None),
+            Some(Node::Object(m)) => Ok(Some(Fields { map: m, parent: Some((self, key)) })),
+            Some(other) => Err(malformed(self.name(key), format!("expected an object, got {}", other.kind()))),
         }
     }
 
@@ -154,17 +154,6 @@ impl<'a> Fields<'a> {
             Some(c) => c.opt(key),
             None => Ok(None),
         }
-    }
-}
-
-pub(super) fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -1,0 +1,239 @@
+//! [`Node`]: the read-only JSON tree usage is read from. Parsed straight from an answer's bytes
+//! (borrowing its keys and strings, so a well-formed answer costs a handful of small vectors
+//! and no string copies), or viewed over a [`serde_json::Value`] (borrowing from it).
+//!
+//! Rules (what [`parse_usage`](super::parse_usage) sees must not depend on which way the tree
+//! was built; a property test in `tests.rs` checks bytes → [`Node`] against bytes → `Value` →
+//! [`Node`] for every provider family):
+//! - objects keep every key in document order; a duplicated key reads as its **last** value,
+//!   as in a `Value` (whose map keeps the last);
+//! - keys and strings with escapes are decoded (owned); without escapes they are borrowed;
+//! - arrays keep only their length: no usage rule reads into an array, and skipping their
+//!   elements (the choices, the content blocks, the candidates: most of an answer) is what
+//!   makes this cheap;
+//! - numbers are [`serde_json::Number`], exactly as a `Value` holds them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
+
+/// A JSON value, with arrays reduced to their length.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node<'a> {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Bool(bool),
+    /// A number.
+    Number(Number),
+    /// A string, decoded.
+    Str(Cow<'a, str>),
+    /// An array: only how many elements it has.
+    Array(usize),
+    /// An object.
+    Object(Object<'a>),
+}
+
+/// A JSON object: its entries in document order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Object<'a> {
+    entries: Vec<(Cow<'a, str>, Node<'a>)>,
+}
+
+impl<'a> Object<'a> {
+    /// The value of `key` (the last one when the key is repeated).
+    pub fn get(&self, key: &str) -> Option<&Node<'a>> {
+        self.entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The value of `key`, to change in place (the last one when the key is repeated).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node<'a>> {
+        self.entries.iter_mut().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Whether `key` is present (even as `null`).
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _)| k == key)
+    }
+
+    /// Adds an entry at the end (it then wins over an earlier one with the same key).
+    pub fn insert(&mut self, key: impl Into<Cow<'a, str>>, value: Node<'a>) {
+        self.entries.push((key.into(), value));
+    }
+
+    /// The entries, in document order (repeated keys included).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Node<'a>)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    /// The same object, owning its keys and strings.
+    pub fn into_owned(self) -> Object<'static> {
+        Object {
+            entries: self.entries.into_iter().map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned())).collect(),
+        }
+    }
+}
+
+impl<'a> Node<'a> {
+    /// Parses a JSON document; `None` when the bytes are not JSON.
+    pub fn parse(bytes: &'a [u8]) -> Option<Node<'a>> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The tree of a `Value`, borrowing its keys and strings.
+    pub fn of_value(v: &'a Value) -> Node<'a> {
+        match v {
+            Value::Null => Node::Null,
+            Value::Bool(b) => Node::Bool(*b),
+            Value::Number(n) => Node::Number(n.clone()),
+            Value::String(s) => Node::Str(Cow::Borrowed(s)),
+            Value::Array(a) => Node::Array(a.len()),
+            Value::Object(m) => Node::Object(Object {
+                entries: m.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Node::of_value(v))).collect(),
+            }),
+        }
+    }
+
+    /// The object, if this is one.
+    pub fn as_object(&self) -> Option<&Object<'a>> {
+        match self {
+            Node::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The object, if this is one, to change in place.
+    pub fn as_object_mut(&mut self) -> Option<&mut Object<'a>> {
+        match self {
+            Node::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether this is `null`.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Node::Null)
+    }
+
+    /// The same tree, owning its keys and strings.
+    pub fn into_owned(self) -> Node<'static> {
+        match self {
+            Node::Null => Node::Null,
+            Node::Bool(b) => Node::Bool(b),
+            Node::Number(n) => Node::Number(n),
+            Node::Str(s) => Node::Str(Cow::Owned(s.into_owned())),
+            Node::Array(n) => Node::Array(n),
+            Node::Object(o) => Node::Object(o.into_owned()),
+        }
+    }
+
+    /// What kind of JSON value this is, for error messages ("a string", "an array"...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Null => "null",
+            Node::Bool(_) => "a boolean",
+            Node::Number(_) => "a number",
+            Node::Str(_) => "a string",
+            Node::Array(_) => "an array",
+            Node::Object(_) => "an object",
+        }
+    }
+}
+
+/// A key or string: borrowed from the input when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Node::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Node::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Node::deserialize(d)
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Node::Bool(b))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Node::Number(n.into()))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Node::Number(n.into()))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+        // As a `Value` does: a non-finite float (which JSON text cannot hold) is null.
+        Ok(Number::from_f64(n).map_or(Node::Null, Node::Number))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Node::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Node::Str(Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Node::Str(Cow::Owned(s)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut n = 0;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        Ok(Node::Array(n))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // Answers' objects mostly have a few keys: one allocation, no growth.
+        let mut entries = Vec::with_capacity(8);
+        while let Some(Text(k)) = map.next_key()? {
+            entries.push((k, map.next_value()?));
+        }
+        Ok(Node::Object(Object { entries }))
+    }
+}
