@@ -1576,3 +1576,64 @@ async fn a_forbidden_shard_get_skips_the_check_with_one_warning() {
         "{text}"
     );
 }
+
+/// Applying a missing shard again is refused (422): the namespace's routes say
+/// `ConfigNotApplied` with one Warning Event, as for any config write that failed; the retry
+/// pass that follows (a non-signal pass) checks the shards again instead of calling the config
+/// applied, repairs the shard, and `Ready` comes back with one `ConfigApplied` Event.
+#[tokio::test]
+async fn a_failed_repair_is_reported_and_retried_by_the_next_pass() {
+    let (world, doc, sharded, shards) = written_split_world().await;
+    let rev = doc.revision.clone();
+    let names: Vec<String> = world.routes.iter().map(|r| r["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let repaired = shard_body(&sharded, 1, &rev);
+    let world_index = world.configmaps.clone();
+    let mut expects = vec![
+        expect("GET", shard_get(1), |_| {}).fail(404, "NotFound"),
+        expect("PATCH", shard_uri(1), |_| {}).fail(422, "Invalid"),
+    ];
+    for name in &names {
+        expects.push(expect("PATCH", status_uri("modelroutes", name), |b| {
+            let s = b["status"].clone();
+            assert_eq!(
+                (condition(&s, "Ready")["status"].as_str(), condition(&s, "Ready")["reason"].as_str()),
+                (Some("False"), Some("ConfigNotApplied")),
+                "{s:#}"
+            );
+            assert!(condition(&s, "Ready")["message"].as_str().unwrap().contains("tollgate-gateway-shard-1"), "{s:#}");
+        }));
+    }
+    expects.push(expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "ConfigNotApplied")));
+    // The retry pass: shard 1 checked (still missing) and written; the rest as they were.
+    expects.push(expect("GET", shard_get(1), |_| {}).fail(404, "NotFound"));
+    expects.push(expect("PATCH", shard_uri(1), move |b| assert_eq!(b, &repaired)));
+    expects.push(expect("GET", shard_get(2), |_| {}).metadata_only(false).reply(shards[1].clone()));
+    expects.push(expect("GET", shard_get(3), |_| {}).metadata_only(false).reply(shards[2].clone()));
+    for name in &names {
+        expects.push(expect("PATCH", status_uri("modelroutes", name), |b| {
+            assert_eq!(condition(&b["status"], "Ready")["status"], "True", "{b:#}");
+        }));
+    }
+    expects.push(expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "ConfigApplied")));
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, &rev);
+    let r = h.pass(&world, later(15), true).await;
+    let errors: Vec<String> = r.errors.iter().map(|e| format!("{} {e}", e.metric_label())).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("apply_configmap ") && errors[0].contains("team-a/tollgate-gateway-shard-1"),
+        "{errors:?}"
+    );
+    assert!(r.shards_repaired.is_empty(), "{r:?}");
+    // The statuses as written; the store still holds the index only (the log holds the
+    // refused shard apply too, which the server did not keep).
+    let (mut world, index) = (world, world_index);
+    apply_writes(&mut world, &h);
+    world.configmaps = index;
+
+    let r = h.pass(&world, later(16), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.shards_repaired, [format!("{NS}/{}", shard_name(1))]);
+    assert_eq!((r.statuses_written.len(), r.events_published), (names.len(), 1), "{r:?}");
+    h.finish().await;
+}

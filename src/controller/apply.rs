@@ -12,8 +12,9 @@
 //!
 //! Shards are not watched (only the index is), so an index in the store does not prove its
 //! shards are intact: someone may have deleted or edited one, and the gateways then refuse the
-//! set. On signal passes only (`verify`: once per signal interval, never on watch events), and
-//! only for the split form whose index is in place, each shard the index names is read back:
+//! set. On signal passes (`verify`: once per signal interval, never on a watch event; except
+//! after a failed repair, below), and only for the split form whose index is in place, each
+//! shard the index names is read back:
 //! - a shard whose `resourceVersion` is the one it had when this controller last wrote or
 //!   checked it (for this revision) is unchanged: a metadata-only GET (`get_metadata`) says so,
 //!   so the steady cost is one small request per shard per interval;
@@ -24,7 +25,10 @@
 //! - a missing (404) or different shard is applied again, alone (the index already names the
 //!   right hashes), logged at warn with namespace and name and counted in
 //!   `tollgate_controller_config_shard_repairs_total{reason="Missing"|"Changed"}`; a failed
-//!   re-apply is an apply failure like any other ([`Error::ApplyConfigMap`]).
+//!   re-apply is an apply failure like any other ([`Error::ApplyConfigMap`]: the namespace's
+//!   objects say `ConfigNotApplied`), and every following pass checks again until a check
+//!   completes (so the retry pass that follows a failure does not report the config applied
+//!   without having repaired it).
 //! - A 403 on the GET (the RBAC of an older chart, without `get` on the shard names) skips the
 //!   namespace's check for this pass, with one warning per process (tried again each interval,
 //!   so a chart upgrade takes effect without a restart); other read errors skip that shard
@@ -213,7 +217,7 @@ impl Engine {
         let in_store = current.is_some_and(|cm| is_managed(cm, &self.ctx.settings.configmap_name) && holds(cm, &form));
         if in_store {
             return match &form {
-                Stored::Sharded(sharded) if verify => {
+                Stored::Sharded(sharded) if verify || self.shard_repair_failed.contains(ns) => {
                     let repaired = self.check_shards(ns, sharded, &doc.revision).await?;
                     Ok(if repaired.is_empty() { ConfigWrite::Unchanged } else { ConfigWrite::Repaired(repaired) })
                 }
@@ -357,6 +361,11 @@ impl Engine {
         // Shards not reached this pass (a 403) keep what was known of them.
         versions.extend(known);
         self.shard_versions.insert(ns.to_string(), (revision.to_string(), versions));
+        if result.is_err() {
+            self.shard_repair_failed.insert(ns.to_string());
+        } else {
+            self.shard_repair_failed.remove(ns);
+        }
         result.map(|()| repaired)
     }
 

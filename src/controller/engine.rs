@@ -11,8 +11,8 @@
 //!
 //! A pass on a spec change plans only the namespaces whose inputs changed; a signal pass plans
 //! all ([`super::scope`]), and also reads back the shards of each split config (they are not
-//! watched), applying again any found missing or changed ([`super::apply`]): at most once per
-//! signal interval per namespace, never on a watch event.
+//! watched), applying again any found missing or changed ([`super::apply`]): once per signal
+//! interval per namespace, not on watch events (unless the last repair failed).
 //!
 //! This file holds the pass and the engine's memory (restore from statuses, signals); the steps
 //! live beside it: [`super::plan`] (snapshot → plan input), [`super::apply`],
@@ -176,6 +176,8 @@ pub struct Engine {
     pub(super) shard_versions: BTreeMap<String, (String, BTreeMap<String, String>)>,
     /// Whether a shard check was already refused (403) and warned about.
     pub(super) shard_check_forbidden: bool,
+    /// Namespaces where applying a shard again failed: checked on every pass until it works.
+    pub(super) shard_repair_failed: BTreeSet<String>,
     /// Namespaces whose config is not in the cluster, with the reason already announced.
     pub(super) config_failures: BTreeMap<String, &'static str>,
     pub(super) applied_secret: BTreeMap<String, (BTreeMap<String, Vec<u8>>, Timestamp)>,
@@ -221,6 +223,7 @@ impl Engine {
             encoded: BTreeMap::new(),
             shard_versions: BTreeMap::new(),
             shard_check_forbidden: false,
+            shard_repair_failed: BTreeSet::new(),
             config_failures: BTreeMap::new(),
             applied_secret: BTreeMap::new(),
             reported: BTreeMap::new(),
@@ -342,6 +345,7 @@ impl Engine {
             self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
             self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
             self.shard_versions.retain(|ns, _| plan.namespaces.contains_key(ns));
+            self.shard_repair_failed.retain(|ns| plan.namespaces.contains_key(ns));
         }
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
 
