@@ -281,8 +281,8 @@ NOT_EXERCISED = {}
 NOT_EXERCISED_NAMES = {
     ("configmaps", "tollgate-gateway-shard-", "patch"): "shards are written only for a config over 1 MB "
     "compressed (tests/e2e_scale.rs and src/config/shard.rs cover them)",
-    ("configmaps", "tollgate-gateway-shard-", "get"): "the gateway reads shards only for a split config "
-    "(tests/e2e_scale.rs)",
+    ("configmaps", "tollgate-gateway-shard-", "get"): "the gateway reads shards, and the controller reads "
+    "them back to repair them, only for a split config (tests/e2e_scale.rs, tests/controller_reconcile.rs)",
 }
 
 

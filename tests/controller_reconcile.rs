@@ -149,8 +149,13 @@ impl World {
 
 /// The config document the controller should render for `routes` with no observations.
 fn expected_doc(routes: &[Value]) -> GatewayConfig {
+    expected_doc_with(routes, &[budget()])
+}
+
+/// The same, with these budgets.
+fn expected_doc_with(routes: &[Value], budgets: &[Value]) -> GatewayConfig {
     let routes: Vec<ModelRoute> = routes.iter().map(|r| serde_json::from_value(r.clone()).unwrap()).collect();
-    let budgets: Vec<ProviderBudget> = vec![serde_json::from_value(budget()).unwrap()];
+    let budgets: Vec<ProviderBudget> = budgets.iter().map(|b| serde_json::from_value(b.clone()).unwrap()).collect();
     let decision = evaluate(Inputs {
         routes: &tollgate::api::convert::route_inputs(&routes),
         budgets: &tollgate::api::convert::budget_inputs(&budgets),
@@ -198,10 +203,12 @@ struct Expect {
     check: Check,
     status: u16,
     reply: Option<Value>,
+    /// When set: whether the request asks for metadata only (`Accept: ...PartialObjectMetadata`).
+    metadata_only: Option<bool>,
 }
 
 fn expect(method: &'static str, uri: impl Into<String>, check: impl Fn(&Value) + Send + 'static) -> Expect {
-    Expect { method, uri: uri.into(), check: Box::new(check), status: 200, reply: None }
+    Expect { method, uri: uri.into(), check: Box::new(check), status: 200, reply: None, metadata_only: None }
 }
 
 impl Expect {
@@ -215,6 +222,12 @@ impl Expect {
 
     fn reply(mut self, v: Value) -> Self {
         self.reply = Some(v);
+        self
+    }
+
+    /// Checks that the request asks for the object's metadata only (`true`) or the whole object.
+    fn metadata_only(mut self, yes: bool) -> Self {
+        self.metadata_only = Some(yes);
         self
     }
 }
@@ -240,6 +253,10 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
         };
         let method = req.method().to_string();
         let uri = req.uri().to_string();
+        let accept = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if let Some(yes) = e.metadata_only {
+            assert_eq!(accept.contains("as=PartialObjectMetadata"), yes, "{method} {uri}: Accept {accept:?}");
+        }
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
         assert_eq!((method.as_str(), uri.as_str()), (e.method, e.uri.as_str()), "unexpected request, body {body:#}");
@@ -1321,5 +1338,302 @@ async fn a_gateway_is_granted_by_the_instance_id_it_publishes() {
     );
     let r = h.pass(&world, t0(), true).await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
+    h.finish().await;
+}
+
+// ---- a split config's shards (issue 12) -------------------------------------------------------
+
+const SHARD_COUNT: usize = 3;
+
+fn shard_name(i: usize) -> String {
+    format!("tollgate-gateway-shard-{i}")
+}
+
+fn shard_uri(i: usize) -> String {
+    format!("/api/v1/namespaces/team-a/configmaps/{}?&force=true&fieldManager=tollgate-controller", shard_name(i))
+}
+
+fn shard_get(i: usize) -> String {
+    format!("/api/v1/namespaces/team-a/configmaps/{}", shard_name(i))
+}
+
+/// `n` characters of [0-9A-Za-z] that differ per `seed`: deterministic, hardly compressible.
+fn noise(seed: u64, n: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % 62) as usize] as char
+        })
+        .collect()
+}
+
+/// A route of 32 keyless HTTP backends whose base URLs carry 2,000 characters of noise: about
+/// 50 KB gzip-compressed, so a few dozen are over one ConfigMap.
+fn big_route(i: usize) -> Value {
+    let backends: Vec<Value> = (0..32)
+        .map(|b| {
+            json!({"name": format!("b{b}"), "provider": format!("provider-{b}"), "model": format!("m{b}"),
+                   "endpoint": {"baseUrl": format!("https://example.com/{}", noise((i * 32 + b) as u64, 2_000))},
+                   "pricing": {"input": "1", "output": "1"}})
+        })
+        .collect();
+    route_json(&format!("r{i:03}"), json!(backends), json!({}))
+}
+
+/// A namespace whose document is split in [`SHARD_COUNT`] shards: its routes, document and
+/// stored form.
+fn split_world() -> (World, GatewayConfig, tollgate::config::shard::Sharded) {
+    let world =
+        World { routes: (0..44).map(big_route).collect(), budgets: vec![], secrets: vec![], configmaps: vec![] };
+    let doc = expected_doc_with(&world.routes, &[]);
+    let Ok(tollgate::config::Stored::Sharded(sharded)) = tollgate::config::payload::store(&doc, "tollgate-gateway")
+    else {
+        panic!("the test document must be split")
+    };
+    assert_eq!(sharded.shards.len(), SHARD_COUNT, "the test document is split in {SHARD_COUNT} shards");
+    (world, doc, sharded)
+}
+
+/// The apply body of shard `i` (1-based) of `sharded`, written out as the gateway expects it.
+fn shard_body(sharded: &tollgate::config::shard::Sharded, i: usize, rev: &str) -> Value {
+    let shard = &sharded.shards[i - 1];
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": shard_name(i), "namespace": NS, "labels": labels("gateway-config"),
+                     "annotations": {"tollgate.dev/config-revision": rev, "tollgate.dev/config-shard-of": "tollgate-gateway"}},
+        "binaryData": {format!("shard-{i}.json.gz"): base64::engine::general_purpose::STANDARD.encode(&shard.gz)}
+    })
+}
+
+/// The first controller writes the split config (every shard, then the index, the empty
+/// credentials Secret, every route's status); the world as the server then holds it, and the
+/// shard objects it holds, by index (1-based).
+async fn written_split_world() -> (World, GatewayConfig, tollgate::config::shard::Sharded, Vec<Value>) {
+    let (mut world, doc, sharded) = split_world();
+    let rev = doc.revision.clone();
+    let mut expects: Vec<Expect> = (1..=SHARD_COUNT)
+        .map(|i| {
+            let body = shard_body(&sharded, i, &rev);
+            expect("PATCH", shard_uri(i), move |b| assert_eq!(b, &body))
+        })
+        .collect();
+    let index = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tollgate-gateway", "namespace": NS, "labels": labels("gateway-config"),
+                     "annotations": {"tollgate.dev/config-revision": rev}},
+        "data": {"config.index.json": sharded.index}
+    });
+    expects.push(expect("PATCH", CM_URI, move |b| assert_eq!(b, &index)));
+    expects.push(expect("PATCH", SECRET_URI, |b| assert_eq!(b["data"], json!({}))));
+    for r in &world.routes {
+        let name = r["metadata"]["name"].as_str().unwrap().to_string();
+        expects.push(expect("PATCH", status_uri("modelroutes", &name), |_| {}));
+    }
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, &rev);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!((r.configs_applied.as_slice(), r.shards_repaired.len()), ([NS.to_string()].as_slice(), 0));
+    let shards: Vec<Value> =
+        (1..=SHARD_COUNT).map(|i| server_echo(&h.sent(&format!("PATCH {}", shard_uri(i))))).collect();
+    apply_writes(&mut world, &h);
+    assert_eq!(world.configmaps.len(), 1, "the store holds the index only (shards are not watched)");
+    h.finish().await;
+    (world, doc, sharded, shards)
+}
+
+/// What a real server answers to a metadata-only GET of `obj`.
+fn metadata_of(obj: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]})
+}
+
+/// A restarted controller (no memory of the shards) on a signal pass reads every shard back in
+/// full; shard 2 is gone (404): it is applied again, alone, with the bytes the index names, and
+/// nothing else is written (not the index, no status). A pass on a watch event reads nothing;
+/// the next signal pass reads metadata only, every shard's resourceVersion being the one it
+/// knows.
+#[tokio::test]
+async fn a_deleted_shard_is_applied_again_alone() {
+    let (world, doc, sharded, shards) = written_split_world().await;
+    let rev = doc.revision.clone();
+    let repaired = shard_body(&sharded, 2, &rev);
+    let mut expects = vec![
+        expect("GET", shard_get(1), |_| {}).metadata_only(false).reply(shards[0].clone()),
+        expect("GET", shard_get(2), |_| {}).metadata_only(false).fail(404, "NotFound"),
+        expect("PATCH", shard_uri(2), move |b| assert_eq!(b, &repaired)),
+        expect("GET", shard_get(3), |_| {}).metadata_only(false).reply(shards[2].clone()),
+    ];
+    // The next signal pass: metadata only (shard 2's version is the one its apply returned).
+    for (i, shard) in shards.iter().enumerate() {
+        expects.push(expect("GET", shard_get(i + 1), |_| {}).metadata_only(true).reply(metadata_of(shard)));
+    }
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, &rev);
+    let r = h.pass(&world, later(15), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.shards_repaired, [format!("{NS}/{}", shard_name(2))]);
+    assert!(r.configs_applied.is_empty() && r.statuses_written.is_empty() && r.events_published == 0, "{r:?}");
+    let metrics = h.metrics.encode();
+    assert!(metrics.contains("tollgate_controller_config_shard_repairs_total{reason=\"Missing\"} 1"), "{metrics}");
+
+    // A watch event: no shard is read.
+    let r = h.pass(&world, later(16), false).await;
+    assert!(r.errors.is_empty() && r.shards_repaired.is_empty(), "{r:?}");
+
+    let r = h.pass(&world, later(30), true).await;
+    assert!(r.errors.is_empty() && r.shards_repaired.is_empty(), "{r:?}");
+    assert!(r.configs_applied.is_empty() && r.statuses_written.is_empty(), "{r:?}");
+    h.finish().await;
+}
+
+/// Shards that hold what the index names are not written. A shard edited by hand (other
+/// bytes under its key, or another revision in its annotation) is applied again; a shard whose
+/// resourceVersion moved but whose content did not (a label added) is read in full once and
+/// left alone.
+#[tokio::test]
+async fn matching_shards_are_not_written_and_edited_ones_are_restored() {
+    let (world, doc, sharded, shards) = written_split_world().await;
+    let rev = doc.revision.clone();
+    let mut edited_bytes = shards[0].clone();
+    edited_bytes["binaryData"]["shard-1.json.gz"] = json!(base64::engine::general_purpose::STANDARD.encode(b"edited"));
+    edited_bytes["metadata"]["resourceVersion"] = json!("101");
+    let mut edited_revision = shards[2].clone();
+    edited_revision["metadata"]["annotations"]["tollgate.dev/config-revision"] = json!("sha256:0000000000000000");
+    edited_revision["metadata"]["resourceVersion"] = json!("102");
+    let mut relabelled = shards[1].clone();
+    relabelled["metadata"]["labels"]["team"] = json!("a");
+    relabelled["metadata"]["resourceVersion"] = json!("103");
+    let (body1, body3) = (shard_body(&sharded, 1, &rev), shard_body(&sharded, 3, &rev));
+    let mut expects: Vec<Expect> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| expect("GET", shard_get(i + 1), |_| {}).metadata_only(false).reply(s.clone()))
+        .collect();
+    expects.extend([
+        // All three as known: metadata only, versions moved for shards 1 and 3 (edited) and 2
+        // (relabelled), so each is read in full.
+        expect("GET", shard_get(1), |_| {}).metadata_only(true).reply(metadata_of(&edited_bytes)),
+        expect("GET", shard_get(1), |_| {}).metadata_only(false).reply(edited_bytes),
+        expect("PATCH", shard_uri(1), move |b| assert_eq!(b, &body1)),
+        expect("GET", shard_get(2), |_| {}).metadata_only(true).reply(metadata_of(&relabelled)),
+        expect("GET", shard_get(2), |_| {}).metadata_only(false).reply(relabelled.clone()),
+        expect("GET", shard_get(3), |_| {}).metadata_only(true).reply(metadata_of(&edited_revision)),
+        expect("GET", shard_get(3), |_| {}).metadata_only(false).reply(edited_revision),
+        expect("PATCH", shard_uri(3), move |b| assert_eq!(b, &body3)),
+        // And then: shard 2 is known by its new version.
+        expect("GET", shard_get(1), |_| {}).metadata_only(true).reply(metadata_of(&shards[0])),
+        expect("GET", shard_get(2), |_| {}).metadata_only(true).reply(metadata_of(&relabelled)),
+        expect("GET", shard_get(3), |_| {}).metadata_only(true).reply(metadata_of(&shards[2])),
+    ]);
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, &rev);
+    let r = h.pass(&world, later(15), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.shards_repaired.is_empty() && r.configs_applied.is_empty() && r.statuses_written.is_empty(), "{r:?}");
+
+    let r = h.pass(&world, later(30), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.shards_repaired, [format!("{NS}/{}", shard_name(1)), format!("{NS}/{}", shard_name(3))]);
+    let metrics = h.metrics.encode();
+    assert!(metrics.contains("tollgate_controller_config_shard_repairs_total{reason=\"Changed\"} 2"), "{metrics}");
+    assert!(!metrics.contains("reason=\"Missing\""), "{metrics}");
+
+    let r = h.pass(&world, later(45), true).await;
+    assert!(r.errors.is_empty() && r.shards_repaired.is_empty(), "{r:?}");
+    h.finish().await;
+}
+
+/// The RBAC of an older chart (no `get` on the shard names): the GET is refused (403), the
+/// pass goes on without error, the other shards are not tried, one warning is logged (not one
+/// per pass), and the check is tried again on the next signal pass.
+#[tokio::test]
+async fn a_forbidden_shard_get_skips_the_check_with_one_warning() {
+    let (world, doc, _, _) = written_split_world().await;
+    let logs = LogBuffer::default();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).without_time().finish(),
+    );
+    let expects = vec![
+        expect("GET", shard_get(1), |_| {}).fail(403, "Forbidden"),
+        expect("GET", shard_get(1), |_| {}).fail(403, "Forbidden"),
+    ];
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, &doc.revision);
+    for at in [15, 30] {
+        let r = h.pass(&world, later(at), true).await;
+        assert!(r.errors.is_empty() && r.shards_repaired.is_empty(), "{:?}", r.errors);
+    }
+    h.finish().await;
+    let text = logs.text();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("lacks get on the shard ConfigMaps") && warnings[0].contains(&shard_name(1)),
+        "{text}"
+    );
+}
+
+/// Applying a missing shard again is refused (422): the namespace's routes say
+/// `ConfigNotApplied` with one Warning Event, as for any config write that failed; the retry
+/// pass that follows (a non-signal pass) checks the shards again instead of calling the config
+/// applied, repairs the shard, and `Ready` comes back with one `ConfigApplied` Event.
+#[tokio::test]
+async fn a_failed_repair_is_reported_and_retried_by_the_next_pass() {
+    let (world, doc, sharded, shards) = written_split_world().await;
+    let rev = doc.revision.clone();
+    let names: Vec<String> = world.routes.iter().map(|r| r["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let repaired = shard_body(&sharded, 1, &rev);
+    let world_index = world.configmaps.clone();
+    let mut expects = vec![
+        expect("GET", shard_get(1), |_| {}).fail(404, "NotFound"),
+        expect("PATCH", shard_uri(1), |_| {}).fail(422, "Invalid"),
+    ];
+    for name in &names {
+        expects.push(expect("PATCH", status_uri("modelroutes", name), |b| {
+            let s = b["status"].clone();
+            assert_eq!(
+                (condition(&s, "Ready")["status"].as_str(), condition(&s, "Ready")["reason"].as_str()),
+                (Some("False"), Some("ConfigNotApplied")),
+                "{s:#}"
+            );
+            assert!(condition(&s, "Ready")["message"].as_str().unwrap().contains("tollgate-gateway-shard-1"), "{s:#}");
+        }));
+    }
+    expects.push(expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "ConfigNotApplied")));
+    // The retry pass: shard 1 checked (still missing) and written; the rest as they were.
+    expects.push(expect("GET", shard_get(1), |_| {}).fail(404, "NotFound"));
+    expects.push(expect("PATCH", shard_uri(1), move |b| assert_eq!(b, &repaired)));
+    expects.push(expect("GET", shard_get(2), |_| {}).metadata_only(false).reply(shards[1].clone()));
+    expects.push(expect("GET", shard_get(3), |_| {}).metadata_only(false).reply(shards[2].clone()));
+    for name in &names {
+        expects.push(expect("PATCH", status_uri("modelroutes", name), |b| {
+            assert_eq!(condition(&b["status"], "Ready")["status"], "True", "{b:#}");
+        }));
+    }
+    expects.push(expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "ConfigApplied")));
+    let mut h = harness(expects);
+    h.signals.set(0, 0, 0, &rev);
+    let r = h.pass(&world, later(15), true).await;
+    let errors: Vec<String> = r.errors.iter().map(|e| format!("{} {e}", e.metric_label())).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("apply_configmap ") && errors[0].contains("team-a/tollgate-gateway-shard-1"),
+        "{errors:?}"
+    );
+    assert!(r.shards_repaired.is_empty(), "{r:?}");
+    // The statuses as written; the store still holds the index only (the log holds the
+    // refused shard apply too, which the server did not keep).
+    let (mut world, index) = (world, world_index);
+    apply_writes(&mut world, &h);
+    world.configmaps = index;
+
+    let r = h.pass(&world, later(16), false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.shards_repaired, [format!("{NS}/{}", shard_name(1))]);
+    assert_eq!((r.statuses_written.len(), r.events_published), (names.len(), 1), "{r:?}");
     h.finish().await;
 }

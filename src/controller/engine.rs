@@ -10,7 +10,9 @@
 //! level-based, except Events, which wait in an outbox).
 //!
 //! A pass on a spec change plans only the namespaces whose inputs changed; a signal pass plans
-//! all ([`super::scope`]).
+//! all ([`super::scope`]), and also reads back the shards of each split config (they are not
+//! watched), applying again any found missing or changed ([`super::apply`]): once per signal
+//! interval per namespace, not on watch events (unless the last repair failed).
 //!
 //! This file holds the pass and the engine's memory (restore from statuses, signals); the steps
 //! live beside it: [`super::plan`] (snapshot → plan input), [`super::apply`],
@@ -29,7 +31,7 @@ use kube::{Client, Resource};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use super::apply::stored_revision;
+use super::apply::{ConfigWrite, stored_revision};
 use super::error::Error;
 use super::events::PendingEvent;
 use super::metrics::ControllerMetrics;
@@ -135,6 +137,9 @@ pub struct PassReport {
     pub transitions: Vec<Transition>,
     /// Namespaces whose ConfigMap was applied.
     pub configs_applied: Vec<String>,
+    /// Shard ConfigMaps (`namespace/name`) found missing or changed and applied again (signal
+    /// passes check the shards of a split config whose index is in place).
+    pub shards_repaired: Vec<String>,
     /// Namespaces whose credentials Secret was applied.
     pub secrets_applied: Vec<String>,
     /// Statuses written (`Kind namespace/name`).
@@ -166,6 +171,13 @@ pub struct Engine {
     pub(super) applied_config: BTreeMap<String, (Stored, Timestamp)>,
     /// Stored form of each namespace's document, by revision (compressed once per revision).
     pub(super) encoded: BTreeMap<String, (String, Result<Stored, TooLarge>)>,
+    /// Per namespace of the split form: the revision its shards were last written or checked
+    /// for, and each shard's `resourceVersion` then ([`super::apply`]).
+    pub(super) shard_versions: BTreeMap<String, (String, BTreeMap<String, String>)>,
+    /// Whether a shard check was already refused (403) and warned about.
+    pub(super) shard_check_forbidden: bool,
+    /// Namespaces where applying a shard again failed: checked on every pass until it works.
+    pub(super) shard_repair_failed: BTreeSet<String>,
     /// Namespaces whose config is not in the cluster, with the reason already announced.
     pub(super) config_failures: BTreeMap<String, &'static str>,
     pub(super) applied_secret: BTreeMap<String, (BTreeMap<String, Vec<u8>>, Timestamp)>,
@@ -209,6 +221,9 @@ impl Engine {
             written: BTreeMap::new(),
             applied_config: BTreeMap::new(),
             encoded: BTreeMap::new(),
+            shard_versions: BTreeMap::new(),
+            shard_check_forbidden: false,
+            shard_repair_failed: BTreeSet::new(),
             config_failures: BTreeMap::new(),
             applied_secret: BTreeMap::new(),
             reported: BTreeMap::new(),
@@ -296,11 +311,15 @@ impl Engine {
         let mut not_applied: BTreeMap<String, (&'static str, String)> = BTreeMap::new();
         for (ns, out) in &plan.namespaces {
             match &out.config {
-                Ok(doc) => match self.apply_configmap(snap, ns, doc, now).await {
+                Ok(doc) => match self.apply_configmap(snap, ns, doc, now, collect).await {
                     Ok(written) => {
                         revisions.insert(ns.clone(), doc.revision.clone());
-                        if written {
-                            report.configs_applied.push(ns.clone());
+                        match written {
+                            ConfigWrite::Written => report.configs_applied.push(ns.clone()),
+                            ConfigWrite::Repaired(names) => {
+                                report.shards_repaired.extend(names.into_iter().map(|n| format!("{ns}/{n}")));
+                            }
+                            ConfigWrite::Unchanged => {}
                         }
                     }
                     Err(e) => {
@@ -325,6 +344,8 @@ impl Engine {
             // The gauges describe every namespace: a partial pass leaves them as they are.
             self.ctx.metrics.observe_policy(&plan.decision, &objects.budgets, &revisions, &targets, &self.revisions);
             self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
+            self.shard_versions.retain(|ns, _| plan.namespaces.contains_key(ns));
+            self.shard_repair_failed.retain(|ns| plan.namespaces.contains_key(ns));
         }
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
 

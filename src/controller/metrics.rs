@@ -60,6 +60,9 @@ pub struct ControllerMetrics {
     pub signal_errors: Counter,
     /// Config writes that did not reach the cluster, by reason (`ConfigNotApplied`, `ConfigTooLarge`).
     pub config_not_applied: Family<ReasonLabel, Counter>,
+    /// Shard ConfigMaps of a split config found missing or changed and applied again, by
+    /// reason (`Missing`, `Changed`).
+    pub config_shard_repairs: Family<ReasonLabel, Counter>,
     /// Gateways read in the last round.
     pub gateways: Gauge,
     /// 1 while this replica holds the leader lease.
@@ -105,6 +108,12 @@ impl ControllerMetrics {
             "Gateway config writes that did not reach the cluster (routes Ready=False), by reason",
             config_not_applied.clone(),
         );
+        let config_shard_repairs = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "config_shard_repairs",
+            "Shard ConfigMaps of a split gateway config found missing or changed (deleted or edited outside the controller) and applied again, by reason",
+            config_shard_repairs.clone(),
+        );
         let gateways = Gauge::default();
         registry.register("gateways", "Gateway pods found in the last signal round", gateways.clone());
         let leader = Gauge::default();
@@ -119,6 +128,7 @@ impl ControllerMetrics {
             rotations,
             signal_errors,
             config_not_applied,
+            config_shard_repairs,
             gateways,
             leader,
             last_success: AtomicU64::new(0),
@@ -145,6 +155,11 @@ impl ControllerMetrics {
     /// Counts one config write that did not reach the cluster.
     pub fn config_not_applied(&self, reason: &str) {
         self.config_not_applied.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    }
+
+    /// Counts one shard ConfigMap applied again (`Missing` or `Changed`).
+    pub fn shard_repaired(&self, reason: &str) {
+        self.config_shard_repairs.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     }
 
     /// Records a successful pass at Unix time `secs`.
