@@ -101,7 +101,15 @@ async fn send(
                     let uri = uri.clone();
                     gw.inner
                         .upstream
-                        .send(uri, *protocol, api_key_file.as_deref(), body, client_headers, first_byte_deadline)
+                        .send(
+                            uri,
+                            b.host.clone(),
+                            *protocol,
+                            api_key_file.as_deref(),
+                            body,
+                            client_headers,
+                            first_byte_deadline,
+                        )
                         .await
                 }
                 None => Err(SendError::Connect(format!("invalid upstream base URL {base_url:?}"))),

@@ -173,6 +173,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) provider_header: HeaderValue,
     /// Upstream URL of each endpoint (HTTP backends whose base URL parses).
     pub(crate) uris: Option<[Uri; 4]>,
+    /// The `Host` header of those URLs, built once ([`upstream::host_header`]).
+    pub(crate) host: Option<HeaderValue>,
 }
 
 /// One route as served.
@@ -239,6 +241,7 @@ impl Served {
                             }
                             EndpointConfig::Mock(_) => None,
                         };
+                        let host = uris.as_ref().and_then(|u| upstream::host_header(&u[0]));
                         Arc::new(CompiledBackend {
                             cfg: b.clone(),
                             cell: metrics.meter.cell(&key),
@@ -249,6 +252,7 @@ impl Served {
                             backend_header: header_value(&b.name),
                             provider_header: header_value(&b.provider),
                             uris,
+                            host,
                         })
                     })
                     .collect();

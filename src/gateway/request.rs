@@ -224,7 +224,11 @@ impl ClientRequest {
 
     /// The raw JSON text of a top-level field (the last one when repeated, as `parse` reads).
     pub(crate) fn raw(&self, key: &str) -> Option<&str> {
-        self.fields.iter().rev().find(|(k, _)| self.key(k) == key).map(|(_, v)| &self.body[v.clone()])
+        let is = |k: &Key| match k {
+            Key::At(r) => self.body.as_bytes().get(r.clone()) == Some(key.as_bytes()),
+            Key::Decoded(d) => d == key,
+        };
+        self.fields.iter().rev().find(|(k, _)| is(k)).map(|(_, v)| &self.body[v.clone()])
     }
 
     /// The body for one upstream: `model` replaced by `upstream_model`; with `ask_usage`,

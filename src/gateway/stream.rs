@@ -65,7 +65,7 @@ fn is_usage_only_chunk(root: &Node<'_>) -> bool {
 /// Usage of a whole (non-stream) JSON answer. `Err(())` when the body is not a JSON object
 /// (upstream garbage).
 pub(crate) fn body_usage(family: ProviderFamily, body: &[u8]) -> Result<Result<TokenCounts, UsageError>, ()> {
-    let root = parse_object(body).ok_or(())?;
+    let root = Node::usage_of_answer(body).ok_or(())?;
     Ok(parse_usage_node(family, &root))
 }
 

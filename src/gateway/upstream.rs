@@ -119,10 +119,11 @@ const FORWARDED: [HeaderName; 3] =
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// The `Host` header hyper would write for `uri` (the host, and the port unless it is the
-/// scheme's default), taken from the URI's own text instead of formatted per request; `None`
+/// scheme's default), taken from the URI's own text instead of formatted by hyper on every
+/// request (a backend's is built once, with its URLs); `None`
 /// (hyper then writes it) for the rare authority this shortcut does not cover: with
 /// credentials, or a port written other than as hyper prints it.
-fn host_header(uri: &Uri) -> Option<HeaderValue> {
+pub(crate) fn host_header(uri: &Uri) -> Option<HeaderValue> {
     let authority = uri.authority()?;
     if authority.as_str().contains('@') {
         return None;
@@ -135,7 +136,7 @@ fn host_header(uri: &Uri) -> Option<HeaderValue> {
     match authority.port() {
         None => HeaderValue::from_str(authority.host()).ok(),
         Some(p) if Some(p.as_u16()) == default => HeaderValue::from_str(authority.host()).ok(),
-        Some(p) if p.as_str() == p.as_u16().to_string() => HeaderValue::from_str(authority.as_str()).ok(),
+        Some(p) if !p.as_str().starts_with('0') => HeaderValue::from_str(authority.as_str()).ok(),
         Some(_) => None,
     }
 }
@@ -200,6 +201,7 @@ impl Upstream {
     pub(crate) async fn send(
         &self,
         uri: Uri,
+        host: Option<HeaderValue>,
         protocol: Protocol,
         api_key_file: Option<&str>,
         body: Vec<u8>,
@@ -212,7 +214,6 @@ impl Upstream {
         };
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
-        let host = host_header(&uri);
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         if let Some(host) = host {

@@ -176,7 +176,9 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Node<'de> {
+// For any `'a` the input outlives (a tree borrowing from the input is also a tree of any
+// shorter lifetime), so that structs holding a `Node<'a>` can `#[serde(borrow)]` it.
+impl<'de: 'a, 'a> Deserialize<'de> for Node<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(NodeVisitor)
     }
@@ -235,5 +237,52 @@ impl<'de> Visitor<'de> for NodeVisitor {
             entries.push((k, map.next_value()?));
         }
         Ok(Node::Object(Object { entries }))
+    }
+}
+
+/// The top-level entries [`parse_usage_node`](super::parse_usage_node) reads; every other
+/// value is skipped unread (no tree, no string decoded).
+#[derive(Deserialize)]
+struct UsageEntries<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Node<'a>>,
+    #[serde(default, borrow)]
+    usage: Option<Node<'a>>,
+    #[serde(rename = "usageMetadata", default, borrow)]
+    usage_metadata: Option<Node<'a>>,
+    #[serde(default, borrow)]
+    response: Option<Node<'a>>,
+}
+
+impl<'a> Node<'a> {
+    /// A whole answer reduced to what [`parse_usage_node`](super::parse_usage_node) reads
+    /// (`type`, `usage`, `usageMetadata`, `response`), with the usage found exactly as in the
+    /// whole tree; `None` when the bytes are not a JSON object. Cheaper than
+    /// [`Node::parse`]: the other values (the answer's content) are only stepped over. A
+    /// repeated top-level key falls back to the whole tree (whose last value wins), and so
+    /// does anything else the short form does not take.
+    pub fn usage_of_answer(bytes: &'a [u8]) -> Option<Node<'a>> {
+        // Only an object: a derived struct would also read an array, field by position.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        match serde_json::from_slice::<UsageEntries<'a>>(bytes) {
+            Ok(e) => {
+                let mut o = Object { entries: Vec::with_capacity(4) };
+                // `null` reads as absent here; the rules treat both alike.
+                for (k, v) in [
+                    ("type", e.kind),
+                    ("usage", e.usage),
+                    ("usageMetadata", e.usage_metadata),
+                    ("response", e.response),
+                ] {
+                    if let Some(v) = v {
+                        o.insert(k, v);
+                    }
+                }
+                Some(Node::Object(o))
+            }
+            Err(_) => Node::parse(bytes).filter(|n| n.as_object().is_some()),
+        }
     }
 }

@@ -283,6 +283,14 @@ proptest! {
             for family in FAMILIES {
                 prop_assert_eq!(parse_usage_node(family, &node), parse_usage(family, &value), "{:?}: {}", family, text);
             }
+            // The short form of a whole answer reads the same usage, and refuses the same bytes.
+            let short = Node::usage_of_answer(text.as_bytes());
+            prop_assert_eq!(short.is_some(), value.is_object(), "an object: {}", text);
+            if let Some(short) = &short {
+                for family in FAMILIES {
+                    prop_assert_eq!(parse_usage_node(family, short), parse_usage(family, &value), "short {:?}: {}", family, text);
+                }
+            }
             // An owned copy reads the same.
             let owned = node.clone().into_owned();
             prop_assert_eq!(&owned, &node);
