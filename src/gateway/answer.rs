@@ -3,13 +3,15 @@
 //! messages and passed-through headers (scrubbed of API keys), and metering an answer's usage
 //! (plausibility check, estimate when it cannot be read).
 
+use std::io;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Version, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -87,7 +89,13 @@ pub(crate) async fn read_body(
     }
     let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     loop {
-        match tokio::time::timeout(stall, body.frame()).await {
+        // A piece already received is taken without arming a timer (a small body arrives
+        // with its headers); the stall timer only guards an actual wait.
+        let next = match body.frame().now_or_never() {
+            Some(next) => Ok(next),
+            None => tokio::time::timeout(stall, body.frame()).await,
+        };
+        match next {
             Err(_) => {
                 let mut resp = surface.render(ApiError::request_timeout(stall));
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -108,6 +116,10 @@ pub(crate) async fn read_body(
                     }
                     out.extend_from_slice(&data);
                 }
+                // The declared length is all here: no poll for the end.
+                if body.is_end_stream() {
+                    return Ok(Bytes::from(out));
+                }
             }
         }
     }
@@ -121,35 +133,47 @@ pub(crate) enum ReadError {
 }
 
 /// Reads a body whole, until `deadline`, at most `limit` bytes; with `budget`, every byte held
-/// is taken from the shared memory budget first (into `held`).
+/// is taken from the shared memory budget first (into `held`). What has already arrived is
+/// taken without a timer (a small answer comes with its headers); one timer then guards the
+/// rest of the body, not one per chunk.
 pub(crate) async fn read_all(
     body: &mut BodyStream,
     limit: usize,
     deadline: Instant,
-    budget: Option<(&limits::Shared, &mut Option<tokio::sync::OwnedSemaphorePermit>)>,
+    mut budget: Option<(&limits::Shared, &mut Option<tokio::sync::OwnedSemaphorePermit>)>,
 ) -> Result<Vec<u8>, ReadError> {
-    let read = async {
-        let mut budget = budget;
-        let mut out = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
-            if out.len() + chunk.len() > limit {
-                return Err(ReadError::TooLarge);
-            }
-            if let Some((shared, held)) = budget.as_mut()
-                && !shared.take_bytes(held, chunk.len())
-            {
-                return Err(ReadError::OverBudget);
-            }
-            if out.is_empty() && chunk.len() < limit {
-                out.reserve(chunk.len());
-            }
-            out.extend_from_slice(&chunk);
+    let mut out = Vec::new();
+    let mut take = |out: &mut Vec<u8>, chunk: Result<Bytes, io::Error>| -> Result<(), ReadError> {
+        let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
+        if out.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge);
         }
-        Ok(out)
+        if let Some((shared, held)) = budget.as_mut()
+            && !shared.take_bytes(held, chunk.len())
+        {
+            return Err(ReadError::OverBudget);
+        }
+        if out.is_empty() && chunk.len() < limit {
+            out.reserve(chunk.len());
+        }
+        out.extend_from_slice(&chunk);
+        Ok(())
     };
-    // One timer for the whole body, not one per chunk.
-    tokio::time::timeout_at(deadline, read).await.unwrap_or(Err(ReadError::Timeout))
+    loop {
+        match body.next().now_or_never() {
+            Some(Some(chunk)) => take(&mut out, chunk)?,
+            Some(None) => return Ok(out),
+            None => break,
+        }
+    }
+    let rest = async {
+        while let Some(chunk) = body.next().await {
+            take(&mut out, chunk)?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout_at(deadline, rest).await.unwrap_or(Err(ReadError::Timeout))?;
+    Ok(out)
 }
 
 /// The message of an upstream error body, scrubbed of the API keys.
@@ -172,7 +196,7 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        .is_some_and(|v| v.trim_start().get(..17).is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream")))
 }
 
 /// Copies the passed-through upstream headers, scrubbed of the API keys.
