@@ -148,7 +148,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// One connection pool per thread and gateway: with the thread-per-core server, a request
     /// and its upstream connection stay on one thread (no cross-thread wake-ups).
-    static CLIENTS: RefCell<HashMap<u64, HttpsClient>> = RefCell::new(HashMap::new());
+    /// (Gateway id, client): one entry per gateway in the process, found by a short scan.
+    static CLIENTS: RefCell<Vec<(u64, HttpsClient)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The upstream HTTP(S) client: hyper's pooled client over rustls (webpki roots, ring).
@@ -185,16 +186,22 @@ impl Upstream {
         Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https))
     }
 
-    pub(crate) fn client(&self) -> Result<HttpsClient, SendError> {
+    /// Calls `f` with this thread's client (built on first use), without cloning it.
+    fn with_client<T>(&self, f: impl FnOnce(&HttpsClient) -> T) -> Result<T, SendError> {
         CLIENTS.with(|c| {
-            let mut map = c.borrow_mut();
-            if let Some(client) = map.get(&self.id) {
-                return Ok(client.clone());
+            let mut clients = c.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return Ok(f(client));
             }
             let client = self.build_client().map_err(|e| SendError::Connect(format!("TLS setup: {e}")))?;
-            map.insert(self.id, client.clone());
-            Ok(client)
+            let out = f(&client);
+            clients.push((self.id, client));
+            Ok(out)
         })
+    }
+
+    pub(crate) fn client(&self) -> Result<HttpsClient, SendError> {
+        self.with_client(HttpsClient::clone)
     }
 
     /// Sends one attempt and waits for the response headers until `first_byte_deadline`.
@@ -247,8 +254,8 @@ impl Upstream {
         if protocol == Protocol::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
             headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
         }
-        let client = self.client()?;
-        let resp = match tokio::time::timeout_at(first_byte_deadline, client.request(req)).await {
+        let pending = self.with_client(|c| c.request(req))?;
+        let resp = match tokio::time::timeout_at(first_byte_deadline, pending).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) if e.is_connect() => return Err(SendError::Connect(describe(&e))),
             Ok(Err(e)) => return Err(SendError::Transport(describe(&e))),
