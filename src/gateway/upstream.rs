@@ -205,10 +205,10 @@ impl Upstream {
     }
 
     /// Sends one attempt and waits for the response headers until `first_byte_deadline`.
+    /// `to`: the URL and its `Host` header, if built beforehand ([`host_header`]).
     pub(crate) async fn send(
         &self,
-        uri: Uri,
-        host: Option<HeaderValue>,
+        to: (Uri, Option<HeaderValue>),
         protocol: Protocol,
         api_key_file: Option<&str>,
         body: Vec<u8>,
@@ -221,6 +221,7 @@ impl Upstream {
         };
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
+        let (uri, host) = to;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
         if let Some(host) = host {
