@@ -9,10 +9,11 @@ use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::errors::ApiError;
+use crate::pricing::Text;
 
 /// The API surface a request came in on (the metrics endpoint of its attempts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,25 +102,6 @@ struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for RawObject<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Key<'a>(Cow<'a, str>);
-        impl<'de> Deserialize<'de> for Key<'de> {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct K;
-                impl<'de> Visitor<'de> for K {
-                    type Value = Key<'de>;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str("a key")
-                    }
-                    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                        Ok(Key(Cow::Borrowed(s)))
-                    }
-                    fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                        Ok(Key(Cow::Owned(s.to_owned())))
-                    }
-                }
-                d.deserialize_str(K)
-            }
-        }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = RawObject<'de>;
@@ -128,7 +110,7 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                while let Some((Text(k), v)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
                     out.push((k, v));
                 }
                 Ok(RawObject(out))

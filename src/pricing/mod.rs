@@ -17,7 +17,9 @@
 //!
 //! Layout: this file holds the prices, the token kinds and [`parse_usage`], which finds the
 //! usage object and hands it to one file per provider family (`openai`, `deepseek`,
-//! `anthropic`, `gemini`); `usage` holds [`UsageError`] and the strict field reader they share.
+//! `anthropic`, `gemini`); `usage` holds [`UsageError`] and the strict field reader they share;
+//! `node` the read-only JSON tree ([`Node`]) the rules read, parsed straight from an answer's
+//! bytes by the gateway or viewed over a `serde_json::Value` ([`parse_usage`]).
 //! Kubernetes-free (`tests/layering.rs` checks it).
 
 mod anthropic;
@@ -42,7 +44,7 @@ use openai::{openai_chat, openai_responses};
 pub use usage::UsageError;
 use usage::{Fields, malformed};
 
-pub use node::{Node, Object};
+pub use node::{Node, Object, Text};
 
 // ---------------------------------------------------------------------------------------------
 // Prices

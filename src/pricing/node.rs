@@ -151,8 +151,9 @@ impl<'a> Node<'a> {
     }
 }
 
-/// A key or string: borrowed from the input when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
+/// A key or string, decoded: borrowed from the input when it has no escapes (also used for
+/// the gateway's reading of request keys).
+pub struct Text<'a>(pub Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
