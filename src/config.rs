@@ -33,7 +33,6 @@ pub mod allowances;
 pub mod json;
 pub mod payload;
 pub mod shard;
-pub use json::JsonPart;
 pub use payload::{CONFIG_GZ_KEY, Stored, TooLarge};
 
 /// Schema version of the document.
@@ -325,13 +324,15 @@ impl GatewayConfig {
     }
 
     /// Hash of everything but `revision`: of the compact JSON of the document with an empty
-    /// revision. The routes are serialized on every core ([`Self::write_json_parts`]) and the
+    /// revision. The routes are serialized on every core ([`Self::for_each_part`]) and the
     /// parts hashed in order, so the bytes hashed are exactly one serialization of the whole.
     pub fn compute_revision(&self) -> String {
         let mut hasher = Sha256::new();
-        for part in self.json_parts("", false) {
-            hasher.update(part.as_ref());
-        }
+        // Feeding a hash cannot fail.
+        let _ = self.for_each_part("", false, &mut |part| {
+            hasher.update(part);
+            Ok(())
+        });
         format!("sha256:{}", &hex::encode(hasher.finalize())[..16])
     }
 
@@ -427,22 +428,21 @@ impl GatewayConfig {
         s
     }
 
-    /// Writes the pretty JSON of [`Self::to_json_pretty`] to `w`, part by part (no copy of the
-    /// whole text).
+    /// Writes the pretty JSON of [`Self::to_json_pretty`] to `w`, part by part (the whole
+    /// text is never held).
     pub fn write_json_pretty(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
-        for part in self.json_parts(&self.revision, true) {
-            w.write_all(part.as_ref())?;
-        }
+        self.for_each_part(&self.revision, true, &mut |part| w.write_all(part))?;
         w.write_all(b"\n")
     }
 
-    /// The parts of [`Self::json_parts`] as one string.
+    /// The parts of [`Self::for_each_part`] as one string.
     fn joined(&self, pretty: bool) -> String {
-        let parts = self.json_parts(&self.revision, pretty);
-        let mut out = Vec::with_capacity(parts.iter().map(|p| p.as_ref().len()).sum());
-        for part in &parts {
-            out.extend_from_slice(part.as_ref());
-        }
+        let mut out = Vec::new();
+        // Appending to a vector cannot fail.
+        let _ = self.for_each_part(&self.revision, pretty, &mut |part| {
+            out.extend_from_slice(part);
+            Ok(())
+        });
         // serde_json writes UTF-8 only.
         String::from_utf8(out).unwrap_or_default()
     }

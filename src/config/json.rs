@@ -1,13 +1,15 @@
 //! The document's JSON, serialized on every core (issue 12: `render` of 10,000 routes).
 //!
-//! [`GatewayConfig::json_parts`] gives the compact or pretty JSON of a document as consecutive
-//! parts whose concatenation is byte for byte what `serde_json::to_vec` (or `to_vec_pretty`)
+//! [`GatewayConfig::for_each_part`] gives the compact or pretty JSON of a document as
+//! consecutive parts whose concatenation is byte for byte what `serde_json::to_vec` (or `to_vec_pretty`)
 //! of the whole document gives: the revision hash, the stored form and `render` all rely on
 //! that (the tests below compare both ways on documents of 0, 1 and many routes). Rules:
 //! - the frame (every field, `routes` empty) is serialized by serde and cut just after the `[`
 //!   of its empty `routes`; a frame not ending as expected (cannot happen) falls back to one
 //!   serialization of the whole document;
-//! - routes are serialized in contiguous runs, one per core, for 256 routes or more;
+//! - routes are serialized in batches of [`BATCH_ROUTES`], each in contiguous runs, one per
+//!   core, for 256 routes or more; a part is handed over before the next batch is serialized,
+//!   so the whole text is never held (`render` writes it to stdout, the revision hashes it);
 //! - pretty routes sit at depth 2: every line of a route after its first gains 4 spaces, which
 //!   is exactly what nesting does, since a JSON string never holds a raw newline (escaped).
 
@@ -17,14 +19,18 @@ use super::{GatewayConfig, RouteConfig};
 use crate::policy::common::parallel_runs;
 
 impl GatewayConfig {
-    /// The JSON of the document with `revision` as its revision, in consecutive parts whose
-    /// concatenation is byte for byte `serde_json::to_vec(doc)` (or `to_vec_pretty`): the frame
-    /// (every field, `routes` empty) is serialized by serde and cut at its empty `[]`, and the
-    /// routes are serialized between, on every core for a large document (contiguous runs of
-    /// routes, one part per run). Pretty routes sit at depth 2: each line after a route's first
-    /// is indented by 4 more spaces, which is exactly what nesting does (a JSON string never
-    /// holds a raw newline: serde escapes it).
-    pub fn json_parts(&self, revision: &str, pretty: bool) -> Vec<JsonPart> {
+    /// Hands the JSON of the document with `revision` as its revision to `sink` in
+    /// consecutive parts whose concatenation is byte for byte `serde_json::to_vec(doc)` (or
+    /// `to_vec_pretty`); the first error of `sink` stops it. The frame (every field, `routes`
+    /// empty) is serialized by serde and cut at its empty `[]`; the routes are serialized
+    /// between, in batches of [`BATCH_ROUTES`], each batch on every core (contiguous runs, one
+    /// part per run), so at most one batch's text is held at a time.
+    pub fn for_each_part(
+        &self,
+        revision: &str,
+        pretty: bool,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         /// The document's fields, in its order, borrowed.
         #[derive(Serialize)]
         struct Frame<'a> {
@@ -35,65 +41,50 @@ impl GatewayConfig {
         }
         let frame = Frame { version: self.version, revision, namespace: &self.namespace, routes: &[] };
         let frame = if pretty { serde_json::to_vec_pretty(&frame) } else { serde_json::to_vec(&frame) };
-        // Serializing plain fields, vectors and enums cannot fail.
-        let mut frame = frame.unwrap_or_default();
+        // Serializing plain fields, vectors and enums cannot fail (an error is still passed on).
+        let mut frame = frame.map_err(std::io::Error::other)?;
         let empty: &[u8] = if pretty { b"[]\n}" } else { b"[]}" };
         if self.routes.is_empty() || !frame.ends_with(empty) {
             if !self.routes.is_empty() {
                 // Not the frame expected (cannot happen): one serialization of the whole.
-                frame =
-                    if pretty { serde_json::to_vec_pretty(self) } else { serde_json::to_vec(self) }.unwrap_or_default();
+                let whole = Frame { version: self.version, revision, namespace: &self.namespace, routes: &self.routes };
+                frame = if pretty { serde_json::to_vec_pretty(&whole) } else { serde_json::to_vec(&whole) }
+                    .map_err(std::io::Error::other)?;
             }
-            return vec![JsonPart::Owned(frame)];
+            return sink(&frame);
         }
-        let tail: &'static [u8] = if pretty { b"\n  ]\n}" } else { b"]}" };
         frame.truncate(frame.len() - empty.len() + 1);
         if pretty {
             frame.extend_from_slice(b"\n    ");
         }
-        let separator: &'static [u8] = if pretty { b",\n    " } else { b"," };
-        let runs = parallel_runs(&self.routes, |routes| {
-            let mut out = Vec::new();
-            for (i, r) in routes.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(separator);
+        sink(&frame)?;
+        let separator: &[u8] = if pretty { b",\n    " } else { b"," };
+        for (b, batch) in self.routes.chunks(BATCH_ROUTES).enumerate() {
+            let runs = parallel_runs(batch, |routes| {
+                let mut out = Vec::new();
+                for (i, r) in routes.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(separator);
+                    }
+                    write_route(&mut out, r, pretty);
                 }
-                write_route(&mut out, r, pretty);
+                out
+            });
+            for (i, run) in runs.iter().enumerate() {
+                if b > 0 || i > 0 {
+                    sink(separator)?;
+                }
+                sink(run)?;
             }
-            out
-        });
-        let mut parts = Vec::with_capacity(runs.len() * 2 + 1);
-        parts.push(JsonPart::Owned(frame));
-        for (i, run) in runs.into_iter().enumerate() {
-            if i > 0 {
-                parts.push(JsonPart::Static(separator));
-            }
-            parts.push(JsonPart::Owned(run));
         }
-        parts.push(JsonPart::Static(tail));
-        parts
+        sink(if pretty { b"\n  ]\n}" } else { b"]}" })
     }
 }
 
-/// One part of a document's JSON ([`GatewayConfig::json_parts`]).
-#[derive(Debug)]
-pub enum JsonPart {
-    /// Serialized text.
-    Owned(Vec<u8>),
-    /// Punctuation between parts.
-    Static(&'static [u8]),
-}
+/// Routes serialized per batch by [`GatewayConfig::for_each_part`] (one run per core each).
+pub const BATCH_ROUTES: usize = 1024;
 
-impl AsRef<[u8]> for JsonPart {
-    fn as_ref(&self) -> &[u8] {
-        match self {
-            JsonPart::Owned(v) => v,
-            JsonPart::Static(s) => s,
-        }
-    }
-}
-
-/// Appends one route's JSON; pretty at depth 2 (see [`GatewayConfig::json_parts`]).
+/// Appends one route's JSON; pretty at depth 2 (see [`GatewayConfig::for_each_part`]).
 fn write_route(out: &mut Vec<u8>, r: &RouteConfig, pretty: bool) {
     // Serializing plain fields, vectors and enums into a vector cannot fail.
     if !pretty {
@@ -140,16 +131,22 @@ mod tests {
         d
     }
 
-    fn concat(parts: &[JsonPart]) -> Vec<u8> {
-        parts.iter().flat_map(|p| p.as_ref().iter().copied()).collect()
+    fn concat(d: &GatewayConfig, pretty: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        d.for_each_part(&d.revision, pretty, &mut |part| {
+            out.extend_from_slice(part);
+            Ok(())
+        })
+        .unwrap();
+        out
     }
 
     #[test]
     fn parts_are_one_serialization_of_the_whole() {
-        for n in [0, 1, 2, 255, 256, 257, 1000] {
+        for n in [0, 1, 2, 255, 256, 257, 1000, BATCH_ROUTES, 2 * BATCH_ROUTES + 3] {
             let d = doc(n);
-            assert_eq!(concat(&d.json_parts(&d.revision, false)), serde_json::to_vec(&d).unwrap(), "{n} routes");
-            assert_eq!(concat(&d.json_parts(&d.revision, true)), serde_json::to_vec_pretty(&d).unwrap(), "{n} routes");
+            assert_eq!(concat(&d, false), serde_json::to_vec(&d).unwrap(), "{n} routes");
+            assert_eq!(concat(&d, true), serde_json::to_vec_pretty(&d).unwrap(), "{n} routes");
             assert_eq!(d.to_json(), serde_json::to_string(&d).unwrap());
             assert_eq!(d.to_json_pretty(), format!("{}\n", serde_json::to_string_pretty(&d).unwrap()));
             let mut written = Vec::new();
@@ -161,7 +158,7 @@ mod tests {
     #[test]
     fn the_revision_hashes_the_document_with_an_empty_revision() {
         use sha2::{Digest, Sha256};
-        for n in [0, 3, 300] {
+        for n in [0, 3, 300, BATCH_ROUTES + 1] {
             let d = doc(n);
             let unrevised = GatewayConfig { revision: String::new(), ..d.clone() };
             let hash = hex::encode(Sha256::digest(serde_json::to_vec(&unrevised).unwrap()));

@@ -375,7 +375,8 @@ mod tests {
             x ^= x << 17;
             let shift = x % 100;
             values.push(i128::from(x as i64) >> (shift % 60));
-            values.push((i128::from(x) * 10i128.pow((shift % 19) as u32)) * if shift % 2 == 0 { 1 } else { -1 });
+            values
+                .push((i128::from(x) * 10i128.pow((shift % 19) as u32)) * if shift.is_multiple_of(2) { 1 } else { -1 });
         }
         for v in values {
             for min in 0..15 {
