@@ -10,7 +10,9 @@
 //! In the cluster the document is compact JSON, gzip-compressed in `binaryData` past a
 //! threshold, and split across several ConfigMaps when even that does not fit one
 //! ([`payload`]: the stored forms, their ceiling, and the readers; [`shard`]: the split form);
-//! `render` pretty-prints it for people.
+//! `render` pretty-prints it for people. Both JSON forms, and the revision's hash, are
+//! serialized on every core for large documents ([`json`]: byte for byte one serde
+//! serialization of the whole), and routes are built on every core, in route order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +30,7 @@ use crate::policy::{Decision, ObjectKey};
 use crate::pricing::Prices;
 
 pub mod allowances;
+pub mod json;
 pub mod payload;
 pub mod shard;
 pub use payload::{CONFIG_GZ_KEY, Stored, TooLarge};
@@ -236,69 +239,14 @@ impl GatewayConfig {
         let mut selected: Vec<&ModelRoute> =
             routes.iter().filter(|r| ObjectKey::of(*r).namespace == namespace).collect();
         selected.sort_by_key(|r| ObjectKey::of(*r).name);
+        // Routes are built on every core (contiguous runs, in order); the first error in route
+        // order is the one returned, as a loop over the routes would return it.
+        let runs = crate::policy::common::parallel_runs(&selected, |run| {
+            run.iter().map(|r| Self::build_route(r, decision)).collect::<Result<Vec<_>, _>>()
+        });
         let mut out = Vec::with_capacity(selected.len());
-        for r in selected {
-            let key = ObjectKey::of(r);
-            let invalid =
-                |field: String, message: String| ConfigError::Invalid { route: key.name.clone(), field, message };
-            let d = decision
-                .routes
-                .get(&key)
-                .ok_or_else(|| invalid("(route)".into(), "no decision for this route".into()))?;
-            let mut backends = Vec::with_capacity(r.spec.backends.len());
-            for (i, b) in r.spec.backends.iter().enumerate() {
-                let row =
-                    d.table.iter().find(|e| e.name == b.name).ok_or_else(|| {
-                        invalid(format!("backends[{i}]"), format!("no decision for backend {}", b.name))
-                    })?;
-                let pricing = Prices::from_spec(&b.pricing)
-                    .map_err(|e| invalid(format!("backends[{i}].pricing"), e.to_string()))?;
-                let api = b.endpoint.as_ref().map(|e| e.api).unwrap_or_default();
-                let endpoint = match b.endpoint.as_ref() {
-                    Some(e) if e.mock.is_some() => EndpointConfig::Mock(e.mock.clone().unwrap_or_default()),
-                    e => {
-                        let base_url = e
-                            .and_then(|e| e.base_url.clone())
-                            .or_else(|| builtin_base_url_for(&b.provider, api).map(str::to_owned))
-                            .ok_or_else(|| {
-                                invalid(
-                                    format!("backends[{i}].endpoint.baseUrl"),
-                                    format!("provider {:?} has no built-in endpoint", b.provider),
-                                )
-                            })?;
-                        EndpointConfig::Http {
-                            base_url: base_url.trim_end_matches('/').to_string(),
-                            protocol: e.map(|e| e.protocol).unwrap_or_default(),
-                            api_key_file: e.and_then(|e| e.api_key_secret_ref.as_ref()).map(credential_file_name),
-                        }
-                    }
-                };
-                backends.push(BackendConfig {
-                    name: b.name.clone(),
-                    provider: b.provider.clone(),
-                    family: b.effective_family(),
-                    model: b.model.clone(),
-                    api,
-                    tier: row.tier,
-                    weight: row.weight,
-                    state: row.state,
-                    serving: row.serving,
-                    endpoint,
-                    pricing,
-                    max_output_tokens: b.max_output_tokens.or(r.spec.max_output_tokens),
-                });
-            }
-            out.push(RouteConfig {
-                name: key.name.clone(),
-                model: d.alias.clone(),
-                strategy: d.strategy,
-                mode: d.mode,
-                state: d.state,
-                backends,
-                max_input_tokens: r.spec.max_input_tokens,
-                affinity: r.spec.affinity.clone(),
-                hints: r.spec.hints.clone(),
-            });
+        for run in runs {
+            out.extend(run?);
         }
         let mut doc = GatewayConfig {
             version: CONFIG_VERSION,
@@ -306,40 +254,86 @@ impl GatewayConfig {
             namespace: namespace.to_string(),
             routes: out,
         };
+        // The revision was just computed from the content: only the content is checked.
         doc.revision = doc.compute_revision();
-        doc.validate()?;
+        doc.validate_routes()?;
         Ok(doc)
     }
 
+    /// One route's entry, from its spec and its decision.
+    fn build_route(r: &ModelRoute, decision: &Decision) -> Result<RouteConfig, ConfigError> {
+        let key = ObjectKey::of(r);
+        let invalid = |field: String, message: String| ConfigError::Invalid { route: key.name.clone(), field, message };
+        let d =
+            decision.routes.get(&key).ok_or_else(|| invalid("(route)".into(), "no decision for this route".into()))?;
+        let mut backends = Vec::with_capacity(r.spec.backends.len());
+        for (i, b) in r.spec.backends.iter().enumerate() {
+            let row = d
+                .table
+                .iter()
+                .find(|e| e.name == b.name)
+                .ok_or_else(|| invalid(format!("backends[{i}]"), format!("no decision for backend {}", b.name)))?;
+            let pricing =
+                Prices::from_spec(&b.pricing).map_err(|e| invalid(format!("backends[{i}].pricing"), e.to_string()))?;
+            let api = b.endpoint.as_ref().map(|e| e.api).unwrap_or_default();
+            let endpoint = match b.endpoint.as_ref() {
+                Some(e) if e.mock.is_some() => EndpointConfig::Mock(e.mock.clone().unwrap_or_default()),
+                e => {
+                    let base_url = e
+                        .and_then(|e| e.base_url.clone())
+                        .or_else(|| builtin_base_url_for(&b.provider, api).map(str::to_owned))
+                        .ok_or_else(|| {
+                            invalid(
+                                format!("backends[{i}].endpoint.baseUrl"),
+                                format!("provider {:?} has no built-in endpoint", b.provider),
+                            )
+                        })?;
+                    EndpointConfig::Http {
+                        base_url: base_url.trim_end_matches('/').to_string(),
+                        protocol: e.map(|e| e.protocol).unwrap_or_default(),
+                        api_key_file: e.and_then(|e| e.api_key_secret_ref.as_ref()).map(credential_file_name),
+                    }
+                }
+            };
+            backends.push(BackendConfig {
+                name: b.name.clone(),
+                provider: b.provider.clone(),
+                family: b.effective_family(),
+                model: b.model.clone(),
+                api,
+                tier: row.tier,
+                weight: row.weight,
+                state: row.state,
+                serving: row.serving,
+                endpoint,
+                pricing,
+                max_output_tokens: b.max_output_tokens.or(r.spec.max_output_tokens),
+            });
+        }
+        Ok(RouteConfig {
+            name: key.name.clone(),
+            model: d.alias.clone(),
+            strategy: d.strategy,
+            mode: d.mode,
+            state: d.state,
+            backends,
+            max_input_tokens: r.spec.max_input_tokens,
+            affinity: r.spec.affinity.clone(),
+            hints: r.spec.hints.clone(),
+        })
+    }
+
     /// Hash of everything but `revision`: of the compact JSON of the document with an empty
-    /// revision, streamed into the hash (no copy of the document, no buffer of its text: at
-    /// fleet scale both were tens of MB).
+    /// revision. The routes are serialized on every core ([`Self::for_each_part`]) and the
+    /// parts hashed in order, so the bytes hashed are exactly one serialization of the whole.
     pub fn compute_revision(&self) -> String {
-        /// The document's fields, in its order, borrowed; `revision` empty.
-        #[derive(Serialize)]
-        struct Unhashed<'a> {
-            version: u32,
-            revision: &'a str,
-            namespace: &'a str,
-            routes: &'a [RouteConfig],
-        }
-        struct HashWriter(Sha256);
-        impl std::io::Write for HashWriter {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.update(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut w = HashWriter(Sha256::new());
-        // Serializing plain fields, vectors and enums into a hash cannot fail.
-        let _ = serde_json::to_writer(
-            &mut w,
-            &Unhashed { version: self.version, revision: "", namespace: &self.namespace, routes: &self.routes },
-        );
-        format!("sha256:{}", &hex::encode(w.0.finalize())[..16])
+        let mut hasher = Sha256::new();
+        // Feeding a hash cannot fail.
+        let _ = self.for_each_part("", false, &mut |part| {
+            hasher.update(part);
+            Ok(())
+        });
+        format!("sha256:{}", &hex::encode(hasher.finalize())[..16])
     }
 
     /// Checks the whole document; the gateway swaps a new document in only when this passes.
@@ -351,6 +345,11 @@ impl GatewayConfig {
         if self.revision != computed {
             return Err(ConfigError::Revision { found: self.revision.clone(), computed });
         }
+        self.validate_routes()
+    }
+
+    /// The checks of [`Self::validate`] on the routes (aliases, backends, endpoints).
+    fn validate_routes(&self) -> Result<(), ConfigError> {
         let mut aliases: BTreeMap<&str, &str> = BTreeMap::new();
         for r in &self.routes {
             let invalid =
@@ -419,15 +418,33 @@ impl GatewayConfig {
 
     /// Compact JSON (what the cluster holds; see [`payload`]).
     pub fn to_json(&self) -> String {
-        // Serializing a struct of plain fields, vectors and enums cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        self.joined(false)
     }
 
     /// Pretty JSON with a trailing newline (what `render` prints).
     pub fn to_json_pretty(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+        let mut s = self.joined(true);
         s.push('\n');
         s
+    }
+
+    /// Writes the pretty JSON of [`Self::to_json_pretty`] to `w`, part by part (the whole
+    /// text is never held).
+    pub fn write_json_pretty(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        self.for_each_part(&self.revision, true, &mut |part| w.write_all(part))?;
+        w.write_all(b"\n")
+    }
+
+    /// The parts of [`Self::for_each_part`] as one string.
+    fn joined(&self, pretty: bool) -> String {
+        let mut out = Vec::new();
+        // Appending to a vector cannot fail.
+        let _ = self.for_each_part(&self.revision, pretty, &mut |part| {
+            out.extend_from_slice(part);
+            Ok(())
+        });
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// The route serving `alias`.

@@ -126,7 +126,8 @@ pub fn notes(m: &Manifests, plan: Option<&Plan>) -> Vec<String> {
 }
 
 /// `tollgate render -f DIR [-n NS] [--stored-dir OUT]`: the document on stdout, notes on
-/// stderr; exit 2 on invalid manifests or an ambiguous namespace. With `stored`, the files the
+/// stderr; exit 2 on invalid manifests or an ambiguous namespace, 1 when stdout cannot be
+/// written. With `stored`, the files the
 /// controller's ConfigMaps would hold (compact, compressed or split: [`crate::config::payload`])
 /// are also written there, as a projected volume holds them, and their form is noted on stderr.
 pub fn run_render(dir: PathBuf, namespace: Option<String>, stored: Option<PathBuf>) -> ExitCode {
@@ -159,7 +160,13 @@ pub fn run_render(dir: PathBuf, namespace: Option<String>, stored: Option<PathBu
                     }
                 }
             }
-            print!("{}", r.config.to_json_pretty());
+            // Written part by part (serialized on every core), through one buffered lock.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            let written = r.config.write_json_pretty(&mut out).and_then(|()| std::io::Write::flush(&mut out));
+            if let Err(e) = written {
+                eprintln!("error: cannot write the document to stdout: {e}");
+                return ExitCode::from(1);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -19,7 +19,8 @@
 //! an object is structurally valid exactly when its defaulted copy is; serde applies the same
 //! defaults (the schema's are generated from them) when the typed object is read. Only an
 //! invalid object is defaulted, and its errors come from the defaulted copy as before.
-//! [`validate_all`] checks many objects on every core, results in input order.
+//! [`parallel_map`] checks many objects on every core, results in input order; a manifest
+//! text's documents are validated in the parser's threads, each as soon as it is parsed.
 //!
 //! Manifest files may hold any number of documents; a file is bounded by size instead
 //! ([`MAX_MANIFEST_BYTES`]), with an error naming the file and the limit beyond it.
@@ -313,6 +314,36 @@ fn semantic_errors(object: &Object, errors: &mut Vec<FieldError>) {
 /// number of documents fits under it; the YAML parser's own budgets are scaled to it.
 pub const MAX_MANIFEST_BYTES: usize = MAX_MANIFEST_FILE_BYTES as usize;
 
+/// One document of a manifest text, checked as soon as it is parsed.
+enum Checked {
+    /// A null document (nothing).
+    Null,
+    /// Not a mapping (`Kind namespace/name` as far as known).
+    NotObject(String),
+    /// An object (`Kind namespace/name`) and its validation.
+    Object(String, Result<Option<Object>, Vec<FieldError>>),
+}
+
+/// The documents of one part of a text, each validated when the parser hands it over (in the
+/// parser's thread), so the JSON of a document is dropped at once and never held for the whole
+/// file.
+#[derive(Default)]
+struct CheckedDocuments(Vec<Checked>);
+
+impl Extend<Value> for CheckedDocuments {
+    fn extend<I: IntoIterator<Item = Value>>(&mut self, docs: I) {
+        for doc in docs {
+            self.0.push(if doc.is_null() {
+                Checked::Null
+            } else if doc.is_object() {
+                Checked::Object(describe(&doc), validate_value(doc))
+            } else {
+                Checked::NotObject(describe(&doc))
+            });
+        }
+    }
+}
+
 /// Parses a multi-document YAML text and validates every tollgate object in it. Any number of
 /// documents; the text is bounded by [`MAX_MANIFEST_BYTES`].
 pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> Result<(), Vec<ManifestError>> {
@@ -328,8 +359,9 @@ pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> R
             ),
         }]);
     }
-    // Parsed on every core; the parser's own budgets are scaled to the size bound above.
-    let docs = super::yaml::parse_documents(text).map_err(|message| {
+    // Parsed on every core, each document validated in its part's thread as soon as it is
+    // parsed; the parser's own budgets are scaled to the size bound above.
+    let parts = super::yaml::parse_documents_into::<CheckedDocuments>(text).map_err(|message| {
         vec![ManifestError {
             source_name: source_name.into(),
             doc: 0,
@@ -338,32 +370,24 @@ pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> R
             message,
         }]
     })?;
+    // Documents that are not mappings first, then invalid objects (each in document order).
     let mut errors = Vec::new();
-    let mut objects = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.into_iter().enumerate() {
-        if doc.is_null() {
-            continue;
-        }
-        let object = describe(&doc);
-        if doc.is_object() {
-            objects.push((i + 1, object, doc));
-        } else {
-            errors.push(ManifestError {
+    let mut invalid = Vec::new();
+    for (i, checked) in parts.into_iter().flat_map(|p| p.0).enumerate() {
+        let doc = i + 1;
+        match checked {
+            Checked::Null => {}
+            Checked::NotObject(object) => errors.push(ManifestError {
                 source_name: source_name.into(),
-                doc: i + 1,
+                doc,
                 object,
                 field: "(document)".into(),
                 message: "expected a mapping (a Kubernetes object)".into(),
-            });
-        }
-    }
-    let checked = parallel_map(objects, |(doc, object, value)| (doc, object, validate_value(value)));
-    for (doc, object, result) in checked {
-        match result {
-            Ok(Some(Object::ModelRoute(r))) => into.routes.push(*r),
-            Ok(Some(Object::ProviderBudget(b))) => into.budgets.push(*b),
-            Ok(None) => into.skipped.push(format!("{source_name}: document {doc}: {object}")),
-            Err(fields) => errors.extend(fields.into_iter().map(|f| ManifestError {
+            }),
+            Checked::Object(_, Ok(Some(Object::ModelRoute(r)))) => into.routes.push(*r),
+            Checked::Object(_, Ok(Some(Object::ProviderBudget(b)))) => into.budgets.push(*b),
+            Checked::Object(object, Ok(None)) => into.skipped.push(format!("{source_name}: document {doc}: {object}")),
+            Checked::Object(object, Err(fields)) => invalid.extend(fields.into_iter().map(|f| ManifestError {
                 source_name: source_name.into(),
                 doc,
                 object: object.clone(),
@@ -372,6 +396,7 @@ pub fn parse_manifests(source_name: &str, text: &str, into: &mut Manifests) -> R
             })),
         }
     }
+    errors.extend(invalid);
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 

@@ -10,6 +10,8 @@
 //!   documents: each part holds whole documents;
 //! - a text with a directive (`%` at column 0) or a document end marker (`...` at column 0)
 //!   is never cut (a directive belongs to the document after it);
+//! - each part's documents extend the caller's collection one by one, as they are parsed, in
+//!   the part's thread (`render` validates each document there and drops its JSON at once);
 //! - when any part fails to parse, the whole text is parsed once more, alone, and its error
 //!   is the one reported: errors (line and column) are exactly those of a single parse;
 //! - the parser's own budgets (1,024 documents, 250,000 nodes by default) are replaced by the
@@ -24,30 +26,37 @@ const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
 /// Parses every document of `text` (at most [`MAX_MANIFEST_BYTES`]; the caller checks).
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    Ok(parse_documents_into::<Vec<Value>>(text)?.concat())
+}
+
+/// [`parse_documents`] into one collection per part, in file order: each part's documents
+/// extend its collection one by one as they are parsed, in the part's thread (a collection
+/// that checks each document at once never holds the JSON of a whole part).
+pub fn parse_documents_into<C: Default + Extend<Value> + Send>(text: &str) -> Result<Vec<C>, String> {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let parts = if text.len() < PARALLEL_MIN_BYTES { 1 } else { threads };
     parse_in_parts(text, parts)
 }
 
-/// [`parse_documents`] cutting `text` into at most `parts` parts.
-fn parse_in_parts(text: &str, parts: usize) -> Result<Vec<Value>, String> {
+/// [`parse_documents_into`] cutting `text` into at most `parts` parts.
+fn parse_in_parts<C: Default + Extend<Value> + Send>(text: &str, parts: usize) -> Result<Vec<C>, String> {
     let pieces = split_documents(text, parts);
     if pieces.len() < 2 {
-        return parse_whole(text);
+        return parse_whole(text).map(|c| vec![c]);
     }
     let parsed = parallel_map_all(pieces);
-    let mut docs = Vec::new();
+    let mut out = Vec::with_capacity(parsed.len());
     for part in parsed {
         match part {
-            Ok(d) => docs.extend(d),
+            Ok(c) => out.push(c),
             // The error of one parse of the whole text, never a part's (its lines would be off).
-            Err(_) => return parse_whole(text),
+            Err(_) => return parse_whole(text).map(|c| vec![c]),
         }
     }
-    Ok(docs)
+    Ok(out)
 }
 
-fn parallel_map_all(pieces: Vec<&str>) -> Vec<Result<Vec<Value>, String>> {
+fn parallel_map_all<C: Default + Extend<Value> + Send>(pieces: Vec<&str>) -> Vec<Result<C, String>> {
     // One piece per thread: parallel_map's threshold is for many small items.
     std::thread::scope(|scope| {
         let handles: Vec<_> = pieces.into_iter().map(|p| scope.spawn(move || parse_whole(p))).collect();
@@ -56,7 +65,7 @@ fn parallel_map_all(pieces: Vec<&str>) -> Vec<Result<Vec<Value>, String>> {
 }
 
 /// One parse of `text`, with the parser's budgets scaled to its size.
-fn parse_whole(text: &str) -> Result<Vec<Value>, String> {
+fn parse_whole<C: Default + Extend<Value>>(text: &str) -> Result<C, String> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_reader_input_bytes: Some(MAX_MANIFEST_BYTES),
@@ -65,7 +74,7 @@ fn parse_whole(text: &str) -> Result<Vec<Value>, String> {
             max_events: text.len().saturating_mul(2).saturating_add(1024),
         },
     };
-    serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())
+    serde_saphyr::from_str_multiple_with_options::<Value, C>(text, options).map_err(|e| e.to_string())
 }
 
 /// Whether the line starting at `line` is the marker `marker` (`---` or `...`).
@@ -139,9 +148,10 @@ mod tests {
     #[test]
     fn parts_parse_as_the_whole_text_does() {
         for text in TEXTS {
-            let whole = parse_whole(text);
+            let whole: Result<Vec<Value>, String> = parse_whole(text);
             for parts in 1..6 {
-                assert_eq!(parse_in_parts(text, parts), whole, "{text:?} in {parts} parts");
+                let cut = parse_in_parts::<Vec<Value>>(text, parts).map(|p| p.concat());
+                assert_eq!(cut, whole, "{text:?} in {parts} parts");
             }
         }
     }
@@ -164,8 +174,8 @@ mod tests {
     #[test]
     fn a_broken_part_reports_the_error_of_the_whole_text() {
         let text = "a: 1\n---\nb: [1, 2\n---\nc: 3\n";
-        let whole = parse_whole(text);
+        let whole: Result<Vec<Value>, String> = parse_whole(text);
         assert!(whole.is_err());
-        assert_eq!(parse_in_parts(text, 3), whole);
+        assert_eq!(parse_in_parts::<Vec<Value>>(text, 3).map(|p| p.concat()), whole);
     }
 }

@@ -409,8 +409,11 @@ pub fn evaluate(inputs: Inputs<'_>) -> Decision {
     effects.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut routes = BTreeMap::new();
-    for r in inputs.routes {
-        let ev = routes::evaluate_route(r, &effects, &inputs);
+    // Routes are independent of each other: evaluated on every core, merged in input order.
+    let evaluated = common::parallel_runs(inputs.routes, |run| {
+        run.iter().map(|r| routes::evaluate_route(r, &effects, &inputs)).collect::<Vec<_>>()
+    });
+    for (r, ev) in inputs.routes.iter().zip(evaluated.into_iter().flatten()) {
         transitions.extend(ev.transitions);
         state.backends.extend(ev.health);
         state.routes.insert(r.key.clone(), ev.memory);
