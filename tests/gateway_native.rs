@@ -17,6 +17,8 @@
 //!   (cached 200 inside), completion 500 (reasoning 100 inside): 800×2.5 + 200×1.25 + 400×10 +
 //!   100×10 = 2000 + 250 + 4000 + 1000 = 7250 µUSD = **7_250_000 nUSD**.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -477,12 +479,7 @@ impl Harness {
     /// A series of `/metrics` whose labels include all of `labels` (0 when absent).
     async fn series(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self.client.get(&self.metrics_url).send().await.unwrap().text().await.unwrap();
-        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
-            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-            .sum()
+        common::proc::series_sum(&text, name, labels)
     }
 
     async fn nanousd(&self, backend: &str) -> f64 {

@@ -175,13 +175,7 @@ fn rate_limited(kind: Native) -> Response {
 
 /// One metric line's value (0 when absent): `name{...}` containing every label of `labels`.
 fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = gw.encode_metrics();
-    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+    common::proc::series_sum(&gw.encode_metrics(), name, labels)
 }
 
 #[tokio::test]

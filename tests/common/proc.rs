@@ -167,6 +167,18 @@ pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
 }
 
+/// The sum of every series `name{...}` in Prometheus text whose labels include all of
+/// `labels` (other labels and their order free; 0 when none).
+pub fn series_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let prefix = format!("{name}{{");
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// Every non-zero `tollgate_requests_total` series of one route as `(backend, outcome, count)`,
 /// sorted.
 pub fn request_outcomes(text: &str, route: &str) -> Vec<(String, String, u64)> {
