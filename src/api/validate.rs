@@ -233,13 +233,7 @@ pub fn validate_value(mut value: Value) -> Result<Option<Object>, Vec<FieldError
     }
     let schema = schema.as_ref().map_err(|e| vec![FieldError::new("(schema)", e.clone())])?;
 
-    drop_nulls(&mut value);
-    let mut errors = Vec::new();
-    metadata_errors(&value, &mut errors);
-    if value.get("spec").is_none() {
-        errors.push(FieldError::new("spec", "required"));
-        return Err(errors);
-    }
+    let mut errors = first_checks(&mut value)?;
 
     // Fast path: a valid object is never defaulted as JSON (see the module comment).
     let mut unknown = Vec::new();
@@ -268,6 +262,20 @@ pub fn validate_value(mut value: Value) -> Result<Option<Object>, Vec<FieldError
     }
     semantic_errors(&object, &mut errors);
     if errors.is_empty() { Ok(Some(object)) } else { Err(errors) }
+}
+
+/// What every validation starts with: null fields dropped, then the metadata errors
+/// ([`metadata_errors`]) to go on with, or those and `spec: required` to stop at when there is
+/// no spec.
+fn first_checks(value: &mut Value) -> Result<Vec<FieldError>, Vec<FieldError>> {
+    drop_nulls(value);
+    let mut errors = Vec::new();
+    metadata_errors(value, &mut errors);
+    if value.get("spec").is_none() {
+        errors.push(FieldError::new("spec", "required"));
+        return Err(errors);
+    }
+    Ok(errors)
 }
 
 /// `metadata.name` (required, an RFC 1123 subdomain) and `metadata.namespace` (a namespace name).

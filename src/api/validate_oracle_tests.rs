@@ -110,13 +110,7 @@ fn native_errors(kind: &str, value: &Value) -> Option<Vec<(String, String)>> {
 fn reference(mut value: Value) -> Result<Option<Object>, Vec<FieldError>> {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     let schema = schema_of(&kind);
-    drop_nulls(&mut value);
-    let mut errors = Vec::new();
-    metadata_errors(&value, &mut errors);
-    if value.get("spec").is_none() {
-        errors.push(FieldError::new("spec", "required"));
-        return Err(errors);
-    }
+    let mut errors = first_checks(&mut value)?;
     let defaulted = defaulted_with_structure_errors(schema, &value, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
