@@ -34,11 +34,6 @@ use crate::pricing::{Node, Object, TokenCounts, UsageError, parse_usage_node};
 /// A body as a stream of chunks.
 pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
-/// An answer or stream event as a [`Node`] tree; `None` when the bytes are not a JSON object.
-fn parse_object(bytes: &[u8]) -> Option<Node<'_>> {
-    Node::parse(bytes).filter(|n| n.as_object().is_some())
-}
-
 fn non_null(v: Option<&Node<'_>>) -> bool {
     v.is_some_and(|v| !v.is_null())
 }
@@ -241,7 +236,7 @@ impl SseProcessor {
             return true;
         }
         let data = event_data(event);
-        let Some(event) = parse_object(&data) else {
+        let Some(event) = Node::parse_object(&data) else {
             return true;
         };
         let drop_it = self.strip_usage_chunk && is_usage_only_chunk(&event);

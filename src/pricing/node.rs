@@ -83,6 +83,11 @@ impl<'a> Node<'a> {
         serde_json::from_slice(bytes).ok()
     }
 
+    /// Parses a JSON object (an answer, a stream event); `None` when the bytes are not one.
+    pub fn parse_object(bytes: &'a [u8]) -> Option<Node<'a>> {
+        Node::parse(bytes).filter(|n| n.as_object().is_some())
+    }
+
     /// The tree of a `Value`, borrowing its keys and strings.
     pub fn of_value(v: &'a Value) -> Node<'a> {
         match v {
@@ -283,7 +288,7 @@ impl<'a> Node<'a> {
                 }
                 Some(Node::Object(o))
             }
-            Err(_) => Node::parse(bytes).filter(|n| n.as_object().is_some()),
+            Err(_) => Node::parse_object(bytes),
         }
     }
 }
