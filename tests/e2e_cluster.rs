@@ -422,12 +422,21 @@ async fn controller_end_to_end() {
     })
     .await;
 
-    let rotations = events(&client, &ns)
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("RouteRotated"))
-        .filter_map(|e| e.note)
-        .collect::<Vec<_>>();
+    // The pass publishes its Events one after another (BackendEjected before RouteRotated), so
+    // the second rotation's Event may land a moment after the ejection's: wait for it.
+    let (rotations, _) = eventually("a RouteRotated Event for each of the two rotations", SLACK, || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let notes = events(&client, &ns)
+                .await
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("RouteRotated"))
+                .filter_map(|e| e.note)
+                .collect::<Vec<_>>();
+            (notes.len() >= 2).then_some(notes)
+        }
+    })
+    .await;
     assert_eq!(rotations.len(), 2, "one Event per rotation, each with its own evidence: {rotations:?}");
 
     // Restart mid-window: SIGKILL (no goodbye), 2 USD more spend while no controller runs.
