@@ -514,6 +514,80 @@ async fn create_noop_then_rotate_on_spend() {
     h.finish().await;
 }
 
+/// A rotation of one route makes a new revision of the namespace's config, but only that
+/// route's status moves: another route keeps the revision its own entry last changed in, and
+/// its gateways stay in sync while they move to the new revision (issue 12: one rotation in a
+/// namespace of 10,000 routes writes one route status, not 10,000).
+#[tokio::test]
+async fn a_rotation_rewrites_the_rotated_route_status_only() {
+    let other = route_json(
+        "other",
+        json!([{"name": "m", "provider": "mistral", "model": "small",
+                "endpoint": {"mock": {}}, "pricing": {"input": "1", "output": "1"}}]),
+        json!({}),
+    );
+    let mut world = World::new(vec![chat(), other], vec![openai_secret()]);
+    let doc = expected_doc(&world.routes);
+    let rev = doc.revision.clone();
+    let mut expects = first_pass_expects(&doc);
+    let r1 = rev.clone();
+    expects.insert(
+        3,
+        expect("PATCH", status_uri("modelroutes", "other"), move |b| {
+            let s = status_envelope("ModelRoute", "other", b);
+            assert_eq!(s["gateways"], json!({"inSync": 1, "total": 1, "configRevision": r1}));
+        }),
+    );
+    // The rotation: the config, chat's status (its entry changed: the new revision, no gateway
+    // on it yet), the budget's, the Events. Not `other`'s.
+    let rotated_rev = Arc::new(Mutex::new(String::new()));
+    let rr = rotated_rev.clone();
+    expects.push(expect("PATCH", CM_URI, move |b| *rr.lock().unwrap() = doc_of(b).revision));
+    let rr = rotated_rev.clone();
+    expects.push(expect("PATCH", status_uri("modelroutes", "chat"), move |b| {
+        let s = status_envelope("ModelRoute", "chat", b);
+        let rotated = rr.lock().unwrap().clone();
+        assert_eq!(s["gateways"], json!({"inSync": 0, "total": 1, "configRevision": rotated}));
+    }));
+    expects.push(expect("PATCH", status_uri("providerbudgets", "openai-daily"), |_| {}));
+    expects.push(expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "BudgetExhausted")));
+    expects.push(expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "RouteRotated")));
+    // The gateway loads the new revision: chat is in sync again; `other` still not written.
+    let rr = rotated_rev.clone();
+    expects.push(expect("PATCH", status_uri("modelroutes", "chat"), move |b| {
+        let s = status_envelope("ModelRoute", "chat", b);
+        let rotated = rr.lock().unwrap().clone();
+        assert_eq!(s["gateways"], json!({"inSync": 1, "total": 1, "configRevision": rotated}));
+    }));
+    let mut h = harness(expects);
+
+    h.signals.set(10, 0, 1_000_000_000, &rev);
+    let r = h.pass(&world, t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.statuses_written.len(), 3, "{:?}", r.statuses_written);
+    apply_writes(&mut world, &h);
+    h.log.lock().unwrap().clear();
+
+    h.signals.set(20, 0, 10_500_000_000, &rev);
+    let r = h.pass(&world, later(30), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.configs_applied, [NS]);
+    assert_eq!(r.statuses_written, ["ModelRoute team-a/chat", "ProviderBudget team-a/openai-daily"]);
+    apply_writes(&mut world, &h);
+    h.log.lock().unwrap().clear();
+
+    let rotated = rotated_rev.lock().unwrap().clone();
+    assert_ne!(rotated, rev);
+    h.signals.set(20, 0, 10_500_000_000, &rotated);
+    let r = h.pass(&world, later(45), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.statuses_written, ["ModelRoute team-a/chat"]);
+    apply_writes(&mut world, &h);
+    let other = world.routes.iter().find(|r| r["metadata"]["name"] == "other").unwrap();
+    assert_eq!(other["status"]["gateways"], json!({"inSync": 1, "total": 1, "configRevision": rev}));
+    h.finish().await;
+}
+
 /// A 409 and a 503 are retried at once; a persistent 500 is reported (by kind) and retried by
 /// the next pass, while what succeeded is not written again.
 #[tokio::test]

@@ -566,7 +566,8 @@ pub struct ModelRouteStatus {
     /// The most recent change of the effective backend table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<Rotation>,
-    /// How many gateways serve the current config revision.
+    /// How many gateways serve this route as decided: those serving `configRevision`, the
+    /// revision its entry last changed in, or a later one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateways: Option<GatewaySync>,
 }
@@ -676,14 +677,15 @@ pub struct Rotation {
     pub reason: String,
 }
 
-/// Gateways serving the current config revision.
+/// Gateways serving the route's current entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySync {
-    /// Gateways reporting `configRevision`.
+    /// Gateways serving `configRevision` or a later revision of the namespace's config.
     pub in_sync: u32,
     /// Gateways found.
     pub total: u32,
-    /// Revision of the config document currently rendered.
+    /// Revision of the namespace's config document in which this route's entry last changed
+    /// (another route's change makes a new revision without moving this one).
     pub config_revision: String,
 }

@@ -194,6 +194,9 @@ pub struct Engine {
     pub(super) last_inputs: Option<BTreeMap<String, u64>>,
     /// Hard budgets' grants ([`super::hard`]).
     pub(super) hard: super::hard::HardMemory,
+    /// Per namespace: the revision each route's entry has been in since it last changed
+    /// ([`super::sync`]).
+    pub(super) route_sync: BTreeMap<String, super::sync::NamespaceSync>,
 }
 
 /// The UID of an object (namespace/name when it has none yet).
@@ -233,6 +236,7 @@ impl Engine {
             status_pace,
             last_inputs: None,
             hard: super::hard::HardMemory::default(),
+            route_sync: BTreeMap::new(),
         }
     }
 
@@ -314,6 +318,7 @@ impl Engine {
                 Ok(doc) => match self.apply_configmap(snap, ns, doc, now, collect).await {
                     Ok(written) => {
                         revisions.insert(ns.clone(), doc.revision.clone());
+                        self.route_sync.entry(ns.clone()).or_default().observe(&doc.revision, Some(&doc.routes));
                         match written {
                             ConfigWrite::Written => report.configs_applied.push(ns.clone()),
                             ConfigWrite::Repaired(names) => {
@@ -327,6 +332,7 @@ impl Engine {
                             not_applied.insert(ns.clone(), why);
                         }
                         if let Some(rev) = self.stored_config(snap, ns).and_then(|cm| stored_revision(&cm)) {
+                            self.route_sync.entry(ns.clone()).or_default().observe(&rev, None);
                             revisions.insert(ns.clone(), rev);
                         }
                         report.errors.push(e);
@@ -346,6 +352,7 @@ impl Engine {
             self.encoded.retain(|ns, _| plan.namespaces.contains_key(ns));
             self.shard_versions.retain(|ns, _| plan.namespaces.contains_key(ns));
             self.shard_repair_failed.retain(|ns| plan.namespaces.contains_key(ns));
+            self.route_sync.retain(|ns, _| plan.namespaces.contains_key(ns));
         }
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
 

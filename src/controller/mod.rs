@@ -29,6 +29,7 @@ pub mod restore;
 pub mod run;
 mod scope;
 mod status;
+mod sync;
 
 use std::net::SocketAddr;
 use std::time::Duration;

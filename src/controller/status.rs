@@ -169,7 +169,9 @@ impl Engine {
         (written, errors)
     }
 
-    /// A route's status write: the plan's, plus how many gateways serve its revision.
+    /// A route's status write: the plan's, plus how many gateways serve its entry as decided:
+    /// those serving the revision its entry last changed in, or a later one ([`super::sync`]),
+    /// so that another route's change does not move this route's status.
     pub(super) fn route_status(
         &self,
         g: &DeserializeGuard<ModelRoute>,
@@ -181,14 +183,21 @@ impl Engine {
         let key = ObjectKey::of(g);
         let Some(mut status) = plan.route_statuses.get(&key).cloned() else { return Ok(None) };
         let problem = plan.route_problems.get(&key);
-        if let Some(rev) = revisions.get(&key.namespace).filter(|_| problem.is_none_or(|p| !p.blocking)) {
+        let sync = self.route_sync.get(&key.namespace).filter(|_| revisions.contains_key(&key.namespace));
+        if let Some(sync) = sync.filter(|_| problem.is_none_or(|p| !p.blocking))
+            && let Some(since) = sync.since(&key.name)
+        {
             let in_ns: Vec<&GatewayTarget> = targets.iter().filter(|t| t.namespace == key.namespace).collect();
-            let in_sync =
-                in_ns.iter().filter(|t| self.revisions.get(&t.uid).and_then(|r| r.as_deref()) == Some(rev)).count();
+            let in_sync = in_ns
+                .iter()
+                .filter(|t| {
+                    self.revisions.get(&t.uid).and_then(|r| r.as_deref()).is_some_and(|r| sync.serves(&key.name, r))
+                })
+                .count();
             status.gateways = Some(GatewaySync {
                 in_sync: u32::try_from(in_sync).unwrap_or(u32::MAX),
                 total: u32::try_from(in_ns.len()).unwrap_or(u32::MAX),
-                config_revision: rev.clone(),
+                config_revision: since.to_string(),
             });
         }
         let stored = g.0.as_ref().ok().and_then(|r| r.status.clone());
