@@ -588,6 +588,84 @@ async fn a_rotation_rewrites_the_rotated_route_status_only() {
     h.finish().await;
 }
 
+/// Status writes the pace would hold past the window are left to the next passes, which plan
+/// their namespace again without a spec change; writes about a transition go first.
+#[tokio::test]
+async fn status_writes_past_the_window_are_left_to_the_next_passes() {
+    let other = route_json(
+        "other",
+        json!([{"name": "m", "provider": "mistral", "model": "small",
+                "endpoint": {"mock": {}}, "pricing": {"input": "1", "output": "1"}}]),
+        json!({}),
+    );
+    // `other` comes first in the store, but chat and the budget have transitions (the first
+    // signals already cross the budget's limit), so theirs are written first.
+    let world = World::new(vec![other, chat()], vec![openai_secret()]);
+    let mut expects = vec![
+        expect("PATCH", CM_URI, |_| {}),
+        expect("PATCH", SECRET_URI, |_| {}),
+        expect("PATCH", status_uri("modelroutes", "chat"), |b| {
+            assert_eq!(status_envelope("ModelRoute", "chat", b)["state"], "Degraded");
+        }),
+        // The first pass's Events, then the leftover writes of the next passes.
+        expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "BudgetExhausted")),
+        expect("POST", EVENTS_URI, |b| assert_eq!(b["reason"], "RouteRotated")),
+    ];
+    expects.push(expect("PATCH", status_uri("providerbudgets", "openai-daily"), |b| {
+        assert_eq!(status_envelope("ProviderBudget", "openai-daily", b)["state"], "Exhausted");
+    }));
+    expects.push(expect("PATCH", status_uri("modelroutes", "other"), |b| {
+        assert_eq!(status_envelope("ModelRoute", "other", b)["state"], "Serving");
+    }));
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let reporter =
+        Reporter { controller: "tollgate-controller".into(), instance: Some("tollgate-controller-0".into()) };
+    // One write at once, then one per 200 ms; a pass waits for none.
+    let settings = Settings {
+        retry_backoff: Duration::from_millis(5),
+        status_writes_per_second: 5,
+        status_write_burst: 1,
+        status_write_window: Duration::ZERO,
+        ..Settings::default()
+    };
+    let metrics = Arc::new(ControllerMetrics::new());
+    let ctx = Arc::new(Context { client, reporter, metrics, settings });
+    let signals = FakeSignals::default();
+    let log: Log = Arc::default();
+    let server = tokio::spawn(serve(handle, expects, log.clone()));
+    let mut engine = Engine::new(ctx, Arc::new(signals.clone()));
+    signals.set(10, 0, 10_500_000_000, "sha256:none");
+
+    let r = engine.pass(&world.snapshot(), t0(), true).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        (r.statuses_written.as_slice(), r.statuses_deferred),
+        (["ModelRoute team-a/chat".to_string()].as_slice(), 2)
+    );
+    // The next passes (no spec change: only the leftover namespace is planned) write one each,
+    // as the pace allows.
+    let mut written = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = engine.pass(&world.snapshot(), t0(), false).await;
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.statuses_written.len() <= 1, "{:?}", r.statuses_written);
+        written.extend(r.statuses_written);
+        if r.statuses_deferred == 0 {
+            assert_eq!(r.planned, [NS]);
+            break;
+        }
+        assert_eq!(r.planned, [NS]);
+    }
+    assert_eq!(written, ["ProviderBudget team-a/openai-daily", "ModelRoute team-a/other"]);
+    // Nothing left: the next pass plans nothing.
+    let r = engine.pass(&world.snapshot(), t0(), false).await;
+    assert!(r.planned.is_empty() && r.statuses_written.is_empty(), "{r:?}");
+    drop(engine);
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+}
+
 /// A 409 and a 503 are retried at once; a persistent 500 is reported (by kind) and retried by
 /// the next pass, while what succeeded is not written again.
 #[tokio::test]

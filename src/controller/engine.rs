@@ -74,6 +74,10 @@ pub struct Settings {
     /// Status writes sent at once (each waits for the API server's answer); 1 sends them one
     /// after the other, in order.
     pub status_writes_in_flight: usize,
+    /// How long one pass waits for the pace of status writes: those that do not fit are left to
+    /// the next passes (their namespaces are planned again at once), so that thousands of
+    /// statuses to write never hold up the next signal pass. Writes about a transition go first.
+    pub status_write_window: Duration,
     /// Name of the allowances ConfigMap (Hard budgets' grants) in each namespace with Hard budgets.
     pub allowances_configmap: String,
     /// Headroom every live gateway pod is topped up to at least, per Hard budget.
@@ -94,6 +98,7 @@ impl Default for Settings {
             status_writes_per_second: 50,
             status_write_burst: 100,
             status_writes_in_flight: 1,
+            status_write_window: Duration::from_secs(5),
             allowances_configmap: crate::config::allowances::ALLOWANCES_CONFIGMAP.into(),
             hard_grant_floor: crate::policy::allowance::GrantPolicy::default().floor,
         }
@@ -144,6 +149,9 @@ pub struct PassReport {
     pub secrets_applied: Vec<String>,
     /// Statuses written (`Kind namespace/name`).
     pub statuses_written: Vec<String>,
+    /// Status writes left for the next passes (past `Settings::status_write_window`); the
+    /// runner starts the next pass at once while there are some.
+    pub statuses_deferred: usize,
     /// Events published.
     pub events_published: usize,
     /// Gateways read, by UID, with the revision they serve.
@@ -197,6 +205,10 @@ pub struct Engine {
     /// Per namespace: the revision each route's entry has been in since it last changed
     /// ([`super::sync`]).
     pub(super) route_sync: BTreeMap<String, super::sync::NamespaceSync>,
+    /// Namespaces with status writes left by the last pass: planned by the next one.
+    pub(super) status_deferred: BTreeSet<String>,
+    /// Objects about which a transition's status write was left: written first by the next.
+    pub(super) status_urgent: BTreeSet<(&'static str, ObjectKey)>,
 }
 
 /// The UID of an object (namespace/name when it has none yet).
@@ -237,6 +249,8 @@ impl Engine {
             last_inputs: None,
             hard: super::hard::HardMemory::default(),
             route_sync: BTreeMap::new(),
+            status_deferred: BTreeSet::new(),
+            status_urgent: BTreeSet::new(),
         }
     }
 
@@ -254,8 +268,10 @@ impl Engine {
 
         // Scope: every namespace on a signal pass, else only those whose inputs changed.
         let inputs = super::scope::namespace_inputs(snap);
+        // Namespaces whose status writes a pass left over are planned again.
+        let deferred = std::mem::take(&mut self.status_deferred);
         let scope = match (&self.last_inputs, collect) {
-            (Some(before), false) => Some(super::scope::changed(before, &inputs)),
+            (Some(before), false) => Some(super::scope::changed(before, &inputs).into_iter().chain(deferred).collect()),
             _ => None,
         };
         self.last_inputs = Some(inputs);
@@ -370,8 +386,14 @@ impl Engine {
                 Err(e) => report.errors.push(e),
             }
         }
-        let (written, errors) = self.send_statuses(writes, now).await;
+        // Writes about a transition go first, this pass and the next ones until written.
+        let mut urgent = std::mem::take(&mut self.status_urgent);
+        urgent.extend(plan.decision.transitions.iter().map(|t| (kind_name(t.kind), t.object.clone())));
+        let (written, deferred, errors) = self.send_statuses(writes, &urgent, now).await;
         report.statuses_written = written;
+        report.statuses_deferred = deferred.len();
+        self.status_deferred = deferred.iter().map(|(_, k)| k.namespace.clone()).collect();
+        self.status_urgent = deferred.into_iter().filter(|d| urgent.contains(d)).collect();
         report.errors.extend(errors);
 
         // Events.

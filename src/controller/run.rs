@@ -103,6 +103,8 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         status_writes_per_second: args.status_writes_per_second,
         // The pace bounds the rate; a few in flight keep each write's round trip from bounding it.
         status_writes_in_flight: 8,
+        // A pass waits for the pace at most half an interval: the next signal pass stays on time.
+        status_write_window: (args.signal_interval / 2).min(Duration::from_secs(5)),
         allowances_configmap: args.allowances_configmap_name.clone(),
         hard_grant_floor: args.hard_grant_floor,
         ..Settings::default()
@@ -403,7 +405,9 @@ async fn run_engine(
             };
             let report = engine.pass(&snap, Timestamp::now(), collect).await;
             if report.errors.is_empty() {
-                retry = None;
+                // Status writes left past the window: the next pass writes them, at once (the
+                // pace, not a timer, spaces them).
+                retry = (report.statuses_deferred > 0).then(tokio::time::Instant::now);
                 backoff = RETRY_MIN;
             } else {
                 retry = Some(tokio::time::Instant::now() + backoff);

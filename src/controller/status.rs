@@ -5,9 +5,12 @@
 //! exhaustion) is not written, nor one written within the write grace and not yet seen.
 //! Writes are paced ([`WritePace`]: `Settings::status_writes_per_second` after a burst of
 //! `status_write_burst`), so thousands of routes changing at once reach the API server at a
-//! bounded rate (the pass waits; nothing is dropped), and sent with up to
-//! `Settings::status_writes_in_flight` at once (the pace, not each write's round trip, bounds
-//! a pass). Results are taken in the order the writes were decided.
+//! bounded rate, and sent with up to `Settings::status_writes_in_flight` at once (the pace, not
+//! each write's round trip, bounds a pass). A pass waits for the pace at most
+//! `Settings::status_write_window`: the writes left are not dropped but decided again by the
+//! next passes, which the runner starts at once (level-based: a status written meanwhile is
+//! not written twice). Writes about an object with a transition go first, so a rotation's
+//! status is not queued behind thousands of first writes. Results are taken in the order sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,18 +64,27 @@ impl WritePace {
     /// `(per_second, burst)`; a rate of 0 is unbounded.
     pub(crate) fn new((per_second, burst): (u32, u32)) -> Self {
         let interval = (per_second > 0).then(|| std::time::Duration::from_secs(1) / per_second);
-        let burst = interval.map(|i| i.saturating_mul(burst.max(1))).unwrap_or_default();
+        // GCRA's tolerance: `burst` writes at once (the first needs none).
+        let burst = interval.map(|i| i.saturating_mul(burst.max(1) - 1)).unwrap_or_default();
         Self { interval, burst, tat: None }
+    }
+
+    /// When one more write would fit the rate; `None`: now.
+    pub(crate) fn ready_at(&self) -> Option<tokio::time::Instant> {
+        self.interval?;
+        let now = tokio::time::Instant::now();
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        tat.checked_sub(self.burst).filter(|t| *t > now)
     }
 
     /// Waits until one more write fits the rate.
     pub(crate) async fn take(&mut self) {
         let Some(interval) = self.interval else { return };
         let now = tokio::time::Instant::now();
-        let tat = self.tat.map_or(now, |t| t.max(now));
-        if let Some(wait_until) = tat.checked_sub(self.burst).filter(|t| *t > now) {
+        if let Some(wait_until) = self.ready_at() {
             tokio::time::sleep_until(wait_until).await;
         }
+        let tat = self.tat.map_or(now, |t| t.max(now));
         self.tat = Some(tat + interval);
     }
 }
@@ -134,17 +146,32 @@ impl Engine {
 
     /// Sends the pass's status writes, paced ([`WritePace`]) and with at most
     /// `Settings::status_writes_in_flight` at once (one at a time is minutes for thousands of
-    /// routes, since each write waits for the API server). Returns what was written
-    /// (`Kind namespace/name`, in the order given) and the failures.
+    /// routes, since each write waits for the API server), those about an object with a
+    /// transition (`urgent`: kind and key) first. Writes the pace would hold past
+    /// `Settings::status_write_window` are left for the next passes. Returns what was written
+    /// (`Kind namespace/name`, in the order sent), the objects whose write was left (kind and
+    /// key), and the failures.
     pub(super) async fn send_statuses(
         &mut self,
-        writes: Vec<StatusWrite>,
+        mut writes: Vec<StatusWrite>,
+        urgent: &BTreeSet<(&'static str, ObjectKey)>,
         now: Timestamp,
-    ) -> (Vec<String>, Vec<Error>) {
+    ) -> (Vec<String>, Vec<(&'static str, ObjectKey)>, Vec<Error>) {
+        writes.sort_by_cached_key(|w| {
+            let key = ObjectKey { namespace: w.namespace.clone(), name: w.name.clone() };
+            !urgent.contains(&(w.kind, key))
+        });
         let in_flight = self.ctx.settings.status_writes_in_flight.max(1);
+        let until = tokio::time::Instant::now() + self.ctx.settings.status_write_window;
         let mut pending = futures::stream::FuturesOrdered::new();
         let mut results = Vec::with_capacity(writes.len());
-        for w in writes {
+        let mut deferred = Vec::new();
+        let mut writes = writes.into_iter();
+        for w in writes.by_ref() {
+            if self.status_pace.ready_at().is_some_and(|at| at > until) {
+                deferred.push((w.kind, ObjectKey { namespace: w.namespace, name: w.name }));
+                break;
+            }
             while pending.len() >= in_flight {
                 if let Some(r) = pending.next().await {
                     results.push(r);
@@ -153,6 +180,7 @@ impl Engine {
             self.status_pace.take().await;
             pending.push_back(send_status(self.ctx.clone(), w));
         }
+        deferred.extend(writes.map(|w| (w.kind, ObjectKey { namespace: w.namespace, name: w.name })));
         while let Some(r) = pending.next().await {
             results.push(r);
         }
@@ -166,7 +194,7 @@ impl Engine {
                 Err(e) => errors.push(e),
             }
         }
-        (written, errors)
+        (written, deferred, errors)
     }
 
     /// A route's status write: the plan's, plus how many gateways serve its entry as decided:
