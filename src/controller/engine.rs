@@ -205,8 +205,9 @@ pub struct Engine {
     /// Per namespace: the revision each route's entry has been in since it last changed
     /// ([`super::sync`]).
     pub(super) route_sync: BTreeMap<String, super::sync::NamespaceSync>,
-    /// Namespaces with status writes left by the last pass: planned by the next one.
-    pub(super) status_deferred: BTreeSet<String>,
+    /// Status writes the last pass left (past the window), as decided then: the next pass
+    /// sends them unless it plans their namespace again (then it decides them anew).
+    pub(super) status_leftover: Vec<super::status::StatusWrite>,
     /// Objects about which a transition's status write was left: written first by the next.
     pub(super) status_urgent: BTreeSet<(&'static str, ObjectKey)>,
 }
@@ -249,7 +250,7 @@ impl Engine {
             last_inputs: None,
             hard: super::hard::HardMemory::default(),
             route_sync: BTreeMap::new(),
-            status_deferred: BTreeSet::new(),
+            status_leftover: Vec::new(),
             status_urgent: BTreeSet::new(),
         }
     }
@@ -268,10 +269,8 @@ impl Engine {
 
         // Scope: every namespace on a signal pass, else only those whose inputs changed.
         let inputs = super::scope::namespace_inputs(snap);
-        // Namespaces whose status writes a pass left over are planned again.
-        let deferred = std::mem::take(&mut self.status_deferred);
         let scope = match (&self.last_inputs, collect) {
-            (Some(before), false) => Some(super::scope::changed(before, &inputs).into_iter().chain(deferred).collect()),
+            (Some(before), false) => Some(super::scope::changed(before, &inputs)),
             _ => None,
         };
         self.last_inputs = Some(inputs);
@@ -389,11 +388,20 @@ impl Engine {
         // Writes about a transition go first, this pass and the next ones until written.
         let mut urgent = std::mem::take(&mut self.status_urgent);
         urgent.extend(plan.decision.transitions.iter().map(|t| (kind_name(t.kind), t.object.clone())));
-        let (written, deferred, errors) = self.send_statuses(writes, &urgent, now).await;
+        // The last pass's leftovers, as decided then, for objects still there in namespaces
+        // this pass did not plan (their inputs and, without signals, their gateways are the
+        // same; a planned namespace's statuses were just decided anew).
+        let leftover = std::mem::take(&mut self.status_leftover);
+        writes.extend(
+            leftover
+                .into_iter()
+                .filter(|w| uids.contains(w.uid()) && scope.as_ref().is_some_and(|s| !s.contains(w.namespace()))),
+        );
+        let (written, leftover, errors) = self.send_statuses(writes, &urgent, now).await;
         report.statuses_written = written;
-        report.statuses_deferred = deferred.len();
-        self.status_deferred = deferred.iter().map(|(_, k)| k.namespace.clone()).collect();
-        self.status_urgent = deferred.into_iter().filter(|d| urgent.contains(d)).collect();
+        report.statuses_deferred = leftover.len();
+        self.status_urgent = leftover.iter().map(|w| w.id()).filter(|d| urgent.contains(d)).collect();
+        self.status_leftover = leftover;
         report.errors.extend(errors);
 
         // Events.

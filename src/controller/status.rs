@@ -7,9 +7,9 @@
 //! `status_write_burst`), so thousands of routes changing at once reach the API server at a
 //! bounded rate, and sent with up to `Settings::status_writes_in_flight` at once (the pace, not
 //! each write's round trip, bounds a pass). A pass waits for the pace at most
-//! `Settings::status_write_window`: the writes left are not dropped but decided again by the
-//! next passes, which the runner starts at once (level-based: a status written meanwhile is
-//! not written twice). Writes about an object with a transition go first, so a rotation's
+//! `Settings::status_write_window`: the writes left are not dropped but sent by the next
+//! passes, which the runner starts at once, as decided, unless a pass plans their namespace
+//! again (a spec change, a signal pass), which decides them anew. Writes about an object with a transition go first, so a rotation's
 //! status is not queued behind thousands of first writes. Results are taken in the order sent.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,6 +100,21 @@ pub(super) struct StatusWrite {
     desired: Value,
 }
 
+impl StatusWrite {
+    /// Kind and key of the object.
+    pub(super) fn id(&self) -> (&'static str, ObjectKey) {
+        (self.kind, ObjectKey { namespace: self.namespace.clone(), name: self.name.clone() })
+    }
+
+    pub(super) fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    pub(super) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
 /// Sends one status apply (retrying transient errors); gives the write back when done.
 async fn send_status(ctx: Arc<Context>, w: StatusWrite) -> Result<StatusWrite, Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &w.namespace, &w.resource);
@@ -149,18 +164,14 @@ impl Engine {
     /// routes, since each write waits for the API server), those about an object with a
     /// transition (`urgent`: kind and key) first. Writes the pace would hold past
     /// `Settings::status_write_window` are left for the next passes. Returns what was written
-    /// (`Kind namespace/name`, in the order sent), the objects whose write was left (kind and
-    /// key), and the failures.
+    /// (`Kind namespace/name`, in the order sent), the writes left, and the failures.
     pub(super) async fn send_statuses(
         &mut self,
         mut writes: Vec<StatusWrite>,
         urgent: &BTreeSet<(&'static str, ObjectKey)>,
         now: Timestamp,
-    ) -> (Vec<String>, Vec<(&'static str, ObjectKey)>, Vec<Error>) {
-        writes.sort_by_cached_key(|w| {
-            let key = ObjectKey { namespace: w.namespace.clone(), name: w.name.clone() };
-            !urgent.contains(&(w.kind, key))
-        });
+    ) -> (Vec<String>, Vec<StatusWrite>, Vec<Error>) {
+        writes.sort_by_cached_key(|w| !urgent.contains(&w.id()));
         let in_flight = self.ctx.settings.status_writes_in_flight.max(1);
         let until = tokio::time::Instant::now() + self.ctx.settings.status_write_window;
         let mut pending = futures::stream::FuturesOrdered::new();
@@ -169,7 +180,7 @@ impl Engine {
         let mut writes = writes.into_iter();
         for w in writes.by_ref() {
             if self.status_pace.ready_at().is_some_and(|at| at > until) {
-                deferred.push((w.kind, ObjectKey { namespace: w.namespace, name: w.name }));
+                deferred.push(w);
                 break;
             }
             while pending.len() >= in_flight {
@@ -180,7 +191,7 @@ impl Engine {
             self.status_pace.take().await;
             pending.push_back(send_status(self.ctx.clone(), w));
         }
-        deferred.extend(writes.map(|w| (w.kind, ObjectKey { namespace: w.namespace, name: w.name })));
+        deferred.extend(writes);
         while let Some(r) = pending.next().await {
             results.push(r);
         }
