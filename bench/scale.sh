@@ -16,6 +16,8 @@
 #                   volume of the ConfigMaps holds them)
 #   - reload_s:     time from renaming the files of a changed document into place (shards
 #                   first, index last) to /metrics showing the new revision
+#   - render_cpu_s: user + system CPU time of that render (on a shared machine the wall time
+#                   grows with the load; the CPU time much less)
 #   - us_per_route: render time per route (linear growth shows as a flat column)
 #
 # Usage: bench/scale.sh [SIZES...]   (env TOLLGATE: the binary, default target/release/tollgate;
@@ -38,6 +40,19 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+# timed OUT CMD...: runs CMD with stdout to OUT; prints "wall_s cpu_s" (cpu: user + system).
+timed() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.monotonic()
+with open(out, "wb") as f:
+    subprocess.run(cmd, stdout=f, check=True)
+wall = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.3f} {ru.ru_utime + ru.ru_stime:.3f}")
+PY
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # gen N WEIGHT DIR: N routes of 5 mock backends in one file.
@@ -90,12 +105,12 @@ wait_revision() { # PORT REV DEADLINE_S
 
 echo "# tollgate scale bench: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# binary: $BIN"
-printf "%-7s %-9s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" routes render_s us_per_route json_bytes stored_bytes cms fits rss_mib reload_s
+printf "%-7s %-9s %-13s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" routes render_s render_cpu_s us_per_route json_bytes stored_bytes cms fits rss_mib reload_s
 for n in "${SIZES[@]}"; do
   d="$WORK/$n"; mkdir -p "$d/a" "$d/b" "$d/vol" "$d/bvol" "$d/creds"
   gen "$n" 50 "$d/a"; gen "$n" 60 "$d/b"
-  t0=$(now); "$BIN" render -f "$d/a" > "$d/a.json"; t1=$(now)
-  render_s=$(elapsed "$t0" "$t1")
+  timing=$(timed "$d/a.json" "$BIN" render -f "$d/a")
+  read -r render_s render_cpu <<<"$timing"
   "$BIN" render -f "$d/a" --stored-dir "$d/vol" 2>/dev/null >/dev/null
   "$BIN" render -f "$d/b" --stored-dir "$d/bvol" 2>/dev/null > "$d/b.json"
   json_bytes=$(python3 -c 'import json,sys; print(len(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":"), ensure_ascii=False).encode()))' "$d/a.json")
@@ -117,6 +132,6 @@ for n in "${SIZES[@]}"; do
     echo "# gateway did not load the $n-route document: $(tail -3 "$d/gw.log")" >&2
   fi
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=""
-  printf "%-7s %-9s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" "$n" "$render_s" "$us" "$json_bytes" "$stored" "$cms" "$fits" "$rss" "$reload"
+  printf "%-7s %-9s %-13s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" "$n" "$render_s" "$render_cpu" "$us" "$json_bytes" "$stored" "$cms" "$fits" "$rss" "$reload"
   rm -rf "$d"
 done

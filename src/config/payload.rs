@@ -13,7 +13,9 @@
 //!   says how big it is and what the ceiling is.
 //! - Readers ([`decode`]) tell the two forms apart by the gzip magic bytes (JSON never starts
 //!   with 0x1f), so a file named either way, or a ConfigMap key, reads the same. Decompression
-//!   is bounded by [`MAX_DOCUMENT`] bytes (a corrupt or hostile stream cannot exhaust memory).
+//!   is bounded by [`MAX_DOCUMENT`] bytes (a corrupt or hostile stream cannot exhaust memory),
+//!   into one buffer sized from the gzip trailer (a hint only, bounded too), not a doubling
+//!   series of buffers the allocator would keep.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
