@@ -6,6 +6,8 @@
 #   - render_s:     wall time of `tollgate render -f DIR` (YAML parse and validation on every
 #                   core, then decide + build + pretty print): the plan step a controller pass
 #                   runs, plus YAML and printing (one pass alone: `cargo bench --bench scale_pass`)
+#   - render_cpu_s: user + system CPU time of that render (on a shared machine the wall time
+#                   grows with the load; the CPU time much less)
 #   - json_bytes:   the document as compact JSON
 #   - stored_bytes: what the controller writes (`render --stored-dir`, the controller's own
 #                   encoder): compact JSON up to 512 KiB, gzip past it, split into shard
@@ -13,11 +15,11 @@
 #   - cms:          how many ConfigMaps that is (1, or the index plus its shards)
 #   - fits:         whether every ConfigMap is under the 1,000,000-byte ceiling
 #   - rss_mib:      gateway VmRSS after loading the document from those files (as a projected
-#                   volume of the ConfigMaps holds them)
+#                   volume of the ConfigMaps holds them) and serving one /metrics scrape
 #   - reload_s:     time from renaming the files of a changed document into place (shards
-#                   first, index last) to /metrics showing the new revision
-#   - render_cpu_s: user + system CPU time of that render (on a shared machine the wall time
-#                   grows with the load; the CPU time much less)
+#                   first, index last) to /readyz naming the new revision (polled every 20 ms:
+#                   /readyz, not /metrics, whose 12 MB exposition at 10,000 routes would take
+#                   a core from the reload it times)
 #   - us_per_route: render time per route (linear growth shows as a flat column)
 #
 # Usage: bench/scale.sh [SIZES...]   (env TOLLGATE: the binary, default target/release/tollgate;
@@ -94,10 +96,10 @@ PY
 
 revision_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["revision"])' "$1"; }
 
-wait_revision() { # PORT REV DEADLINE_S
+wait_revision() { # API_PORT REV DEADLINE_S
   local port=$1 rev=$2 deadline; deadline=$(( $(date +%s) + $3 ))
   while (( $(date +%s) < deadline )); do
-    if curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -q "tollgate_config_revision_info{revision=\"$rev\"}"; then return 0; fi
+    if curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null | grep -qF "serving config $rev"; then return 0; fi
     sleep 0.02
   done
   return 1
@@ -123,11 +125,12 @@ for n in "${SIZES[@]}"; do
     --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" >"$d/gw.log" 2>&1 &
   GW_PID=$!
   rss="-"; reload="-"
-  if wait_revision "$mport" "$(revision_of "$d/a.json")" 120; then
+  if wait_revision "$port" "$(revision_of "$d/a.json")" 120; then
+    curl -fsS "http://127.0.0.1:$mport/metrics" >/dev/null
     rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$GW_PID/status")
     rev_b=$(revision_of "$d/b.json")
     t0=$(now); swap "$d/bvol" "$d/vol"
-    if wait_revision "$mport" "$rev_b" 120; then reload=$(elapsed "$t0" "$(now)"); fi
+    if wait_revision "$port" "$rev_b" 120; then reload=$(elapsed "$t0" "$(now)"); fi
   else
     echo "# gateway did not load the $n-route document: $(tail -3 "$d/gw.log")" >&2
   fi
