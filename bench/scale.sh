@@ -6,6 +6,8 @@
 #   - render_s:     wall time of `tollgate render -f DIR` (YAML parse and validation on every
 #                   core, then decide + build + pretty print): the plan step a controller pass
 #                   runs, plus YAML and printing (one pass alone: `cargo bench --bench scale_pass`)
+#   - render_cpu_s: user + system CPU time of that render (on a shared machine the wall time
+#                   grows with the load; the CPU time much less)
 #   - json_bytes:   the document as compact JSON
 #   - stored_bytes: what the controller writes (`render --stored-dir`, the controller's own
 #                   encoder): compact JSON up to 512 KiB, gzip past it, split into shard
@@ -13,9 +15,11 @@
 #   - cms:          how many ConfigMaps that is (1, or the index plus its shards)
 #   - fits:         whether every ConfigMap is under the 1,000,000-byte ceiling
 #   - rss_mib:      gateway VmRSS after loading the document from those files (as a projected
-#                   volume of the ConfigMaps holds them)
+#                   volume of the ConfigMaps holds them) and serving one /metrics scrape
 #   - reload_s:     time from renaming the files of a changed document into place (shards
-#                   first, index last) to /metrics showing the new revision
+#                   first, index last) to /readyz naming the new revision (polled every 20 ms:
+#                   /readyz, not /metrics, whose 12 MB exposition at 10,000 routes would take
+#                   a core from the reload it times)
 #   - us_per_route: render time per route (linear growth shows as a flat column)
 #
 # Usage: bench/scale.sh [SIZES...]   (env TOLLGATE: the binary, default target/release/tollgate;
@@ -38,6 +42,19 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$2"; }
+# timed OUT CMD...: runs CMD with stdout to OUT; prints "wall_s cpu_s" (cpu: user + system).
+timed() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.monotonic()
+with open(out, "wb") as f:
+    subprocess.run(cmd, stdout=f, check=True)
+wall = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.3f} {ru.ru_utime + ru.ru_stime:.3f}")
+PY
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # gen N WEIGHT DIR: N routes of 5 mock backends in one file.
@@ -79,10 +96,10 @@ PY
 
 revision_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["revision"])' "$1"; }
 
-wait_revision() { # PORT REV DEADLINE_S
+wait_revision() { # API_PORT REV DEADLINE_S
   local port=$1 rev=$2 deadline; deadline=$(( $(date +%s) + $3 ))
   while (( $(date +%s) < deadline )); do
-    if curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -q "tollgate_config_revision_info{revision=\"$rev\"}"; then return 0; fi
+    if curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null | grep -qF "serving config $rev"; then return 0; fi
     sleep 0.02
   done
   return 1
@@ -90,12 +107,12 @@ wait_revision() { # PORT REV DEADLINE_S
 
 echo "# tollgate scale bench: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# binary: $BIN"
-printf "%-7s %-9s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" routes render_s us_per_route json_bytes stored_bytes cms fits rss_mib reload_s
+printf "%-7s %-9s %-13s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" routes render_s render_cpu_s us_per_route json_bytes stored_bytes cms fits rss_mib reload_s
 for n in "${SIZES[@]}"; do
   d="$WORK/$n"; mkdir -p "$d/a" "$d/b" "$d/vol" "$d/bvol" "$d/creds"
   gen "$n" 50 "$d/a"; gen "$n" 60 "$d/b"
-  t0=$(now); "$BIN" render -f "$d/a" > "$d/a.json"; t1=$(now)
-  render_s=$(elapsed "$t0" "$t1")
+  timing=$(timed "$d/a.json" "$BIN" render -f "$d/a")
+  read -r render_s render_cpu <<<"$timing"
   "$BIN" render -f "$d/a" --stored-dir "$d/vol" 2>/dev/null >/dev/null
   "$BIN" render -f "$d/b" --stored-dir "$d/bvol" 2>/dev/null > "$d/b.json"
   json_bytes=$(python3 -c 'import json,sys; print(len(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":"), ensure_ascii=False).encode()))' "$d/a.json")
@@ -108,15 +125,16 @@ for n in "${SIZES[@]}"; do
     --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" >"$d/gw.log" 2>&1 &
   GW_PID=$!
   rss="-"; reload="-"
-  if wait_revision "$mport" "$(revision_of "$d/a.json")" 120; then
+  if wait_revision "$port" "$(revision_of "$d/a.json")" 120; then
+    curl -fsS "http://127.0.0.1:$mport/metrics" >/dev/null
     rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$GW_PID/status")
     rev_b=$(revision_of "$d/b.json")
     t0=$(now); swap "$d/bvol" "$d/vol"
-    if wait_revision "$mport" "$rev_b" 120; then reload=$(elapsed "$t0" "$(now)"); fi
+    if wait_revision "$port" "$rev_b" 120; then reload=$(elapsed "$t0" "$(now)"); fi
   else
     echo "# gateway did not load the $n-route document: $(tail -3 "$d/gw.log")" >&2
   fi
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=""
-  printf "%-7s %-9s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" "$n" "$render_s" "$us" "$json_bytes" "$stored" "$cms" "$fits" "$rss" "$reload"
+  printf "%-7s %-9s %-13s %-11s %-11s %-12s %-4s %-5s %-8s %-9s\n" "$n" "$render_s" "$render_cpu" "$us" "$json_bytes" "$stored" "$cms" "$fits" "$rss" "$reload"
   rm -rf "$d"
 done

@@ -86,14 +86,16 @@ pub fn plan_manifests(
 pub struct Rendered {
     /// The document.
     pub config: GatewayConfig,
-    /// The plan (problems, decisions, statuses).
+    /// The plan (problems, decisions, statuses), without the rendered namespace's entry in
+    /// `namespaces`: its document was moved to `config` (at fleet scale a copy costs as much
+    /// as building it).
     pub plan: Plan,
 }
 
 /// Renders one namespace of validated manifests, with no observations.
 pub fn render(m: &Manifests, namespace: &str, now: Timestamp) -> Result<Rendered, RenderError> {
-    let plan = plan_manifests(m, namespace, &Observations::default(), &DecisionState::default(), now);
-    let config = match plan.namespaces.get(namespace).map(|n| n.config.clone()) {
+    let mut plan = plan_manifests(m, namespace, &Observations::default(), &DecisionState::default(), now);
+    let config = match plan.namespaces.remove(namespace).map(|n| n.config) {
         Some(Ok(doc)) => doc,
         Some(Err(e)) => return Err(e.into()),
         // `plan_manifests` always renders `namespace`.

@@ -13,7 +13,9 @@
 //!   says how big it is and what the ceiling is.
 //! - Readers ([`decode`]) tell the two forms apart by the gzip magic bytes (JSON never starts
 //!   with 0x1f), so a file named either way, or a ConfigMap key, reads the same. Decompression
-//!   is bounded by [`MAX_DOCUMENT`] bytes (a corrupt or hostile stream cannot exhaust memory).
+//!   is bounded by [`MAX_DOCUMENT`] bytes (a corrupt or hostile stream cannot exhaust memory),
+//!   into one buffer sized from the gzip trailer (a hint only, bounded too), not a doubling
+//!   series of buffers the allocator would keep.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -136,12 +138,26 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x1f, 0x8b])
 }
 
+/// Capacity to decompress `gz` into: the size its trailer states (ISIZE, the uncompressed
+/// length modulo 2^32), so the text is written into one allocation instead of a doubling
+/// series of them (at fleet scale those copies were tens of megabytes the allocator kept).
+/// The trailer is not trusted beyond a hint: at most [`MAX_DOCUMENT`] bytes and at most what
+/// deflate's best ratio (1032:1) can give from this input, one byte more so that `read_to_end`
+/// sees the end without growing.
+fn decompressed_size_hint(gz: &[u8]) -> usize {
+    let Some(trailer) = gz.len().checked_sub(4).and_then(|at| gz.get(at..)) else {
+        return 0;
+    };
+    let stated = trailer.try_into().map(u32::from_le_bytes).map_or(0, |n| n as usize);
+    stated.min(MAX_DOCUMENT).min(gz.len().saturating_mul(1032)).saturating_add(1)
+}
+
 /// The JSON of a stored form: `bytes` as they are, or decompressed (bounded).
 pub fn unwrap_json(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, ConfigError> {
     if !is_gzip(bytes) {
         return Ok(std::borrow::Cow::Borrowed(bytes));
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(decompressed_size_hint(bytes));
     let limit = u64::try_from(MAX_DOCUMENT).unwrap_or(u64::MAX).saturating_add(1);
     GzDecoder::new(bytes)
         .take(limit)
@@ -305,6 +321,22 @@ mod tests {
         unhashed.revision.clear();
         let digest = Sha256::digest(serde_json::to_vec(&unhashed).unwrap());
         assert_eq!(d.compute_revision(), format!("sha256:{}", &hex::encode(digest)[..16]));
+    }
+
+    #[test]
+    fn the_size_hint_is_the_trailer_bounded() {
+        let json = doc(300).to_json();
+        let gz = gzip(json.as_bytes());
+        assert_eq!(decompressed_size_hint(&gz), json.len() + 1);
+        let std::borrow::Cow::Owned(text) = unwrap_json(&gz).unwrap() else { panic!("decompressed") };
+        assert_eq!(text, json.as_bytes());
+        assert!(text.capacity() <= json.len() + 64, "one allocation: {} for {}", text.capacity(), json.len());
+        // A trailer claiming 4 GiB from a few bytes is bounded by the deflate ratio.
+        let mut lying = gz[..gz.len() - 4].to_vec();
+        lying.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decompressed_size_hint(&lying), lying.len() * 1032 + 1);
+        assert!(decode(&lying).is_err(), "the content no longer matches its trailer");
+        assert_eq!(decompressed_size_hint(&[0x1f, 0x8b]), 0);
     }
 
     #[test]

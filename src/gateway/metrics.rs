@@ -427,10 +427,10 @@ impl Metrics {
     }
 
     /// The duration and time-to-first-token histograms of one series (handles to keep, so the
-    /// request path does not look them up), created at their first observation.
-    pub(crate) fn histograms(&self, labels: &BackendLabels) -> (LazyHistogram, LazyHistogram) {
-        let labels = Arc::new(labels.clone());
-        (LazyHistogram::new(&self.duration, &labels), LazyHistogram::new(&self.ttft, &labels))
+    /// request path does not look them up), created at their first observation. Both share
+    /// the backend's labels.
+    pub(crate) fn histograms(&self, labels: &Arc<BackendLabels>) -> (LazyHistogram, LazyHistogram) {
+        (LazyHistogram::new(&self.duration, labels), LazyHistogram::new(&self.ttft, labels))
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -639,7 +639,7 @@ mod tests {
         cell.record_outcome(Outcome::UpstreamError, None);
         cell.record_usage(&TokenCounts::default(), Money::from_picos(7_000_999)).unwrap();
         m.meter.set_revision("sha256:r1");
-        let (duration, _) = m.histograms(&BackendLabels::of(&key("chat", "a")));
+        let (duration, _) = m.histograms(&Arc::new(BackendLabels::of(&key("chat", "a"))));
         duration.observe(0.25);
         let r = crate::signals::GatewayReading::from_text(&m.encode());
         assert_eq!(r.revision.as_deref(), Some("sha256:r1"));

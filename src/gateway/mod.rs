@@ -11,6 +11,11 @@
 //! and diffs [`Meter::snapshot`]s into the policy's observations with
 //! [`MeterSnapshot::to_observations_since`].
 //!
+//! Memory: a served document is compiled and taken apart, not kept beside its compiled form
+//! ([`Served`]): each backend row moves into its compiled backend, instruments labelled only by
+//! provider and model are shared, and [`Gateway::config`] puts the document back together on
+//! demand. At 10,000 routes of 5 backends the table is about half of what it was (issue 12).
+//!
 //! Rooms: this file is the facade (the [`Gateway`], its options and errors); `cli.rs` holds
 //! `tollgate gateway`'s flags and job, `serve.rs` the HTTP serving, `source.rs` the Kubernetes
 //! config source (over [`crate::kube_source`]; the gateway never imports the operator).
@@ -76,7 +81,7 @@ pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
 pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
 
-use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig};
+use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig, RouteConfig};
 use crate::config::{RouteState, Strategy};
 use metrics::{BackendLabels, GenAiBackend, LazyHistogram, MeterCell, Metrics};
 use select::{Candidate, Steer};
@@ -160,19 +165,23 @@ pub enum GatewayError {
     Source(String),
 }
 
-/// One backend as served: its config row plus its meter cell and precomputed labels.
+/// One backend as served: its config row (moved out of the document, the only copy) plus its
+/// meter cell and precomputed labels.
 pub(crate) struct CompiledBackend {
     pub(crate) cfg: BackendConfig,
     pub(crate) cell: Arc<MeterCell>,
-    pub(crate) labels: BackendLabels,
+    /// Shared with its two histograms.
+    pub(crate) labels: Arc<BackendLabels>,
     pub(crate) duration: LazyHistogram,
     pub(crate) ttft: LazyHistogram,
-    /// OpenTelemetry gen_ai instruments (by endpoint).
-    pub(crate) gen_ai: GenAiBackend,
+    /// OpenTelemetry gen_ai instruments (by endpoint). Their series are labelled by provider
+    /// and upstream model only, so every backend of a document with the same pair shares one.
+    pub(crate) gen_ai: Arc<GenAiBackend>,
     pub(crate) backend_header: HeaderValue,
     pub(crate) provider_header: HeaderValue,
-    /// Upstream URL of each endpoint (HTTP backends whose base URL parses).
-    pub(crate) uris: Option<[Uri; 4]>,
+    /// Upstream URL of each endpoint (HTTP backends whose base URL parses); boxed, so mock
+    /// backends do not carry four empty URIs.
+    pub(crate) uris: Option<Box<[Uri; 4]>>,
     /// The `Host` header of those URLs, built once ([`upstream::host_header`]).
     pub(crate) host: Option<HeaderValue>,
 }
@@ -190,6 +199,9 @@ pub(crate) struct CompiledRoute {
     /// Cache affinity and hints (`spec.affinity`, `spec.hints`), as the document carries them.
     pub(crate) affinity: Option<crate::config::AffinityPolicy>,
     pub(crate) hints: Option<crate::config::HintsPolicy>,
+    /// The route's entry in the document with its backend rows moved out (they live in
+    /// `backends`): with them, the entry as it was ([`Served::document`]).
+    pub(crate) doc: RouteConfig,
 }
 
 impl CompiledRoute {
@@ -208,9 +220,15 @@ impl CompiledRoute {
     }
 }
 
-/// A config document ready to serve.
+/// A config document ready to serve. The document is taken apart, not kept beside its
+/// compiled form: each backend row is moved into its [`CompiledBackend`], so a fleet-sized
+/// document is held once ([`Served::document`] puts it back together on demand).
 pub(crate) struct Served {
-    pub(crate) config: Arc<GatewayConfig>,
+    /// The document's version, revision and namespace (its `routes` are empty).
+    pub(crate) head: GatewayConfig,
+    /// The routes in document order (sorted by name).
+    pub(crate) order: Vec<Arc<CompiledRoute>>,
+    /// The same routes by alias.
     pub(crate) routes: HashMap<String, Arc<CompiledRoute>>,
 }
 
@@ -218,69 +236,90 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// Upstream URL of each endpoint of an HTTP backend whose base URL parses.
+fn upstream_uris(endpoint: &EndpointConfig) -> Option<Box<[Uri; 4]>> {
+    match endpoint {
+        EndpointConfig::Http { base_url, .. } => {
+            let parsed: Result<Vec<Uri>, _> =
+                Endpoint::UPSTREAM.iter().map(|e| Uri::try_from(format!("{base_url}{}", e.path()))).collect();
+            parsed.ok().and_then(|v| <[Uri; 4]>::try_from(v).ok()).map(Box::new)
+        }
+        EndpointConfig::Mock(_) => None,
+    }
+}
+
 impl Served {
+    /// Compiles `config`, consuming it: route by route, each row moves into its compiled
+    /// backend (nothing of the document is copied but the labels and headers).
     fn compile(config: GatewayConfig, metrics: &Metrics) -> Self {
-        let routes = config
-            .routes
+        let GatewayConfig { version, revision, namespace, routes } = config;
+        let head = GatewayConfig { version, revision, namespace, routes: Vec::new() };
+        let mut gen_ai: HashMap<(String, String), Arc<GenAiBackend>> = HashMap::new();
+        let mut order = Vec::with_capacity(routes.len());
+        let mut by_alias = HashMap::with_capacity(routes.len());
+        for mut r in routes {
+            let rows = std::mem::take(&mut r.backends);
+            let candidates = rows
+                .iter()
+                .map(|b| Candidate {
+                    tier: b.tier,
+                    weight: b.weight,
+                    serving: b.serving,
+                    id: affinity::backend_id(&b.name),
+                })
+                .collect();
+            // Pushed into an exact-size vector: a collect of `rows.into_iter()` would reuse the
+            // rows' allocation (sized for the parser's growth, 288 bytes a slot) for 8-byte Arcs.
+            let mut backends: Vec<Arc<CompiledBackend>> = Vec::with_capacity(rows.len());
+            backends.extend(rows.into_iter().map(|b| {
+                let key = MeterKey::new(&r.name, &b.name, &b.provider, &b.model);
+                let labels = Arc::new(BackendLabels::of(&key));
+                let (duration, ttft) = metrics.histograms(&labels);
+                let uris = upstream_uris(&b.endpoint);
+                let host = uris.as_ref().and_then(|u| upstream::host_header(&u[0]));
+                let gen_ai = gen_ai
+                    .entry((b.provider.clone(), b.model.clone()))
+                    .or_insert_with(|| Arc::new(metrics.gen_ai(&b.provider, &b.model)))
+                    .clone();
+                Arc::new(CompiledBackend {
+                    cell: metrics.meter.cell(&key),
+                    labels,
+                    duration,
+                    ttft,
+                    gen_ai,
+                    backend_header: header_value(&b.name),
+                    provider_header: header_value(&b.provider),
+                    uris,
+                    host,
+                    cfg: b,
+                })
+            }));
+            let route = Arc::new(CompiledRoute {
+                name: r.name.clone(),
+                strategy: r.strategy,
+                state: r.state,
+                route_header: header_value(&r.name),
+                backends,
+                candidates,
+                max_input_tokens: r.max_input_tokens,
+                affinity: r.affinity.clone(),
+                hints: r.hints.clone(),
+                doc: r,
+            });
+            by_alias.insert(route.doc.model.clone(), route.clone());
+            order.push(route);
+        }
+        Self { head, order, routes: by_alias }
+    }
+
+    /// The document served, put back together (a copy: at fleet scale, megabytes).
+    pub(crate) fn document(&self) -> GatewayConfig {
+        let routes = self
+            .order
             .iter()
-            .map(|r| {
-                let backends: Vec<Arc<CompiledBackend>> = r
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let key = MeterKey::new(&r.name, &b.name, &b.provider, &b.model);
-                        let labels = BackendLabels::of(&key);
-                        let (duration, ttft) = metrics.histograms(&labels);
-                        let uris = match &b.endpoint {
-                            EndpointConfig::Http { base_url, .. } => {
-                                let parsed: Result<Vec<Uri>, _> = Endpoint::UPSTREAM
-                                    .iter()
-                                    .map(|e| Uri::try_from(format!("{base_url}{}", e.path())))
-                                    .collect();
-                                parsed.ok().and_then(|v| <[Uri; 4]>::try_from(v).ok())
-                            }
-                            EndpointConfig::Mock(_) => None,
-                        };
-                        let host = uris.as_ref().and_then(|u| upstream::host_header(&u[0]));
-                        Arc::new(CompiledBackend {
-                            cfg: b.clone(),
-                            cell: metrics.meter.cell(&key),
-                            labels,
-                            duration,
-                            ttft,
-                            gen_ai: metrics.gen_ai(&b.provider, &b.model),
-                            backend_header: header_value(&b.name),
-                            provider_header: header_value(&b.provider),
-                            uris,
-                            host,
-                        })
-                    })
-                    .collect();
-                let candidates = r
-                    .backends
-                    .iter()
-                    .map(|b| Candidate {
-                        tier: b.tier,
-                        weight: b.weight,
-                        serving: b.serving,
-                        id: affinity::backend_id(&b.name),
-                    })
-                    .collect();
-                let route = CompiledRoute {
-                    name: r.name.clone(),
-                    strategy: r.strategy,
-                    state: r.state,
-                    route_header: header_value(&r.name),
-                    backends,
-                    candidates,
-                    max_input_tokens: r.max_input_tokens,
-                    affinity: r.affinity.clone(),
-                    hints: r.hints.clone(),
-                };
-                (r.model.clone(), Arc::new(route))
-            })
+            .map(|r| RouteConfig { backends: r.backends.iter().map(|b| b.cfg.clone()).collect(), ..r.doc.clone() })
             .collect();
-        Self { config: Arc::new(config), routes }
+        GatewayConfig { routes, ..self.head.clone() }
     }
 }
 
@@ -382,14 +421,15 @@ impl Gateway {
         self.inner.current.load().is_some()
     }
 
-    /// The document being served.
+    /// The document being served: put back together from the compiled routes on each call
+    /// (a copy; the gateway does not hold the document twice), so not for the request path.
     pub fn config(&self) -> Option<Arc<GatewayConfig>> {
-        self.inner.current.load().as_ref().map(|s| s.config.clone())
+        self.inner.current.load().as_ref().map(|s| Arc::new(s.document()))
     }
 
     /// Revision of the document being served.
     pub fn revision(&self) -> Option<String> {
-        self.inner.current.load().as_ref().map(|s| s.config.revision.clone())
+        self.inner.current.load().as_ref().map(|s| s.head.revision.clone())
     }
 
     /// The exact in-process meter.

@@ -246,6 +246,31 @@ fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recommende
 mod tests {
     use super::*;
     use crate::gateway::GatewayOptions;
+    use std::sync::Arc;
+
+    /// The gateway takes the document apart to serve it (each backend row moves into its
+    /// compiled backend); what it reports serving is still exactly the document loaded.
+    #[test]
+    fn the_document_served_is_the_document_loaded() {
+        use crate::config::{EndpointConfig, GatewayConfig, MockEndpoint, tests_support::route};
+        let mut routes: Vec<_> = (0..40).map(|i| route(&format!("r{i:03}"))).collect();
+        routes[3].backends[1].endpoint = EndpointConfig::Mock(MockEndpoint::default());
+        routes[5].max_input_tokens = Some(9);
+        let mut doc = GatewayConfig { version: 1, revision: String::new(), namespace: "ns".into(), routes };
+        doc.revision = doc.compute_revision();
+        let gw = Gateway::new(Some(doc.clone()), GatewayOptions::default()).unwrap();
+        assert_eq!(gw.config().as_deref(), Some(&doc));
+        assert_eq!(gw.revision(), Some(doc.revision.clone()));
+        let served = gw.inner.current.load_full().unwrap();
+        let aliases: Vec<&str> = served.order.iter().map(|r| r.doc.model.as_str()).collect();
+        assert_eq!(aliases, doc.routes.iter().map(|r| r.model.as_str()).collect::<Vec<_>>());
+        // Rows of the same provider and upstream model share their gen_ai instruments.
+        let (a, b) = (&served.routes["r000"].backends[0], &served.routes["r001"].backends[0]);
+        assert!(Arc::ptr_eq(&a.gen_ai, &b.gen_ai));
+        assert!(!Arc::ptr_eq(&a.gen_ai, &served.routes["r000"].backends[1].gen_ai), "another model");
+        assert!(served.routes["r003"].backends[1].uris.is_none(), "a mock backend has no upstream URIs");
+        assert!(served.routes["r003"].backends[0].uris.is_some());
+    }
 
     #[test]
     fn an_invalid_file_left_in_place_is_read_once() {

@@ -67,19 +67,19 @@ fn model_object(alias: &str) -> Value {
 }
 
 async fn list_models(State(gw): State<Gateway>) -> Response {
-    let Some(cfg) = gw.config() else {
+    let Some(served) = gw.inner.current.load_full() else {
         return ApiError::not_ready().into_response();
     };
-    let data: Vec<Value> = cfg.routes.iter().map(|r| model_object(&r.model)).collect();
+    let data: Vec<Value> = served.order.iter().map(|r| model_object(&r.doc.model)).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn get_model(State(gw): State<Gateway>, Path(model): Path<String>) -> Response {
-    let Some(cfg) = gw.config() else {
+    let Some(served) = gw.inner.current.load_full() else {
         return ApiError::not_ready().into_response();
     };
-    match cfg.route(&model) {
-        Some(r) => axum::Json(model_object(&r.model)).into_response(),
+    match served.routes.get(&model) {
+        Some(r) => axum::Json(model_object(&r.doc.model)).into_response(),
         None => ApiError::model_not_found(&model).into_response(),
     }
 }
