@@ -169,6 +169,19 @@ fn json_string(raw: &str) -> Option<String> {
     }
 }
 
+/// Writes `s` as a JSON string: as it is between quotes when nothing in it needs escaping
+/// (a model id), else escaped by serde_json.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Serializing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    }
+}
+
 /// The top-level entries by the single-pass [`Scan`] (no escaped key, see `pricing/scan.rs`).
 fn scan_fields(body: &str) -> Result<Vec<(Key, Range<usize>)>, Fallback> {
     let mut fields = Vec::with_capacity(8);
@@ -268,6 +281,7 @@ impl ClientRequest {
     }
 
     /// The raw JSON text of a top-level field (the last one when repeated, as `parse` reads).
+    #[inline]
     pub(crate) fn raw(&self, key: &str) -> Option<&str> {
         // No key of this length: absent, without comparing any.
         if self.key_lens & len_bit(key.len()) == 0 {
@@ -309,7 +323,7 @@ impl ClientRequest {
             push_key(&mut out, k);
             let (k, v) = (self.key(k), &self.body[v.clone()]);
             if k == "model" {
-                let _ = serde_json::to_writer(&mut out, upstream_model);
+                write_json_string(&mut out, upstream_model);
             } else if k == "stream_options" && ask_usage {
                 saw_options = true;
                 let mut opts = match serde_json::from_str::<serde_json::Value>(v) {
@@ -346,6 +360,15 @@ mod tests {
             out,
             r#"{"z":1,"model":"gpt-4o-\"mini\"","messages":[{"role":"user","content":"h\u00e9"}],"a":{"y":2,"b":1.50}}"#
         );
+    }
+
+    #[test]
+    fn model_ids_are_written_as_serde_json_writes_them() {
+        for m in ["gpt-4o", "", "h\u{e9}/\u{1F600}", "a\"b", "a\\b", "tab\there", "\u{1}", "del\u{7f}", "x/y"] {
+            let mut out = Vec::new();
+            write_json_string(&mut out, m);
+            assert_eq!(out, serde_json::to_vec(m).unwrap(), "{m:?}");
+        }
     }
 
     #[test]

@@ -76,18 +76,19 @@ impl<'a> Scan<'a> {
         self.i
     }
 
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    #[inline]
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
         }
     }
 
+    #[inline(always)]
     fn eat(&mut self, c: u8) -> Res<()> {
         if self.peek() == Some(c) {
             self.i += 1;
@@ -97,6 +98,7 @@ impl<'a> Scan<'a> {
         }
     }
 
+    #[inline]
     fn literal(&mut self, word: &[u8]) -> Res<()> {
         match self.b.get(self.i..self.i + word.len()) {
             Some(w) if w == word => {
@@ -109,7 +111,7 @@ impl<'a> Scan<'a> {
 
     /// Past the opening quote: moves past the closing one. Returns the content's byte range
     /// and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     fn string(&mut self) -> Res<(usize, usize, bool)> {
         let (b, start) = (self.b, self.i);
         let mut i = start;
@@ -157,6 +159,7 @@ impl<'a> Scan<'a> {
     }
 
     /// A number, by serde_json's grammar; returns whether it is a plain unsigned integer.
+    #[inline]
     fn number(&mut self) -> Res<bool> {
         let mut plain = true;
         if self.peek() == Some(b'-') {
@@ -195,6 +198,7 @@ impl<'a> Scan<'a> {
         Ok(plain)
     }
 
+    #[inline(always)]
     fn digits(&mut self) {
         while let Some(b'0'..=b'9') = self.peek() {
             self.i += 1;
@@ -210,44 +214,29 @@ impl<'a> Scan<'a> {
     pub fn skip_value(&mut self) -> Res<()> {
         self.ws();
         match self.peek() {
+            Some(b'{') => self.skip_object(),
+            Some(b'[') => self.skip_array().map(|_| ()),
+            _ => self.skip_scalar(),
+        }
+    }
+
+    /// A value inside a container: only a container costs a call.
+    #[inline(always)]
+    fn skip_inner(&mut self) -> Res<()> {
+        match self.peek() {
+            Some(b'{') => self.skip_object(),
+            Some(b'[') => self.skip_array().map(|_| ()),
+            _ => self.skip_scalar(),
+        }
+    }
+
+    /// A string, literal or number, at its first byte.
+    #[inline(always)]
+    fn skip_scalar(&mut self) -> Res<()> {
+        match self.peek() {
             Some(b'"') => {
                 self.i += 1;
                 self.string().map(|_| ())
-            }
-            Some(b'{') => {
-                self.i += 1;
-                self.enter()?;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        self.eat(b'"')?;
-                        self.string()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        self.skip_value()?;
-                        self.ws();
-                        match self.peek() {
-                            Some(b',') => self.i += 1,
-                            Some(b'}') => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return Err(Fallback),
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Ok(())
-            }
-            Some(b'[') => {
-                self.i += 1;
-                self.enter()?;
-                self.array_len()?;
-                self.depth -= 1;
-                Ok(())
             }
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
@@ -256,32 +245,74 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Past the `[`: checks the elements and the `]`; returns how many there were.
-    fn array_len(&mut self) -> Res<usize> {
+    /// An object, at its `{`.
+    fn skip_object(&mut self) -> Res<()> {
+        self.i += 1;
+        self.enter()?;
         self.ws();
-        if self.peek() == Some(b']') {
+        if self.peek() == Some(b'}') {
             self.i += 1;
-            return Ok(0);
-        }
-        let mut n = 0;
-        loop {
-            self.skip_value()?;
-            n += 1;
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(n);
+        } else {
+            loop {
+                self.ws();
+                self.eat(b'"')?;
+                self.string()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                self.skip_inner()?;
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(Fallback),
                 }
-                _ => return Err(Fallback),
             }
         }
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// An array, at its `[`: checks the elements and the `]`; returns how many there were.
+    fn skip_array(&mut self) -> Res<usize> {
+        self.i += 1;
+        self.enter()?;
+        self.ws();
+        let mut n = 0;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                self.skip_inner()?;
+                n += 1;
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b']') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(Fallback),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(n)
     }
 
     /// Reads one value (after any whitespace) as a [`Node`], as serde_json would build it.
     pub fn node(&mut self) -> Res<Node<'a>> {
         self.ws();
+        self.node_inner()
+    }
+
+    /// A value at its first byte, as a [`Node`]: only an object costs a call.
+    #[inline(always)]
+    fn node_inner(&mut self) -> Res<Node<'a>> {
         let start = self.i;
         match self.peek() {
             Some(b'"') => {
@@ -289,46 +320,12 @@ impl<'a> Scan<'a> {
                 let (s, e, escaped) = self.string()?;
                 if escaped {
                     // serde_json decodes it (and refuses a lone surrogate).
-                    return Node::parse(&self.b[start..self.i]).ok_or(Fallback);
+                    return Node::parse(self.b.get(start..self.i).ok_or(Fallback)?).ok_or(Fallback);
                 }
                 Ok(Node::Str(Cow::Borrowed(self.text.get(s..e).ok_or(Fallback)?)))
             }
-            Some(b'{') => {
-                self.i += 1;
-                self.enter()?;
-                let mut o = Object::with_capacity(8);
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        let key = self.key()?;
-                        self.ws();
-                        self.eat(b':')?;
-                        let value = self.node()?;
-                        o.insert(key, value);
-                        self.ws();
-                        match self.peek() {
-                            Some(b',') => self.i += 1,
-                            Some(b'}') => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return Err(Fallback),
-                        }
-                    }
-                }
-                self.depth -= 1;
-                Ok(Node::Object(o))
-            }
-            Some(b'[') => {
-                self.i += 1;
-                self.enter()?;
-                let n = self.array_len()?;
-                self.depth -= 1;
-                Ok(Node::Array(n))
-            }
+            Some(b'{') => self.node_object(),
+            Some(b'[') => self.skip_array().map(Node::Array),
             Some(b't') => self.literal(b"true").map(|()| Node::Bool(true)),
             Some(b'f') => self.literal(b"false").map(|()| Node::Bool(false)),
             Some(b'n') => self.literal(b"null").map(|()| Node::Null),
@@ -343,7 +340,40 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// An object, at its `{`, as a [`Node`] (every entry kept, in order).
+    fn node_object(&mut self) -> Res<Node<'a>> {
+        self.i += 1;
+        self.enter()?;
+        let mut o = Object::with_capacity(8);
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                let key = self.key()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                let value = self.node_inner()?;
+                o.insert(key, value);
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(Fallback),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(Node::Object(o))
+    }
+
     /// An object key (at its opening quote), decoded.
+    #[inline(always)]
     fn key(&mut self) -> Res<Cow<'a, str>> {
         let open = self.i;
         self.eat(b'"')?;
