@@ -5,8 +5,8 @@
 //!
 //! It is a **fast path in front of serde_json, never a second JSON dialect**: it accepts only a
 //! strict subset of what serde_json accepts, and its callers ([`Node::usage_of_answer`], the
-//! gateway's client request) answer [`Fallback`] with their serde_json path, which then gives
-//! the exact result and error. So whatever this scanner does not take on, it refuses:
+//! gateway's client request and its Hard-budget output-cap splice) answer [`Fallback`] with
+//! their serde_json path, which then gives the exact result and error. So whatever this scanner does not take on, it refuses:
 //! - text that is not valid UTF-8 as a whole (serde_json takes invalid UTF-8 inside strings it
 //!   skips; this scanner leaves such bodies to it);
 //! - a top-level key written with an escape (the callers would have to decode it);
@@ -20,9 +20,12 @@
 //! string's `\u` escape needs only its four hex digits (serde_json does not check surrogates in
 //! what it skips); a kept string or key with escapes, and a kept number other than a plain
 //! unsigned integer of at most 19 digits, is handed to serde_json itself (its error, e.g. a
-//! lone surrogate or a float out of range, is a [`Fallback`]). A property test
-//! (`node_tests.rs`) checks the fast path against the serde_json path on valid and broken
-//! documents.
+//! lone surrogate or a float out of range, is a [`Fallback`]). Property tests
+//! (`node_tests.rs`, `gateway/request.rs`) check the fast path against the serde_json path on
+//! valid and broken documents; `gateway/admission/splice.rs` checks the splice's members.
+//!
+//! Cost (bench/instructions.sh): only objects and arrays recurse; strings are searched eight
+//! bytes at a time for their end.
 
 use std::borrow::Cow;
 
