@@ -263,9 +263,14 @@ tokio::task_local! {
     static CURRENT: Option<Hold>;
 }
 
-/// Runs an attempt with `hold` as the current hold (what [`settle_current`] settles).
+/// Runs an attempt with `hold` as the current hold (what [`settle_current`] settles). Without
+/// a hold no scope is entered: outside one, [`current`] and [`settle_current`] see the same
+/// `None` (attempts never nest, so there is no outer hold to hide).
 pub(crate) async fn scoped<F: std::future::Future>(hold: Option<Hold>, f: F) -> F::Output {
-    CURRENT.scope(hold, f).await
+    match hold {
+        None => f.await,
+        hold => CURRENT.scope(hold, f).await,
+    }
 }
 
 /// Runs `f` with `hold` as the current hold (for stream end callbacks, outside the attempt).

@@ -25,8 +25,10 @@ use super::request::Endpoint;
 use super::stream::BodyStream;
 use crate::pricing::{TokenCounts, UsageError};
 
+/// How many upstream response headers are passed on.
+const PASSED_COUNT: usize = 3;
 /// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [HeaderName; 3] = [
+const PASSED_HEADERS: [HeaderName; PASSED_COUNT] = [
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("request-id"),
     HeaderName::from_static("openai-processing-ms"),
@@ -199,18 +201,25 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().get(..17).is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream")))
 }
 
-/// Copies the passed-through upstream headers, scrubbed of the API keys.
+/// Copies the passed-through upstream headers (the first value of each), scrubbed of the API
+/// keys. One walk over the upstream's few headers, comparing names, instead of one hashed
+/// lookup per passed name.
 pub(crate) fn pass_headers(from: &HeaderMap, to: &mut HeaderMap, redactor: &Redactor) {
-    for name in &PASSED_HEADERS {
-        if let Some(v) = from.get(name) {
-            if redactor.is_empty() {
-                to.insert(name.clone(), v.clone());
-                continue;
-            }
-            let scrubbed = redactor.redact(v.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&scrubbed) {
-                to.insert(name.clone(), v);
-            }
+    let mut done = [false; PASSED_COUNT];
+    for (name, v) in from {
+        let Some(k) = PASSED_HEADERS.iter().position(|p| p == name) else {
+            continue;
+        };
+        if std::mem::replace(&mut done[k], true) {
+            continue;
+        }
+        if redactor.is_empty() {
+            to.insert(name.clone(), v.clone());
+            continue;
+        }
+        let scrubbed = redactor.redact(v.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&scrubbed) {
+            to.insert(name.clone(), v);
         }
     }
 }
@@ -227,14 +236,17 @@ pub(crate) fn bill(
 ) {
     let usage = usage.and_then(limits::plausible);
     let (reason, why) = match usage {
-        Ok(t) => match b.cell.record_usage(&t, t.cost(&b.cfg.pricing)) {
-            Ok(()) => {
-                b.gen_ai.usage(endpoint, &t, t.cost(&b.cfg.pricing));
-                super::admission::settle_current(Some(t.cost(&b.cfg.pricing)));
-                return;
+        Ok(t) => {
+            let cost = t.cost(&b.cfg.pricing);
+            match b.cell.record_usage(&t, cost) {
+                Ok(()) => {
+                    b.gen_ai.usage(endpoint, &t, cost);
+                    super::admission::settle_current(Some(cost));
+                    return;
+                }
+                Err(why) => ("counter_overflow", why),
             }
-            Err(why) => ("counter_overflow", why),
-        },
+        }
         Err(e) => (reason_if_missing.unwrap_or(e.metric_label()), e.to_string()),
     };
     let est = limits::estimate(request_bytes, data_events);

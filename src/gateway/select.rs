@@ -88,13 +88,13 @@ pub(crate) fn plan_steered<R: Rng + ?Sized>(
     let Some(best) = best else {
         return Vec::new();
     };
-    let mut tiers: Vec<u32> = serving.iter().map(|&i| rows[i].tier).filter(|&t| t != best).collect();
-    tiers.sort_unstable();
-    tiers.dedup();
-    tiers.insert(0, best);
+    // The best tier first, then the others in order (no vector at all for a one-tier route).
+    let mut others: Vec<u32> = serving.iter().map(|&i| rows[i].tier).filter(|&t| t != best).collect();
+    others.sort_unstable();
+    others.dedup();
 
     let mut out = Vec::with_capacity(serving.len().min(max_attempts.max(1)));
-    for (n, tier) in tiers.into_iter().enumerate() {
+    for (n, tier) in std::iter::once(best).chain(others).enumerate() {
         let mut weighted: Vec<usize> =
             serving.iter().copied().filter(|&i| rows[i].tier == tier && rows[i].weight > 0).collect();
         let zeros = serving.iter().copied().filter(|&i| rows[i].tier == tier && rows[i].weight == 0);
@@ -133,6 +133,9 @@ pub(crate) fn plan_steered<R: Rng + ?Sized>(
 
 /// Weighted random order without replacement.
 fn weighted_order<R: Rng + ?Sized>(rows: &[Candidate], mut left: Vec<usize>, rng: &mut R) -> Vec<usize> {
+    if left.len() <= 1 {
+        return left;
+    }
     let mut out = Vec::with_capacity(left.len());
     while left.len() > 1 {
         let total: u64 = left.iter().map(|&i| u64::from(rows[i].weight)).sum();

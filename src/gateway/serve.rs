@@ -497,7 +497,10 @@ pub async fn serve(
 /// single-threaded runtime, serve the connections handed to them in turn. A connection, its
 /// requests and their upstream connections then stay on one thread, without cross-thread
 /// wake-ups (what makes the gateway's added latency close to a plain reverse proxy's).
-/// `workers` ≤ 1 serves on the current runtime. The connection cap is shared by all workers.
+/// `workers` ≤ 1 on a current-thread runtime serves on it; on a multi-thread runtime (the
+/// `tollgate gateway` process's) it is one worker thread like the others, so one worker is
+/// the same single-threaded layout as many (the multi-thread scheduler costs more per
+/// request: bench/instructions.sh). The connection cap is shared by all workers.
 pub async fn serve_sharded(
     listener: TcpListener,
     router: Router,
@@ -505,10 +508,13 @@ pub async fn serve_sharded(
     workers: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    if workers <= 1 {
+    let current_thread =
+        tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
+    if workers <= 1 && current_thread {
         serve(listener, router, limits, shutdown.cancelled_owned()).await;
         return Ok(());
     }
+    let workers = workers.max(1);
     let lst = Listener::new(&limits);
     let mut senders = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);

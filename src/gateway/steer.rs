@@ -83,13 +83,11 @@ impl<'a> Input<'a> {
         endpoint: Endpoint,
         body_bytes: usize,
     ) -> Self {
-        let string = |k: &str| creq.raw(k).and_then(|r| serde_json::from_str::<String>(r).ok());
+        let string = |k: &str| creq.str_field(k);
         let max_output = if endpoint == Endpoint::Embeddings {
             Some(0)
         } else {
-            ["max_completion_tokens", "max_tokens", "max_output_tokens"]
-                .iter()
-                .find_map(|k| creq.raw(k).and_then(|r| serde_json::from_str::<u64>(r).ok()))
+            ["max_completion_tokens", "max_tokens", "max_output_tokens"].iter().find_map(|k| creq.u64_field(k))
         };
         Input {
             headers,
@@ -137,7 +135,17 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
         out.key = affinity::key(policy, &input.parts, || input.prompt.opening());
     }
     let hints = route.hints.clone().unwrap_or_default();
-    if let Some(v) = input.headers.get(&PREFER_HEADER) {
+    // The first value of each hint header, in one walk over the request's headers (instead of
+    // two hashed lookups on every request, most of which carry neither).
+    let (mut prefer, mut max_cost) = (None, None);
+    for (name, v) in input.headers {
+        if *name == PREFER_HEADER {
+            prefer = prefer.or(Some(v));
+        } else if *name == MAX_COST_HEADER {
+            max_cost = max_cost.or(Some(v));
+        }
+    }
+    if let Some(v) = prefer {
         let value = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
         let pref = match value.as_str() {
             "cheapest" => Preference::Cheapest,
@@ -172,7 +180,7 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
                 .collect(),
         );
     }
-    if let Some(v) = input.headers.get(&MAX_COST_HEADER) {
+    if let Some(v) = max_cost {
         if !hints.max_cost {
             return Err(refuse(
                 "hint_not_allowed",

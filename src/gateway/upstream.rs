@@ -2,7 +2,8 @@
 //!
 //! Credentials are read from the credentials directory and cached for [`CREDENTIAL_TTL`]; the
 //! [`Redactor`] of every key loaded so far (what scrubs upstream bytes before a client sees
-//! them) is rebuilt only when that set of keys changes.
+//! them) is rebuilt only when that set of keys changes (a generation counter, bumped when a
+//! read changes the cache, spares each request the look at the keys).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -67,16 +68,32 @@ type CachedKey = (std::time::Instant, Result<Arc<str>, String>);
 pub(crate) struct Credentials {
     dir: PathBuf,
     cache: Mutex<HashMap<String, CachedKey>>,
-    redactor: Mutex<(Vec<Arc<str>>, Arc<Redactor>)>,
+    /// The redactor, with the cache generation and the keys it was built from.
+    redactor: Mutex<(u64, Vec<Arc<str>>, Arc<Redactor>)>,
+    /// Bumped whenever a read changes what the cache holds for a file.
+    generation: AtomicU64,
 }
 
 impl Credentials {
     pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir, cache: Mutex::new(HashMap::new()), redactor: Mutex::new((Vec::new(), Arc::default())) }
+        Self {
+            dir,
+            cache: Mutex::new(HashMap::new()),
+            redactor: Mutex::new((0, Vec::new(), Arc::default())),
+            generation: AtomicU64::new(0),
+        }
     }
 
-    /// A redactor of every key loaded so far (rebuilt only when that set changes).
+    /// A redactor of every key loaded so far (rebuilt only when that set changes; while the
+    /// cache has not changed since the last call, no key is looked at).
     pub(crate) fn redactor(&self) -> Arc<Redactor> {
+        let generation = self.generation.load(Ordering::Acquire);
+        {
+            let r = self.redactor.lock().unwrap_or_else(PoisonError::into_inner);
+            if r.0 == generation {
+                return r.2.clone();
+            }
+        }
         let mut keys: Vec<Arc<str>> = self
             .cache
             .lock()
@@ -87,11 +104,14 @@ impl Credentials {
         keys.sort_unstable();
         keys.dedup();
         let mut r = self.redactor.lock().unwrap_or_else(PoisonError::into_inner);
-        if r.0 != keys {
-            let built = Arc::new(Redactor::new(keys.iter().map(|k| &**k)));
-            *r = (keys, built);
+        if r.1 != keys {
+            r.2 = Arc::new(Redactor::new(keys.iter().map(|k| &**k)));
+            r.1 = keys;
         }
-        r.1.clone()
+        // Built from what the cache held at `generation` or later: a change after the load
+        // above bumps it again, and the next call rebuilds.
+        r.0 = generation;
+        r.2.clone()
     }
 
     /// The key in `file` (surrounding whitespace trimmed).
@@ -107,14 +127,20 @@ impl Credentials {
             Ok(_) => Err(format!("credential file {file:?} is empty")),
             Err(e) => Err(format!("cannot read credential file {file:?} in {}: {}", self.dir.display(), e.kind())),
         };
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(file.to_string(), (now, v.clone()));
+        let previous =
+            self.cache.lock().unwrap_or_else(PoisonError::into_inner).insert(file.to_string(), (now, v.clone()));
+        if previous.is_none_or(|(_, p)| p != v) {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
         v
     }
 }
 
-/// Request headers of the client passed on to upstream (names built once: a lookup by a
-/// string would parse and hash the name on every request).
-const FORWARDED: [HeaderName; 3] =
+/// How many request headers of the client are passed on.
+const FORWARDED_COUNT: usize = 3;
+/// Request headers of the client passed on to upstream (names built once, compared while
+/// walking the client's headers).
+const FORWARDED: [HeaderName; FORWARDED_COUNT] =
     [HeaderName::from_static("openai-beta"), HeaderName::from_static("anthropic-beta"), header::ACCEPT];
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
@@ -229,8 +255,12 @@ impl Upstream {
         }
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        for name in &FORWARDED {
-            if let Some(v) = client_headers.get(name) {
+        // The first value of each forwarded header, in one walk over the client's headers.
+        let mut done = [false; FORWARDED_COUNT];
+        for (name, v) in client_headers {
+            if let Some(k) = FORWARDED.iter().position(|f| f == name)
+                && !std::mem::replace(&mut done[k], true)
+            {
                 headers.insert(name.clone(), v.clone());
             }
         }

@@ -19,7 +19,8 @@
 //! usage object and hands it to one file per provider family (`openai`, `deepseek`,
 //! `anthropic`, `gemini`); `usage` holds [`UsageError`] and the strict field reader they share;
 //! `node` the read-only JSON tree ([`Node`]) the rules read, parsed straight from an answer's
-//! bytes by the gateway or viewed over a `serde_json::Value` ([`parse_usage`]).
+//! bytes by the gateway or viewed over a `serde_json::Value` ([`parse_usage`]); `scan` the
+//! single-pass JSON scanner in front of serde_json on the gateway's per-request reads.
 //! Kubernetes-free (`tests/layering.rs` checks it).
 
 mod anthropic;
@@ -27,6 +28,7 @@ mod deepseek;
 mod gemini;
 mod node;
 mod openai;
+pub(crate) mod scan;
 mod usage;
 
 use std::fmt;

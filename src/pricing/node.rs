@@ -12,6 +12,10 @@
 //!   elements (the choices, the content blocks, the candidates: most of an answer) is what
 //!   makes this cheap;
 //! - numbers are [`serde_json::Number`], exactly as a `Value` holds them.
+//!
+//! [`Node::usage_of_answer`] (the gateway's read of every whole answer) goes through the
+//! single-pass [`Scan`] first and through serde_json for whatever the scan does not take on;
+//! `node_tests.rs` checks both ways give the same tree, on valid and broken documents.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -19,6 +23,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
+
+use super::scan::{Fallback, Scan};
 
 /// A JSON value, with arrays reduced to their length.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +50,11 @@ pub struct Object<'a> {
 }
 
 impl<'a> Object<'a> {
+    /// An empty object with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        Object { entries: Vec::with_capacity(n) }
+    }
+
     /// The value of `key` (the last one when the key is repeated).
     pub fn get(&self, key: &str) -> Option<&Node<'a>> {
         self.entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
@@ -264,31 +275,69 @@ impl<'a> Node<'a> {
     /// A whole answer reduced to what [`parse_usage_node`](super::parse_usage_node) reads
     /// (`type`, `usage`, `usageMetadata`, `response`), with the usage found exactly as in the
     /// whole tree; `None` when the bytes are not a JSON object. Cheaper than
-    /// [`Node::parse`]: the other values (the answer's content) are only stepped over. A
-    /// repeated top-level key falls back to the whole tree (whose last value wins), and so
-    /// does anything else the short form does not take.
+    /// [`Node::parse`]: the other values (the answer's content) are only stepped over, in one
+    /// pass by [`Scan`] (no tree, no string decoded); whatever that pass does not take on
+    /// (see `scan.rs`) is read by serde_json as before. A repeated top-level key of the four
+    /// falls back to the whole tree (whose last value wins), and so does anything else the
+    /// short form does not take.
     pub fn usage_of_answer(bytes: &'a [u8]) -> Option<Node<'a>> {
-        // Only an object: a derived struct would also read an array, field by position.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return None;
+        match usage_scan(bytes) {
+            Ok(short) => Some(short),
+            Err(Fallback) => usage_of_answer_serde(bytes),
         }
-        match serde_json::from_slice::<UsageEntries<'a>>(bytes) {
-            Ok(e) => {
-                let mut o = Object { entries: Vec::with_capacity(4) };
-                // `null` reads as absent here; the rules treat both alike.
-                for (k, v) in [
-                    ("type", e.kind),
-                    ("usage", e.usage),
-                    ("usageMetadata", e.usage_metadata),
-                    ("response", e.response),
-                ] {
-                    if let Some(v) = v {
-                        o.insert(k, v);
-                    }
+    }
+}
+
+/// The top-level keys of the short form, in its order.
+const USAGE_KEYS: [&str; 4] = ["type", "usage", "usageMetadata", "response"];
+
+/// [`Node::usage_of_answer`]'s fast path ([`Scan`]): one pass over the answer, checking it
+/// whole and building only the four values the short form keeps. A repeated one of those keys
+/// is a [`Fallback`] (serde_json's derived reader refuses it, and the whole tree is read).
+pub(super) fn usage_scan(bytes: &[u8]) -> Result<Node<'_>, Fallback> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Fallback)?;
+    let mut kept: [Option<Node<'_>>; 4] = Default::default();
+    let mut seen = [false; 4];
+    Scan::new(text).object_entries(|key, scan| {
+        let Some(k) = USAGE_KEYS.iter().position(|u| *u == key) else {
+            return scan.skip_value();
+        };
+        if std::mem::replace(&mut seen[k], true) {
+            return Err(Fallback);
+        }
+        // `null` reads as absent, as an `Option` field reads it.
+        kept[k] = Some(scan.node()?).filter(|n| !n.is_null());
+        Ok(())
+    })?;
+    let mut o = Object::with_capacity(4);
+    for (k, v) in USAGE_KEYS.into_iter().zip(kept) {
+        if let Some(v) = v {
+            o.insert(k, v);
+        }
+    }
+    Ok(Node::Object(o))
+}
+
+/// [`Node::usage_of_answer`] by serde_json alone: the reference of the fast path, and what
+/// decides every text the fast path does not take on.
+pub(super) fn usage_of_answer_serde(bytes: &[u8]) -> Option<Node<'_>> {
+    // Only an object: a derived struct would also read an array, field by position.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    match serde_json::from_slice::<UsageEntries<'_>>(bytes) {
+        Ok(e) => {
+            let mut o = Object { entries: Vec::with_capacity(4) };
+            // `null` reads as absent here; the rules treat both alike.
+            for (k, v) in
+                [("type", e.kind), ("usage", e.usage), ("usageMetadata", e.usage_metadata), ("response", e.response)]
+            {
+                if let Some(v) = v {
+                    o.insert(k, v);
                 }
-                Some(Node::Object(o))
             }
-            Err(_) => Node::parse_object(bytes),
+            Some(Node::Object(o))
         }
+        Err(_) => Node::parse_object(bytes),
     }
 }

@@ -1,7 +1,9 @@
 //! Property test of [`Node`]: usage read from bytes parsed straight into a [`Node`] is exactly
 //! usage read from the same bytes parsed into a `serde_json::Value` (the reference), for every
 //! provider family, on documents built from the keys the usage rules read, with repeated keys,
-//! escaped keys, every JSON type in every position and numbers in every notation.
+//! escaped keys, every JSON type in every position and numbers in every notation. Then the
+//! single-pass scan in front of serde_json (`scan.rs`): [`Node::usage_of_answer`] gives what
+//! serde_json alone gives, on those documents broken in every way and on piece soups.
 
 use proptest::prelude::*;
 use serde_json::Value;
@@ -350,4 +352,158 @@ fn node_reads_real_answers() {
             why: "expected a JSON object, got an array".into()
         })
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The single-pass scan (`scan.rs`) against serde_json, on valid and broken answers
+// ---------------------------------------------------------------------------------------------
+
+/// Pieces of JSON text, right and wrong: structure, every literal and number form (with the
+/// ones serde_json refuses), strings with escapes (lone surrogates too), control characters,
+/// non-ASCII text and a byte that is not UTF-8.
+const PIECES: &[&[u8]] = &[
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b" ",
+    b"\n\t",
+    b"\"usage\"",
+    b"\"type\"",
+    b"\"usageMetadata\"",
+    b"\"response\"",
+    b"\"prompt_tokens\"",
+    b"\"completion_tokens\"",
+    b"\"us\\u0061ge\"",
+    b"\"x\"",
+    b"\"\\ud800\"",
+    b"\"\\ud83d\\ude00\"",
+    b"\"a\\q\"",
+    b"\"a\\u00g1\"",
+    b"\"\x01\"",
+    b"\"h\xc3\xa9\"",
+    b"\"\xff\"",
+    b"\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"",
+    b"0",
+    b"12",
+    b"-3",
+    b"01",
+    b"1.",
+    b"1.5",
+    b"2e3",
+    b"1e",
+    b"-",
+    b"+1",
+    b"1e400",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"true",
+    b"false",
+    b"null",
+    b"nul",
+    b"tru",
+];
+
+/// Text of a generated document, then a few edits: a piece inserted, a byte removed, the
+/// text cut short, nesting added around it.
+fn broken_answer() -> impl Strategy<Value = Vec<u8>> {
+    let edits = prop::collection::vec((0u8..4, any::<prop::sample::Index>(), 0..PIECES.len()), 0..4);
+    (doc(), edits, 0usize..3).prop_map(|(j, edits, nest)| {
+        let mut text = String::new();
+        write(&j, &mut text);
+        let mut bytes = text.into_bytes();
+        for (op, at, piece) in edits {
+            let i = at.index(bytes.len() + 1);
+            match op {
+                0 => {
+                    bytes.splice(i..i, PIECES[piece].iter().copied());
+                }
+                1 if i < bytes.len() => {
+                    bytes.remove(i);
+                }
+                2 => bytes.truncate(i),
+                _ => {
+                    let mut wrapped = b"{\"usage\":".to_vec();
+                    wrapped.extend_from_slice(&bytes);
+                    wrapped.push(b'}');
+                    bytes = wrapped;
+                }
+            }
+        }
+        for _ in 0..nest {
+            let mut wrapped = b"[".to_vec();
+            wrapped.extend_from_slice(&bytes);
+            wrapped.push(b']');
+            bytes = wrapped;
+        }
+        bytes
+    })
+}
+
+/// Objects built from [`PIECES`] alone: mostly not JSON, sometimes JSON serde_json reads
+/// differently from what a naive scanner would.
+fn soup() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(0..PIECES.len(), 0..24).prop_map(|ps| {
+        let mut out = b"{".to_vec();
+        for p in ps {
+            out.extend_from_slice(PIECES[p]);
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_scan_reads_answers_as_serde_json_does(bytes in prop_oneof![broken_answer(), soup()]) {
+        let reference = node::usage_of_answer_serde(&bytes);
+        prop_assert_eq!(&Node::usage_of_answer(&bytes), &reference, "{}", String::from_utf8_lossy(&bytes));
+        if let Ok(fast) = node::usage_scan(&bytes) {
+            prop_assert_eq!(Some(fast), reference, "scan: {}", String::from_utf8_lossy(&bytes));
+        }
+    }
+}
+
+/// The comparison above is not vacuous: the scan takes most answers on itself (the serde_json
+/// path decides only what it refuses), including ones with escapes, floats and nesting.
+#[test]
+fn the_scan_takes_real_answers_on() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 500, ..ProptestConfig::default() });
+    let (taken, total) = (std::cell::Cell::new(0usize), std::cell::Cell::new(0usize));
+    runner
+        .run(&doc(), |j| {
+            let mut text = String::new();
+            write(&j, &mut text);
+            if text.starts_with('{') {
+                total.set(total.get() + 1);
+                taken.set(taken.get() + usize::from(node::usage_scan(text.as_bytes()).is_ok()));
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (taken, total) = (taken.get(), total.get());
+    assert!(taken * 2 > total, "the scan took only {taken} of {total} objects");
+    for answer in [
+        &br#"{"id":"c","choices":[{"message":{"content":"Hi \"there\" \u00e9\n"}}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"x":1.5e3,"y":-2,"z":[1,{"a":null}],"s":"\u00e9"}}"#[..],
+        br#" {"type":"message","usage":{"input_tokens":3,"output_tokens":4},"usage2":null} "#,
+        br#"{"usage":null,"usageMetadata":{"promptTokenCount":1}}"#,
+    ] {
+        let fast = node::usage_scan(answer).unwrap();
+        assert_eq!(Some(fast), node::usage_of_answer_serde(answer), "{}", String::from_utf8_lossy(answer));
+    }
+    // What the scan leaves to serde_json: a repeated kept key, an escaped top-level key,
+    // invalid UTF-8, a float out of range in the usage, deep nesting.
+    let deep = format!("{{\"usage\":{}1{}}}", "[".repeat(150), "]".repeat(150));
+    for left in [
+        &br#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#[..],
+        br#"{"us\u0061ge":{"prompt_tokens":1}}"#,
+        b"{\"x\":\"\xff\",\"usage\":{}}",
+        br#"{"usage":{"prompt_tokens":1e400}}"#,
+        deep.as_bytes(),
+    ] {
+        assert!(node::usage_scan(left).is_err(), "{}", String::from_utf8_lossy(left));
+    }
 }

@@ -11,6 +11,9 @@
 //! the upstream refuses it); a body repeating one of the capped keys gives `None` too, so the
 //! caller takes the parsed-object path, which keeps the last value as JSON readers do — a
 //! splice of each occurrence could leave a later `null` (no bound) in force.
+//!
+//! The members are found by the single-pass scan of `pricing/scan.rs` (serde_json reads what
+//! it does not take on; a test checks both ways find the same members).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,6 +21,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use crate::pricing::scan::{Fallback, Scan};
 
 /// A top-level key, borrowed from the body when it has no escapes.
 struct Key<'a>(Cow<'a, str>);
@@ -64,22 +69,41 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
+/// The top-level members of the object `body` (keys decoded, values as raw slices of it):
+/// by the single-pass scan of `pricing/scan.rs`, or by serde_json for whatever the scan does
+/// not take on (an escaped key, a body that is not UTF-8 or not JSON: then `None`).
+fn members(body: &[u8]) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    if let Ok(text) = std::str::from_utf8(body) {
+        let mut out = Vec::with_capacity(8);
+        let scanned = Scan::new(text).object_entries(|k, scan| {
+            let start = scan.pos();
+            scan.skip_value()?;
+            out.push((Cow::Borrowed(k), text.get(start..scan.pos()).ok_or(Fallback)?));
+            Ok(())
+        });
+        if scanned.is_ok() {
+            return Some(out);
+        }
+    }
+    let Members(members) = serde_json::from_slice(body).ok()?;
+    Some(members.into_iter().map(|(k, v)| (k.0, v.get())).collect())
+}
+
 /// `body` with the cap applied to its top-level `present` keys (or `insert` added, or set
 /// when it is there as `null`); `None` when
 /// the body is not a JSON object or repeats a capped key (see the module rules).
 pub(crate) fn cap_top_level(body: &[u8], present: &[&str], insert: &str, cap: u32) -> Option<Vec<u8>> {
-    let Members(members) = serde_json::from_slice(body).ok()?;
+    let members = members(body)?;
     let base = body.as_ptr() as usize;
     let mut edits: Vec<(usize, usize)> = Vec::new();
     let mut seen = 0usize;
     let mut any = false;
-    for (k, v) in &members {
-        if !present.contains(&k.0.as_ref()) {
+    for (k, raw) in &members {
+        if !present.contains(&k.as_ref()) {
             continue;
         }
         seen += 1;
-        let raw = v.get();
-        if raw == "null" {
+        if *raw == "null" {
             continue;
         }
         any = true;
@@ -89,17 +113,17 @@ pub(crate) fn cap_top_level(body: &[u8], present: &[&str], insert: &str, cap: u3
         let start = (raw.as_ptr() as usize).checked_sub(base)?;
         edits.push((start, start + raw.len()));
     }
-    let distinct = present.iter().filter(|p| members.iter().any(|(k, _)| k.0 == **p)).count();
+    let distinct = present.iter().filter(|p| members.iter().any(|(k, _)| k == *p)).count();
     if seen > distinct {
         return None;
     }
     let digits = cap.to_string();
     let mut out = Vec::with_capacity(body.len() + insert.len() + 16);
-    if !any && let Some((_, v)) = members.iter().find(|(k, _)| k.0 == insert) {
+    if !any && let Some((_, v)) = members.iter().find(|(k, _)| k == insert) {
         // `insert` is there as `null`: set it in place (a second member would come first and
         // lose to the `null`).
-        let start = (v.get().as_ptr() as usize).checked_sub(base)?;
-        edits.push((start, start + v.get().len()));
+        let start = (v.as_ptr() as usize).checked_sub(base)?;
+        edits.push((start, start + v.len()));
     } else if !any {
         let open = body.iter().position(|&b| b == b'{')?;
         out.extend_from_slice(&body[..=open]);
@@ -169,6 +193,28 @@ mod tests {
         assert_eq!(cap_top_level(br#"{"max_tokens":5,"max_tokens":null}"#, &["max_tokens"], "max_tokens", 1), None);
         // A repeated key that is not capped is fine.
         assert!(cap_top_level(br#"{"a":5,"a":6}"#, &["max_tokens"], "max_tokens", 1).is_some());
+    }
+
+    #[test]
+    fn the_scan_and_serde_json_find_the_same_members() {
+        let serde = |body: &[u8]| {
+            serde_json::from_slice::<Members<'_>>(body).ok().map(|Members(m)| {
+                m.into_iter().map(|(k, v)| (k.0.into_owned(), v.get().to_string())).collect::<Vec<_>>()
+            })
+        };
+        for body in [
+            &br#" { "model" : "m",  "messages":[{"role":"user","content":"h\u00e9 \"x\""}] , "z":1.50, "max_tokens": 12 } "#[..],
+            br#"{"a":5,"a":6,"b":[1,[2,{}]],"c":null,"d":true,"e":-1e-3}"#,
+            br#"{"max\u005ftokens":9000}"#,
+            br#"{}"#,
+            b"{\"a\":\"\xff\"}",
+            br#"{"a":01}"#,
+            br#"{"a":1,}"#,
+            br#"[1]"#,
+        ] {
+            let fast = members(body).map(|m| m.into_iter().map(|(k, v)| (k.into_owned(), v.to_string())).collect::<Vec<_>>());
+            assert_eq!(fast, serde(body), "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
