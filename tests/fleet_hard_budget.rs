@@ -8,7 +8,12 @@
 //! and its worst case is the same (the mock reports those counts whatever it is asked), so the
 //! spend is counted exactly from the answers: 200s with `x-tollgate-backend: openai`. The sum
 //! over the three gateways must be ≤ the $0.10 limit, while the load (3 × 4 clients × 40
-//! requests, $0.96 if all went to openai) would overshoot it nearly tenfold.
+//! requests, $0.96 if all went to openai) would overshoot it nearly tenfold. Each live
+//! gateway's metered openai spend must also equal its ledger's settled spend (both on
+//! `/metrics`): an answer served before a gateway knew the Hard budget would be metered but
+//! never reserved, spent outside every grant. (That happened: the allowances file was first
+//! read by a polling task, which on a loaded machine could run after the gateway had started
+//! serving; the load starts as soon as the last gateway is ready.)
 //!
 //! This exercises the data plane and the grant logic across real processes; the controller
 //! writing the ConfigMap in a cluster is not built yet (see README, Hard budgets).
