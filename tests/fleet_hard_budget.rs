@@ -8,7 +8,12 @@
 //! and its worst case is the same (the mock reports those counts whatever it is asked), so the
 //! spend is counted exactly from the answers: 200s with `x-tollgate-backend: openai`. The sum
 //! over the three gateways must be ≤ the $0.10 limit, while the load (3 × 4 clients × 40
-//! requests, $0.96 if all went to openai) would overshoot it nearly tenfold.
+//! requests, $0.96 if all went to openai) would overshoot it nearly tenfold. Each live
+//! gateway's metered openai spend must also equal its ledger's settled spend (both on
+//! `/metrics`): an answer served before a gateway knew the Hard budget would be metered but
+//! never reserved, spent outside every grant. (That happened: the allowances file was first
+//! read by a polling task, which on a loaded machine could run after the gateway had started
+//! serving; the load starts as soon as the last gateway is ready.)
 //!
 //! This exercises the data plane and the grant logic across real processes; the controller
 //! writing the ConfigMap in a cluster is not built yet (see README, Hard budgets).
@@ -101,10 +106,32 @@ fn doc(grants: &BTreeMap<String, Money>) -> Vec<u8> {
 /// A gateway's exact openai spend from `/metrics` (`tollgate_cost_nanousd_total`), `None` when
 /// it does not answer.
 async fn spend(client: &reqwest::Client, g: &Gw) -> Option<Money> {
+    Some(ledger(client, g).await?.metered)
+}
+
+/// One gateway's openai spend as metered, and its Hard budget's ledger as it exposes it.
+#[derive(Debug)]
+struct Books {
+    metered: Money,
+    settled: Money,
+    granted: Money,
+}
+
+async fn ledger(client: &reqwest::Client, g: &Gw) -> Option<Books> {
     let text = client.get(&g.metrics).send().await.ok()?.text().await.ok()?;
     let labels = [("route", "chat"), ("backend", "openai"), ("provider", "openai"), ("model", "openai-model")];
     let nanos = series(&text, "tollgate_cost_nanousd_total", &labels).unwrap_or(0.0);
-    Some(Money::from_picos(nanos as i128 * 1000))
+    // The ledger's gauges are in USD (f64): read to the nearest nano-USD, exact for the spend
+    // (multiples of $0.002), within a nano-USD for a grant.
+    let usd = |name: &str| {
+        let v = series(&text, name, &[("budget", "openai-hard")]).unwrap_or(0.0);
+        Money::from_picos((v * 1e9).round() as i128 * 1000)
+    };
+    Some(Books {
+        metered: Money::from_picos(nanos as i128 * 1000),
+        settled: usd("tollgate_hard_budget_settled_usd"),
+        granted: usd("tollgate_hard_budget_granted_usd"),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -191,13 +218,24 @@ async fn three_gateways_stay_within_one_hard_budget_and_a_killed_one_spends_only
 
     let total = Money::from_picos(COST_PICOS * openai_ok.load(Ordering::SeqCst) as i128);
     let mut metered = Money::ZERO;
+    let mut books = BTreeMap::new();
     for g in gws.iter().filter(|g| alive[&g.id]) {
-        metered += spend(&client, g).await.unwrap();
+        let b = ledger(&client, g).await.unwrap();
+        metered += b.metered;
+        books.insert(g.id.clone(), b);
     }
     println!("three gateways, one Hard budget of ${LIMIT}, gw-1 killed at round 4 of {round}:");
     println!("  openai spend from the answers: ${total} (limit ${limit}); live gateways' metered: ${metered}");
     println!("  grants: {grants:?}");
+    println!("  live gateways' books: {books:?}");
     println!("  outcomes: {outcomes:?}");
+    // Every openai dollar a live gateway metered went through its ledger (an answer served
+    // while the gateway knew no Hard budget yet would be metered but never reserved), and its
+    // ledger kept within the grant it holds.
+    for (id, b) in &books {
+        assert_eq!(b.metered, b.settled, "{id} metered openai spend its Hard budget ledger never held: {b:?}");
+        assert!(b.settled <= b.granted, "{id} spent beyond its grant: {b:?}");
+    }
     assert!(total <= limit, "the fleet overshot the Hard budget: {total} > {limit}");
     assert!(metered <= total, "live gateways metered {metered}, more than the answers show ({total})");
     // What the killed gateway was granted and had not spent when last scraped is lost to the
