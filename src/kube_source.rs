@@ -227,31 +227,37 @@ pub fn allowances_update(namespace: &str, name: &str, cm: Option<&ConfigMap>) ->
 }
 
 /// Watches the allowances ConfigMap `namespace/name`: yields each distinct valid document
-/// (`Ok`) and each refusal (`Err`, the last document stays in force). Watch errors are retried
-/// with backoff.
+/// (`Ok(Some)`), each refusal (`Err`, the last document stays in force), and, as its first
+/// item when the ConfigMap does not exist, `Ok(None)` (so a caller can wait for the first
+/// answer: a document, a refusal or none). Watch errors are retried with backoff.
 pub fn allowance_updates(
     client: Client,
     namespace: &str,
     name: &str,
-) -> impl Stream<Item = Result<Allowances, String>> + Send + use<> {
+) -> impl Stream<Item = Result<Option<Allowances>, String>> + Send + use<> {
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let (ns, cm_name) = (namespace.to_string(), name.to_string());
     let mut last: Option<Allowances> = None;
+    let mut first = true;
     watcher::watch_object(api, name).default_backoff().filter_map(move |r| {
         let u = match r {
             Ok(cm) => match allowances_update(&ns, &cm_name, cm.as_ref()) {
                 Some(Ok(doc)) if last.as_ref() == Some(&doc) => None,
                 Some(Ok(doc)) => {
                     last = Some(doc.clone());
-                    Some(Ok(doc))
+                    Some(Ok(Some(doc)))
                 }
-                other => other,
+                Some(Err(e)) => Some(Err(e)),
+                None => first.then_some(Ok(None)),
             },
             Err(e) => {
                 warn!(error = %e, "watch of the allowances ConfigMap failed (retrying)");
                 None
             }
         };
+        if u.is_some() {
+            first = false;
+        }
         futures::future::ready(u)
     })
 }

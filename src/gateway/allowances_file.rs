@@ -14,8 +14,8 @@
 //! budget and enforces none (a file missing from the start, as in a namespace without Hard
 //! budgets, is no error: said once at info).
 //!
-//! Not covered: through the API ([`watch_allowances_configmap`]) the first document arrives
-//! asynchronously, so requests served before it are not held to any grant.
+//! Through the API ([`watch_allowances_configmap`]) the same holds: it returns once the API
+//! has answered the first time (a document, a refusal, or no ConfigMap), before serving.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,23 +95,35 @@ pub fn watch_allowances_file(gw: Gateway, path: PathBuf, instance: String, poll:
 }
 
 /// Follows the allowances ConfigMap `namespace/name` through the API and applies each new
-/// valid document as instance `instance`; a refused one keeps the grants last applied.
-pub fn watch_allowances_configmap(
+/// valid document as instance `instance`; a refused one keeps the grants last applied. Returns
+/// once the API has answered the first time (a document applied, a refusal, or no ConfigMap),
+/// so that a gateway serves nothing before it knows its grants (the API unreachable: it waits,
+/// retrying with backoff, as for its config).
+pub async fn watch_allowances_configmap(
     gw: Gateway,
     client: kube::Client,
     namespace: String,
     name: String,
     instance: String,
 ) -> JoinHandle<()> {
+    let mut stream = Box::pin(crate::kube_source::allowance_updates(client, &namespace, &name));
+    let apply = move |update: Result<Option<crate::config::allowances::Allowances>, String>| match update
+        .and_then(|doc| doc.map(|doc| gw.set_allowances(&instance, &doc).map_err(|e| e.to_string())).transpose())
+    {
+        Ok(Some(())) => {
+            tracing::info!(configmap = %format!("{namespace}/{name}"), instance = %instance, "allowances applied")
+        }
+        Ok(None) => {
+            tracing::info!(configmap = %format!("{namespace}/{name}"), "no allowances ConfigMap: no Hard budget")
+        }
+        Err(e) => tracing::error!(error = %e, "allowances not updated; the grants last applied stay"),
+    };
+    if let Some(first) = stream.next().await {
+        apply(first);
+    }
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(crate::kube_source::allowance_updates(client, &namespace, &name));
         while let Some(update) = stream.next().await {
-            match update.and_then(|doc| gw.set_allowances(&instance, &doc).map_err(|e| e.to_string())) {
-                Ok(()) => {
-                    tracing::info!(configmap = %format!("{namespace}/{name}"), instance = %instance, "allowances applied")
-                }
-                Err(e) => tracing::error!(error = %e, "allowances not updated; the grants last applied stay"),
-            }
+            apply(update);
         }
     })
 }

@@ -192,13 +192,16 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
             let client = kube::Client::try_default()
                 .await
                 .map_err(|e| GatewayError::Source(format!("cannot reach the Kubernetes API: {e}")))?;
-            Some(super::watch_allowances_configmap(
-                gw.clone(),
-                client,
-                namespace,
-                args.allowances_configmap.clone(),
-                instance.clone(),
-            ))
+            Some(
+                super::watch_allowances_configmap(
+                    gw.clone(),
+                    client,
+                    namespace,
+                    args.allowances_configmap.clone(),
+                    instance.clone(),
+                )
+                .await,
+            )
         }
         (None, None) => None,
     };
