@@ -514,18 +514,23 @@ async fn create_noop_then_rotate_on_spend() {
     h.finish().await;
 }
 
+/// A route beside `chat` that no budget touches (one mock backend).
+fn other_route() -> Value {
+    route_json(
+        "other",
+        json!([{"name": "m", "provider": "mistral", "model": "small",
+                "endpoint": {"mock": {}}, "pricing": {"input": "1", "output": "1"}}]),
+        json!({}),
+    )
+}
+
 /// A rotation of one route makes a new revision of the namespace's config, but only that
 /// route's status moves: another route keeps the revision its own entry last changed in, and
 /// its gateways stay in sync while they move to the new revision (issue 12: one rotation in a
 /// namespace of 10,000 routes writes one route status, not 10,000).
 #[tokio::test]
 async fn a_rotation_rewrites_the_rotated_route_status_only() {
-    let other = route_json(
-        "other",
-        json!([{"name": "m", "provider": "mistral", "model": "small",
-                "endpoint": {"mock": {}}, "pricing": {"input": "1", "output": "1"}}]),
-        json!({}),
-    );
+    let other = other_route();
     let mut world = World::new(vec![chat(), other], vec![openai_secret()]);
     let doc = expected_doc(&world.routes);
     let rev = doc.revision.clone();
@@ -592,12 +597,7 @@ async fn a_rotation_rewrites_the_rotated_route_status_only() {
 /// them as decided without planning again; writes about a transition go first.
 #[tokio::test]
 async fn status_writes_past_the_window_are_left_to_the_next_passes() {
-    let other = route_json(
-        "other",
-        json!([{"name": "m", "provider": "mistral", "model": "small",
-                "endpoint": {"mock": {}}, "pricing": {"input": "1", "output": "1"}}]),
-        json!({}),
-    );
+    let other = other_route();
     // `other` comes first in the store, but chat and the budget have transitions (the first
     // signals already cross the budget's limit), so theirs are written first.
     let world = World::new(vec![other, chat()], vec![openai_secret()]);
