@@ -74,9 +74,9 @@ pub struct Settings {
     /// Status writes sent at once (each waits for the API server's answer); 1 sends them one
     /// after the other, in order.
     pub status_writes_in_flight: usize,
-    /// How long one pass waits for the pace of status writes: those that do not fit are left to
-    /// the next passes (their namespaces are planned again at once), so that thousands of
-    /// statuses to write never hold up the next signal pass. Writes about a transition go first.
+    /// How long one pass waits for the pace of status writes: those that do not fit are sent,
+    /// as decided, by the next passes (started at once), so that thousands of statuses to write
+    /// never hold up the next signal pass. Writes about a transition go first.
     pub status_write_window: Duration,
     /// Name of the allowances ConfigMap (Hard budgets' grants) in each namespace with Hard budgets.
     pub allowances_configmap: String,

@@ -9,8 +9,9 @@
 //! each write's round trip, bounds a pass). A pass waits for the pace at most
 //! `Settings::status_write_window`: the writes left are not dropped but sent by the next
 //! passes, which the runner starts at once, as decided, unless a pass plans their namespace
-//! again (a spec change, a signal pass), which decides them anew. Writes about an object with a transition go first, so a rotation's
-//! status is not queued behind thousands of first writes. Results are taken in the order sent.
+//! again (a spec change, a signal pass), which decides them anew. Writes about an object with
+//! a transition go first, so a rotation's status is not queued behind thousands of first
+//! writes. Results are taken in the order sent.
 
 use std::collections::{BTreeMap, BTreeSet};
 
