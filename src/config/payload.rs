@@ -348,12 +348,7 @@ mod tests {
 
     #[test]
     fn reads_the_compressed_sibling() {
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-payload-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("payload");
         let d = doc(3);
         std::fs::write(dir.join("config.json.gz"), gzip(d.to_json().as_bytes())).unwrap();
         let (read, bytes) = read_config_file(&dir.join("config.json")).unwrap();

@@ -412,12 +412,7 @@ mod tests {
         let big = doc(2_000);
         let Ok(Stored::Sharded(s)) = store(&big, "cm") else { panic!("2,000 distinct routes are split") };
         // As a projected volume of ConfigMap `cm` and its shards holds them.
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-shard-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("shard");
         std::fs::write(dir.join(INDEX_KEY), &s.index).unwrap();
         for b in &s.shards {
             std::fs::write(dir.join(&b.key), &b.gz).unwrap();

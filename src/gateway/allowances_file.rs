@@ -156,12 +156,7 @@ mod tests {
     /// task cannot run before the first `.await`, so this checks the read made in place.
     #[tokio::test]
     async fn a_file_in_place_is_applied_before_the_watcher_returns() {
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-allowances-in-place-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("allowances-in-place");
         let path = dir.join("allowances.json");
         std::fs::write(&path, doc("0.04")).unwrap();
         let gw = Gateway::new(None, GatewayOptions::default()).unwrap();

@@ -274,12 +274,7 @@ mod tests {
 
     #[test]
     fn an_invalid_file_left_in_place_is_read_once() {
-        let dir = std::env::temp_dir().join(format!(
-            "tollgate-reload-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("reload");
         let path = dir.join("config.json");
         std::fs::write(&path, vec![b'x'; 2 * 1024 * 1024]).unwrap();
         let gw = Gateway::new(None, GatewayOptions::default()).unwrap();
