@@ -13,6 +13,7 @@ pub mod shared;
 pub mod steering;
 pub mod validate;
 pub mod yaml;
+mod yaml_fast;
 
 pub use latency::LatencyPolicy;
 pub use meta::{Condition, Time};

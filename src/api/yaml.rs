@@ -64,8 +64,17 @@ fn parallel_map_all<C: Default + Extend<Value> + Send>(pieces: Vec<&str>) -> Vec
     })
 }
 
-/// One parse of `text`, with the parser's budgets scaled to its size.
+/// One parse of `text`: the common subset straight from the parser's events
+/// ([`super::yaml_fast`]), anything else by serde-saphyr with its budgets scaled to the size.
 fn parse_whole<C: Default + Extend<Value>>(text: &str) -> Result<C, String> {
+    match super::yaml_fast::read(text) {
+        Some(c) => Ok(c),
+        None => parse_reference(text),
+    }
+}
+
+/// One parse of `text` by serde-saphyr, with the parser's budgets scaled to its size.
+pub(super) fn parse_reference<C: Default + Extend<Value>>(text: &str) -> Result<C, String> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_reader_input_bytes: Some(MAX_MANIFEST_BYTES),
