@@ -235,9 +235,13 @@ pub fn credential_refs<'a>(routes: impl IntoIterator<Item = &'a ModelRoute>) -> 
 
 impl GatewayConfig {
     /// Builds the document of one namespace from its routes and the policy's decisions.
-    pub fn build(namespace: &str, routes: &[ModelRoute], decision: &Decision) -> Result<Self, ConfigError> {
+    pub fn build<'a>(
+        namespace: &str,
+        routes: impl IntoIterator<Item = &'a ModelRoute>,
+        decision: &Decision,
+    ) -> Result<Self, ConfigError> {
         let mut selected: Vec<&ModelRoute> =
-            routes.iter().filter(|r| ObjectKey::of(*r).namespace == namespace).collect();
+            routes.into_iter().filter(|r| ObjectKey::of(*r).namespace == namespace).collect();
         selected.sort_by_key(|r| ObjectKey::of(*r).name);
         // Routes are built on every core (contiguous runs, in order); the first error in route
         // order is the one returned, as a loop over the routes would return it.

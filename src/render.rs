@@ -99,7 +99,7 @@ pub fn render(m: &Manifests, namespace: &str, now: Timestamp) -> Result<Rendered
         Some(Ok(doc)) => doc,
         Some(Err(e)) => return Err(e.into()),
         // `plan_manifests` always renders `namespace`.
-        None => GatewayConfig::build(namespace, &[], &plan.decision)?,
+        None => GatewayConfig::build(namespace, [], &plan.decision)?,
     };
     Ok(Rendered { config, plan })
 }
@@ -169,6 +169,9 @@ pub fn run_render(dir: PathBuf, namespace: Option<String>, stored: Option<PathBu
                 eprintln!("error: cannot write the document to stdout: {e}");
                 return ExitCode::from(1);
             }
+            // The process ends here: freeing 10,000 routes' objects, plan and document one by
+            // one took about 80 ms of the render; the exit returns the memory at once.
+            std::mem::forget((r, manifests));
             ExitCode::SUCCESS
         }
         Err(e) => {

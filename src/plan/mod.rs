@@ -336,14 +336,13 @@ pub fn plan_admitted(input: PlanInput<'_>, admitted: Admitted) -> Plan {
         .extend(input.unreadable.iter().filter(|u| u.kind == ObjectKind::ModelRoute).map(|u| u.key.namespace.clone()));
     let mut out = BTreeMap::new();
     for ns in namespaces {
-        let mut served: Vec<ModelRoute> =
-            routes.iter().filter(|r| ObjectKey::of(*r).namespace == ns).cloned().collect();
+        let mut served: Vec<&ModelRoute> = routes.iter().filter(|r| ObjectKey::of(*r).namespace == ns).collect();
         let config = build_config(&ns, &mut served, &decision, &mut route_problems);
         let credentials = match input.secrets {
             Some(secrets) => credentials(secrets, &ns, &served, &mut route_problems),
             None => BTreeMap::new(),
         };
-        let served = served.iter().map(ObjectKey::of).collect();
+        let served = served.iter().map(|r| ObjectKey::of(*r)).collect();
         out.insert(ns, NamespacePlan { config, served, credentials });
     }
     unused_budgets(input.budgets, &routes, &mut budget_problems);
@@ -443,12 +442,12 @@ pub fn duplicate_aliases(routes: &[ModelRoute], problems: &mut BTreeMap<ObjectKe
 /// Builds a namespace's document; a route the document refuses is left out and reported.
 fn build_config(
     ns: &str,
-    served: &mut Vec<ModelRoute>,
+    served: &mut Vec<&ModelRoute>,
     decision: &Decision,
     problems: &mut BTreeMap<ObjectKey, Problem>,
 ) -> Result<GatewayConfig, ConfigError> {
     loop {
-        let culprit = match GatewayConfig::build(ns, served, decision) {
+        let culprit = match GatewayConfig::build(ns, served.iter().copied(), decision) {
             Ok(doc) => return Ok(doc),
             Err(ConfigError::Invalid { route, field, message }) => {
                 (route.clone(), Problem::invalid(&format!("spec.{field}"), &message))
@@ -476,11 +475,11 @@ fn build_config(
 fn credentials(
     secrets: &SecretData,
     ns: &str,
-    served: &[ModelRoute],
+    served: &[&ModelRoute],
     problems: &mut BTreeMap<ObjectKey, Problem>,
 ) -> BTreeMap<String, Vec<u8>> {
     let mut data = BTreeMap::new();
-    for (file, r) in credential_refs(served) {
+    for (file, r) in credential_refs(served.iter().copied()) {
         let missing = match secrets.get(&ObjectKey::new(ns, r.name.clone())) {
             None => {
                 let label = crate::config::PROVIDER_KEY_LABEL;
@@ -503,7 +502,7 @@ fn credentials(
             },
         };
         let Some((reason, what)) = missing else { continue };
-        for route in served {
+        for &route in served {
             for (i, b) in route.spec.backends.iter().enumerate() {
                 if b.endpoint.as_ref().and_then(|e| e.api_key_secret_ref.as_ref()) == Some(&r) {
                     let key = ObjectKey::of(route);
