@@ -250,24 +250,57 @@ impl<'a> Scan<'a> {
 
     /// An object, at its `{`.
     fn skip_object(&mut self) -> Res<()> {
+        self.open()?;
+        self.items(b'}', |s| {
+            s.eat(b'"')?;
+            s.string()?;
+            s.colon()?;
+            s.skip_inner()
+        })
+    }
+
+    /// An array, at its `[`: checks the elements and the `]`; returns how many there were.
+    fn skip_array(&mut self) -> Res<usize> {
+        self.open()?;
+        let mut n = 0;
+        self.items(b']', |s| {
+            n += 1;
+            s.skip_inner()
+        })?;
+        Ok(n)
+    }
+
+    /// Steps past a container's opening byte, one level deeper.
+    #[inline(always)]
+    fn open(&mut self) -> Res<()> {
         self.i += 1;
-        self.enter()?;
+        self.enter()
+    }
+
+    /// An entry's `:` and the whitespace around it.
+    #[inline(always)]
+    fn colon(&mut self) -> Res<()> {
         self.ws();
-        if self.peek() == Some(b'}') {
+        self.eat(b':')?;
+        self.ws();
+        Ok(())
+    }
+
+    /// The items of the container just opened ([`open`](Self::open)), up to its `close` byte:
+    /// `item` reads one at its first byte; items are separated by `,`. Then one level up.
+    #[inline(always)]
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Res<()>) -> Res<()> {
+        self.ws();
+        if self.peek() == Some(close) {
             self.i += 1;
         } else {
             loop {
                 self.ws();
-                self.eat(b'"')?;
-                self.string()?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
-                self.skip_inner()?;
+                item(self)?;
                 self.ws();
                 match self.peek() {
                     Some(b',') => self.i += 1,
-                    Some(b'}') => {
+                    Some(c) if c == close => {
                         self.i += 1;
                         break;
                     }
@@ -277,34 +310,6 @@ impl<'a> Scan<'a> {
         }
         self.depth -= 1;
         Ok(())
-    }
-
-    /// An array, at its `[`: checks the elements and the `]`; returns how many there were.
-    fn skip_array(&mut self) -> Res<usize> {
-        self.i += 1;
-        self.enter()?;
-        self.ws();
-        let mut n = 0;
-        if self.peek() == Some(b']') {
-            self.i += 1;
-        } else {
-            loop {
-                self.ws();
-                self.skip_inner()?;
-                n += 1;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => self.i += 1,
-                    Some(b']') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Fallback),
-                }
-            }
-        }
-        self.depth -= 1;
-        Ok(n)
     }
 
     /// Reads one value (after any whitespace) as a [`Node`], as serde_json would build it.
@@ -345,33 +350,15 @@ impl<'a> Scan<'a> {
 
     /// An object, at its `{`, as a [`Node`] (every entry kept, in order).
     fn node_object(&mut self) -> Res<Node<'a>> {
-        self.i += 1;
-        self.enter()?;
+        self.open()?;
         let mut o = Object::with_capacity(8);
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-        } else {
-            loop {
-                self.ws();
-                let key = self.key()?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
-                let value = self.node_inner()?;
-                o.insert(key, value);
-                self.ws();
-                match self.peek() {
-                    Some(b',') => self.i += 1,
-                    Some(b'}') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Fallback),
-                }
-            }
-        }
-        self.depth -= 1;
+        self.items(b'}', |s| {
+            let key = s.key()?;
+            s.colon()?;
+            let value = s.node_inner()?;
+            o.insert(key, value);
+            Ok(())
+        })?;
         Ok(Node::Object(o))
     }
 
@@ -394,36 +381,20 @@ impl<'a> Scan<'a> {
     /// takes.
     pub fn object_entries(&mut self, mut each: impl FnMut(&'a str, &mut Self) -> Res<()>) -> Res<()> {
         self.ws();
-        self.eat(b'{')?;
-        self.enter()?;
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-        } else {
-            loop {
-                self.ws();
-                self.eat(b'"')?;
-                let (s, e, escaped) = self.string()?;
-                if escaped {
-                    return Err(Fallback);
-                }
-                let key = self.text.get(s..e).ok_or(Fallback)?;
-                self.ws();
-                self.eat(b':')?;
-                self.ws();
-                each(key, self)?;
-                self.ws();
-                match self.peek() {
-                    Some(b',') => self.i += 1,
-                    Some(b'}') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Fallback),
-                }
-            }
+        if self.peek() != Some(b'{') {
+            return Err(Fallback);
         }
-        self.depth -= 1;
+        self.open()?;
+        self.items(b'}', |s| {
+            s.eat(b'"')?;
+            let (start, end, escaped) = s.string()?;
+            if escaped {
+                return Err(Fallback);
+            }
+            let key = s.text.get(start..end).ok_or(Fallback)?;
+            s.colon()?;
+            each(key, s)
+        })?;
         self.ws();
         if self.i == self.b.len() { Ok(()) } else { Err(Fallback) }
     }
