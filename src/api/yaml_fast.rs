@@ -11,8 +11,9 @@
 //! - any parse error (serde-saphyr reports it, with its own wording and snippet);
 //! - anchors, aliases, explicit tags, merge keys (`<<`), keys that are not strings;
 //! - a plain scalar that is not one of: a null spelling (`~`, `null`, `Null`, `NULL`,
-//!   nothing), a word that starts with an ASCII letter and is not a boolean (YAML 1.1
-//!   spellings, as serde-saphyr reads them) or a non-finite float (`inf`, `nan`, ...), a
+//!   nothing); a boolean (YAML 1.1 spellings, as serde-saphyr reads them); a word that starts
+//!   with an ASCII letter and is neither of those nor a non-finite float's (`inf`, `nan`, ...);
+//!   a word that starts with a digit and has a byte no number is spelled with (`5m`, `30s`); a
 //!   canonical decimal integer of at most 18 digits, or a plain decimal fraction;
 //! - a plain key that is not such a word;
 //! - a repeated key (serde-saphyr's default refuses it);
@@ -25,14 +26,8 @@
 use granit_parser::{Event, Parser, ScalarStyle};
 use serde_json::{Map, Value};
 
-/// Deepest nesting read here: serde-saphyr's default depth budget (deeper goes to it).
-fn max_depth() -> usize {
-    serde_saphyr::Budget::default().max_depth
-}
-
-/// The parser options serde-saphyr derives from its default budget, without comments.
-fn parser_options() -> granit_parser::Options {
-    let budget = serde_saphyr::Budget::default();
+/// The parser options serde-saphyr derives from its `budget`, without comments.
+fn parser_options(budget: &serde_saphyr::Budget) -> granit_parser::Options {
     let default = granit_parser::Options::default();
     granit_parser::options! {
         simple_key_max_lookahead: budget.simple_key_max_lookahead,
@@ -52,8 +47,10 @@ enum Open {
 /// Every non-null document of `text`, each added to the collection as soon as it is complete;
 /// `None` when the text is outside the subset (see the module comment).
 pub fn read<C: Default + Extend<Value>>(text: &str) -> Option<C> {
-    let mut parser = Parser::new_from_str_with_options(text, parser_options());
-    let depth = max_depth();
+    let budget = serde_saphyr::Budget::default();
+    let mut parser = Parser::new_from_str_with_options(text, parser_options(&budget));
+    // Deeper than serde-saphyr's default depth budget goes to it.
+    let depth = budget.max_depth;
     let mut out = C::default();
     let mut stack: Vec<Open> = Vec::new();
     loop {
@@ -104,11 +101,15 @@ pub fn read<C: Default + Extend<Value>>(text: &str) -> Option<C> {
     }
 }
 
-/// A word serde-saphyr reads as a boolean (YAML 1.1 spellings) or that Rust's float parser
-/// knows (`inf`, `infinity`, `nan`; serde-saphyr keeps those as strings, but they are left to it).
+/// A word serde-saphyr reads as a boolean ([`yaml11_bool`]) or that Rust's float parser knows
+/// (`inf`, `infinity`, `nan`; serde-saphyr keeps those as strings, but they are left to it).
 fn is_reserved_word(s: &str) -> bool {
-    const WORDS: &[&str] = &["y", "yes", "n", "no", "true", "false", "on", "off", "inf", "infinity", "nan"];
-    s.len() <= 8 && WORDS.iter().any(|w| s.eq_ignore_ascii_case(w))
+    yaml11_bool(s).is_some() || ["inf", "infinity", "nan"].iter().any(|w| s.eq_ignore_ascii_case(w))
+}
+
+/// A plain scalar serde-saphyr reads as null.
+fn is_null_spelling(s: &str) -> bool {
+    matches!(s, "" | "~" | "null" | "Null" | "NULL")
 }
 
 /// A boolean as serde-saphyr reads a plain scalar into a JSON value (YAML 1.1 spellings, any case).
@@ -133,7 +134,7 @@ fn is_number_byte(b: u8) -> bool {
 /// digit and has a byte no number is spelled with (`5m`, `30s`, `12:30`).
 fn is_plain_word(s: &str) -> bool {
     match s.as_bytes().first() {
-        Some(b) if b.is_ascii_alphabetic() => !is_reserved_word(s) && !matches!(s, "null" | "Null" | "NULL"),
+        Some(b) if b.is_ascii_alphabetic() => !is_reserved_word(s) && !is_null_spelling(s),
         Some(b) if b.is_ascii_digit() => !s.bytes().all(is_number_byte),
         _ => false,
     }
@@ -151,7 +152,7 @@ fn value_of(text: std::borrow::Cow<'_, str>, style: ScalarStyle) -> Option<Value
         return Some(Value::String(text.into_owned()));
     }
     let s: &str = &text;
-    if matches!(s, "" | "~" | "null" | "Null" | "NULL") {
+    if is_null_spelling(s) {
         return Some(Value::Null);
     }
     if is_plain_word(s) {
