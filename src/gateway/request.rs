@@ -185,12 +185,7 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 /// The top-level entries by the single-pass [`Scan`] (no escaped key, see `pricing/scan.rs`).
 fn scan_fields(body: &str) -> Result<Vec<(Key, Range<usize>)>, Fallback> {
     let mut fields = Vec::with_capacity(8);
-    Scan::new(body).object_entries(|k, scan| {
-        let start = scan.pos();
-        scan.skip_value()?;
-        fields.push((Key::At(span(body, k)), start..scan.pos()));
-        Ok(())
-    })?;
+    Scan::new(body).raw_entries(|k, v| fields.push((Key::At(span(body, k)), span(body, v))))?;
     Ok(fields)
 }
 

@@ -216,11 +216,7 @@ impl<'a> Scan<'a> {
     /// Checks one value (after any whitespace) and moves past it.
     pub fn skip_value(&mut self) -> Res<()> {
         self.ws();
-        match self.peek() {
-            Some(b'{') => self.skip_object(),
-            Some(b'[') => self.skip_array().map(|_| ()),
-            _ => self.skip_scalar(),
-        }
+        self.skip_inner()
     }
 
     /// A value inside a container: only a container costs a call.
@@ -397,5 +393,17 @@ impl<'a> Scan<'a> {
         })?;
         self.ws();
         if self.i == self.b.len() { Ok(()) } else { Err(Fallback) }
+    }
+
+    /// [`object_entries`](Self::object_entries) with every value checked and stepped over:
+    /// `each` gets the key and the value's raw text (both slices of the text).
+    pub fn raw_entries(&mut self, mut each: impl FnMut(&'a str, &'a str)) -> Res<()> {
+        let text = self.text;
+        self.object_entries(|key, scan| {
+            let start = scan.pos();
+            scan.skip_value()?;
+            each(key, text.get(start..scan.pos()).ok_or(Fallback)?);
+            Ok(())
+        })
     }
 }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::pricing::scan::{Fallback, Scan};
+use crate::pricing::scan::Scan;
 
 /// A top-level key, borrowed from the body when it has no escapes.
 struct Key<'a>(Cow<'a, str>);
@@ -75,13 +75,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 fn members(body: &[u8]) -> Option<Vec<(Cow<'_, str>, &str)>> {
     if let Ok(text) = std::str::from_utf8(body) {
         let mut out = Vec::with_capacity(8);
-        let scanned = Scan::new(text).object_entries(|k, scan| {
-            let start = scan.pos();
-            scan.skip_value()?;
-            out.push((Cow::Borrowed(k), text.get(start..scan.pos()).ok_or(Fallback)?));
-            Ok(())
-        });
-        if scanned.is_ok() {
+        if Scan::new(text).raw_entries(|k, v| out.push((Cow::Borrowed(k), v))).is_ok() {
             return Some(out);
         }
     }
