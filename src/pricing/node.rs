@@ -309,13 +309,18 @@ pub(super) fn usage_scan(bytes: &[u8]) -> Result<Node<'_>, Fallback> {
         kept[k] = Some(scan.node()?).filter(|n| !n.is_null());
         Ok(())
     })?;
+    Ok(short_form(kept))
+}
+
+/// The short form of the four values kept (in [`USAGE_KEYS`] order; absent ones left out).
+fn short_form(kept: [Option<Node<'_>>; 4]) -> Node<'_> {
     let mut o = Object::with_capacity(4);
     for (k, v) in USAGE_KEYS.into_iter().zip(kept) {
         if let Some(v) = v {
             o.insert(k, v);
         }
     }
-    Ok(Node::Object(o))
+    Node::Object(o)
 }
 
 /// [`Node::usage_of_answer`] by serde_json alone: the reference of the fast path, and what
@@ -326,18 +331,8 @@ pub(super) fn usage_of_answer_serde(bytes: &[u8]) -> Option<Node<'_>> {
         return None;
     }
     match serde_json::from_slice::<UsageEntries<'_>>(bytes) {
-        Ok(e) => {
-            let mut o = Object { entries: Vec::with_capacity(4) };
-            // `null` reads as absent here; the rules treat both alike.
-            for (k, v) in
-                [("type", e.kind), ("usage", e.usage), ("usageMetadata", e.usage_metadata), ("response", e.response)]
-            {
-                if let Some(v) = v {
-                    o.insert(k, v);
-                }
-            }
-            Some(Node::Object(o))
-        }
+        // `null` reads as absent here; the rules treat both alike.
+        Ok(e) => Some(short_form([e.kind, e.usage, e.usage_metadata, e.response])),
         Err(_) => Node::parse_object(bytes),
     }
 }
