@@ -25,10 +25,8 @@ use super::request::Endpoint;
 use super::stream::BodyStream;
 use crate::pricing::{TokenCounts, UsageError};
 
-/// How many upstream response headers are passed on.
-const PASSED_COUNT: usize = 3;
 /// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [HeaderName; PASSED_COUNT] = [
+const PASSED_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("request-id"),
     HeaderName::from_static("openai-processing-ms"),
@@ -201,18 +199,11 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().get(..17).is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream")))
 }
 
-/// Copies the passed-through upstream headers (the first value of each), scrubbed of the API
-/// keys. One walk over the upstream's few headers, comparing names, instead of one hashed
-/// lookup per passed name.
+/// Copies the passed-through upstream headers (the first value of each, found by
+/// [`super::first_values`]), scrubbed of the API keys.
 pub(crate) fn pass_headers(from: &HeaderMap, to: &mut HeaderMap, redactor: &Redactor) {
-    let mut done = [false; PASSED_COUNT];
-    for (name, v) in from {
-        let Some(k) = PASSED_HEADERS.iter().position(|p| p == name) else {
-            continue;
-        };
-        if std::mem::replace(&mut done[k], true) {
-            continue;
-        }
+    for (name, v) in PASSED_HEADERS.iter().zip(super::first_values(from, PASSED_HEADERS.each_ref())) {
+        let Some(v) = v else { continue };
         if redactor.is_empty() {
             to.insert(name.clone(), v.clone());
             continue;

@@ -232,6 +232,23 @@ pub(crate) struct Served {
     pub(crate) routes: HashMap<String, Arc<CompiledRoute>>,
 }
 
+/// The first value of each of `names` in `headers` (`None`: absent), in one walk over the
+/// request's or answer's few headers instead of one hashed lookup per name.
+pub(crate) fn first_values<'h, const N: usize>(
+    headers: &'h axum::http::HeaderMap,
+    names: [&axum::http::HeaderName; N],
+) -> [Option<&'h HeaderValue>; N] {
+    let mut out = [None; N];
+    for (name, v) in headers {
+        if let Some(k) = names.iter().position(|n| *n == name)
+            && out[k].is_none()
+        {
+            out[k] = Some(v);
+        }
+    }
+    out
+}
+
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }

@@ -135,16 +135,9 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
         out.key = affinity::key(policy, &input.parts, || input.prompt.opening());
     }
     let hints = route.hints.clone().unwrap_or_default();
-    // The first value of each hint header, in one walk over the request's headers (instead of
-    // two hashed lookups on every request, most of which carry neither).
-    let (mut prefer, mut max_cost) = (None, None);
-    for (name, v) in input.headers {
-        if *name == PREFER_HEADER {
-            prefer = prefer.or(Some(v));
-        } else if *name == MAX_COST_HEADER {
-            max_cost = max_cost.or(Some(v));
-        }
-    }
+    // The first value of each hint header, in one walk over the request's headers (most
+    // requests carry neither).
+    let [prefer, max_cost] = super::first_values(input.headers, [&PREFER_HEADER, &MAX_COST_HEADER]);
     if let Some(v) = prefer {
         let value = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
         let pref = match value.as_str() {

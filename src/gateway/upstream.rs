@@ -136,11 +136,9 @@ impl Credentials {
     }
 }
 
-/// How many request headers of the client are passed on.
-const FORWARDED_COUNT: usize = 3;
 /// Request headers of the client passed on to upstream (names built once, compared while
 /// walking the client's headers).
-const FORWARDED: [HeaderName; FORWARDED_COUNT] =
+const FORWARDED: [HeaderName; 3] =
     [HeaderName::from_static("openai-beta"), HeaderName::from_static("anthropic-beta"), header::ACCEPT];
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
@@ -256,11 +254,8 @@ impl Upstream {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         // The first value of each forwarded header, in one walk over the client's headers.
-        let mut done = [false; FORWARDED_COUNT];
-        for (name, v) in client_headers {
-            if let Some(k) = FORWARDED.iter().position(|f| f == name)
-                && !std::mem::replace(&mut done[k], true)
-            {
+        for (name, v) in FORWARDED.iter().zip(super::first_values(client_headers, FORWARDED.each_ref())) {
+            if let Some(v) = v {
                 headers.insert(name.clone(), v.clone());
             }
         }
