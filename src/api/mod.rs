@@ -14,6 +14,7 @@ pub mod steering;
 pub mod validate;
 pub mod yaml;
 mod yaml_fast;
+mod yaml_lines;
 
 pub use latency::LatencyPolicy;
 pub use meta::{Condition, Time};

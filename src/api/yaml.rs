@@ -64,9 +64,13 @@ fn parallel_map_all<C: Default + Extend<Value> + Send>(pieces: Vec<&str>) -> Vec
     })
 }
 
-/// One parse of `text`: the common subset straight from the parser's events
-/// ([`super::yaml_fast`]), anything else by serde-saphyr with its budgets scaled to the size.
+/// One parse of `text`: the plainest layouts line by line ([`super::yaml_lines`]), the common
+/// subset straight from the parser's events ([`super::yaml_fast`]), anything else by
+/// serde-saphyr with its budgets scaled to the size.
 fn parse_whole<C: Default + Extend<Value>>(text: &str) -> Result<C, String> {
+    if let Some(c) = super::yaml_lines::read(text) {
+        return Ok(c);
+    }
     match super::yaml_fast::read(text) {
         Some(c) => Ok(c),
         None => parse_reference(text),

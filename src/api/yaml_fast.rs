@@ -132,7 +132,7 @@ fn is_number_byte(b: u8) -> bool {
 /// A plain scalar read as the same string whatever the target: a word that starts with an
 /// ASCII letter and is not a reserved word nor a null spelling, or one that starts with a
 /// digit and has a byte no number is spelled with (`5m`, `30s`, `12:30`).
-fn is_plain_word(s: &str) -> bool {
+pub(super) fn is_plain_word(s: &str) -> bool {
     match s.as_bytes().first() {
         Some(b) if b.is_ascii_alphabetic() => !is_reserved_word(s) && !is_null_spelling(s),
         Some(b) if b.is_ascii_digit() => !s.bytes().all(is_number_byte),
@@ -148,15 +148,19 @@ fn key_of(text: std::borrow::Cow<'_, str>, style: ScalarStyle) -> Option<String>
 }
 
 fn value_of(text: std::borrow::Cow<'_, str>, style: ScalarStyle) -> Option<Value> {
-    if style != ScalarStyle::Plain {
-        return Some(Value::String(text.into_owned()));
+    match style {
+        ScalarStyle::Plain => plain_value(&text),
+        _ => Some(Value::String(text.into_owned())),
     }
-    let s: &str = &text;
+}
+
+/// What a plain scalar means in the subset (see the module comment); `None` outside it.
+pub(super) fn plain_value(s: &str) -> Option<Value> {
     if is_null_spelling(s) {
         return Some(Value::Null);
     }
     if is_plain_word(s) {
-        return Some(Value::String(text.into_owned()));
+        return Some(Value::String(s.to_owned()));
     }
     if let Some(b) = yaml11_bool(s) {
         return Some(Value::Bool(b));
@@ -206,7 +210,8 @@ mod tests {
         super::super::yaml::parse_reference(text)
     }
 
-    /// The manifests shipped with the project and the bench's generated route: all in the subset.
+    /// The manifests shipped with the project and the bench's generated route: all in both
+    /// readers' subsets.
     #[test]
     fn shipped_manifests_are_read_here_as_serde_saphyr_reads_them() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -225,7 +230,10 @@ mod tests {
         for text in &texts {
             let fast = read::<Vec<Value>>(text).unwrap_or_else(|| panic!("not in the subset:\n{text}"));
             assert!(!fast.is_empty());
-            assert_eq!(Ok(fast), reference(text));
+            assert_eq!(Ok(fast.clone()), reference(text));
+            let lines = super::super::yaml_lines::read::<Vec<Value>>(text)
+                .unwrap_or_else(|| panic!("not in the line reader's subset:\n{text}"));
+            assert_eq!(lines, fast);
         }
     }
 
@@ -290,6 +298,10 @@ mod tests {
                 ".inf", "-.inf", ".NaN", "nan", "0x1F", "0o17", "0b11", "1e3", "+5", "007", "1_000", "2001-12-14",
                 "12:30", "&a x", "*a", "!!str 5", "!!int 7", "!x y", "a b", "x#y", "\"q\\tz\"", "'it''s'", "\"\"",
                 "'5'", "\"true\"", "é", "_x", "X9",
+                // Plain and quoted scalars with the bytes the line reader watches for.
+                "a: b", "a #b", "a#b", "x, y", "-", "-x", "- x", "@x", "`x", "a:b", "a:", "http://x.y/z", "it's",
+                "a  b", "?x", ":x", "%x", "{a", "a}", "x]", ",x", "|", ">", "a'b", "'#'", "\"a # b\"", "\"a\\\"b\"",
+                "'a: b'", "a/b.c_d", "~x", "x~", "+x",
             ])
             .prop_map(str::to_owned),
         ]
@@ -323,51 +335,117 @@ mod tests {
         }
     }
 
-    fn block(node: &Node, indent: usize, flow_at: usize, out: &mut String) {
-        let pad = " ".repeat(indent);
-        let inline = |v: &Node| match v {
+    /// How a generated document is laid out (every layout is valid YAML for valid scalars).
+    #[derive(Clone, Copy, Debug)]
+    struct Layout {
+        /// Collections at this indentation or deeper are written in flow style.
+        flow_at: usize,
+        /// A mapping's sequence value at the key's own indentation (`key:\n- x`).
+        compact_seq: bool,
+        /// A sequence item's mapping starting on the dash's line (`- key: value`).
+        compact_item: bool,
+        /// Spaces after a dash.
+        dash_pad: usize,
+        /// A comment after each scalar value.
+        comments: bool,
+    }
+
+    fn layout() -> impl Strategy<Value = Layout> {
+        (0usize..8, any::<bool>(), any::<bool>(), 1usize..4, any::<bool>()).prop_map(
+            |(flow_at, compact_seq, compact_item, dash_pad, comments)| Layout {
+                flow_at: flow_at * 2,
+                compact_seq,
+                compact_item,
+                dash_pad,
+                comments,
+            },
+        )
+    }
+
+    /// `node` in block style at `indent`; `first` is written before the first line instead of
+    /// the indentation (a sequence item's `- `).
+    fn block(node: &Node, indent: usize, first: Option<&str>, l: Layout, out: &mut String) {
+        let inline = |v: &Node, at: usize| match v {
             Node::Scalar(_) => true,
-            Node::Map(e) => e.is_empty() || indent >= flow_at,
-            Node::Seq(i) => i.is_empty() || indent >= flow_at,
+            Node::Map(e) => e.is_empty() || at >= l.flow_at,
+            Node::Seq(i) => i.is_empty() || at >= l.flow_at,
+        };
+        let comment = |v: &Node| if l.comments && matches!(v, Node::Scalar(_)) { " # c" } else { "" };
+        let mut lead = first.map(str::to_owned);
+        let mut pad = |out: &mut String| match lead.take() {
+            Some(f) => out.push_str(&f),
+            None => out.push_str(&" ".repeat(indent)),
         };
         match node {
-            Node::Scalar(s) => out.push_str(&format!("{pad}{s}\n")),
             Node::Map(entries) if !entries.is_empty() => {
                 for (k, v) in entries {
-                    if inline(v) {
-                        out.push_str(&format!("{pad}{k}: {}\n", flow(v)));
+                    pad(out);
+                    if inline(v, indent + 2) {
+                        out.push_str(&format!("{k}: {}{}\n", flow(v), comment(v)));
                     } else {
-                        out.push_str(&format!("{pad}{k}:\n"));
-                        block(v, indent + 2, flow_at, out);
+                        out.push_str(&format!("{k}:\n"));
+                        let at = if l.compact_seq && matches!(v, Node::Seq(_)) { indent } else { indent + 2 };
+                        block(v, at, None, l, out);
                     }
                 }
             }
             Node::Seq(items) if !items.is_empty() => {
+                let dash = format!("-{}", " ".repeat(l.dash_pad));
                 for v in items {
-                    if inline(v) {
-                        out.push_str(&format!("{pad}- {}\n", flow(v)));
+                    pad(out);
+                    let inner = indent + 1 + l.dash_pad;
+                    if inline(v, inner) {
+                        out.push_str(&format!("{dash}{}{}\n", flow(v), comment(v)));
+                    } else if l.compact_item && matches!(v, Node::Map(_)) {
+                        block(v, inner, Some(&dash), l, out);
                     } else {
-                        out.push_str(&format!("{pad}-\n"));
-                        block(v, indent + 2, flow_at, out);
+                        out.push_str("-\n");
+                        block(v, indent + 2, None, l, out);
                     }
                 }
             }
-            other => out.push_str(&format!("{pad}{}\n", flow(other))),
+            other => {
+                pad(out);
+                out.push_str(&format!("{}\n", flow(other)));
+            }
         }
     }
 
     fn text() -> impl Strategy<Value = String> {
-        prop::collection::vec((node(), 0usize..8, any::<bool>()), 1..4).prop_map(|docs| {
+        prop::collection::vec((node(), layout(), any::<bool>()), 1..4).prop_map(|docs| {
             let mut out = String::new();
-            for (doc, flow_at, comment) in docs {
+            for (doc, layout, comment) in docs {
                 out.push_str("---\n");
                 if comment {
                     out.push_str("# a comment\n");
                 }
-                block(&doc, 0, flow_at * 2, &mut out);
+                block(&doc, 0, None, layout, &mut out);
             }
             out
         })
+    }
+
+    /// Bytes a mutation inserts: the ones YAML's structure is made of.
+    const MUTATIONS: &[&str] = &[
+        " ", "  ", ":", ": ", "-", "- ", "#", " #", "'", "\"", "{", "}", "[", "]", ",", "\n", "\n  ", "&", "*", "!",
+        "|", ">", "?", "\t", "\\", "---\n", "...\n", "%",
+    ];
+
+    /// The generated texts exercise both readers: a fair share of them is taken by each (so
+    /// the agreement properties below are not met by giving up on everything).
+    #[test]
+    fn both_readers_take_a_fair_share_of_the_generated_texts() {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut fast, mut lines, mut valid, total) = (0, 0, 0, 1000);
+        for _ in 0..total {
+            let text = text().new_tree(&mut runner).expect("a text").current();
+            valid += usize::from(reference(&text).is_ok());
+            fast += usize::from(read::<Vec<Value>>(&text).is_some());
+            lines += usize::from(super::super::yaml_lines::read::<Vec<Value>>(&text).is_some());
+        }
+        eprintln!("of {total} generated texts: {valid} valid, the event reader took {fast}, the line reader {lines}");
+        assert!(fast * 4 >= total && lines * 4 >= total, "{fast} and {lines} of {total}");
     }
 
     proptest! {
@@ -376,8 +454,36 @@ mod tests {
         /// Whatever this reader takes, it reads as serde-saphyr does.
         #[test]
         fn agrees_with_serde_saphyr(text in text()) {
+            let expected = reference(&text);
             if let Some(fast) = read::<Vec<Value>>(&text) {
-                prop_assert_eq!(Ok(fast), reference(&text), "{}", text);
+                prop_assert_eq!(Ok(fast), expected.clone(), "{}", text);
+            }
+            if let Some(lines) = super::super::yaml_lines::read::<Vec<Value>>(&text) {
+                prop_assert_eq!(Ok(lines), expected, "line reader:\n{}", text);
+            }
+        }
+
+        /// Texts with a byte or two of YAML syntax inserted anywhere: whatever either reader
+        /// takes, it reads as serde-saphyr does (which mostly refuses them).
+        #[test]
+        fn mutated_texts_agree_with_serde_saphyr(
+            text in text(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), prop::sample::select(MUTATIONS)), 1..3),
+        ) {
+            let mut text = text;
+            for (at, insert) in edits {
+                let mut at = at.index(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.insert_str(at, insert);
+            }
+            let expected = reference(&text);
+            if let Some(fast) = read::<Vec<Value>>(&text) {
+                prop_assert_eq!(Ok(fast), expected.clone(), "{}", text);
+            }
+            if let Some(lines) = super::super::yaml_lines::read::<Vec<Value>>(&text) {
+                prop_assert_eq!(Ok(lines), expected, "line reader:\n{}", text);
             }
         }
 
