@@ -88,6 +88,8 @@ pub struct Manifests {
 struct KindSchema {
     schema: Value,
     structural: jsonschema::Validator,
+    /// The fields the schema declares, for [`unknown_fields`].
+    fields: Fields,
 }
 
 fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
@@ -112,7 +114,8 @@ fn kind_schema(kind: &str) -> Option<&'static Result<KindSchema, String>> {
             .should_validate_formats(false)
             .build(&schema)
             .map_err(|e| format!("the {kind} CRD schema does not compile: {e}"))?;
-        Ok(KindSchema { schema, structural })
+        let fields = Fields::of(&schema);
+        Ok(KindSchema { schema, structural, fields })
     }))
 }
 
@@ -145,18 +148,46 @@ fn drop_nulls(v: &mut Value) {
     }
 }
 
+/// The fields a schema declares, taken from the schema once per kind: the walk over every
+/// object then looks each field up once, not the schema's keywords at every level.
+#[derive(Debug, Default)]
+struct Fields {
+    /// `x-kubernetes-preserve-unknown-fields: true`: anything goes from here down.
+    preserve: bool,
+    /// `properties`, when the schema declares them.
+    properties: Option<std::collections::HashMap<String, Fields>>,
+    /// `additionalProperties`, when it is a schema (the values of a map).
+    additional: Option<Box<Fields>>,
+    /// `items`.
+    items: Option<Box<Fields>>,
+}
+
+impl Fields {
+    fn of(schema: &Value) -> Fields {
+        Fields {
+            preserve: schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)),
+            properties: schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|props| props.iter().map(|(k, v)| (k.clone(), Fields::of(v))).collect()),
+            additional: schema.get("additionalProperties").filter(|a| a.is_object()).map(|a| Box::new(Fields::of(a))),
+            items: schema.get("items").map(|i| Box::new(Fields::of(i))),
+        }
+    }
+}
+
 /// Fields the schema does not declare (what `kubectl apply` refuses with strict validation).
 /// `path` is the field path so far (a buffer: restored on return, allocated only per error).
-fn unknown_fields(schema: &Value, value: &Value, path: &mut String, out: &mut Vec<FieldError>) {
+fn unknown_fields(schema: &Fields, value: &Value, path: &mut String, out: &mut Vec<FieldError>) {
     use std::fmt::Write as _;
-    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+    if schema.preserve {
         return;
     }
     let len = path.len();
     match value {
         Value::Object(m) => {
-            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
-                if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            let Some(props) = &schema.properties else {
+                if let Some(ap) = &schema.additional {
                     for (k, v) in m {
                         path.push('.');
                         path.push_str(k);
@@ -181,7 +212,7 @@ fn unknown_fields(schema: &Value, value: &Value, path: &mut String, out: &mut Ve
             }
         }
         Value::Array(a) => {
-            if let Some(items) = schema.get("items") {
+            if let Some(items) = &schema.items {
                 for (i, v) in a.iter().enumerate() {
                     let _ = write!(path, "[{i}]");
                     unknown_fields(items, v, path, out);
@@ -237,7 +268,7 @@ pub fn validate_value(mut value: Value) -> Result<Option<Object>, Vec<FieldError
 
     // Fast path: a valid object is never defaulted as JSON (see the module comment).
     let mut unknown = Vec::new();
-    unknown_fields(&schema.schema, &value, &mut String::new(), &mut unknown);
+    unknown_fields(&schema.fields, &value, &mut String::new(), &mut unknown);
     let value = if unknown.is_empty() && errors.is_empty() && schema.structural.is_valid(&value) {
         value
     } else {
@@ -300,7 +331,7 @@ fn metadata_errors(value: &Value, errors: &mut Vec<FieldError>) {
 /// (the API server's order: defaulting, then structure).
 fn defaulted_with_structure_errors(schema: &KindSchema, value: &Value, errors: &mut Vec<FieldError>) -> Value {
     let defaulted = apply_defaults(&schema.schema, value);
-    unknown_fields(&schema.schema, &defaulted, &mut String::new(), errors);
+    unknown_fields(&schema.fields, &defaulted, &mut String::new(), errors);
     for e in schema.structural.iter_errors(&defaulted) {
         errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), e.to_string()));
     }
