@@ -24,7 +24,7 @@
 //! # async fn demo(cfg: tollgate::config::GatewayConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! use tollgate::gateway::{Gateway, GatewayOptions, MeterSnapshot};
 //! let gw = Gateway::new(Some(cfg), GatewayOptions::default())?;
-//! let api = gw.router(); // serve with axum / gateway::serve
+//! let api = gw.api(); // serve with gateway::serve (gw.router(): an axum Router)
 //! let before = MeterSnapshot::default();
 //! let now = gw.meter().snapshot();
 //! let obs = now.to_observations_since(&before, "default"); // → policy::evaluate
@@ -79,7 +79,8 @@ pub use mock::mock_tokens;
 pub use native::{ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, anthropic_url};
 pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
-pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
+pub use serve::{App, ServeLimits, ShutdownCut, serve, serve_sharded};
+pub use server::Api;
 
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig, RouteConfig};
 use crate::config::{RouteState, Strategy};
@@ -459,9 +460,15 @@ impl Gateway {
         &self.inner.opts
     }
 
-    /// The API: `/v1/*`, `/healthz`, `/readyz`.
+    /// The API: `/v1/*`, `/healthz`, `/readyz`, as an axum router.
     pub fn router(&self) -> Router {
         server::api_router(self.clone())
+    }
+
+    /// The API as `tollgate gateway` serves it ([`serve`], [`serve_sharded`]): the same answers
+    /// as [`router`](Self::router), the proxied endpoints dispatched without the router.
+    pub fn api(&self) -> Api {
+        Api::new(self.clone(), self.router())
     }
 
     /// `/metrics` (Prometheus text format).
