@@ -183,8 +183,10 @@ pub(crate) struct CompiledBackend {
     /// Upstream URL of each endpoint (HTTP backends whose base URL parses); boxed, so mock
     /// backends do not carry four empty URIs.
     pub(crate) uris: Option<Box<[Uri; 4]>>,
-    /// The `Host` header of those URLs, built once ([`upstream::host_header`]).
-    pub(crate) host: Option<HeaderValue>,
+    /// The headers every request to those URLs starts with (`Host`, built once by
+    /// [`upstream::host_header`], `Content-Type`, `User-Agent`): copied per request instead
+    /// of hashed in one by one ([`upstream::base_headers`]).
+    pub(crate) base_headers: axum::http::HeaderMap,
 }
 
 /// One route as served.
@@ -294,7 +296,7 @@ impl Served {
                 let labels = Arc::new(BackendLabels::of(&key));
                 let (duration, ttft) = metrics.histograms(&labels);
                 let uris = upstream_uris(&b.endpoint);
-                let host = uris.as_ref().and_then(|u| upstream::host_header(&u[0]));
+                let base_headers = upstream::base_headers(uris.as_ref().and_then(|u| upstream::host_header(&u[0])));
                 let gen_ai = gen_ai
                     .entry((b.provider.clone(), b.model.clone()))
                     .or_insert_with(|| Arc::new(metrics.gen_ai(&b.provider, &b.model)))
@@ -308,7 +310,7 @@ impl Served {
                     backend_header: header_value(&b.name),
                     provider_header: header_value(&b.provider),
                     uris,
-                    host,
+                    base_headers,
                     cfg: b,
                 })
             }));
