@@ -401,7 +401,7 @@ async fn start_with(cfg: Option<GatewayConfig>, tweak: impl FnOnce(&mut GatewayO
     let met = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", api.local_addr().unwrap());
     let metrics_url = format!("http://{}/metrics", met.local_addr().unwrap());
-    tokio::spawn(serve(api, gw.router(), ServeLimits::default(), std::future::pending()));
+    tokio::spawn(serve(api, gw.api(), ServeLimits::default(), std::future::pending()));
     tokio::spawn(serve(met, gw.metrics_router(), ServeLimits::default(), std::future::pending()));
     Harness { gw, base, metrics_url, client: reqwest::Client::new(), _creds: creds }
 }
@@ -1461,7 +1461,7 @@ async fn thread_per_core_server_serves_every_connection_and_shuts_down() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let token = tokio_util::sync::CancellationToken::new();
     let server =
-        tokio::spawn(tollgate::gateway::serve_sharded(listener, gw.router(), ServeLimits::default(), 3, token.clone()));
+        tokio::spawn(tollgate::gateway::serve_sharded(listener, gw.api(), ServeLimits::default(), 3, token.clone()));
     // Separate clients: separate connections, handed to the workers in turn.
     let mut tasks = Vec::new();
     for _ in 0..6 {

@@ -164,7 +164,7 @@ async fn start(cfg: GatewayConfig, opts: impl FnOnce(&mut GatewayOptions), limit
     let met = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (a, m) = (api.local_addr().unwrap(), met.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    tokio::spawn(serve(api, gw.router(), limits, shutdown.clone().cancelled_owned()));
+    tokio::spawn(serve(api, gw.api(), limits, shutdown.clone().cancelled_owned()));
     tokio::spawn(serve(met, gw.metrics_router(), limits, shutdown.clone().cancelled_owned()));
     Harness { gw, api: a, metrics: m, shutdown, _creds: creds }
 }

@@ -466,7 +466,7 @@ async fn start(cfg: GatewayConfig) -> Harness {
     let met = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", api.local_addr().unwrap());
     let metrics_url = format!("http://{}/metrics", met.local_addr().unwrap());
-    tokio::spawn(serve(api, gw.router(), ServeLimits::default(), std::future::pending()));
+    tokio::spawn(serve(api, gw.api(), ServeLimits::default(), std::future::pending()));
     tokio::spawn(serve(met, gw.metrics_router(), ServeLimits::default(), std::future::pending()));
     Harness { base, metrics_url, client: reqwest::Client::new(), creds }
 }

@@ -85,7 +85,7 @@ async fn start(cfg: GatewayConfig, opts: GatewayOptions) -> (Gateway, String) {
     let gw = Gateway::new(Some(cfg), opts).unwrap();
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", api.local_addr().unwrap());
-    tokio::spawn(serve(api, gw.router(), ServeLimits::default(), std::future::pending()));
+    tokio::spawn(serve(api, gw.api(), ServeLimits::default(), std::future::pending()));
     (gw, base)
 }
 

@@ -73,7 +73,7 @@ async fn start(cfg: GatewayConfig) -> Harness {
     let gw = Gateway::new(Some(cfg), opts).unwrap();
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", api.local_addr().unwrap());
-    tokio::spawn(serve(api, gw.router(), ServeLimits::default(), std::future::pending()));
+    tokio::spawn(serve(api, gw.api(), ServeLimits::default(), std::future::pending()));
     Harness { base, client: reqwest::Client::new() }
 }
 

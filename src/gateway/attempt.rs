@@ -102,7 +102,7 @@ async fn send(
                     gw.inner
                         .upstream
                         .send(
-                            (uri, b.host.clone()),
+                            (uri, &b.base_headers),
                             *protocol,
                             api_key_file.as_deref(),
                             body,

@@ -220,7 +220,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
         0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         n => n,
     };
-    let api_server = serve_sharded(api, gw.router(), limits, workers, token.clone());
+    let api_server = serve_sharded(api, gw.api(), limits, workers, token.clone());
     let metrics_server = serve(metrics, gw.metrics_router(), limits, token.clone().cancelled_owned());
     let (api_result, ()) = tokio::join!(api_server, metrics_server);
     api_result?;

@@ -24,7 +24,7 @@
 //! # async fn demo(cfg: tollgate::config::GatewayConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! use tollgate::gateway::{Gateway, GatewayOptions, MeterSnapshot};
 //! let gw = Gateway::new(Some(cfg), GatewayOptions::default())?;
-//! let api = gw.router(); // serve with axum / gateway::serve
+//! let api = gw.api(); // serve with gateway::serve (gw.router(): an axum Router)
 //! let before = MeterSnapshot::default();
 //! let now = gw.meter().snapshot();
 //! let obs = now.to_observations_since(&before, "default"); // → policy::evaluate
@@ -79,7 +79,8 @@ pub use mock::mock_tokens;
 pub use native::{ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, anthropic_url};
 pub use reload::{ReloadOutcome, watch_config_file};
 pub use request::Endpoint;
-pub use serve::{ServeLimits, ShutdownCut, serve, serve_sharded};
+pub use serve::{App, ServeLimits, ShutdownCut, serve, serve_sharded};
+pub use server::Api;
 
 use crate::config::{BackendConfig, ConfigError, EndpointConfig, GatewayConfig, RouteConfig};
 use crate::config::{RouteState, Strategy};
@@ -182,8 +183,10 @@ pub(crate) struct CompiledBackend {
     /// Upstream URL of each endpoint (HTTP backends whose base URL parses); boxed, so mock
     /// backends do not carry four empty URIs.
     pub(crate) uris: Option<Box<[Uri; 4]>>,
-    /// The `Host` header of those URLs, built once ([`upstream::host_header`]).
-    pub(crate) host: Option<HeaderValue>,
+    /// The headers every request to those URLs starts with (`Host`, built once by
+    /// [`upstream::host_header`], `Content-Type`, `User-Agent`): copied per request instead
+    /// of hashed in one by one ([`upstream::base_headers`]).
+    pub(crate) base_headers: axum::http::HeaderMap,
 }
 
 /// One route as served.
@@ -293,7 +296,7 @@ impl Served {
                 let labels = Arc::new(BackendLabels::of(&key));
                 let (duration, ttft) = metrics.histograms(&labels);
                 let uris = upstream_uris(&b.endpoint);
-                let host = uris.as_ref().and_then(|u| upstream::host_header(&u[0]));
+                let base_headers = upstream::base_headers(uris.as_ref().and_then(|u| upstream::host_header(&u[0])));
                 let gen_ai = gen_ai
                     .entry((b.provider.clone(), b.model.clone()))
                     .or_insert_with(|| Arc::new(metrics.gen_ai(&b.provider, &b.model)))
@@ -307,7 +310,7 @@ impl Served {
                     backend_header: header_value(&b.name),
                     provider_header: header_value(&b.provider),
                     uris,
-                    host,
+                    base_headers,
                     cfg: b,
                 })
             }));
@@ -459,9 +462,15 @@ impl Gateway {
         &self.inner.opts
     }
 
-    /// The API: `/v1/*`, `/healthz`, `/readyz`.
+    /// The API: `/v1/*`, `/healthz`, `/readyz`, as an axum router.
     pub fn router(&self) -> Router {
         server::api_router(self.clone())
+    }
+
+    /// The API as `tollgate gateway` serves it ([`serve`], [`serve_sharded`]): the same answers
+    /// as [`router`](Self::router), the proxied endpoints dispatched without the router.
+    pub fn api(&self) -> Api {
+        Api::new(self.clone(), self.router())
     }
 
     /// `/metrics` (Prometheus text format).

@@ -45,7 +45,6 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -379,16 +378,37 @@ impl hyper::body::Body for TrackedBody {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The router as a hyper service that tracks requests in flight and hands each request the
+/// What [`serve`] and [`serve_sharded`] answer requests with: an axum [`Router`], or the
+/// gateway's API ([`super::Api`]: its hot endpoints dispatched without the router, everything
+/// else through it).
+pub trait App: Clone + Send + Sync + 'static {
+    /// The answer to one request.
+    fn answer(&self, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send + 'static;
+}
+
+impl App for Router {
+    fn answer(&self, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send + 'static {
+        // As hyper-util's `TowerToHyperService` calls it: a clone of the router per request.
+        let fut = tower_service::Service::call(&mut self.clone(), req);
+        async move {
+            match fut.await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+/// The app as a hyper service that tracks requests in flight and hands each request the
 /// [`ShutdownCut`] token.
 #[derive(Clone)]
-struct ConnService {
-    inner: TowerToHyperService<Router>,
+struct ConnService<A> {
+    app: A,
     act: Arc<Activity>,
     cut: ShutdownCut,
 }
 
-impl hyper::service::Service<Request<Incoming>> for ConnService {
+impl<A: App> hyper::service::Service<Request<Incoming>> for ConnService<A> {
     type Response = Response<TrackedBody>;
     type Error = std::convert::Infallible;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
@@ -396,9 +416,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let flight = InFlight::new(self.act.clone());
         req.extensions_mut().insert(self.cut.clone());
-        let fut = self.inner.call(req);
+        let fut = self.app.answer(req);
         Box::pin(async move {
-            let resp = fut.await?;
+            let resp = fut.await;
             Ok(resp.map(|inner| TrackedBody { inner, _flight: flight }))
         })
     }
@@ -416,11 +436,11 @@ fn conn_builder(limits: ServeLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-fn serve_stream(
+fn serve_stream<A: App>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
-    router: &Router,
+    app: &A,
     limits: ServeLimits,
     cut: &CancellationToken,
     slot: Option<OwnedSemaphorePermit>,
@@ -428,11 +448,7 @@ fn serve_stream(
     let _ = stream.set_nodelay(true);
     let act = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedIo { inner: stream, act: act.clone() });
-    let svc = ConnService {
-        inner: TowerToHyperService::new(router.clone()),
-        act: act.clone(),
-        cut: ShutdownCut(cut.clone()),
-    };
+    let svc = ConnService { app: app.clone(), act: act.clone(), cut: ShutdownCut(cut.clone()) };
     let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
     let cut = cut.clone();
     tokio::spawn(async move {
@@ -457,11 +473,12 @@ async fn drain(graceful: GracefulShutdown, grace: Duration, cut: &CancellationTo
     tokio::task::yield_now().await;
 }
 
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) on the current runtime until `shutdown`
-/// resolves, then lets in-flight requests finish for at most `limits.shutdown_grace`.
+/// Serves `app` (a [`Router`] or the gateway's [`super::Api`]) on `listener` (HTTP/1.1 and
+/// h2c) on the current runtime until `shutdown` resolves, then lets in-flight requests finish
+/// for at most `limits.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: impl App,
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -479,7 +496,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     backoff = Duration::ZERO;
-                    serve_stream(&builder, &graceful, stream, &router, limits, &lst.cut, slot);
+                    serve_stream(&builder, &graceful, stream, &app, limits, &lst.cut, slot);
                 }
                 Err(e) => {
                     drop(slot);
@@ -503,7 +520,7 @@ pub async fn serve(
 /// request: bench/instructions.sh). The connection cap is shared by all workers.
 pub async fn serve_sharded(
     listener: TcpListener,
-    router: Router,
+    app: impl App,
     limits: ServeLimits,
     workers: usize,
     shutdown: CancellationToken,
@@ -511,7 +528,7 @@ pub async fn serve_sharded(
     let current_thread =
         tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
     if workers <= 1 && current_thread {
-        serve(listener, router, limits, shutdown.cancelled_owned()).await;
+        serve(listener, app, limits, shutdown.cancelled_owned()).await;
         return Ok(());
     }
     let workers = workers.max(1);
@@ -523,7 +540,7 @@ pub async fn serve_sharded(
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         // Each worker cuts its own connections when its own grace is over.
-        let (router, token, cut) = (router.clone(), shutdown.clone(), CancellationToken::new());
+        let (app, token, cut) = (app.clone(), shutdown.clone(), CancellationToken::new());
         let thread = std::thread::Builder::new().name(format!("tollgate-api-{i}")).spawn(move || {
             rt.block_on(async move {
                 let builder = conn_builder(limits);
@@ -532,7 +549,7 @@ pub async fn serve_sharded(
                     tokio::select! {
                         next = rx.recv() => match next {
                             Some((std_stream, slot)) => match TcpStream::from_std(std_stream) {
-                                Ok(stream) => serve_stream(&builder, &graceful, stream, &router, limits, &cut, slot),
+                                Ok(stream) => serve_stream(&builder, &graceful, stream, &app, limits, &cut, slot),
                                 Err(e) => tracing::warn!(error = %e, "cannot adopt a connection"),
                             },
                             None => break,

@@ -3,12 +3,22 @@
 //! stalls longer than `body_read_timeout` gets 408 and the connection closes), parses it once
 //! ([`ClientRequest`]) and hands it to the shared pipeline ([`pipeline::run`]): route, plan,
 //! attempts with failover, answer, metering — the same for every surface and wire format.
+//!
+//! [`Api`] is what `tollgate gateway` serves: a `POST` to one of the proxied endpoints
+//! ([`Hot`]) goes straight to its handler, everything else through the router. Both ways give
+//! the same answer: the router's per-request work skipped (matching the path, the
+//! `MatchedPath`, URL-parameter and `OriginalUri` extensions, which no proxied endpoint reads)
+//! is replaced by one comparison of the path, and what the router does to every answer (a
+//! `Content-Length` when the body's size is known) is done here too (bench/instructions.sh).
 
 use axum::Router;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::future::Either;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::Gateway;
@@ -18,22 +28,103 @@ use super::errors::ApiError;
 use super::metrics::METRICS_CONTENT_TYPE;
 use super::pipeline;
 use super::request::{ClientRequest, Endpoint};
-use super::serve::ShutdownCut;
+use super::serve::{App, ShutdownCut};
+
+/// The proxied endpoints (each answers `POST` only), with their paths.
+#[derive(Clone, Copy)]
+enum Hot {
+    OpenAI(Endpoint),
+    Messages,
+    CountTokens,
+}
+
+impl Hot {
+    const ALL: [(&'static str, Hot); 6] = [
+        ("/v1/chat/completions", Hot::OpenAI(Endpoint::ChatCompletions)),
+        ("/v1/completions", Hot::OpenAI(Endpoint::Completions)),
+        ("/v1/embeddings", Hot::OpenAI(Endpoint::Embeddings)),
+        ("/v1/responses", Hot::OpenAI(Endpoint::Responses)),
+        ("/v1/messages", Hot::Messages),
+        ("/v1/messages/count_tokens", Hot::CountTokens),
+    ];
+
+    /// The endpoint a `method` request to exactly `path` goes to (as the router matches it:
+    /// the raw path, no trailing `/`).
+    fn of(method: &Method, path: &str) -> Option<Hot> {
+        if method != Method::POST {
+            return None;
+        }
+        Hot::ALL.into_iter().find(|(p, _)| *p == path).map(|(_, h)| h)
+    }
+
+    async fn serve(self, gw: Gateway, req: Request) -> Response {
+        match self {
+            Hot::OpenAI(endpoint) => proxy(gw, endpoint, req).await,
+            Hot::Messages => super::messages::handle(gw, req).await,
+            Hot::CountTokens => super::messages::count_tokens(gw, req).await,
+        }
+    }
+}
+
+/// The API as `tollgate gateway` serves it (see the module's comment): the router, with the
+/// proxied endpoints ([`Hot`]) dispatched in front of it.
+#[derive(Clone)]
+pub struct Api {
+    gw: Gateway,
+    router: Router,
+}
+
+impl Api {
+    /// `router` (the gateway's [`api_router`], possibly with routes added) with the proxied
+    /// endpoints of `gw` dispatched in front of it.
+    pub fn new(gw: Gateway, router: Router) -> Self {
+        Api { gw, router }
+    }
+}
+
+impl App for Api {
+    fn answer(
+        &self,
+        req: axum::http::Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
+        let to = match Hot::of(req.method(), req.uri().path()) {
+            Some(hot) => Either::Left((hot, self.gw.clone())),
+            None => Either::Right(self.router.clone()),
+        };
+        async move {
+            match to {
+                Either::Left((hot, gw)) => {
+                    // Boxed when first polled (as the router boxes a handler's future): held
+                    // inline, the handler's large future would be copied whole each time this
+                    // one moves (into the connection's box among others).
+                    let mut resp = Box::pin(hot.serve(gw, req.map(Body::new))).await;
+                    set_content_length(&mut resp);
+                    resp
+                }
+                Either::Right(router) => router.answer(req).await,
+            }
+        }
+    }
+}
+
+/// What axum's router does to every answer of a route: a `Content-Length` when the body's size
+/// is known and none was set.
+fn set_content_length(resp: &mut Response) {
+    if resp.headers().contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    if let Some(size) = resp.body().size_hint().exact() {
+        let v = if size == 0 { HeaderValue::from_static("0") } else { HeaderValue::from(size) };
+        resp.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
+}
 
 pub(crate) fn api_router(gw: Gateway) -> Router {
-    Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::ChatCompletions, req)),
-        )
-        .route("/v1/completions", post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::Completions, req)))
-        .route("/v1/embeddings", post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::Embeddings, req)))
-        .route("/v1/responses", post(|State(gw): State<Gateway>, req: Request| proxy(gw, Endpoint::Responses, req)))
-        .route("/v1/messages", post(|State(gw): State<Gateway>, req: Request| super::messages::handle(gw, req)))
-        .route(
-            "/v1/messages/count_tokens",
-            post(|State(gw): State<Gateway>, req: Request| super::messages::count_tokens(gw, req)),
-        )
+    let mut router = Router::new();
+    for (path, hot) in Hot::ALL {
+        router = router.route(path, post(move |State(gw): State<Gateway>, req: Request| hot.serve(gw, req)));
+    }
+    router
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .route("/healthz", get(|| async { "ok" }))
@@ -110,4 +201,22 @@ async fn proxy(gw: Gateway, endpoint: Endpoint, req: Request) -> Response {
     let req =
         pipeline::Request { surface, inbound: Inbound::OpenAI(creq), headers: &parts.headers, request_bytes, cut };
     pipeline::run(&gw, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_post_to_exactly_a_proxied_path_skips_the_router() {
+        let of = |m: Method, p: &str| Hot::of(&m, p).map(|h| matches!(h, Hot::OpenAI(Endpoint::ChatCompletions)));
+        assert_eq!(of(Method::POST, "/v1/chat/completions"), Some(true));
+        assert_eq!(of(Method::POST, "/v1/messages/count_tokens"), Some(false));
+        assert_eq!(of(Method::GET, "/v1/chat/completions"), None);
+        assert_eq!(of(Method::HEAD, "/v1/chat/completions"), None);
+        assert_eq!(of(Method::POST, "/v1/chat/completions/"), None);
+        assert_eq!(of(Method::POST, "/v1/chat/completion"), None);
+        assert_eq!(of(Method::POST, "/v1/models"), None);
+        assert_eq!(of(Method::POST, "/V1/chat/completions"), None);
+    }
 }

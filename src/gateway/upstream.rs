@@ -165,6 +165,18 @@ pub(crate) fn host_header(uri: &Uri) -> Option<HeaderValue> {
     }
 }
 
+/// The headers every request to an upstream URL starts with, in this order: its `Host`
+/// (`None`: left to hyper), `Content-Type: application/json`, `User-Agent`.
+pub(crate) fn base_headers(host: Option<HeaderValue>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    headers
+}
+
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -229,10 +241,10 @@ impl Upstream {
     }
 
     /// Sends one attempt and waits for the response headers until `first_byte_deadline`.
-    /// `to`: the URL and its `Host` header, if built beforehand ([`host_header`]).
+    /// `to`: the URL and the headers every request to it starts with ([`base_headers`]).
     pub(crate) async fn send(
         &self,
-        to: (Uri, Option<HeaderValue>),
+        to: (Uri, &HeaderMap),
         protocol: Protocol,
         api_key_file: Option<&str>,
         body: Vec<u8>,
@@ -245,14 +257,10 @@ impl Upstream {
         };
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
-        let (uri, host) = to;
+        let (uri, base) = to;
         *req.uri_mut() = uri;
+        *req.headers_mut() = base.clone();
         let headers = req.headers_mut();
-        if let Some(host) = host {
-            headers.insert(header::HOST, host);
-        }
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         // The first value of each forwarded header, in one walk over the client's headers.
         for (name, v) in FORWARDED.iter().zip(super::first_values(client_headers, FORWARDED.each_ref())) {
             if let Some(v) = v {

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::validate::{Manifests, load_dir, read_manifest_files};
 use crate::gateway::MeterSnapshot;
-use crate::gateway::{Gateway, GatewayOptions, ServeLimits, serve};
+use crate::gateway::{Api, Gateway, GatewayOptions, ServeLimits, serve};
 use crate::plan::{Plan, kind_name};
 use crate::policy::{DecisionState, ObjectKey, ObjectKind, Observations, Transition};
 use crate::render::{notes, pick_namespace, plan_manifests};
@@ -418,13 +418,14 @@ pub async fn run(args: LocalArgs) -> Result<(), LocalError> {
         TcpListener::bind(args.listen).await.map_err(|source| LocalError::Bind { addr: args.listen, source })?;
     let token = CancellationToken::new();
     let status_report = report.clone();
-    let api = gateway.router().route(
+    let router = gateway.router().route(
         "/status",
         get(move || {
             let r = status_report.clone();
             async move { Json(r.read().map(|r| r.clone()).unwrap_or_default()) }
         }),
     );
+    let api = Api::new(gateway.clone(), router);
     let mut servers = Vec::new();
     {
         let t = token.clone();
