@@ -96,13 +96,13 @@ async fn send(
             tokio::time::timeout_at(first_byte_deadline, fut).await.map_err(|_| SendError::Timeout)
         }
         (EndpointConfig::Http { base_url, protocol, api_key_file }, Target::OpenAI(e)) => {
-            match b.uris.as_ref().and_then(|u| u.get(e.index())) {
-                Some(uri) => {
+            match (b.uris.as_ref().and_then(|u| u.get(e.index())), b.base_headers.as_deref()) {
+                (Some(uri), Some(base)) => {
                     let uri = uri.clone();
                     gw.inner
                         .upstream
                         .send(
-                            (uri, &b.base_headers),
+                            (uri, base),
                             *protocol,
                             api_key_file.as_deref(),
                             body,
@@ -111,7 +111,7 @@ async fn send(
                         )
                         .await
                 }
-                None => Err(SendError::Connect(format!("invalid upstream base URL {base_url:?}"))),
+                _ => Err(SendError::Connect(format!("invalid upstream base URL {base_url:?}"))),
             }
         }
         (EndpointConfig::Http { .. }, Target::Native { url, .. }) => {

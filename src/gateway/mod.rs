@@ -185,8 +185,9 @@ pub(crate) struct CompiledBackend {
     pub(crate) uris: Option<Box<[Uri; 4]>>,
     /// The headers every request to those URLs starts with (`Host`, built once by
     /// [`upstream::host_header`], `Content-Type`, `User-Agent`): copied per request instead
-    /// of hashed in one by one ([`upstream::base_headers`]).
-    pub(crate) base_headers: axum::http::HeaderMap,
+    /// of hashed in one by one ([`upstream::base_headers`]). HTTP backends only, one map per
+    /// distinct `Host` shared by its backends (a map each took 32 MiB at 50,000 backends).
+    pub(crate) base_headers: Option<Arc<axum::http::HeaderMap>>,
 }
 
 /// One route as served.
@@ -275,6 +276,7 @@ impl Served {
         let GatewayConfig { version, revision, namespace, routes } = config;
         let head = GatewayConfig { version, revision, namespace, routes: Vec::new() };
         let mut gen_ai: HashMap<(String, String), Arc<GenAiBackend>> = HashMap::new();
+        let mut bases: HashMap<Option<HeaderValue>, Arc<axum::http::HeaderMap>> = HashMap::new();
         let mut order = Vec::with_capacity(routes.len());
         let mut by_alias = HashMap::with_capacity(routes.len());
         for mut r in routes {
@@ -296,7 +298,10 @@ impl Served {
                 let labels = Arc::new(BackendLabels::of(&key));
                 let (duration, ttft) = metrics.histograms(&labels);
                 let uris = upstream_uris(&b.endpoint);
-                let base_headers = upstream::base_headers(uris.as_ref().and_then(|u| upstream::host_header(&u[0])));
+                let base_headers = uris.as_ref().map(|u| {
+                    let host = upstream::host_header(&u[0]);
+                    Arc::clone(bases.entry(host.clone()).or_insert_with(|| Arc::new(upstream::base_headers(host))))
+                });
                 let gen_ai = gen_ai
                     .entry((b.provider.clone(), b.model.clone()))
                     .or_insert_with(|| Arc::new(metrics.gen_ai(&b.provider, &b.model)))

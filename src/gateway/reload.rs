@@ -270,6 +270,11 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.gen_ai, &served.routes["r000"].backends[1].gen_ai), "another model");
         assert!(served.routes["r003"].backends[1].uris.is_none(), "a mock backend has no upstream URIs");
         assert!(served.routes["r003"].backends[0].uris.is_some());
+        // Its upstream request headers: none for a mock backend, one map per host.
+        assert!(served.routes["r003"].backends[1].base_headers.is_none());
+        let (ha, hb) = (a.base_headers.as_ref().expect("an HTTP backend"), b.base_headers.as_ref().expect("HTTP"));
+        assert!(Arc::ptr_eq(ha, hb), "the same host");
+        assert_eq!(ha.get(axum::http::header::HOST).map(|h| h.as_bytes()), Some(&b"api.openai.com"[..]));
     }
 
     #[test]
