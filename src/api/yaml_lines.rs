@@ -186,7 +186,7 @@ impl Reader<'_> {
         Some(Value::Object(map))
     }
 
-    /// A block sequence whose first item is on `line`, its dashes at `line.indent`.
+    /// A block sequence whose first item is on `first`, its dashes at column `first.indent`.
     fn sequence(&mut self, first: Line) -> Option<Value> {
         self.enter()?;
         let column = first.indent;
