@@ -229,7 +229,20 @@ fn leaf() -> impl Strategy<Value = J> {
         1 => Just(J::Null),
         1 => any::<bool>().prop_map(J::Bool),
         6 => number().prop_map(J::Num),
-        2 => (prop::sample::select(vec!["message_delta", "message_start", "x", "a\\\"b"]), any::<bool>())
+        2 => (
+            prop::sample::select(vec![
+                "message_delta",
+                "message_start",
+                "x",
+                "a\\\"b",
+                // Past 16 plain bytes the scan looks for the end by memchr (`long_run`).
+                "a plain run of text longer than sixteen bytes, then more of it",
+                "seventeen plain bytes, then \\\" an escape and more plain text after it",
+                // Written raw: a control byte past 16 plain bytes, which serde_json refuses.
+                "seventeen plain bytes, then a \u{1} control byte",
+            ]),
+            any::<bool>()
+        )
             .prop_map(|(s, e)| J::Str(s.to_string(), e)),
     ]
 }
@@ -378,6 +391,9 @@ const PIECES: &[&[u8]] = &[
     b"\"completion_tokens\"",
     b"\"us\\u0061ge\"",
     b"\"x\"",
+    b"\"a plain string of more than sixteen bytes\"",
+    b"\"more than sixteen plain bytes\\n then an escape\"",
+    b"\"more than sixteen plain bytes\x01 then a control byte\"",
     b"\"\\ud800\"",
     b"\"\\ud83d\\ude00\"",
     b"\"a\\q\"",
