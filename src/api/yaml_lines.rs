@@ -249,22 +249,17 @@ impl Reader<'_> {
     /// follow it).
     fn line_value(&mut self, at: usize, end: usize) -> Option<Value> {
         let text = self.text;
-        match text[at] {
-            b'"' | b'\'' => {
-                let (value, after) = quoted(text, at, end)?;
-                let rest = skip_spaces(text, after, end);
-                at_end(text, rest, end, rest > after).then_some(value)
-            }
-            b'{' | b'[' => {
-                let (value, after) = self.flow(at, end)?;
-                let rest = skip_spaces(text, after, end);
-                at_end(text, rest, end, rest > after).then_some(value)
-            }
-            b'-' | b'?' | b':' if matches!(text[at + 1..end].first(), None | Some(b' ')) => None,
-            b'-' | b'?' | b':' => plain(text, at, end),
-            b',' | b']' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'%' | b'@' | b'`' => None,
-            _ => plain(text, at, end),
-        }
+        // A quoted scalar or a flow collection ends before the end of the line; only a
+        // comment may follow it.
+        let (value, after) = match text[at] {
+            b'"' | b'\'' => quoted(text, at, end)?,
+            b'{' | b'[' => self.flow(at, end)?,
+            b'-' | b'?' | b':' if matches!(text[at + 1..end].first(), None | Some(b' ')) => return None,
+            b',' | b']' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'%' | b'@' | b'`' => return None,
+            _ => return plain(text, at, end),
+        };
+        let rest = skip_spaces(text, after, end);
+        at_end(text, rest, end, rest > after).then_some(value)
     }
 
     /// A flow mapping or sequence starting at `at` and closed on the same line; the value and
