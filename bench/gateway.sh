@@ -9,14 +9,17 @@
 # Prints p50/p99 latency at 1 connection, the latency each proxy adds over (a), requests/s at 32
 # connections, the ratios tollgate/nginx, tollgate/floor and floor/nginx, and the gateway's RSS.
 #
-#   bench/gateway.sh                      # 3 rounds × 5s per measurement, about 2.5 minutes
+#   bench/gateway.sh                      # 5 rounds × 5s per measurement: about 5 minutes, extras 7 more
 #   ROUNDS=5 DURATION=10s bench/gateway.sh
 #   GATEWAY_ARGS="--workers 1" bench/gateway.sh    # extra flags for `tollgate gateway`
 #   NO_BUILD=1 TOLLGATE=/path/a FLOOR=/path/b bench/gateway.sh   # measure given binaries
 #   EXTRAS=0 bench/gateway.sh             # skip the extras (see the end of this file)
 #
 # The targets are measured in turns, ROUNDS times, and the median of each figure is printed, so
-# a burst of load from something else on the machine skews one round, not one target. The CPU
+# a burst of load from something else on the machine skews one round, not one target. Tollgate
+# and the floor are measured back to back (in turns which goes first), and each round's
+# tollgate / floor ratios are printed too, with their median and spread: on a shared machine
+# the ratio of two figures taken seconds apart moves less than either figure. The CPU
 # time each proxy spends per request (from /proc, during the throughput runs) is printed too: it
 # is the figure least sensitive to other load.
 #
@@ -26,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-2}
@@ -208,22 +211,31 @@ check() { # fail loudly on errors or non-2xx answers
 
 echo "measuring (${DURATION} per run, 1 connection for latency, ${CONNS} connections for throughput)..." >&2
 median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
-declare -A R
+declare -A R RL RR RC
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS..." >&2
-  for t in A B C D; do
+  # Tollgate and the floor are measured back to back, in turns which goes first.
+  order="A B C D"; if (( round % 2 == 0 )); then order="A B D C"; fi
+  for t in $order; do
     url_var="${t}_URL"
     read -r p50 p99 < <(latency "${!url_var}")
-    R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "
+    R[$t.p50]+="$p50 "; R[$t.p99]+="$p99 "; RL[$t]=$p50
   done
-  for t in A B C D; do
+  for t in $order; do
     url_var="${t}_URL"
     case $t in A) pid="" ;; B) pid=$PROXY_PID ;; C) pid=$TG_PID ;; D) pid=$FL_PID ;; esac
     read -r rps cpu < <(throughput "${!url_var}" "$pid")
-    R[$t.rps]+="$rps "; R[$t.cpu]+="$cpu "
+    R[$t.rps]+="$rps "; R[$t.cpu]+="$cpu "; RR[$t]=$rps; RC[$t]=$cpu
   done
+  # This round's tollgate / floor ratios (added p50, req/s, CPU per request).
+  read -r q50 qrps qcpu < <(awk -v a="${RL[A]}" -v c="${RL[C]}" -v d="${RL[D]}" -v cr="${RR[C]}" -v dr="${RR[D]}" \
+    -v cc="${RC[C]}" -v dc="${RC[D]}" 'BEGIN {printf "%.3f %.3f %.3f\n", (d > a ? (c - a) / (d - a) : 0), cr / dr, (dc > 0 ? cc / dc : 0)}')
+  R[q.p50]+="$q50 "; R[q.rps]+="$qrps "; R[q.cpu]+="$qcpu "
+  echo "  round $round tollgate / floor: added p50 ${q50}x, req/s ${qrps}x, CPU per request ${qcpu}x" >&2
 done
 m() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | median; }
+# Every round's value, lowest to highest.
+spread() { tr ' ' '\n' <<<"${R[$1]}" | grep -v '^$' | sort -g | paste -sd' ' -; }
 A50=$(m A.p50); A99=$(m A.p99); B50=$(m B.p50); B99=$(m B.p99); C50=$(m C.p50); C99=$(m C.p99)
 D50=$(m D.p50); D99=$(m D.p99)
 ARPS=$(m A.rps); BRPS=$(m B.rps); CRPS=$(m C.rps); DRPS=$(m D.rps); BCPU=$(m B.cpu); CCPU=$(m C.cpu); DCPU=$(m D.cpu)
@@ -236,6 +248,7 @@ NANO=$(curl -fsS "http://127.0.0.1:$TG_METRICS/metrics" | awk -F' ' '/^tollgate_
 awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99="$C99" \
  -v d50="$D50" -v d99="$D99" -v drps="$DRPS" -v dcpu="$DCPU" \
     -v arps="$ARPS" -v brps="$BRPS" -v crps="$CRPS" -v rss="$RSS_KB" -v hwm="$HWM_KB" -v ok="$OK" -v nano="$NANO" \
+    -v qm50="$(m q.p50)" -v qmrps="$(m q.rps)" -v qmcpu="$(m q.cpu)" -v qs50="$(spread q.p50)" -v qsrps="$(spread q.rps)" -v qscpu="$(spread q.cpu)" \
     -v cores="$(nproc)" -v dur="$DURATION" -v conns="$CONNS" -v rounds="$ROUNDS" -v bcpu="$BCPU" -v ccpu="$CCPU" 'BEGIN {
   printf "\ntollgate gateway benchmark: loopback, %s cores, wrk %s per run, median of %s rounds\n\n", cores, dur, rounds
   printf "%-22s %10s %10s %12s %12s %14s\n", "target", "p50 (us)", "p99 (us)", "added p50", "added p99", "req/s @" conns
@@ -251,6 +264,8 @@ awk -v a50="$A50" -v a99="$A99" -v b50="$B50" -v b99="$B99" -v c50="$C50" -v c99
     (nd50 > 0 ? (c50 - a50) / nd50 : 0), (nd99 > 0 ? (c99 - a99) / nd99 : 0), crps / drps, (dcpu > 0 ? ccpu / dcpu : 0)
   printf "ratios floor / nginx:    added p50 %.2fx, added p99 %.2fx, req/s %.2fx, CPU per request %.2fx\n",
     (nb50 > 0 ? nd50 / nb50 : 0), (nb99 > 0 ? nd99 / nb99 : 0), drps / brps, (bcpu > 0 ? dcpu / bcpu : 0)
+  printf "per-round tollgate / floor (measured back to back; median, then every round): added p50 %.2fx [%s], req/s %.2fx [%s], CPU per request %.2fx [%s]\n",
+    qm50, qs50, qmrps, qsrps, qmcpu, qscpu
   printf "tollgate RSS after the runs: %.1f MiB (peak %.1f MiB); requests metered ok: %s; spend metered: %s nano-USD\n",
     rss / 1024, hwm / 1024, ok, nano
 }'
