@@ -892,6 +892,28 @@ async fn an_over_limit_body_over_h2c_gets_413() {
     assert_eq!(v["error"]["code"], "request_too_large");
 }
 
+/// Every proxied answer states its length, over HTTP/1 and over h2c, a 200 and an error alike
+/// (hyper writes it from the body's known size; the gateway no longer sets it itself).
+#[tokio::test]
+async fn proxied_answers_state_their_content_length_over_h1_and_h2c() {
+    let h = start(config(vec![backend("m", mock())]), |_| {}, ServeLimits::default()).await;
+    let url = format!("http://{}/v1/chat/completions", h.api);
+    let h1 = reqwest::Client::new();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    for (client, version) in [(&h1, reqwest::Version::HTTP_11), (&h2, reqwest::Version::HTTP_2)] {
+        for (model, status) in [("chat", 200), ("no-such-route", 404)] {
+            let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+            let r = client.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+            assert_eq!((r.version(), r.status().as_u16()), (version, status));
+            let stated: Option<usize> =
+                r.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let got = r.bytes().await.unwrap();
+            assert!(!got.is_empty());
+            assert_eq!(stated, Some(got.len()), "{version:?} {status}: {}", String::from_utf8_lossy(&got));
+        }
+    }
+}
+
 /// curl over h2c with a body over the limit: the 413 every time, not a stream reset (curl shows
 /// a reset that arrives while it is still uploading as error 92). Skipped without an
 /// HTTP/2-capable curl.
