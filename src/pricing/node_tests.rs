@@ -235,11 +235,12 @@ fn leaf() -> impl Strategy<Value = J> {
                 "message_start",
                 "x",
                 "a\\\"b",
-                // Past 16 plain bytes the scan looks for the end by memchr (`long_run`).
-                "a plain run of text longer than sixteen bytes, then more of it",
-                "seventeen plain bytes, then \\\" an escape and more plain text after it",
-                // Written raw: a control byte past 16 plain bytes, which serde_json refuses.
-                "seventeen plain bytes, then a \u{1} control byte",
+                // Past `scan::LONG_RUN` (64) plain bytes the scan looks for the end by memchr.
+                "a plain run of text longer than sixty-four bytes, read eight bytes at a time, then more of it",
+                "more than sixty-four plain bytes, which the scan reads eight at a time, then \\\" an escape",
+                // Written raw: a control byte past 64 plain bytes, which serde_json refuses.
+                "more than sixty-four plain bytes, which the scan reads eight at a time, then a \u{1} control byte",
+                "sixteen bytes..., then a \u{1} control byte",
             ]),
             any::<bool>()
         )
@@ -394,6 +395,10 @@ const PIECES: &[&[u8]] = &[
     b"\"a plain string of more than sixteen bytes\"",
     b"\"more than sixteen plain bytes\\n then an escape\"",
     b"\"more than sixteen plain bytes\x01 then a control byte\"",
+    // Past `scan::LONG_RUN` plain bytes: the end searched by memchr.
+    b"\"a plain string of more than sixty-four bytes, which the scan reads eight at a time\"",
+    b"\"more than sixty-four plain bytes, which the scan reads eight at a time,\\n then an escape\"",
+    b"\"more than sixty-four plain bytes, which the scan reads eight at a time,\x01 then a control\"",
     b"\"\\ud800\"",
     b"\"\\ud83d\\ude00\"",
     b"\"a\\q\"",
