@@ -201,9 +201,17 @@ throughput() {
     END {printf "%s %.1f\n", r, (n > 0 ? d * 1000000 / hz / n : 0)}' <<<"$out"
 }
 
+# The target a URL belongs to, for error messages.
+target_of() {
+  case $1 in
+    *":$UP_PORT/"*) echo "(a) the upstream" ;; *":$NGX_PORT/"*) echo "(b) nginx" ;;
+    *":$TG_PORT/"*) echo "(c) tollgate" ;; *":$FL_PORT/"*) echo "(d) the floor" ;; *) echo "an extra" ;;
+  esac
+}
+
 check() { # fail loudly on errors or non-2xx answers
   if grep -qE 'Non-2xx|Socket errors' <<<"$1"; then
-    echo "error: $2 had failures:" >&2
+    echo "error: $2 ($(target_of "$2")) had failures (machine load: $(cut -d' ' -f1-3 /proc/loadavg)):" >&2
     echo "$1" >&2
     exit 1
   fi
