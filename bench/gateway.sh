@@ -27,6 +27,8 @@
 # and builds target/release/tollgate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# BODY, write_post_lua, to_us
+source bench/common.sh
 
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-5}
@@ -69,7 +71,6 @@ TG_PORT=$(free_port)
 TG_METRICS=$(free_port)
 FL_PORT=$(free_port)
 
-BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 
 nginx_conf() { # $1 = name, $2 = server block body
   mkdir -p "$WORK/$1/logs" "$WORK/$1/tmp"
@@ -158,15 +159,8 @@ C_URL="http://127.0.0.1:$TG_PORT/v1/chat/completions"
 D_URL="http://127.0.0.1:$FL_PORT/v1/chat/completions"
 wait_http "$A_URL"; wait_http "$B_URL"; wait_http "$C_URL"; wait_http "$D_URL"
 
-cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
-EOF
+write_post_lua "$WORK/post.lua"
 
-# Latency in microseconds from a wrk value (123.45us, 1.20ms, 2.00s).
-to_us() { awk -v v="$1" 'BEGIN {
-  n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
 
 # $1 = url → "p50_us p99_us" at 1 connection
 latency() {

@@ -22,6 +22,8 @@
 # Needs valgrind, nginx and python3 (the client); builds target/release/{tollgate,floor_proxy}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# BODY, write_callgrind_client
+source bench/common.sh
 N0=${N0:-200}
 N1=${N1:-1200}
 
@@ -46,7 +48,6 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 
 nginx_conf() { # $1 = dir, $2 = extra top-level directives, $3 = http body
   mkdir -p "$1/logs" "$1/tmp"
@@ -79,30 +80,7 @@ PIDS+=($!)
 
 # The client: N requests on one keep-alive connection, each answer read whole; waits for the
 # proxy to answer first (under valgrind it starts slowly). Exits non-zero on any non-200.
-cat >"$WORK/client.py" <<'EOF'
-import http.client, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
-body = b'{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
-hdrs = {"Content-Type": "application/json"}
-deadline = time.time() + 120
-while True:
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("POST", "/v1/chat/completions", body, hdrs)
-        r = c.getresponse(); r.read()
-        if r.status == 200:
-            break
-    except OSError:
-        pass
-    if time.time() > deadline:
-        sys.exit("proxy did not answer")
-    time.sleep(0.2)
-for _ in range(n - 1):
-    c.request("POST", "/v1/chat/completions", body, hdrs)
-    r = c.getresponse(); r.read()
-    if r.status != 200:
-        sys.exit(f"status {r.status}")
-EOF
+write_callgrind_client "$WORK/client.py"
 
 mkdir -p "$WORK/manifests" "$WORK/creds"
 cat >"$WORK/manifests/route.yaml" <<EOF

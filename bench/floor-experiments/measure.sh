@@ -39,6 +39,8 @@
 # Needs wrk, nginx, perf, python3 (and valgrind with INSTR=1). Does not build anything.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# BODY, write_post_lua, to_us, write_callgrind_client
+source "$HERE/../common.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 
 DURATION=${DURATION:-5s}
@@ -87,7 +89,6 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
 
 nginx_conf() { # $1 = dir, $2 = extra top-level directives, $3 = http body
   mkdir -p "$1/logs" "$1/tmp"
@@ -160,14 +161,8 @@ for name in "${NAMES[@]}"; do
   [[ $got == "$BODY" ]] || { echo "error: $name answered a different body: $got" >&2; exit 1; }
 done
 
-cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
-EOF
+write_post_lua "$WORK/post.lua"
 
-to_us() { awk -v v="$1" 'BEGIN {
-  n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
 check() { # wrk output, label
   if grep -qE 'Non-2xx|Socket errors' <<<"$1"; then echo "error: $2: wrk saw errors:" >&2; echo "$1" >&2; exit 1; fi
 }
@@ -304,30 +299,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 # Instructions under callgrind (INSTR=1).
 if [[ ${INSTR:-0} != 0 ]]; then
   command -v valgrind >/dev/null || { echo "error: INSTR=1 needs valgrind" >&2; exit 1; }
-  cat >"$WORK/client.py" <<'EOF'
-import http.client, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
-body = b'{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
-hdrs = {"Content-Type": "application/json"}
-deadline = time.time() + 120
-while True:
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        c.request("POST", "/v1/chat/completions", body, hdrs)
-        r = c.getresponse(); r.read()
-        if r.status == 200:
-            break
-    except OSError:
-        pass
-    if time.time() > deadline:
-        sys.exit("proxy did not answer")
-    time.sleep(0.2)
-for _ in range(n - 1):
-    c.request("POST", "/v1/chat/completions", body, hdrs)
-    r = c.getresponse(); r.read()
-    if r.status != 200:
-        sys.exit(f"status {r.status}")
-EOF
+  write_callgrind_client "$WORK/client.py"
   count() { # $1 = name, $2 = requests → instructions of the proxy process (all threads)
     local name=$1 n=$2 port out="$WORK/cg.$1.$2" pid
     port=$(free_port)

@@ -1,0 +1,48 @@
+# Shared by the benchmark scripts (bench/gateway.sh, bench/instructions.sh,
+# bench/floor-experiments/measure.sh): sourced, not run.
+
+# The fixed answer of the benchmarks' upstream (nginx `return 200`): a chat completion with usage.
+BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
+
+# $1 = file: the wrk script of every run (a small chat completion request to model `bench`).
+write_post_lua() {
+  cat >"$1" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
+LUA
+}
+
+# Latency in microseconds from a wrk value (123.45us, 1.20ms, 2.00s).
+to_us() { awk -v v="$1" 'BEGIN {
+  n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
+
+# $1 = file: the callgrind runs' client, `python3 FILE PORT N`: N requests on one keep-alive
+# connection, each answer read whole; waits for the proxy to answer first (under valgrind it
+# starts slowly). Exits non-zero on any non-200.
+write_callgrind_client() {
+  cat >"$1" <<'PY'
+import http.client, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+body = b'{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"temperature":0.2}'
+hdrs = {"Content-Type": "application/json"}
+deadline = time.time() + 120
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/v1/chat/completions", body, hdrs)
+        r = c.getresponse(); r.read()
+        if r.status == 200:
+            break
+    except OSError:
+        pass
+    if time.time() > deadline:
+        sys.exit("proxy did not answer")
+    time.sleep(0.2)
+for _ in range(n - 1):
+    c.request("POST", "/v1/chat/completions", body, hdrs)
+    r = c.getresponse(); r.read()
+    if r.status != 200:
+        sys.exit(f"status {r.status}")
+PY
+}
