@@ -46,3 +46,31 @@ for _ in range(n - 1):
         sys.exit(f"status {r.status}")
 PY
 }
+
+# A free TCP port on loopback.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# $1 = directory, $2 = extra top-level directives, $3 = http block body: writes $1/nginx.conf
+# (foreground, no access log, long keep-alive, temp files under $1).
+nginx_conf() {
+  mkdir -p "$1/logs" "$1/tmp"
+  cat >"$1/nginx.conf" <<CONF
+daemon off;
+$2
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_body_buffer_size 256k;
+$3
+}
+CONF
+}

@@ -27,7 +27,7 @@
 # and builds target/release/tollgate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# BODY, write_post_lua, to_us
+# BODY, write_post_lua, to_us, free_port, nginx_conf
 source bench/common.sh
 
 DURATION=${DURATION:-5s}
@@ -64,7 +64,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP_PORT=$(free_port)
 NGX_PORT=$(free_port)
 TG_PORT=$(free_port)
@@ -72,41 +71,22 @@ TG_METRICS=$(free_port)
 FL_PORT=$(free_port)
 
 
-nginx_conf() { # $1 = name, $2 = server block body
-  mkdir -p "$WORK/$1/logs" "$WORK/$1/tmp"
-  cat >"$WORK/$1/nginx.conf" <<EOF
-daemon off;
-worker_processes auto;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/$1/tmp/body;
-  proxy_temp_path $WORK/$1/tmp/proxy;
-  fastcgi_temp_path $WORK/$1/tmp/fastcgi;
-  uwsgi_temp_path $WORK/$1/tmp/uwsgi;
-  scgi_temp_path $WORK/$1/tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  client_body_buffer_size 256k;
-$2
-}
-EOF
+nginx_up() { # $1 = name, $2 = http block body: nginx with one worker per CPU, started
+  nginx_conf "$WORK/$1" "worker_processes auto;" "$2"
   "$NGINX" -p "$WORK/$1" -c "$WORK/$1/nginx.conf" &
   PIDS+=($!)
   eval "${1^^}_PID=$!"
 }
 
 # (a) the upstream: a fixed JSON body for any path.
-nginx_conf upstream "
+nginx_up upstream "
   server {
     listen 127.0.0.1:$UP_PORT;
     location / { default_type application/json; return 200 '$BODY'; }
   }"
 
 # (b) nginx as a keep-alive reverse proxy.
-nginx_conf proxy "
+nginx_up proxy "
   upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX_PORT;
@@ -323,10 +303,10 @@ EOF
   # Streaming: an SSE upstream, and a route to it
   SSE_PORT=$(free_port)
   SSE_BODY='data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench-model","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench-model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","created":1,"model":"bench-model","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":1,"total_tokens":13}}\n\ndata: [DONE]\n\n'
-  nginx_conf sse "
+  nginx_up sse "
   server { listen 127.0.0.1:$SSE_PORT; location / { default_type text/event-stream; return 200 '$SSE_BODY'; } }"
   NGX_SSE_PORT=$(free_port)
-  nginx_conf proxysse "
+  nginx_up proxysse "
   upstream sse { server 127.0.0.1:$SSE_PORT; keepalive 16; }
   server { listen 127.0.0.1:$NGX_SSE_PORT; location / { proxy_pass http://sse; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; } }"
   mkdir -p "$WORK/manifests-sse"
@@ -340,9 +320,9 @@ EOF
   # (nginx 1.22 syntax: a plaintext `listen ... http2` port speaks h2c with prior knowledge only;
   # the direct baseline is the fixed body served over h2c by its own nginx server)
   NGX_H2_PORT=$(free_port); UP_H2_PORT=$(free_port)
-  nginx_conf upstreamh2 "
+  nginx_up upstreamh2 "
   server { listen 127.0.0.1:$UP_H2_PORT http2; location / { default_type application/json; return 200 '$BODY'; } }"
-  nginx_conf proxyh2 "
+  nginx_up proxyh2 "
   upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
   server { listen 127.0.0.1:$NGX_H2_PORT http2; location / { proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
   K_URL="http://127.0.0.1:$K_PORT/v1/chat/completions"

@@ -22,7 +22,7 @@
 # Needs valgrind, nginx and python3 (the client); builds target/release/{tollgate,floor_proxy}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# BODY, write_callgrind_client
+# BODY, write_callgrind_client, free_port, nginx_conf
 source bench/common.sh
 N0=${N0:-200}
 N1=${N1:-1200}
@@ -46,34 +46,11 @@ cleanup() {
   if [[ -n ${KEEP:-} ]]; then echo "callgrind files kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 
-nginx_conf() { # $1 = dir, $2 = extra top-level directives, $3 = http body
-  mkdir -p "$1/logs" "$1/tmp"
-  cat >"$1/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-$2
-pid $1/nginx.pid;
-error_log $1/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $1/tmp/body;
-  proxy_temp_path $1/tmp/proxy;
-  fastcgi_temp_path $1/tmp/fastcgi;
-  uwsgi_temp_path $1/tmp/uwsgi;
-  scgi_temp_path $1/tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-$3
-}
-EOF
-}
 
 UP_PORT=$(free_port)
-nginx_conf "$WORK/upstream" "" "
+nginx_conf "$WORK/upstream" "worker_processes 1;" "
   server { listen 127.0.0.1:$UP_PORT; location / { default_type application/json; return 200 '$BODY'; } }"
 "$NGINX" -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" &
 PIDS+=($!)
@@ -110,7 +87,7 @@ count() {
   case $name in
     nginx)
       local d="$WORK/nginx-$n-$port"
-      nginx_conf "$d" "master_process off;" "
+      nginx_conf "$d" "master_process off; worker_processes 1;" "
   upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 16; }
   server { listen 127.0.0.1:$port; location / { proxy_pass http://fixed; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
       valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX" -p "$d" -c "$d/nginx.conf" 2>"$out.log" &

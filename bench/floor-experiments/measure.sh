@@ -39,7 +39,7 @@
 # Needs wrk, nginx, perf, python3 (and valgrind with INSTR=1). Does not build anything.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-# BODY, write_post_lua, to_us, write_callgrind_client
+# BODY, write_post_lua, to_us, write_callgrind_client, free_port, nginx_conf
 source "$HERE/../common.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 
@@ -87,31 +87,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 
-nginx_conf() { # $1 = dir, $2 = extra top-level directives, $3 = http body
-  mkdir -p "$1/logs" "$1/tmp"
-  cat >"$1/nginx.conf" <<EOF
-daemon off;
-$2
-pid $1/nginx.pid;
-error_log $1/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $1/tmp/body;
-  proxy_temp_path $1/tmp/proxy;
-  fastcgi_temp_path $1/tmp/fastcgi;
-  uwsgi_temp_path $1/tmp/uwsgi;
-  scgi_temp_path $1/tmp/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  client_body_buffer_size 256k;
-$3
-}
-EOF
-}
 nginx_proxy_block() { # $1 = listen port
   echo "
   upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
