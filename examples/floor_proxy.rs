@@ -18,6 +18,9 @@
 //! connection cap, no watchdog, no graceful shutdown. It shows what those parts of the stack
 //! cost.
 
+#[path = "../bench/floor-experiments/floor_args.rs"]
+mod floor_args;
+
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -87,18 +90,8 @@ async fn forward(State(base): State<&'static str>, req: Request) -> Response {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor_proxy LISTEN_ADDR UPSTREAM_BASE_URL [WORKERS]");
-        std::process::exit(2);
-    };
-    let listen: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("listen address {listen:?}: {e}"));
-    let workers = args.next().map_or_else(
-        || std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
-    );
-    let base: &'static str = Box::leak(upstream.trim_end_matches('/').to_string().into_boxed_str());
-    if args.next().as_deref() == Some("plain") {
+    let floor_args::FloorArgs { listen, base, workers, extra } = floor_args::floor_args("floor_proxy");
+    if extra.as_deref() == Some("plain") {
         plain(listen, base, workers);
         return;
     }

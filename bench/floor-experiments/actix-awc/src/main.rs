@@ -9,6 +9,9 @@
 //! read whole, the answer streamed back (with its Content-Length when upstream sent one, chunked
 //! otherwise). Plain `http://` upstreams only (awc built without TLS).
 
+#[path = "../../floor_args.rs"]
+mod floor_args;
+
 use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
@@ -57,16 +60,7 @@ async fn forward(req: HttpRequest, body: web::Bytes, up: web::Data<Upstream>) ->
 }
 
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor-actix-awc LISTEN_ADDR UPSTREAM_BASE_URL [WORKERS]");
-        std::process::exit(2);
-    };
-    let workers = args.next().map_or_else(
-        || std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
-    );
-    let base: &'static str = Box::leak(upstream.trim_end_matches('/').to_string().into_boxed_str());
+    let floor_args::FloorArgs { listen, base, workers, .. } = floor_args::floor_args("floor-actix-awc");
     actix_web::rt::System::new().block_on(async move {
         HttpServer::new(move || {
             // Called once per worker: one awc client, so one connection pool, per worker thread.
@@ -84,7 +78,7 @@ fn main() -> std::io::Result<()> {
         .backlog(1024)
         .tcp_nodelay(true)
         .keep_alive(Duration::from_secs(120))
-        .bind(listen.as_str())?
+        .bind(listen)?
         .run()
         .await
     })

@@ -19,6 +19,9 @@
 //! `HyperStream` (used by cyper-axum) zeroes the whole unfilled buffer on every read, which under
 //! callgrind was more than half of all instructions.
 
+#[path = "../../floor_args.rs"]
+mod floor_args;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -215,17 +218,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor-compio-hyper LISTEN_ADDR UPSTREAM_BASE_URL [WORKERS]");
-        std::process::exit(2);
-    };
-    let listen: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("listen address {listen:?}: {e}"));
-    let workers = args.next().map_or_else(
-        || std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
-    );
-    let base: &'static str = Box::leak(upstream.trim_end_matches('/').to_string().into_boxed_str());
+    let floor_args::FloorArgs { listen, base, workers, .. } = floor_args::floor_args("floor-compio-hyper");
     let threads: Vec<_> = (0..workers.max(1))
         .map(|_| {
             std::thread::spawn(move || {

@@ -14,6 +14,9 @@
 //! answer is collected before it is handed back), so this does not stream; plain `http://`
 //! upstreams only.
 
+#[path = "../../floor_args.rs"]
+mod floor_args;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -85,17 +88,7 @@ async fn serve(stream: TcpStream, up: Rc<Upstream>) {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor-monoio-http LISTEN_ADDR UPSTREAM_BASE_URL [WORKERS]");
-        std::process::exit(2);
-    };
-    let listen: SocketAddr = listen.parse().unwrap_or_else(|e| panic!("listen address {listen:?}: {e}"));
-    let workers = args.next().map_or_else(
-        || std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
-    );
-    let base: &'static str = Box::leak(upstream.trim_end_matches('/').to_string().into_boxed_str());
+    let floor_args::FloorArgs { listen, base, workers, .. } = floor_args::floor_args("floor-monoio-http");
     let base_uri: Uri = base.parse().unwrap_or_else(|e| panic!("upstream {base:?}: {e}"));
     let host = HeaderValue::from_str(base_uri.authority().map_or("", |a| a.as_str()))
         .unwrap_or_else(|e| panic!("upstream host: {e}"));

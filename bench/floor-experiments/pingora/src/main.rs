@@ -11,6 +11,9 @@
 //! floor, pingora streams the request body upstream instead of reading it whole first; the answer
 //! is streamed back. Plain `http://` upstreams only.
 
+#[path = "../../floor_args.rs"]
+mod floor_args;
+
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
@@ -58,15 +61,7 @@ impl ProxyHttp for Pass {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor-pingora LISTEN_ADDR UPSTREAM_BASE_URL [WORKERS]");
-        std::process::exit(2);
-    };
-    let workers = args.next().map_or_else(
-        || std::thread::available_parallelism().map(usize::from).unwrap_or(1),
-        |w| w.parse().unwrap_or_else(|e| panic!("workers {w:?}: {e}")),
-    );
+    let floor_args::FloorArgs { listen, base: upstream, workers, .. } = floor_args::floor_args("floor-pingora");
     let rest =
         upstream.strip_prefix("http://").unwrap_or_else(|| panic!("upstream {upstream:?}: want http://HOST:PORT"));
     let (authority, prefix) = rest.split_once('/').map_or((rest, String::new()), |(a, p)| (a, format!("/{p}")));
@@ -85,7 +80,7 @@ fn main() {
     server.bootstrap();
     let mut proxy =
         pingora_proxy::http_proxy_service(&server.configuration, Pass { addr, host: authority.to_string(), prefix });
-    proxy.add_tcp(&listen);
+    proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
     server.run_forever();
 }
