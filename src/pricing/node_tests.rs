@@ -240,6 +240,7 @@ fn leaf() -> impl Strategy<Value = J> {
                 "more than sixty-four plain bytes, which the scan reads eight at a time, then \\\" an escape",
                 // Written raw: a control byte past 64 plain bytes, which serde_json refuses.
                 "more than sixty-four plain bytes, which the scan reads eight at a time, then a \u{1} control byte",
+                // And one before `LONG_RUN`, found by the eight-byte words.
                 "sixteen bytes..., then a \u{1} control byte",
             ]),
             any::<bool>()

@@ -138,8 +138,8 @@ impl<'a> Scan<'a> {
         let mut i = start;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time while they last, then one by one; past two words without
-            // a special byte, the run is long (a message's text): see `long_run`.
+            // Eight bytes at a time while they last, then one by one; past `LONG_RUN` bytes
+            // without a special byte, the run is long (a message's text): see `long_run`.
             let mut words = 0;
             loop {
                 let Some(Ok(word)) = b.get(i..i + 8).map(<[u8; 8]>::try_from) else {
