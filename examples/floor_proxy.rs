@@ -20,18 +20,16 @@
 
 #[path = "../bench/floor-experiments/floor_args.rs"]
 mod floor_args;
+#[path = "../bench/floor-experiments/floor_forward.rs"]
+mod floor_forward;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -73,22 +71,6 @@ fn client() -> HttpsClient {
     })
 }
 
-async fn forward(State(base): State<&'static str>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let Ok(uri) = format!("{base}{}", parts.uri.path()).parse::<Uri>() else {
-        return StatusCode::BAD_GATEWAY.into_response();
-    };
-    let mut up = axum::http::Request::post(uri).body(Full::new(bytes)).unwrap_or_default();
-    up.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    match client().request(up).await {
-        Ok(resp) => resp.map(Body::new),
-        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
-    }
-}
-
 fn main() {
     let floor_args::FloorArgs { listen, base, workers, extra } = floor_args::floor_args("floor_proxy");
     if extra.as_deref() == Some("plain") {
@@ -98,7 +80,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap_or_else(|e| panic!("bind {listen}: {e}"));
-        let router = Router::new().fallback(axum::routing::post(forward)).with_state(base);
+        let router = Router::new().fallback(axum::routing::post(floor_forward::forward)).with_state(base);
         let token = CancellationToken::new();
         let t = token.clone();
         tokio::spawn(async move {
@@ -126,7 +108,7 @@ fn plain(listen: SocketAddr, base: &'static str, workers: usize) {
                     socket.set_reuseport(true).unwrap_or_else(|e| panic!("SO_REUSEPORT: {e}"));
                     socket.bind(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
                     let listener = socket.listen(1024).unwrap_or_else(|e| panic!("listen: {e}"));
-                    let router = Router::new().fallback(axum::routing::post(forward)).with_state(base);
+                    let router = Router::new().fallback(axum::routing::post(floor_forward::forward)).with_state(base);
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     loop {
                         let Ok((stream, _)) = listener.accept().await else { continue };

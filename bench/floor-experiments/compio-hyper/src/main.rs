@@ -21,6 +21,8 @@
 
 #[path = "../../floor_args.rs"]
 mod floor_args;
+#[path = "../../floor_forward.rs"]
+mod floor_forward;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -31,14 +33,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
 use bytes::Bytes;
 use compio::runtime::fd::PollFd;
 use cyper_core::{CompioExecutor, CompioTimer};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::service::TowerToHyperService;
@@ -192,22 +191,6 @@ fn client() -> UpstreamClient {
     })
 }
 
-async fn forward(State(base): State<&'static str>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let Ok(uri) = format!("{base}{}", parts.uri.path()).parse::<Uri>() else {
-        return StatusCode::BAD_GATEWAY.into_response();
-    };
-    let mut up = axum::http::Request::post(uri).body(Full::new(bytes)).unwrap_or_default();
-    up.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    match client().request(up).await {
-        Ok(resp) => resp.map(Body::new),
-        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
-    }
-}
-
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -226,7 +209,7 @@ fn main() {
                 rt.block_on(async move {
                     let std_listener = reuseport_listener(listen).unwrap_or_else(|e| panic!("bind {listen}: {e}"));
                     let listener = compio::net::TcpListener::from_std(std_listener).unwrap_or_else(|e| panic!("{e}"));
-                    let router = Router::new().fallback(axum::routing::post(forward)).with_state(base);
+                    let router = Router::new().fallback(axum::routing::post(floor_forward::forward)).with_state(base);
                     let http1 = hyper::server::conn::http1::Builder::new();
                     loop {
                         let io = match listener.accept().await.and_then(|(stream, _)| Io::new(stream)) {
