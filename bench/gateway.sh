@@ -70,7 +70,6 @@ TG_PORT=$(free_port)
 TG_METRICS=$(free_port)
 FL_PORT=$(free_port)
 
-
 nginx_up() { # $1 = name, $2 = http block body: nginx with one worker per CPU, started
   nginx_conf "$WORK/$1" "worker_processes auto;" "$2"
   "$NGINX" -p "$WORK/$1" -c "$WORK/$1/nginx.conf" &
@@ -140,7 +139,6 @@ D_URL="http://127.0.0.1:$FL_PORT/v1/chat/completions"
 wait_http "$A_URL"; wait_http "$B_URL"; wait_http "$C_URL"; wait_http "$D_URL"
 
 write_post_lua "$WORK/post.lua"
-
 
 # $1 = url → "p50_us p99_us" at 1 connection
 latency() {

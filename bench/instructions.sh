@@ -47,8 +47,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-
-
 UP_PORT=$(free_port)
 nginx_conf "$WORK/upstream" "worker_processes 1;" "
   server { listen 127.0.0.1:$UP_PORT; location / { default_type application/json; return 200 '$BODY'; } }"

@@ -87,8 +87,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-
-
 nginx_proxy_block() { # $1 = listen port
   echo "
   upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
