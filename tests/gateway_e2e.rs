@@ -263,6 +263,7 @@ fn prices(input: &str, cached: &str, write: &str, output: &str, reasoning: &str)
         input: input.into(),
         cached_input: Some(cached.into()),
         cache_write: Some(write.into()),
+        cache_write_1h: None,
         output: output.into(),
         reasoning: Some(reasoning.into()),
     })
@@ -545,7 +546,10 @@ async fn openai_chat_is_proxied_untouched_and_billed_exactly() {
     // = (2000 + 250 + 4000 + 1000) / 1e6 = $0.00725
     let e = h.entry("chat", "oa");
     assert_eq!(e.cost, usd("0.00725"));
-    assert_eq!(e.tokens, TokenCounts { input: 800, cached_input: 200, cache_write: 0, output: 400, reasoning: 100 });
+    assert_eq!(
+        e.tokens,
+        TokenCounts { input: 800, cached_input: 200, cache_write: 0, cache_write_1h: 0, output: 400, reasoning: 100 }
+    );
     assert_eq!(e.count(Outcome::Ok), 1);
     assert_eq!(h.requests("chat", "oa", "openai", "ok").await, 1.0);
     assert_eq!(h.nanousd("chat", "oa", "openai").await, 7_250_000.0);
@@ -732,7 +736,10 @@ async fn anthropic_deepseek_and_gemini_wire_formats() {
     // Anthropic: 300 × $3 + 900 × $0.30 + 100 × $3.75 + 80 × $15 = 900 + 270 + 375 + 1200
     // = $0.002745 per request; two requests.
     let e = h.entry("claude", "an");
-    assert_eq!(e.tokens, TokenCounts { input: 600, cached_input: 1800, cache_write: 200, output: 160, reasoning: 0 });
+    assert_eq!(
+        e.tokens,
+        TokenCounts { input: 600, cached_input: 1800, cache_write: 200, cache_write_1h: 0, output: 160, reasoning: 0 }
+    );
     assert_eq!(e.cost, usd("0.00549"));
     // DeepSeek: 400 × $0.27 + 600 × $0.07 + 100 × $1.10 + 200 × $2.19 = 108 + 42 + 110 + 438
     // = $0.000698 per request.
@@ -1257,7 +1264,10 @@ async fn mock_backends_answer_and_bill_like_their_provider() {
     // reasoning → 800 × $3 + 400 × $0.30 + 100 × $3.75 + 300 × $15 + 150 × $15
     // = 2400 + 120 + 375 + 4500 + 2250 = $0.009645
     let e = h.entry("demo", "claude");
-    assert_eq!(e.tokens, TokenCounts { input: 800, cached_input: 400, cache_write: 100, output: 300, reasoning: 150 });
+    assert_eq!(
+        e.tokens,
+        TokenCounts { input: 800, cached_input: 400, cache_write: 100, cache_write_1h: 0, output: 300, reasoning: 150 }
+    );
     assert_eq!(e.cost, usd("0.009645"));
     let r = h.post("/v1/chat/completions", json!({"model": "demo", "stream": true})).await;
     let (text, end, _) = read_stream(r).await;

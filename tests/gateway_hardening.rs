@@ -66,6 +66,7 @@ fn prices() -> Prices {
         input: "2.50".into(),
         cached_input: Some("1.25".into()),
         cache_write: Some("3.75".into()),
+        cache_write_1h: None,
         output: "10".into(),
         reasoning: Some("10".into()),
     })

@@ -358,6 +358,7 @@ fn prices(input: &str, cached: &str, write: &str, output: &str, reasoning: &str)
         input: input.into(),
         cached_input: Some(cached.into()),
         cache_write: Some(write.into()),
+        cache_write_1h: None,
         output: output.into(),
         reasoning: Some(reasoning.into()),
     })

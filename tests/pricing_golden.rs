@@ -28,6 +28,7 @@ impl PriceSpec {
             input: self.0.into(),
             cached_input: self.1.map(Into::into),
             cache_write: self.2.map(Into::into),
+            cache_write_1h: None,
             output: self.3.into(),
             reasoning: None,
         })
@@ -77,8 +78,8 @@ struct Case {
     family: ProviderFamily,
     prices: PriceSpec,
     body: &'static str,
-    /// input, cached_input, cache_write, output, reasoning.
-    counts: [u64; 5],
+    /// input, cached_input, cache_write (5-minute), cache_write_1h, output, reasoning.
+    counts: [u64; 6],
     /// The provider's own total, by hand.
     total: u64,
     /// Exact USD.
@@ -109,7 +110,7 @@ fn cases() -> Vec<Case> {
             // input: 1486-1408 = 78 × $1.25 = 97.5; cached: 1408 × $0.125 = 176;
             // output: 651-512 = 139 × $10 = 1390; reasoning: 512 × $10 = 5120.
             // 97.5 + 176 + 1390 + 5120 = 6783.5 → $0.0067835. Total 78+1408+139+512 = 2137.
-            counts: [78, 1408, 0, 139, 512],
+            counts: [78, 1408, 0, 0, 139, 512],
             total: 2137,
             cost: "0.0067835",
         },
@@ -132,7 +133,7 @@ fn cases() -> Vec<Case> {
             // input: 9657-0-9654 = 3 × $5 = 15; cache write: 9654 × $6.25 = 60337.5;
             // output: 78-37 = 41 × $30 = 1230; reasoning: 37 × $30 = 1110.
             // 15 + 60337.5 + 1230 + 1110 = 62692.5 → $0.0626925. Total 3+9654+41+37 = 9735.
-            counts: [3, 0, 9654, 41, 37],
+            counts: [3, 0, 9654, 0, 41, 37],
             total: 9735,
             cost: "0.0626925",
         },
@@ -159,7 +160,7 @@ fn cases() -> Vec<Case> {
             // input: 2006-1920 = 86 × $1.25 = 107.5; cached: 1920 × $0.125 = 240;
             // output: 300-192 = 108 × $10 = 1080; reasoning: 192 × $10 = 1920.
             // 107.5 + 240 + 1080 + 1920 = 3347.5 → $0.0033475. Total 86+1920+108+192 = 2306.
-            counts: [86, 1920, 0, 108, 192],
+            counts: [86, 1920, 0, 0, 108, 192],
             total: 2306,
             cost: "0.0033475",
         },
@@ -182,7 +183,7 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 19 × $0.40 = 7.6; output: 10 × $1.60 = 16.
             // 7.6 + 16 = 23.6 → $0.0000236. Total 19+10 = 29.
-            counts: [19, 0, 0, 10, 0],
+            counts: [19, 0, 0, 0, 10, 0],
             total: 29,
             cost: "0.0000236",
         },
@@ -228,7 +229,7 @@ fn cases() -> Vec<Case> {
             // input: 12033-11904 = 129 × $2 = 258; cached: 11904 × $0.50 = 5952;
             // output: 44 × $8 = 352. 258 + 5952 + 352 = 6562 → $0.006562.
             // Total 129+11904+44 = 12077.
-            counts: [129, 11904, 0, 44, 0],
+            counts: [129, 11904, 0, 0, 44, 0],
             total: 12077,
             cost: "0.006562",
         },
@@ -256,7 +257,7 @@ fn cases() -> Vec<Case> {
             // input: 1250-1024 = 226 × $1.25 = 282.5; cached: 1024 × $0.125 = 128;
             // output: 900-704 = 196 × $10 = 1960; reasoning: 704 × $10 = 7040.
             // 282.5 + 128 + 1960 + 7040 = 9410.5 → $0.0094105. Total 226+1024+196+704 = 2150.
-            counts: [226, 1024, 0, 196, 704],
+            counts: [226, 1024, 0, 0, 196, 704],
             total: 2150,
             cost: "0.0094105",
         },
@@ -286,7 +287,7 @@ fn cases() -> Vec<Case> {
             // input: 9658-0-9655 = 3 × $5 = 15; cache write: 9655 × $6.25 = 60343.75;
             // output: 42-25 = 17 × $30 = 510; reasoning: 25 × $30 = 750.
             // 15 + 60343.75 + 510 + 750 = 61618.75 → $0.06161875. Total 3+9655+17+25 = 9700.
-            counts: [3, 0, 9655, 17, 25],
+            counts: [3, 0, 9655, 0, 17, 25],
             total: 9700,
             cost: "0.06161875",
         },
@@ -302,7 +303,7 @@ fn cases() -> Vec<Case> {
               "usage": {"prompt_tokens": 8, "total_tokens": 8}
             }"#,
             // input: 8 × $0.02 = 0.16 → $0.00000016. Total 8.
-            counts: [8, 0, 0, 0, 0],
+            counts: [8, 0, 0, 0, 0, 0],
             total: 8,
             cost: "0.00000016",
         },
@@ -320,7 +321,7 @@ fn cases() -> Vec<Case> {
               "usage": {"prompt_tokens": 5120, "total_tokens": 5120}
             }"#,
             // input: 5120 × $0.13 = 665.6 → $0.0006656. Total 5120.
-            counts: [5120, 0, 0, 0, 0],
+            counts: [5120, 0, 0, 0, 0, 0],
             total: 5120,
             cost: "0.0006656",
         },
@@ -348,9 +349,67 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 21 × $3 = 63; cache write: 188086 × $3.75 = 705322.5; output: 393 × $15 = 5895.
             // 63 + 705322.5 + 5895 = 711280.5 → $0.7112805. Total 21+188086+0+393 = 188500.
-            counts: [21, 0, 188086, 393, 0],
+            counts: [21, 0, 188086, 0, 393, 0],
             total: 188500,
             cost: "0.7112805",
+        },
+        Case {
+            name: "anthropic message sonnet-4.5, 1-hour and 5-minute cache writes mixed",
+            family: Anthropic,
+            prices: SONNET_4_5,
+            body: r#"{
+              "id": "msg_01HvQ3kTqS9yZ1aPzR4mW7xN",
+              "type": "message",
+              "role": "assistant",
+              "model": "claude-sonnet-4-5-20250929",
+              "content": [{"type": "text", "text": "Summary of the contract…"}],
+              "stop_reason": "end_turn",
+              "stop_sequence": null,
+              "usage": {
+                "input_tokens": 50,
+                "cache_creation_input_tokens": 12000,
+                "cache_read_input_tokens": 30000,
+                "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 10000},
+                "output_tokens": 700,
+                "service_tier": "standard"
+              }
+            }"#,
+            // Sonnet 4.5: input $3, read $0.30, 5-minute write $3.75 (1.25×), 1-hour write $6
+            // (2 × $3, Anthropic's rule; the route names no cacheWrite1h), output $15.
+            // input: 50 × 3 = 150; read: 30000 × 0.30 = 9000; 5m write: 2000 × 3.75 = 7500;
+            // 1h write: 10000 × 6 = 60000; output: 700 × 15 = 10500.
+            // 150 + 9000 + 7500 + 60000 + 10500 = 87150 → $0.08715.
+            // Total 50+12000+30000+700 = 42750.
+            counts: [50, 30000, 2000, 10000, 700, 0],
+            total: 42750,
+            cost: "0.08715",
+        },
+        Case {
+            name: "anthropic message opus-4.5, only 1-hour cache writes (no 5-minute part given)",
+            family: Anthropic,
+            prices: OPUS_4_5,
+            body: r#"{
+              "id": "msg_01Tz8bKcW2nLq5VxYd3FhJ6e",
+              "type": "message",
+              "role": "assistant",
+              "model": "claude-opus-4-5-20251101",
+              "content": [{"type": "text", "text": "Done."}],
+              "stop_reason": "end_turn",
+              "stop_sequence": null,
+              "usage": {
+                "input_tokens": 8,
+                "cache_creation_input_tokens": 4096,
+                "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_1h_input_tokens": 4096},
+                "output_tokens": 12
+              }
+            }"#,
+            // Opus 4.5: input $5, 1-hour write 2 × $5 = $10, output $25.
+            // input: 8 × 5 = 40; 1h write: 4096 × 10 = 40960; output: 12 × 25 = 300.
+            // 40 + 40960 + 300 = 41300 → $0.0413. Total 8+4096+12 = 4116.
+            counts: [8, 0, 0, 4096, 12, 0],
+            total: 4116,
+            cost: "0.0413",
         },
         Case {
             name: "anthropic message haiku-4.5, cache read, extended thinking inside output",
@@ -378,7 +437,7 @@ fn cases() -> Vec<Case> {
             // input: 312 × $1 = 312; cache read: 14336 × $0.10 = 1433.6;
             // output (thinking included): 1250 × $5 = 6250.
             // 312 + 1433.6 + 6250 = 7995.6 → $0.0079956. Total 312+14336+0+1250 = 15898.
-            counts: [312, 14336, 0, 1250, 0],
+            counts: [312, 14336, 0, 0, 1250, 0],
             total: 15898,
             cost: "0.0079956",
         },
@@ -394,7 +453,7 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 472 × $3 = 1416; output: 89 × $15 = 1335. 1416 + 1335 = 2751 → $0.002751.
             // Total 472+0+0+89 = 561.
-            counts: [472, 0, 0, 89, 0],
+            counts: [472, 0, 0, 0, 89, 0],
             total: 561,
             cost: "0.002751",
         },
@@ -416,7 +475,7 @@ fn cases() -> Vec<Case> {
             // input: 1843 × $5 = 9215; cache write: 2048 × $6.25 = 12800;
             // cache read: 30720 × $0.50 = 15360; output: 512 × $25 = 12800.
             // 9215 + 12800 + 15360 + 12800 = 50175 → $0.050175. Total 1843+2048+30720+512 = 35123.
-            counts: [1843, 30720, 2048, 512, 0],
+            counts: [1843, 30720, 2048, 0, 512, 0],
             total: 35123,
             cost: "0.050175",
         },
@@ -435,7 +494,7 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 25 × $3 = 75; output: 120 × $15 = 1800. 75 + 1800 = 1875 → $0.001875.
             // Total 145.
-            counts: [25, 0, 0, 120, 0],
+            counts: [25, 0, 0, 0, 120, 0],
             total: 145,
             cost: "0.001875",
         },
@@ -458,7 +517,7 @@ fn cases() -> Vec<Case> {
             // input: 40 × $3 = 120; cache read: 8192 × $0.30 = 2457.6;
             // cache write: 2048 × $3.75 = 7680; output: 200 × $15 = 3000.
             // 120 + 2457.6 + 7680 + 3000 = 13257.6 → $0.0132576.
-            counts: [40, 8192, 2048, 200, 0],
+            counts: [40, 8192, 2048, 0, 200, 0],
             total: 10480,
             cost: "0.0132576",
         },
@@ -481,7 +540,7 @@ fn cases() -> Vec<Case> {
             // total 10480 = 10280 + 200 → cache counts are inside prompt_tokens:
             // input: 10280-8192-2048 = 40 × $3 = 120; then as above → $0.0132576
             // (the same request billed the same whichever way the layer reports it).
-            counts: [40, 8192, 2048, 200, 0],
+            counts: [40, 8192, 2048, 0, 200, 0],
             total: 10480,
             cost: "0.0132576",
         },
@@ -506,7 +565,7 @@ fn cases() -> Vec<Case> {
             // input (miss): 176 × $0.28 = 49.28; cached (hit): 1024 × $0.028 = 28.672;
             // output: 300 × $0.42 = 126. 49.28 + 28.672 + 126 = 203.952 → $0.000203952.
             // Total 176+1024+300 = 1500.
-            counts: [176, 1024, 0, 300, 0],
+            counts: [176, 1024, 0, 0, 300, 0],
             total: 1500,
             cost: "0.000203952",
         },
@@ -531,7 +590,7 @@ fn cases() -> Vec<Case> {
             // input: 10 × $0.28 = 2.8; output: 48-38 = 10 × $0.42 = 4.2;
             // reasoning: 38 × $0.42 = 15.96. 2.8 + 4.2 + 15.96 = 22.96 → $0.00002296.
             // Total 10+10+38 = 58.
-            counts: [10, 0, 0, 10, 38],
+            counts: [10, 0, 0, 0, 10, 38],
             total: 58,
             cost: "0.00002296",
         },
@@ -554,7 +613,7 @@ fn cases() -> Vec<Case> {
             // input: 184 × $0.28 = 51.52; cached: 2816 × $0.028 = 78.848;
             // output: 1500-1100 = 400 × $0.42 = 168; reasoning: 1100 × $0.42 = 462.
             // 51.52 + 78.848 + 168 + 462 = 760.368 → $0.000760368. Total 184+2816+400+1100 = 4500.
-            counts: [184, 2816, 0, 400, 1100],
+            counts: [184, 2816, 0, 0, 400, 1100],
             total: 4500,
             cost: "0.000760368",
         },
@@ -575,7 +634,7 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 20 × $0.30 = 6; output: 198 × $2.50 = 495; reasoning: 405 × $2.50 = 1012.5.
             // 6 + 495 + 1012.5 = 1513.5 → $0.0015135. Total 20+198+405 = 623.
-            counts: [20, 0, 0, 198, 405],
+            counts: [20, 0, 0, 0, 198, 405],
             total: 623,
             cost: "0.0015135",
         },
@@ -602,7 +661,7 @@ fn cases() -> Vec<Case> {
             // cached: 8192 × $0.125 = 1024; output: 850 × $10 = 8500; reasoning: 1536 × $10 = 15360.
             // 5147.5 + 1024 + 8500 + 15360 = 30031.5 → $0.0300315.
             // Total 12000+850+310+1536 = 14696 = 4118+8192+850+1536.
-            counts: [4118, 8192, 0, 850, 1536],
+            counts: [4118, 8192, 0, 0, 850, 1536],
             total: 14696,
             cost: "0.0300315",
         },
@@ -618,7 +677,7 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 21 × $0.30 = 6.3; reasoning: 60 × $2.50 = 150. 6.3 + 150 = 156.3 → $0.0001563.
             // Total 21+60 = 81.
-            counts: [21, 0, 0, 0, 60],
+            counts: [21, 0, 0, 0, 0, 60],
             total: 81,
             cost: "0.0001563",
         },
@@ -638,7 +697,7 @@ fn cases() -> Vec<Case> {
             // reasoning = 1725 - 758 - 102 = 865.
             // input: 758 × $1.25 = 947.5; output: 102 × $10 = 1020; reasoning: 865 × $10 = 8650.
             // 947.5 + 1020 + 8650 = 10617.5 → $0.0106175. Total 758+102+865 = 1725.
-            counts: [758, 0, 0, 102, 865],
+            counts: [758, 0, 0, 0, 102, 865],
             total: 1725,
             cost: "0.0106175",
         },
@@ -657,7 +716,7 @@ fn cases() -> Vec<Case> {
             // gap = 93 - 21 - 12 = 60 = reported reasoning → outside completion.
             // input: 21 × $0.30 = 6.3; output: 12 × $2.50 = 30; reasoning: 60 × $2.50 = 150.
             // 6.3 + 30 + 150 = 186.3 → $0.0001863. Total 21+12+60 = 93.
-            counts: [21, 0, 0, 12, 60],
+            counts: [21, 0, 0, 0, 12, 60],
             total: 93,
             cost: "0.0001863",
         },
@@ -681,7 +740,7 @@ fn cases() -> Vec<Case> {
             // gap = 2518 - 2181 - 57 = 280 = reasoning_tokens.
             // input: 2181 × $1.25 = 2726.25; output: 57 × $10 = 570; reasoning: 280 × $10 = 2800.
             // 2726.25 + 570 + 2800 = 6096.25 → $0.00609625. Total 2181+57+280 = 2518.
-            counts: [2181, 0, 0, 57, 280],
+            counts: [2181, 0, 0, 0, 57, 280],
             total: 2518,
             cost: "0.00609625",
         },
@@ -701,7 +760,7 @@ fn cases() -> Vec<Case> {
             // input: 1874-1792 = 82 × $0.40 = 32.8; cached: 1792 × $0.04 = 71.68;
             // output: 312 × $2 = 624. 32.8 + 71.68 + 624 = 728.48 → $0.00072848.
             // Total 82+1792+312 = 2186.
-            counts: [82, 1792, 0, 312, 0],
+            counts: [82, 1792, 0, 0, 312, 0],
             total: 2186,
             cost: "0.00072848",
         },
@@ -719,7 +778,7 @@ fn cases() -> Vec<Case> {
             }"#,
             // input: 16 × $0.10 = 1.6; output: 34 × $0.30 = 10.2. 1.6 + 10.2 = 11.8 → $0.0000118.
             // Total 50.
-            counts: [16, 0, 0, 34, 0],
+            counts: [16, 0, 0, 0, 34, 0],
             total: 50,
             cost: "0.0000118",
         },
@@ -735,7 +794,7 @@ fn cases() -> Vec<Case> {
               "usage": {"prompt_tokens": 15, "total_tokens": 15, "completion_tokens": 0}
             }"#,
             // input: 15 × $0.10 = 1.5 → $0.0000015. Total 15.
-            counts: [15, 0, 0, 0, 0],
+            counts: [15, 0, 0, 0, 0, 0],
             total: 15,
             cost: "0.0000015",
         },
@@ -756,7 +815,7 @@ fn cases() -> Vec<Case> {
             // input: 3019-2048 = 971 × $0.40 = 388.4; cached: 2048 × $0.08 = 163.84;
             // output: 104 × $1.20 = 124.8. 388.4 + 163.84 + 124.8 = 677.04 → $0.00067704.
             // Total 971+2048+104 = 3123.
-            counts: [971, 2048, 0, 104, 0],
+            counts: [971, 2048, 0, 0, 104, 0],
             total: 3123,
             cost: "0.00067704",
         },
@@ -786,7 +845,7 @@ fn cases() -> Vec<Case> {
             // input: 29719-0-29713 = 6 × $0.40 = 2.4; cache write: 29713 × $0.50 = 14856.5;
             // output: 435-382 = 53 × $1.20 = 63.6; reasoning: 382 × $1.20 = 458.4.
             // 2.4 + 14856.5 + 63.6 + 458.4 = 15380.9 → $0.0153809. Total 6+29713+53+382 = 30154.
-            counts: [6, 0, 29713, 53, 382],
+            counts: [6, 0, 29713, 0, 53, 382],
             total: 30154,
             cost: "0.0153809",
         },
@@ -809,7 +868,7 @@ fn cases() -> Vec<Case> {
             // input: 29730-29713 = 17 × $0.40 = 6.8; cached: 29713 × $0.04 = 1188.52;
             // output: 80 × $1.20 = 96. 6.8 + 1188.52 + 96 = 1291.32 → $0.00129132.
             // Total 17+29713+80 = 29810.
-            counts: [17, 29713, 0, 80, 0],
+            counts: [17, 29713, 0, 0, 80, 0],
             total: 29810,
             cost: "0.00129132",
         },
@@ -849,8 +908,8 @@ fn golden_cases_cost_exactly_what_was_worked_by_hand() {
     for case in &cases {
         let body = json(case.body);
         let counts = parse_usage(case.family, &body).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let [input, cached_input, cache_write, output, reasoning] = case.counts;
-        let expected = TokenCounts { input, cached_input, cache_write, output, reasoning };
+        let [input, cached_input, cache_write, cache_write_1h, output, reasoning] = case.counts;
+        let expected = TokenCounts { input, cached_input, cache_write, cache_write_1h, output, reasoning };
         assert_eq!(counts, expected, "{}: counts", case.name);
 
         // Each token billed exactly once.
@@ -870,6 +929,7 @@ fn golden_cases_cost_exactly_what_was_worked_by_hand() {
         let per_kind = prices.input.cost(counts.input)
             + prices.cached_input.cost(counts.cached_input)
             + prices.cache_write.cost(counts.cache_write)
+            + prices.cache_write_1h.cost(counts.cache_write_1h)
             + prices.output.cost(counts.output)
             + prices.reasoning.cost(counts.reasoning);
         assert_eq!(cost, per_kind, "{}: cost vs sum of per-kind costs", case.name);
@@ -880,9 +940,12 @@ fn golden_cases_cost_exactly_what_was_worked_by_hand() {
 
 #[test]
 fn kind_labels_are_the_metric_label_values() {
-    let counts = TokenCounts { input: 5, cached_input: 4, cache_write: 3, output: 2, reasoning: 1 };
+    let counts = TokenCounts { input: 5, cached_input: 4, cache_write: 3, cache_write_1h: 6, output: 2, reasoning: 1 };
     let labels: Vec<(&str, u64)> = counts.by_kind().iter().map(|(k, n)| (k.label(), *n)).collect();
-    assert_eq!(labels, [("input", 5), ("cached_input", 4), ("cache_write", 3), ("output", 2), ("reasoning", 1)]);
+    assert_eq!(
+        labels,
+        [("input", 5), ("cached_input", 4), ("cache_write", 3), ("cache_write_1h", 6), ("output", 2), ("reasoning", 1)]
+    );
 }
 
 /// Responses without usage are an error, never a zero bill.

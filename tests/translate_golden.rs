@@ -32,13 +32,16 @@ fn prices(input: &str, cached: &str, write: &str, output: &str) -> Prices {
         input: input.into(),
         cached_input: Some(cached.into()),
         cache_write: Some(write.into()),
+        // Anthropic's rule applies (twice `input`).
+        cache_write_1h: None,
         output: output.into(),
         reasoning: None,
     })
     .unwrap()
 }
 
-/// Claude Sonnet 4.5: $3 in, $0.30 cache read, $3.75 cache write, $15 out.
+/// Claude Sonnet 4.5: $3 in, $0.30 cache read, $3.75 cache write (5 minutes), $6 cache write
+/// (1 hour, 2 × input by default), $15 out.
 fn sonnet_4_5() -> Prices {
     prices("3", "0.30", "3.75", "15")
 }
@@ -70,7 +73,7 @@ fn to_value<T: serde::Serialize>(t: &T) -> Value {
 }
 
 fn counts(input: u64, cached_input: u64, cache_write: u64, output: u64, reasoning: u64) -> TokenCounts {
-    TokenCounts { input, cached_input, cache_write, output, reasoning }
+    TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output, reasoning }
 }
 
 fn chunks_of(outputs: &[StreamOutput]) -> Vec<Value> {
@@ -363,11 +366,21 @@ fn anthropic_answer_with_thinking_tools_and_cache_split() {
                       "prompt_tokens_details": {"cached_tokens": 2000}}
         })
     );
-    assert_eq!(answer.usage.counts, counts(100, 2000, 500, 250, 0));
-    assert_eq!((answer.usage.cache_write_5m, answer.usage.cache_write_1h), (300, 200));
-    // Sonnet 4.5: 100 × 3 = 300; 2000 × 0.30 = 600; 500 × 3.75 = 1875; 250 × 15 = 3750.
-    // 300 + 600 + 1875 + 3750 = 6525 micro → $0.006525.
-    assert_eq!(answer.usage.cost(&sonnet_4_5()).picos(), 6525 * PICO_PER_MICRO);
+    // The 500 written tokens split by lifetime: 300 for 5 minutes, 200 for an hour.
+    assert_eq!(
+        answer.usage.counts,
+        TokenCounts {
+            input: 100,
+            cached_input: 2000,
+            cache_write: 300,
+            cache_write_1h: 200,
+            output: 250,
+            reasoning: 0
+        }
+    );
+    // Sonnet 4.5: 100 × 3 = 300; 2000 × 0.30 = 600; 300 × 3.75 = 1125; 200 × 6 = 1200;
+    // 250 × 15 = 3750. 300 + 600 + 1125 + 1200 + 3750 = 6975 micro → $0.006975.
+    assert_eq!(answer.usage.cost(&sonnet_4_5()).picos(), 6975 * PICO_PER_MICRO);
 }
 
 #[test]
@@ -493,11 +506,15 @@ data: {\"type\":\"message_stop\"}\n\n";
     assert_eq!(out[1]["choices"][0]["delta"], json!({"content": "Hi"}));
     assert_eq!(out[2]["choices"][0]["finish_reason"], json!("length"));
     let (_, usage) = s.finish().unwrap();
-    assert_eq!(usage.counts, counts(12, 0, 4000, 30, 0));
-    // The cache_creation breakdown merged from message_delta is read too.
-    assert_eq!((usage.cache_write_5m, usage.cache_write_1h), (1000, 3000));
-    // Sonnet 4.5: 12 × 3 = 36; 4000 × 3.75 = 15000; 30 × 15 = 450. 15486 micro → $0.015486.
-    assert_eq!(usage.cost(&sonnet_4_5()).picos(), 15486 * PICO_PER_MICRO);
+    // The cache_creation breakdown merged from message_delta splits the 4000 writes by
+    // lifetime: 1000 for 5 minutes, 3000 for an hour.
+    assert_eq!(
+        usage.counts,
+        TokenCounts { input: 12, cached_input: 0, cache_write: 1000, cache_write_1h: 3000, output: 30, reasoning: 0 }
+    );
+    // Sonnet 4.5: 12 × 3 = 36; 1000 × 3.75 = 3750; 3000 × 6 (2 × $3) = 18000; 30 × 15 = 450.
+    // 36 + 3750 + 18000 + 450 = 22236 micro → $0.022236.
+    assert_eq!(usage.cost(&sonnet_4_5()).picos(), 22236 * PICO_PER_MICRO);
 }
 
 #[test]

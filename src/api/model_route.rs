@@ -389,10 +389,17 @@ pub struct Pricing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"))]
     pub cached_input: Option<String>,
-    /// Input tokens written to the prompt cache. Defaults to `input`.
+    /// Input tokens written to the prompt cache with the provider's default lifetime
+    /// (Anthropic's 5-minute writes; every other provider's writes). Defaults to `input`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"))]
     pub cache_write: Option<String>,
+    /// Input tokens written to Anthropic's 1-hour prompt cache
+    /// (`cache_creation.ephemeral_1h_input_tokens`). Defaults to twice `input`, Anthropic's
+    /// price rule for 1-hour writes.
+    #[serde(default, rename = "cacheWrite1h", skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"))]
+    pub cache_write_1h: Option<String>,
     /// Output (completion) tokens.
     #[schemars(pattern(r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?$"))]
     pub output: String,

@@ -361,7 +361,12 @@ pub(crate) fn worst_case(b: &BackendConfig, endpoint: Endpoint, body_bytes: usiz
             out = out.max(u64::from(m.output_tokens).saturating_add(u64::from(m.reasoning_tokens)));
         }
     }
-    let in_cost = p.input.cost(input).max(p.cached_input.cost(input)).max(p.cache_write.cost(input));
+    let in_cost = p
+        .input
+        .cost(input)
+        .max(p.cached_input.cost(input))
+        .max(p.cache_write.cost(input))
+        .max(p.cache_write_1h.cost(input));
     let out_cost = p.output.cost(out).max(p.reasoning.cost(out));
     in_cost + out_cost
 }

@@ -128,11 +128,7 @@ impl MeterEntry {
 }
 
 fn add_tokens(a: &mut TokenCounts, b: &TokenCounts) {
-    a.input = a.input.saturating_add(b.input);
-    a.cached_input = a.cached_input.saturating_add(b.cached_input);
-    a.cache_write = a.cache_write.saturating_add(b.cache_write);
-    a.output = a.output.saturating_add(b.output);
-    a.reasoning = a.reasoning.saturating_add(b.reasoning);
+    a.add(b);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -602,7 +598,7 @@ mod tests {
         let cell = m.meter.cell(&key("chat", "a"));
         cell.record_outcome(Outcome::Ok, Some(Duration::from_millis(12)));
         cell.record_outcome(Outcome::RateLimited, None);
-        let t = TokenCounts { input: 3, cached_input: 1, cache_write: 0, output: 2, reasoning: 0 };
+        let t = TokenCounts { input: 3, cached_input: 1, cache_write: 0, cache_write_1h: 0, output: 2, reasoning: 0 };
         cell.record_usage(&t, Money::from_picos(1_234_567)).unwrap();
         cell.record_usage(&t, Money::from_picos(1_999)).unwrap();
         cell.record_usage_missing("missing");

@@ -58,6 +58,7 @@ pub fn mock_tokens(mock: &MockEndpoint, family: ProviderFamily, endpoint: Endpoi
         input: uncached,
         cached_input: c.cached,
         cache_write: c.write,
+        cache_write_1h: 0,
         output: c.output,
         reasoning: c.reasoning,
     };

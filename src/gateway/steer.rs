@@ -224,7 +224,7 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
 /// input tokens weighted by their prices (cache writes count as uncached input); the list
 /// `input` price before any input was metered.
 pub(crate) fn achieved_input(p: &crate::pricing::Prices, t: &crate::pricing::TokenCounts) -> Money {
-    let uncached = t.input.saturating_add(t.cache_write);
+    let uncached = t.input.saturating_add(t.cache_writes());
     let total = uncached.saturating_add(t.cached_input);
     if total == 0 {
         return p.input.per_million();

@@ -43,7 +43,7 @@ pub struct InputSample {
 pub fn record(samples: &mut Vec<InputSample>, tokens: &TokenCounts, now: Timestamp) {
     let cutoff = now.as_millisecond().saturating_sub(WINDOW_MS);
     samples.retain(|s| s.at.as_millisecond() > cutoff);
-    if tokens.input == 0 && tokens.cached_input == 0 && tokens.cache_write == 0 {
+    if tokens.prompt() == 0 {
         return;
     }
     let minute = now.as_millisecond().div_euclid(MINUTE_MS) * MINUTE_MS;
@@ -52,13 +52,13 @@ pub fn record(samples: &mut Vec<InputSample>, tokens: &TokenCounts, now: Timesta
         Some(last) if last.at == at => {
             last.uncached = last.uncached.saturating_add(tokens.input);
             last.cached = last.cached.saturating_add(tokens.cached_input);
-            last.write = last.write.saturating_add(tokens.cache_write);
+            last.write = last.write.saturating_add(tokens.cache_writes());
         }
         _ => samples.push(InputSample {
             at,
             uncached: tokens.input,
             cached: tokens.cached_input,
-            write: tokens.cache_write,
+            write: tokens.cache_writes(),
         }),
     }
 }
@@ -93,7 +93,7 @@ mod tests {
     use super::*;
 
     fn tokens(input: u64, cached_input: u64, cache_write: u64) -> TokenCounts {
-        TokenCounts { input, cached_input, cache_write, output: 0, reasoning: 0 }
+        TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output: 0, reasoning: 0 }
     }
 
     #[test]

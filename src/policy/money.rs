@@ -233,6 +233,11 @@ impl PricePerMillion {
         self.0.times(n)
     }
 
+    /// The price `k` times over (a multiplier rule such as Anthropic's 1-hour cache writes).
+    pub fn times(self, k: u64) -> PricePerMillion {
+        PricePerMillion(self.0.times(k))
+    }
+
     /// The price as written (USD per 1M tokens).
     pub fn per_million(self) -> Money {
         self.0.times(1_000_000)

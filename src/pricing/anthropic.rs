@@ -14,9 +14,15 @@ use super::usage::*;
 /// `output_tokens` are disjoint and **added**: "total input tokens in a request is the summation
 /// of input_tokens, cache_creation_input_tokens, and cache_read_input_tokens". Extended-thinking
 /// tokens are inside `output_tokens` and not broken out, so they are billed as output and
-/// `reasoning` is zero. `cache_creation` (5-minute vs 1-hour writes) is a breakdown of
-/// `cache_creation_input_tokens` and is not added again. `server_tool_use` counts requests,
-/// not tokens.
+/// `reasoning` is zero. `server_tool_use` counts requests, not tokens.
+///
+/// Cache writes by lifetime: `cache_creation.ephemeral_1h_input_tokens` and
+/// `cache_creation.ephemeral_5m_input_tokens` split `cache_creation_input_tokens` (they are a
+/// breakdown, not added again). The 1-hour part is its own kind ([`TokenCounts::cache_write_1h`],
+/// billed at `cacheWrite1h`); the rest of `cache_creation_input_tokens` stays `cache_write`
+/// (5-minute writes, billed at `cacheWrite`). When both parts are given they must sum to the
+/// total; a 1-hour part larger than the total is inconsistent. Without a breakdown every write
+/// is a 5-minute write (the API's default lifetime).
 ///
 /// `input_tokens` is required: a `message_delta` from an API version that reports only
 /// `output_tokens` there must be merged with the `message_start` usage before it is parsed.
@@ -32,13 +38,42 @@ pub(super) fn anthropic_native(u: &Fields<'_>, is_message_delta: bool) -> Result
         }
         None => return Err(malformed(u.name("input_tokens"), "missing")),
     };
+    let (cache_write, cache_write_1h) = cache_writes_by_lifetime(u)?;
     Ok(TokenCounts {
         input,
         cached_input: u.opt("cache_read_input_tokens")?.unwrap_or(0),
-        cache_write: u.opt("cache_creation_input_tokens")?.unwrap_or(0),
+        cache_write,
+        cache_write_1h,
         output: u.req("output_tokens")?,
         reasoning: 0,
     })
+}
+
+/// `cache_creation_input_tokens` split into (5-minute, 1-hour) writes by `cache_creation`.
+fn cache_writes_by_lifetime(u: &Fields<'_>) -> Result<(u64, u64), UsageError> {
+    let total = u.opt("cache_creation_input_tokens")?;
+    let five = u.nested("cache_creation", "ephemeral_5m_input_tokens")?;
+    let hour = u.nested("cache_creation", "ephemeral_1h_input_tokens")?;
+    let Some(total) = total else {
+        // A breakdown with no total: the breakdown is the whole.
+        return Ok((five.unwrap_or(0), hour.unwrap_or(0)));
+    };
+    let hour = hour.unwrap_or(0);
+    let rest = carve(
+        (&u.name("cache_creation_input_tokens"), total),
+        (&u.name("cache_creation.ephemeral_1h_input_tokens"), hour),
+    )?;
+    if let Some(five) = five
+        && five != rest
+    {
+        return Err(inconsistent(format!(
+            "{}={five} + {}={hour} is not {}={total}",
+            u.name("cache_creation.ephemeral_5m_input_tokens"),
+            u.name("cache_creation.ephemeral_1h_input_tokens"),
+            u.name("cache_creation_input_tokens"),
+        )));
+    }
+    Ok((rest, hour))
 }
 
 /// Anthropic's OpenAI-compatible endpoint (`/v1/chat/completions` at `api.anthropic.com`).
@@ -89,5 +124,5 @@ pub(super) fn anthropic_openai_compat(u: &Fields<'_>) -> Result<TokenCounts, Usa
         }
     };
     let (output, reasoning) = reasoning_inside(u, "completion_tokens", completion)?;
-    Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
+    Ok(TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output, reasoning })
 }

@@ -48,5 +48,5 @@ pub(super) fn deepseek(u: &Fields<'_>) -> Result<TokenCounts, UsageError> {
         )));
     }
     let (output, reasoning) = reasoning_inside(u, "completion_tokens", completion)?;
-    Ok(TokenCounts { input: miss, cached_input: hit, cache_write: 0, output, reasoning })
+    Ok(TokenCounts { input: miss, cached_input: hit, cache_write: 0, cache_write_1h: 0, output, reasoning })
 }

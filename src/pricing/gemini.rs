@@ -38,6 +38,7 @@ pub(super) fn gemini_native(m: &Fields<'_>) -> Result<TokenCounts, UsageError> {
         input: uncached + tool_prompt,
         cached_input: cached,
         cache_write: 0,
+        cache_write_1h: 0,
         output: candidates,
         reasoning: thoughts,
     })
@@ -98,5 +99,5 @@ pub(super) fn gemini_openai_compat(u: &Fields<'_>) -> Result<TokenCounts, UsageE
         (out, r)
     };
     let (input, cached_input, cache_write) = carve_cache(u, "prompt_tokens", prompt, "prompt_tokens_details")?;
-    Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
+    Ok(TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output, reasoning })
 }

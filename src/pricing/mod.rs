@@ -53,19 +53,57 @@ pub use node::{Node, Object, Text};
 // ---------------------------------------------------------------------------------------------
 
 /// The price of each token kind, in USD per one million tokens.
+///
+/// In the gateway config document, a `cacheWrite1h` left out (a document written by a
+/// controller that predates the price) defaults by Anthropic's rule, like the spec field.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "PricesDoc")]
 pub struct Prices {
     /// Uncached, non-cache-write input tokens.
     pub input: PricePerMillion,
     /// Input tokens read from the prompt cache.
     pub cached_input: PricePerMillion,
-    /// Input tokens written to the prompt cache.
+    /// Input tokens written to the prompt cache with the provider's default (shortest)
+    /// lifetime: Anthropic's 5-minute writes, and every other provider's writes.
     pub cache_write: PricePerMillion,
+    /// Input tokens written to Anthropic's 1-hour prompt cache.
+    pub cache_write_1h: PricePerMillion,
     /// Visible (non-reasoning) output tokens.
     pub output: PricePerMillion,
     /// Reasoning ("thinking") output tokens.
     pub reasoning: PricePerMillion,
+}
+
+/// [`Prices`] as read from a config document (`cacheWrite1h` optional).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PricesDoc {
+    input: PricePerMillion,
+    cached_input: PricePerMillion,
+    cache_write: PricePerMillion,
+    #[serde(default)]
+    cache_write_1h: Option<PricePerMillion>,
+    output: PricePerMillion,
+    reasoning: PricePerMillion,
+}
+
+impl From<PricesDoc> for Prices {
+    fn from(d: PricesDoc) -> Self {
+        Prices {
+            input: d.input,
+            cached_input: d.cached_input,
+            cache_write: d.cache_write,
+            cache_write_1h: d.cache_write_1h.unwrap_or_else(|| one_hour_write_default(d.input)),
+            output: d.output,
+            reasoning: d.reasoning,
+        }
+    }
+}
+
+/// The 1-hour cache-write price when a route names none: Anthropic's rule, twice the base
+/// input price (a 5-minute write is 1.25 times it; reads are 0.1 times it).
+pub fn one_hour_write_default(input: PricePerMillion) -> PricePerMillion {
+    input.times(2)
 }
 
 /// A price in a `ModelRoute`'s `pricing` that is not a valid USD-per-1M amount.
@@ -73,7 +111,7 @@ pub struct Prices {
 #[error("pricing.{field}: {source}")]
 pub struct PricingError {
     /// The spec field, as written in the manifest (`input`, `cachedInput`, `cacheWrite`,
-    /// `output`, `reasoning`).
+    /// `cacheWrite1h`, `output`, `reasoning`).
     pub field: &'static str,
     /// Why the value does not parse.
     pub source: ParseMoneyError,
@@ -81,7 +119,7 @@ pub struct PricingError {
 
 impl Prices {
     /// Prices from a route's spec: `cachedInput` and `cacheWrite` default to `input`,
-    /// `reasoning` defaults to `output`.
+    /// `cacheWrite1h` to twice `input` ([`one_hour_write_default`]), `reasoning` to `output`.
     pub fn from_spec(spec: &Pricing) -> Result<Prices, PricingError> {
         fn price(field: &'static str, s: &str) -> Result<PricePerMillion, PricingError> {
             s.parse().map_err(|source| PricingError { field, source })
@@ -99,6 +137,7 @@ impl Prices {
             input,
             cached_input: or_default("cachedInput", spec.cached_input.as_ref(), input)?,
             cache_write: or_default("cacheWrite", spec.cache_write.as_ref(), input)?,
+            cache_write_1h: or_default("cacheWrite1h", spec.cache_write_1h.as_ref(), one_hour_write_default(input))?,
             output,
             reasoning: or_default("reasoning", spec.reasoning.as_ref(), output)?,
         })
@@ -110,6 +149,7 @@ impl Prices {
             TokenKind::Input => self.input,
             TokenKind::CachedInput => self.cached_input,
             TokenKind::CacheWrite => self.cache_write,
+            TokenKind::CacheWrite1h => self.cache_write_1h,
             TokenKind::Output => self.output,
             TokenKind::Reasoning => self.reasoning,
         }
@@ -120,7 +160,7 @@ impl Prices {
 // Token counts
 // ---------------------------------------------------------------------------------------------
 
-/// One of the five disjoint kinds a token is billed as.
+/// One of the six disjoint kinds a token is billed as.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
@@ -128,8 +168,11 @@ pub enum TokenKind {
     Input,
     /// Input read from the prompt cache.
     CachedInput,
-    /// Input written to the prompt cache.
+    /// Input written to the prompt cache with the default (shortest) lifetime: Anthropic's
+    /// 5-minute writes, every other provider's writes.
     CacheWrite,
+    /// Input written to Anthropic's 1-hour prompt cache.
+    CacheWrite1h,
     /// Visible (non-reasoning) output.
     Output,
     /// Reasoning output.
@@ -138,8 +181,14 @@ pub enum TokenKind {
 
 impl TokenKind {
     /// Every kind, in label order.
-    pub const ALL: [TokenKind; 5] =
-        [TokenKind::Input, TokenKind::CachedInput, TokenKind::CacheWrite, TokenKind::Output, TokenKind::Reasoning];
+    pub const ALL: [TokenKind; 6] = [
+        TokenKind::Input,
+        TokenKind::CachedInput,
+        TokenKind::CacheWrite,
+        TokenKind::CacheWrite1h,
+        TokenKind::Output,
+        TokenKind::Reasoning,
+    ];
 
     /// The metric label value (`tollgate_tokens_total{kind=...}`).
     pub const fn label(self) -> &'static str {
@@ -147,6 +196,7 @@ impl TokenKind {
             TokenKind::Input => "input",
             TokenKind::CachedInput => "cached_input",
             TokenKind::CacheWrite => "cache_write",
+            TokenKind::CacheWrite1h => "cache_write_1h",
             TokenKind::Output => "output",
             TokenKind::Reasoning => "reasoning",
         }
@@ -167,8 +217,12 @@ pub struct TokenCounts {
     pub input: u64,
     /// Input read from the prompt cache.
     pub cached_input: u64,
-    /// Input written to the prompt cache.
+    /// Input written to the prompt cache with the default (shortest) lifetime.
     pub cache_write: u64,
+    /// Input written to Anthropic's 1-hour prompt cache (absent from documents written before
+    /// the kind existed: zero).
+    #[serde(default)]
+    pub cache_write_1h: u64,
     /// Visible (non-reasoning) output.
     pub output: u64,
     /// Reasoning output.
@@ -182,6 +236,7 @@ impl TokenCounts {
             TokenKind::Input => self.input,
             TokenKind::CachedInput => self.cached_input,
             TokenKind::CacheWrite => self.cache_write,
+            TokenKind::CacheWrite1h => self.cache_write_1h,
             TokenKind::Output => self.output,
             TokenKind::Reasoning => self.reasoning,
         }
@@ -193,6 +248,7 @@ impl TokenCounts {
             TokenKind::Input => &mut self.input,
             TokenKind::CachedInput => &mut self.cached_input,
             TokenKind::CacheWrite => &mut self.cache_write,
+            TokenKind::CacheWrite1h => &mut self.cache_write_1h,
             TokenKind::Output => &mut self.output,
             TokenKind::Reasoning => &mut self.reasoning,
         }
@@ -200,8 +256,26 @@ impl TokenCounts {
 
     /// `(kind, count)` for every kind, in [`TokenKind::ALL`] order; `kind.label()` is the metric
     /// label value.
-    pub fn by_kind(&self) -> [(TokenKind, u64); 5] {
+    pub fn by_kind(&self) -> [(TokenKind, u64); 6] {
         TokenKind::ALL.map(|k| (k, self.get(k)))
+    }
+
+    /// Adds `other` kind by kind (saturating, which real counts never reach).
+    pub fn add(&mut self, other: &TokenCounts) {
+        for k in TokenKind::ALL {
+            let n = self.get_mut(k);
+            *n = n.saturating_add(other.get(k));
+        }
+    }
+
+    /// Cache writes of every lifetime.
+    pub fn cache_writes(&self) -> u64 {
+        self.cache_write.saturating_add(self.cache_write_1h)
+    }
+
+    /// All input: uncached, read from the cache and written to it (every lifetime).
+    pub fn prompt(&self) -> u64 {
+        self.input.saturating_add(self.cached_input).saturating_add(self.cache_writes())
     }
 
     /// All tokens, every kind once (saturating, which real counts never reach).
@@ -210,7 +284,7 @@ impl TokenCounts {
     }
 
     /// The cost of each kind, exact.
-    pub fn cost_by_kind(&self, prices: &Prices) -> [(TokenKind, Money); 5] {
+    pub fn cost_by_kind(&self, prices: &Prices) -> [(TokenKind, Money); 6] {
         TokenKind::ALL.map(|k| (k, prices.get(k).cost(self.get(k))))
     }
 

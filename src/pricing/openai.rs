@@ -103,7 +103,7 @@ pub(super) fn openai_chat(u: &Fields<'_>) -> Result<TokenCounts, UsageError> {
     let (prompt, completion) = prompt_and_completion(u)?;
     let (input, cached_input, cache_write) = carve_cache(u, "prompt_tokens", prompt, "prompt_tokens_details")?;
     let (output, reasoning) = reasoning_inside(u, "completion_tokens", completion)?;
-    Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
+    Ok(TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output, reasoning })
 }
 
 /// OpenAI Responses API (`usage` of a response object or of a `response.completed` event).
@@ -126,5 +126,5 @@ pub(super) fn openai_responses(u: &Fields<'_>) -> Result<TokenCounts, UsageError
     }
     let (input, cached_input, cache_write) = carve_cache(u, "input_tokens", input_total, "input_tokens_details")?;
     let (output, reasoning) = reasoning_inside(u, "output_tokens", output_total)?;
-    Ok(TokenCounts { input, cached_input, cache_write, output, reasoning })
+    Ok(TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output, reasoning })
 }

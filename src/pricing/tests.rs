@@ -5,7 +5,14 @@ use serde_json::json;
 use super::*;
 
 fn spec(input: &str, output: &str) -> Pricing {
-    Pricing { input: input.into(), cached_input: None, cache_write: None, output: output.into(), reasoning: None }
+    Pricing {
+        input: input.into(),
+        cached_input: None,
+        cache_write: None,
+        cache_write_1h: None,
+        output: output.into(),
+        reasoning: None,
+    }
 }
 
 fn p(s: &str) -> PricePerMillion {
@@ -18,6 +25,8 @@ fn prices_default_cache_to_input_and_reasoning_to_output() {
     assert_eq!(prices.input, p("3"));
     assert_eq!(prices.cached_input, p("3"));
     assert_eq!(prices.cache_write, p("3"));
+    // Anthropic's rule: a 1-hour write costs twice the base input price (2 × 3 = 6).
+    assert_eq!(prices.cache_write_1h, p("6"));
     assert_eq!(prices.output, p("15"));
     assert_eq!(prices.reasoning, p("15"));
 }
@@ -28,15 +37,17 @@ fn prices_take_explicit_values() {
         input: "3".into(),
         cached_input: Some("0.30".into()),
         cache_write: Some("3.75".into()),
+        cache_write_1h: Some("6.5".into()),
         output: "15".into(),
         reasoning: Some("20".into()),
     };
     let prices = Prices::from_spec(&s).unwrap();
     assert_eq!(prices.cached_input, p("0.3"));
     assert_eq!(prices.cache_write, p("3.75"));
+    assert_eq!(prices.cache_write_1h, p("6.5"));
     assert_eq!(prices.reasoning, p("20"));
     let got: Vec<PricePerMillion> = TokenKind::ALL.iter().map(|k| prices.get(*k)).collect();
-    assert_eq!(got, [p("3"), p("0.3"), p("3.75"), p("15"), p("20")]);
+    assert_eq!(got, [p("3"), p("0.3"), p("3.75"), p("6.5"), p("15"), p("20")]);
 }
 
 #[test]
@@ -62,6 +73,10 @@ fn price_errors_name_the_field() {
     assert_eq!(Prices::from_spec(&s).unwrap_err().field, "cacheWrite");
 
     let mut s = spec("1", "2");
+    s.cache_write_1h = Some("2.0000001".into());
+    assert_eq!(Prices::from_spec(&s).unwrap_err().field, "cacheWrite1h");
+
+    let mut s = spec("1", "2");
     s.reasoning = Some("".into());
     assert_eq!(Prices::from_spec(&s).unwrap_err().field, "reasoning");
 }
@@ -72,27 +87,39 @@ fn prices_round_trip_through_serde() {
     let v = serde_json::to_value(prices).unwrap();
     assert_eq!(
         v,
-        json!({"input": "0.27", "cachedInput": "0.27", "cacheWrite": "0.27", "output": "1.10", "reasoning": "1.10"})
+        json!({"input": "0.27", "cachedInput": "0.27", "cacheWrite": "0.27", "cacheWrite1h": "0.54", "output": "1.10", "reasoning": "1.10"})
     );
     let back: Prices = serde_json::from_value(v).unwrap();
     assert_eq!(back, prices);
+    // A config document without `cacheWrite1h` (from a controller that predates it) reads it
+    // by Anthropic's rule: 2 × 0.27.
+    let old: Prices = serde_json::from_value(
+        json!({"input": "0.27", "cachedInput": "0.07", "cacheWrite": "0.3375", "output": "1.10", "reasoning": "1.10"}),
+    )
+    .unwrap();
+    assert_eq!(old.cache_write_1h, p("0.54"));
+    assert_eq!(old.cache_write, p("0.3375"));
 }
 
 #[test]
 fn counts_label_total_and_cost() {
-    let c = TokenCounts { input: 1, cached_input: 2, cache_write: 3, output: 4, reasoning: 5 };
+    let c = TokenCounts { input: 1, cached_input: 2, cache_write: 3, cache_write_1h: 6, output: 4, reasoning: 5 };
     let labels: Vec<(&str, u64)> = c.by_kind().iter().map(|(k, n)| (k.label(), *n)).collect();
-    assert_eq!(labels, [("input", 1), ("cached_input", 2), ("cache_write", 3), ("output", 4), ("reasoning", 5)]);
-    assert_eq!(c.total(), 15);
+    assert_eq!(
+        labels,
+        [("input", 1), ("cached_input", 2), ("cache_write", 3), ("cache_write_1h", 6), ("output", 4), ("reasoning", 5)]
+    );
+    assert_eq!(c.total(), 21);
     let prices = Prices {
         input: p("1"),
         cached_input: p("10"),
         cache_write: p("100"),
+        cache_write_1h: p("100000"),
         output: p("1000"),
         reasoning: p("10000"),
     };
-    // 1×1 + 2×10 + 3×100 + 4×1000 + 5×10000 = 54321 USD-per-million units.
-    assert_eq!(c.cost(&prices), "0.054321".parse().unwrap());
+    // 1×1 + 2×10 + 3×100 + 6×100000 + 4×1000 + 5×10000 = 654321 USD-per-million units.
+    assert_eq!(c.cost(&prices), "0.654321".parse().unwrap());
     assert_eq!(TokenKind::CachedInput.to_string(), "cached_input");
     let saturated = TokenCounts { input: u64::MAX, output: 1, ..TokenCounts::default() };
     assert_eq!(saturated.total(), u64::MAX);
@@ -296,7 +323,7 @@ fn counts(family: ProviderFamily, body: Value) -> TokenCounts {
 }
 
 fn tc(input: u64, cached_input: u64, cache_write: u64, output: u64, reasoning: u64) -> TokenCounts {
-    TokenCounts { input, cached_input, cache_write, output, reasoning }
+    TokenCounts { input, cached_input, cache_write, cache_write_1h: 0, output, reasoning }
 }
 
 #[test]

@@ -233,7 +233,7 @@ mod tests {
             assert_eq!(Outcome::from_label(o.label()), Some(o));
         }
         let kinds: Vec<&str> = TokenKind::ALL.iter().map(|k| k.label()).collect();
-        assert_eq!(kinds, ["input", "cached_input", "cache_write", "output", "reasoning"]);
+        assert_eq!(kinds, ["input", "cached_input", "cache_write", "cache_write_1h", "output", "reasoning"]);
     }
 
     #[test]

@@ -128,12 +128,7 @@ fn add_backend(slot: &mut BackendObservation, more: &BackendObservation) {
     slot.latency_ms_sum = slot.latency_ms_sum.saturating_add(more.latency_ms_sum);
     slot.latency_count = slot.latency_count.saturating_add(more.latency_count);
     crate::policy::latency::add_counts(&mut slot.latency_le, &more.latency_le);
-    let t = &mut slot.tokens;
-    t.input = t.input.saturating_add(more.tokens.input);
-    t.cached_input = t.cached_input.saturating_add(more.tokens.cached_input);
-    t.cache_write = t.cache_write.saturating_add(more.tokens.cache_write);
-    t.output = t.output.saturating_add(more.tokens.output);
-    t.reasoning = t.reasoning.saturating_add(more.tokens.reasoning);
+    slot.tokens.add(&more.tokens);
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ impl GenAiBackend {
 
     /// An answer's usage was billed: `tokens` for `cost`.
     pub(crate) fn usage(&self, endpoint: Endpoint, tokens: &TokenCounts, cost: Money) {
-        let input = tokens.input.saturating_add(tokens.cached_input).saturating_add(tokens.cache_write);
+        let input = tokens.prompt();
         let output = tokens.output.saturating_add(tokens.reasoning);
         let s = &self.series;
         let tokens_family = &self.families.tokens;

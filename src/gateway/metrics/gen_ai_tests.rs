@@ -44,10 +44,11 @@ fn exposition_for_known_requests() {
     let m = Metrics::new();
     let g = m.gen_ai("openai", "gpt-x");
     // A chat answer: 1000 uncached + 200 cached input, 300 visible + 7 reasoning output.
-    let big = TokenCounts { input: 1000, cached_input: 200, cache_write: 0, output: 300, reasoning: 7 };
+    let big =
+        TokenCounts { input: 1000, cached_input: 200, cache_write: 0, cache_write_1h: 0, output: 300, reasoning: 7 };
     g.usage(Endpoint::ChatCompletions, &big, Money::from_picos(12_500_000_000));
     // Another chat answer through the Responses API (also `chat`): 3 in, 1 out.
-    let small = TokenCounts { input: 3, cached_input: 0, cache_write: 0, output: 1, reasoning: 0 };
+    let small = TokenCounts { input: 3, cached_input: 0, cache_write: 0, cache_write_1h: 0, output: 1, reasoning: 0 };
     g.usage(Endpoint::Responses, &small, Money::from_picos(2_500_000_000));
     // An embedding: 10 input tokens, no output recorded.
     let emb = TokenCounts { input: 10, ..TokenCounts::default() };

@@ -133,38 +133,21 @@ pub struct Translated<T> {
     pub dropped: Vec<String>,
 }
 
-/// The tokens of one answer, split into the disjoint billing kinds, plus Anthropic's
-/// cache-write duration breakdown (a part of `counts.cache_write`, not added again).
+/// The tokens of one answer, split into the disjoint billing kinds (Anthropic's 1-hour cache
+/// writes are their own kind, [`TokenCounts::cache_write_1h`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UsageReport {
     /// Disjoint counts, by the provider's rule in [`crate::pricing::parse_usage`].
     pub counts: TokenCounts,
-    /// Cache writes with a 5-minute lifetime (Anthropic `cache_creation.ephemeral_5m_input_tokens`).
-    pub cache_write_5m: u64,
-    /// Cache writes with a 1-hour lifetime (Anthropic `cache_creation.ephemeral_1h_input_tokens`).
-    pub cache_write_1h: u64,
 }
 
 impl UsageReport {
     /// Reads `body` (an answer, or a final stream event / chunk) with the family's usage rule.
     pub fn parse(family: ProviderFamily, body: &Value) -> Result<UsageReport, TranslateError> {
-        let counts = parse_usage(family, body)?;
-        let breakdown = |key: &str| {
-            body.get("usage")
-                .and_then(|u| u.get("cache_creation"))
-                .and_then(|c| c.get(key))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        };
-        Ok(UsageReport {
-            counts,
-            cache_write_5m: breakdown("ephemeral_5m_input_tokens"),
-            cache_write_1h: breakdown("ephemeral_1h_input_tokens"),
-        })
+        Ok(UsageReport { counts: parse_usage(family, body)? })
     }
 
-    /// The exact cost at `prices` (every token billed once; both cache-write durations at the
-    /// route's single `cacheWrite` price).
+    /// The exact cost at `prices` (every token billed once, each kind at its own price).
     pub fn cost(&self, prices: &Prices) -> Money {
         self.counts.cost(prices)
     }
@@ -174,7 +157,7 @@ impl UsageReport {
     /// inside `completion_tokens` (also as `completion_tokens_details.reasoning_tokens`).
     pub fn openai_usage(&self) -> openai::Usage {
         let c = &self.counts;
-        let prompt = c.input + c.cached_input + c.cache_write;
+        let prompt = c.prompt();
         let completion = c.output + c.reasoning;
         openai::Usage {
             prompt_tokens: prompt,
@@ -192,7 +175,13 @@ impl UsageReport {
         let c = &self.counts;
         let mut m = Map::new();
         m.insert("input_tokens".into(), c.input.into());
-        m.insert("cache_creation_input_tokens".into(), c.cache_write.into());
+        m.insert("cache_creation_input_tokens".into(), c.cache_writes().into());
+        if c.cache_write_1h > 0 {
+            m.insert(
+                "cache_creation".into(),
+                serde_json::json!({"ephemeral_5m_input_tokens": c.cache_write, "ephemeral_1h_input_tokens": c.cache_write_1h}),
+            );
+        }
         m.insert("cache_read_input_tokens".into(), c.cached_input.into());
         m.insert("output_tokens".into(), (c.output + c.reasoning).into());
         Value::Object(m)
