@@ -83,6 +83,11 @@ pub struct RouteConfig {
     /// Requests bounded above this many input tokens are refused (400) before any upstream call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u32>,
+    /// Input tokens counted per media part where a cost bound is needed (`spec.mediaInputTokens`);
+    /// omitted when unset, so older documents keep their revision and a gateway that predates
+    /// it refuses a document that needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_input_tokens: Option<u32>,
     /// Cache affinity (`spec.affinity`); omitted when off, so older documents keep their
     /// revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,6 +327,7 @@ impl GatewayConfig {
             state: d.state,
             backends,
             max_input_tokens: r.spec.max_input_tokens,
+            media_input_tokens: r.spec.media_input_tokens,
             affinity: r.spec.affinity.clone(),
             hints: r.spec.hints.clone(),
         })

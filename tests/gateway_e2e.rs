@@ -324,6 +324,7 @@ fn route(name: &str, strategy: Strategy, backends: Vec<BackendConfig>) -> RouteC
         state: RouteState::Serving,
         backends,
         max_input_tokens: None,
+        media_input_tokens: None,
         affinity: None,
         hints: None,
     }

@@ -312,3 +312,155 @@ async fn several_choices_reserve_the_bound_once_per_choice() {
     let (code, v) = post(&client, format!("{url}/v1/chat/completions"), req(1)).await;
     assert_eq!(code, 200, "{v}");
 }
+
+/// A Hard budget with one route whose prices are $1/1M input, $10/1M output.
+fn priced(name: &str, provider: &str, base: &str) -> Value {
+    let mut b = backend(name, provider, "OpenAI", http(base), 0, None);
+    b["pricing"] =
+        json!({"input": "1.00", "cachedInput": "1.00", "cacheWrite": "1.00", "output": "10.00", "reasoning": "10.00"});
+    b
+}
+
+/// An upstream that generates exactly as many tokens as the one field it honours allows.
+fn honouring(field: &'static str) -> impl Fn(&Seen, usize) -> axum::response::Response + Send + Sync + 'static {
+    move |s: &Seen, _| {
+        let out = s.body[field].as_u64().unwrap_or(4096);
+        let body = json!({"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "…"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": out, "total_tokens": 10 + out}});
+        reply(200, body.to_string(), &[])
+    }
+}
+
+#[tokio::test]
+async fn two_output_bounds_never_let_one_request_overrun_a_hard_budget() {
+    // A request stating both max_tokens and max_completion_tokens, one small and one large, to
+    // upstreams that each honour only one of them. Admission must bound what either could
+    // generate: 20,000 output tokens at $10/1M is $0.20, twenty times a $0.01 grant.
+    let client = reqwest::Client::new();
+    for field in ["max_tokens", "max_completion_tokens"] {
+        for (small, large) in [("max_tokens", "max_completion_tokens"), ("max_completion_tokens", "max_tokens")] {
+            let fake = Fake::start(honouring(field)).await;
+            let cfg = config(vec![priced("b", "deepseek", &fake.base_url())], None);
+            let (gw, url) = start(cfg).await;
+            let mut g = grants("gw", "0.01");
+            g.budgets[0].provider = "deepseek".into();
+            gw.set_allowances("gw", &g).unwrap();
+            let mut req = json!({"model": "chat", "messages": [{"role": "user", "content": "write a novel"}]});
+            req[small] = json!(10);
+            req[large] = json!(20_000);
+            let (code, v) = post(&client, format!("{url}/v1/chat/completions"), req.clone()).await;
+            let u = gw.hard_usage()[0].clone();
+            assert!(
+                u.settled <= Money::from_picos(10_000_000_000),
+                "{field} honoured, {small}=10: settled {} over the $0.01 grant",
+                u.settled
+            );
+            // The larger bound is the worst case: refused before any upstream call.
+            assert_eq!(code, 429, "{field} honoured, {small}=10: {v}");
+            assert_eq!(v["error"]["code"], "budget_exhausted");
+            assert_eq!(fake.hits(), 0);
+
+            // With room for the larger bound it is admitted, and the upstream receives no field
+            // above the bound reserved: settled = exact cost ≤ the reservation.
+            let mut g = grants("gw", "1");
+            g.budgets[0].provider = "deepseek".into();
+            gw.set_allowances("gw", &g).unwrap();
+            let (code, v) = post(&client, format!("{url}/v1/chat/completions"), req).await;
+            assert_eq!(code, 200, "{v}");
+            let seen = fake.seen(0).body;
+            for f in ["max_tokens", "max_completion_tokens"] {
+                assert!(seen[f].as_u64().is_some_and(|n| n <= 20_000), "{f} reached upstream above the bound: {seen}");
+            }
+            let generated = seen[field].as_u64().unwrap();
+            let u = gw.hard_usage()[0].clone();
+            // 10 input tokens × $1/1M + generated × $10/1M, in pico-dollars.
+            let cost = 10 * 1_000_000 + i128::from(generated) * 10_000_000;
+            assert_eq!(u.settled, Money::from_picos(cost), "{u:?}");
+            assert_eq!(u.reserved, Money::ZERO);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cost_field_that_is_not_an_integer_is_refused_on_a_hard_budget() {
+    // `"n": "50"` read leniently upstream is 50 choices; counted as one it would overrun.
+    let fake = Fake::start(answer).await;
+    let cfg = config(vec![backend("openai", "openai", "OpenAI", http(&fake.base_url()), 0, None)], None);
+    let (gw, url) = start(cfg).await;
+    gw.set_allowances("gw", &grants("gw", "1")).unwrap();
+    let client = reqwest::Client::new();
+    for (field, value) in
+        [("n", json!("50")), ("n", json!(2.5)), ("max_tokens", json!("100000")), ("max_completion_tokens", json!(-1))]
+    {
+        let mut req = json!({"model": "chat", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+        req[field] = value.clone();
+        let (code, v) = post(&client, format!("{url}/v1/chat/completions"), req).await;
+        assert_eq!(code, 400, "{field}={value}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_cost_field", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with(&format!("`{field}` must be a non-negative integer")),
+            "{v}"
+        );
+    }
+    let (code, v) = post(
+        &client,
+        format!("{url}/v1/messages"),
+        json!({"model": "chat", "max_tokens": "10", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["type"], "error", "Anthropic's error shape on /v1/messages: {v}");
+    assert_eq!(fake.hits(), 0);
+    // Off a Hard budget the gateway does not rely on the field: the upstream judges it.
+    let cfg = config(vec![backend("openai", "openai", "OpenAI", http(&fake.base_url()), 0, None)], None);
+    let (_free, url) = start(cfg).await;
+    let req = json!({"model": "chat", "n": "2", "messages": [{"role": "user", "content": "hi"}]});
+    let (code, _) = post(&client, format!("{url}/v1/chat/completions"), req).await;
+    assert_eq!(code, 200);
+    assert_eq!(fake.hits(), 1);
+}
+
+#[tokio::test]
+async fn media_parts_count_against_a_hard_budget_or_are_refused() {
+    // $1/1M on every kind. A text request's worst case is under (200 + 64) + 100 tokens; an
+    // image adds 16,384 tokens ($0.016384), over a $0.01 grant; a file has no bound at all.
+    let fake = Fake::start(answer).await;
+    let client = reqwest::Client::new();
+    let with = |part: Value| {
+        json!({"model": "chat", "max_tokens": 100, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "look"}, part]}]})
+    };
+    let image = json!({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}});
+    let file = json!({"type": "file", "file": {"file_id": "file-abc123"}});
+
+    let cfg = config(vec![backend("openai", "openai", "OpenAI", http(&fake.base_url()), 0, None)], None);
+    let (gw, url) = start(cfg).await;
+    gw.set_allowances("gw", &grants("gw", "0.01")).unwrap();
+    let (code, v) =
+        post(&client, format!("{url}/v1/chat/completions"), with(json!({"type": "text", "text": "x"}))).await;
+    assert_eq!(code, 200, "text only: {v}");
+    let (code, v) = post(&client, format!("{url}/v1/chat/completions"), with(image.clone())).await;
+    assert_eq!((code, v["error"]["code"].as_str()), (429, Some("budget_exhausted")), "an image by URL: {v}");
+    let (code, v) = post(&client, format!("{url}/v1/chat/completions"), with(file.clone())).await;
+    assert_eq!((code, v["error"]["code"].as_str()), (400, Some("unbounded_input")), "a file by id: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("spec.mediaInputTokens"), "{v}");
+    let doc = json!({"model": "chat", "max_tokens": 100, "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/100-pages.pdf"}}]}]});
+    let (code, v) = post(&client, format!("{url}/v1/messages"), doc).await;
+    assert_eq!((code, v["error"]["type"].as_str()), (400, Some("invalid_request_error")), "a document by URL: {v}");
+    assert_eq!(fake.hits(), 1, "only the text request reached upstream");
+
+    // The route states a bound per media part: 2,000 tokens ($0.002) each fits the grant.
+    let mut cfg = config(vec![backend("openai", "openai", "OpenAI", http(&fake.base_url()), 0, None)], None);
+    cfg.routes[0].media_input_tokens = Some(2000);
+    cfg.revision = cfg.compute_revision();
+    let (gw, url) = start(cfg).await;
+    gw.set_allowances("gw", &grants("gw", "0.01")).unwrap();
+    for part in [image, file] {
+        let (code, v) = post(&client, format!("{url}/v1/chat/completions"), with(part)).await;
+        assert_eq!(code, 200, "{v}");
+    }
+    let u = &gw.hard_usage()[0];
+    assert_eq!((u.admitted, u.reserved), (2, Money::ZERO), "{u:?}");
+}

@@ -99,6 +99,7 @@ fn config(backends: Vec<BackendConfig>) -> GatewayConfig {
         state: RouteState::Serving,
         backends,
         max_input_tokens: None,
+        media_input_tokens: None,
         affinity: None,
         hints: None,
     };

@@ -54,6 +54,7 @@ fn config(affinity: Option<AffinityPolicy>, hints: Option<HintsPolicy>) -> Gatew
             backend("cheap", WireApi::OpenAI, "1.00", "1.00"),
         ],
         max_input_tokens: None,
+        media_input_tokens: None,
         affinity,
         hints,
     };
@@ -206,5 +207,45 @@ async fn a_max_cost_skips_dear_backends_and_refuses_when_none_fits() {
             seen.insert(h.send(surface, body(surface, "u", Some(10)), &[]).await.1);
         }
         assert_eq!(seen.len(), 3, "{surface:?}: without the hint the weights apply: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_max_cost_counts_every_choice_and_refuses_a_repeated_hint() {
+    let hints = HintsPolicy { max_cost: true, prefer: vec![Preference::Cheapest] };
+    let h = start(config(None, Some(hints))).await;
+    // `cheap` ($1/1M each side), a mock whose default counts make one choice's worst case
+    // $0.00175 (the cheapest worst case the refusal below would print); 80 choices of 100
+    // output tokens are 8,000 output tokens alone, $0.008: over a $0.005 ceiling.
+    let mut req = body(Surface::Chat, "u", Some(100));
+    let (code, backend, v) = h.send(Surface::Chat, req.clone(), &[("x-tollgate-max-cost-usd", "0.005")]).await;
+    assert_eq!((code, backend.as_str()), (200, "cheap"), "{v}");
+    req["n"] = json!(80);
+    let (code, _, v) = h.send(Surface::Chat, req.clone(), &[("x-tollgate-max-cost-usd", "0.005")]).await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["code"], "max_cost_exceeded", "{v}");
+    req["n"] = json!("80");
+    let (code, _, v) = h.send(Surface::Chat, req, &[("x-tollgate-max-cost-usd", "0.005")]).await;
+    assert_eq!((code, v["error"]["code"].as_str()), (400, Some("invalid_cost_field")), "{v}");
+
+    // The same hint twice: neither value is used.
+    for surface in SURFACES {
+        let (code, _, v) = h
+            .send(
+                surface,
+                body(surface, "u", Some(10)),
+                &[("x-tollgate-max-cost-usd", "5"), ("x-tollgate-max-cost-usd", "0.0000001")],
+            )
+            .await;
+        assert_eq!(code, 400, "{surface:?}: {v}");
+        assert!(message(&v).contains("x-tollgate-max-cost-usd is sent more than once"), "{v}");
+        let (code, _, v) = h
+            .send(
+                surface,
+                body(surface, "u", Some(10)),
+                &[("x-tollgate-prefer", "cheapest"), ("x-tollgate-prefer", "cheapest")],
+            )
+            .await;
+        assert_eq!(code, 400, "{surface:?}: {v}");
     }
 }

@@ -70,7 +70,7 @@ pub struct ModelRouteSpec {
     /// Most output tokens (reasoning included where the provider counts it there) any answer of
     /// this route may produce: the gateway clamps or inserts the request's max-tokens field in
     /// every wire format on the way upstream. A backend's own `maxOutputTokens` wins. Also the
-    /// output bound of a request to a Hard budget's backend that names none (issue 13).
+    /// output bound of a request to a Hard budget's backend that names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000000))]
     pub max_output_tokens: Option<u32>,
@@ -81,6 +81,16 @@ pub struct ModelRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000000))]
     pub max_input_tokens: Option<u32>,
+
+    /// Most input tokens one media part of a request (an image, audio, video, file or document,
+    /// inline or referenced by URL or file id) may bill: what a Hard budget reserves for each
+    /// such part, and the max-cost hint counts, on top of the body's bytes (which bound text
+    /// only). Unset: each image counts 16384 tokens, and requests with other media parts are
+    /// refused on a Hard budget's backends (400 `unbounded_input`), since nothing in the
+    /// request bounds what they bill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub media_input_tokens: Option<u32>,
 
     /// Cache affinity (opt-in): requests with the same key stay on one backend while it serves,
     /// so the provider's prompt cache stays warm.

@@ -9,19 +9,17 @@
 //! (it does not know any budget is Hard); one that has the document but is not listed in a
 //! budget's grants admits nothing to that budget's backends.
 //!
-//! Worst case of a request, at the backend's prices, each kind at the dearest price it could
-//! be billed at (input: max of input, cached input and cache write; output: max of output and
-//! reasoning):
-//! - input tokens ≤ body bytes + [`INPUT_TOKEN_OVERHEAD`]: no tokenizer in use encodes a byte
-//!   of text into more than one token, and the JSON framing of each message (its quotes, keys,
-//!   braces) outweighs the few template tokens a provider adds per message. Not covered:
-//!   content referenced by URL or file id (images, audio, files), which is billed by the
-//!   provider beyond the body's size; do not rely on a Hard budget for such traffic.
-//! - output tokens ≤ the request's own bound (`max_completion_tokens`, `max_tokens`,
-//!   `max_output_tokens`) clamped by the backend's cap; a request with no bound gets the cap.
-//!   Without any cap, a Hard budget's backend gets [`DEFAULT_HARD_OUTPUT_CAP`] inserted.
-//!   Reasoning is inside that bound (OpenAI, Anthropic and Gemini count it there). A request
-//!   asking for several choices (`n`, `best_of`) reserves the bound once per choice.
+//! Worst case of a request ([`worst_case`], the one definition the max-cost hint uses too), at
+//! the backend's prices, each kind at the dearest price it could be billed at (input: max of
+//! input, cached input, cache write and, for the Anthropic family, the only one that reports
+//! them, 1-hour cache write; output: max of output and reasoning), for
+//! the request's [`CostBound`] (`bound`: the output bound, choices and media rules):
+//! - input tokens ≤ body bytes + [`INPUT_TOKEN_OVERHEAD`] + the media parts' tokens;
+//! - output tokens ≤ the request's bound clamped by the backend's cap, else the cap, else
+//!   [`DEFAULT_HARD_OUTPUT_CAP`]; that number is always written upstream as the cap on a Hard
+//!   budget's backend (every output field the request carries is clamped to it, one is
+//!   inserted when it carries none), once per choice. Reasoning is inside that bound (OpenAI,
+//!   Anthropic and Gemini count it there);
 //! - a mock backend reports its configured counts whatever the request: its worst case is at
 //!   least those counts.
 //!
@@ -43,16 +41,19 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Map, Value};
 
+mod bound;
 mod splice;
 
+pub(crate) use bound::{CostBound, media};
+pub use bound::{DEFAULT_IMAGE_TOKENS, INPUT_TOKEN_OVERHEAD};
+
 use super::request::Endpoint;
+use crate::api::ProviderFamily;
 use crate::config::allowances::{Allowances, HardBudgetGrants};
 use crate::config::{BackendConfig, EndpointConfig, WireApi};
 use crate::policy::allowance::{Ledger, Reservation};
 use crate::policy::money::{Money, PICOS_PER_USD};
 
-/// Input tokens added to the body's byte count in the worst case.
-pub const INPUT_TOKEN_OVERHEAD: u64 = 64;
 /// Output cap inserted for a Hard budget's backend when neither the request nor the route or
 /// backend bounds the output.
 pub const DEFAULT_HARD_OUTPUT_CAP: u32 = 4096;
@@ -158,29 +159,19 @@ impl Admission {
         Admit::Held(Hold(Arc::new(HoldInner { parts: Mutex::new(parts), cap })))
     }
 
-    /// Admission of one attempt on `b`: the worst case of a request of `body_bytes` whose own
-    /// output bound is `requested` per choice, for `choices` choices (`n`, `best_of`), under
-    /// the cap that will be enforced upstream.
+    /// Admission of one attempt on `b` for a request bounded by `bound` whose media parts add
+    /// `media_tokens` input tokens; the hold carries the output cap to write upstream.
     pub(crate) fn admit_attempt(
         &self,
         b: &BackendConfig,
         endpoint: Endpoint,
-        body_bytes: usize,
-        requested: Option<u64>,
-        choices: u64,
+        bound: &CostBound,
+        media_tokens: u64,
     ) -> Admit {
-        if !self.is_hard(b) {
-            return Admit::Free;
-        }
-        let cap = effective_cap(b, true, requested);
-        let output = match (requested, cap) {
-            (Some(r), Some(c)) => r.min(u64::from(c)),
-            (Some(r), None) => r,
-            (None, Some(c)) => u64::from(c),
-            (None, None) => u64::from(DEFAULT_HARD_OUTPUT_CAP),
-        };
-        let output = output.saturating_mul(choices.max(1));
-        self.admit(b, worst_case(b, endpoint, body_bytes, output), cap)
+        let output = hard_output(b, bound.output);
+        let input = bound.text_input().saturating_add(media_tokens);
+        let worst = worst_case(b, endpoint, input, output.saturating_mul(bound.choices));
+        self.admit(b, worst, Some(u32::try_from(output).unwrap_or(u32::MAX)))
     }
 
     /// Every Hard budget as seen from here.
@@ -317,43 +308,22 @@ pub(crate) fn input_too_large(max_input_tokens: Option<u32>, route: &str, body_b
 // Worst case and output caps
 // ---------------------------------------------------------------------------------------------
 
-/// How many choices a request asks for (`n`, and `best_of` for completions, which generates
-/// that many server-side): each may produce the whole output bound.
-pub(crate) fn choices(field: impl Fn(&str) -> Option<u64>) -> u64 {
-    field("n").unwrap_or(1).max(field("best_of").unwrap_or(1)).max(1)
-}
-
-/// The request's own output bound for a surface.
-pub(crate) fn requested_output(endpoint: Endpoint, field: impl Fn(&str) -> Option<u64>) -> Option<u64> {
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            let a = field("max_completion_tokens");
-            let b = field("max_tokens");
-            match (a, b) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-        }
-        Endpoint::Completions | Endpoint::Messages => field("max_tokens"),
-        Endpoint::Responses => field("max_output_tokens"),
-        Endpoint::Embeddings => None,
+/// The output bound per choice on a Hard budget's backend: the request's own bound clamped by
+/// the backend's (route's) cap, else the cap, else [`DEFAULT_HARD_OUTPUT_CAP`]. It is written
+/// upstream as the cap, so upstream can generate no more than this whatever field it honours.
+pub(crate) fn hard_output(b: &BackendConfig, requested: Option<u64>) -> u64 {
+    match (requested, b.max_output_tokens) {
+        (Some(r), Some(c)) => r.min(u64::from(c)),
+        (Some(r), None) => r,
+        (None, Some(c)) => u64::from(c),
+        (None, None) => u64::from(DEFAULT_HARD_OUTPUT_CAP),
     }
 }
 
-/// The output cap to enforce on `b` for one request: the backend's (route's) cap; for a Hard
-/// budget's backend without one, [`DEFAULT_HARD_OUTPUT_CAP`] unless the request bounds itself.
-pub(crate) fn effective_cap(b: &BackendConfig, hard: bool, requested: Option<u64>) -> Option<u32> {
-    match (b.max_output_tokens, hard, requested) {
-        (Some(c), _, _) => Some(c),
-        (None, true, None) => Some(DEFAULT_HARD_OUTPUT_CAP),
-        _ => None,
-    }
-}
-
-/// Worst-case cost of a request of `body_bytes` with output bound `output` on `b`.
-pub(crate) fn worst_case(b: &BackendConfig, endpoint: Endpoint, body_bytes: usize, output: u64) -> Money {
+/// Worst-case cost on `b` of `input` input tokens and `output` output tokens (all choices).
+pub(crate) fn worst_case(b: &BackendConfig, endpoint: Endpoint, input: u64, output: u64) -> Money {
     let p = &b.pricing;
-    let mut input = (body_bytes as u64).saturating_add(INPUT_TOKEN_OVERHEAD);
+    let mut input = input;
     let mut out = if endpoint == Endpoint::Embeddings { 0 } else { output };
     if let EndpointConfig::Mock(m) = &b.endpoint {
         input = input.max(u64::from(m.input_tokens).saturating_add(u64::from(m.cache_write_tokens)));
@@ -361,14 +331,11 @@ pub(crate) fn worst_case(b: &BackendConfig, endpoint: Endpoint, body_bytes: usiz
             out = out.max(u64::from(m.output_tokens).saturating_add(u64::from(m.reasoning_tokens)));
         }
     }
-    let in_cost = p
-        .input
-        .cost(input)
-        .max(p.cached_input.cost(input))
-        .max(p.cache_write.cost(input))
-        .max(p.cache_write_1h.cost(input));
-    let out_cost = p.output.cost(out).max(p.reasoning.cost(out));
-    in_cost + out_cost
+    // Only Anthropic's native usage reports 1-hour writes; elsewhere that price never applies.
+    let hour = if b.family == ProviderFamily::Anthropic { p.cache_write_1h } else { p.input };
+    let in_price = p.input.max(p.cached_input).max(p.cache_write).max(hour);
+    let out_price = p.output.max(p.reasoning);
+    in_price.cost(input) + out_price.cost(out)
 }
 
 fn clamp_or_insert(obj: &mut Map<String, Value>, present: &[&str], insert: &str, cap: u32) {
@@ -431,9 +398,10 @@ pub(crate) fn cap_body(body: &[u8], api: WireApi, endpoint: Endpoint, provider: 
     serde_json::to_vec(&Value::Object(obj)).ok()
 }
 
-/// The output cap of the current attempt on `b` (its configured cap, else the hold's).
+/// The output cap of the current attempt on `b`: the hold's on a Hard budget's backend (never
+/// above the configured cap, see [`hard_output`]), else the configured one.
 pub(crate) fn current_cap(b: &BackendConfig) -> Option<u32> {
-    b.max_output_tokens.or_else(|| current().and_then(|h| h.cap()))
+    current().and_then(|h| h.cap()).or(b.max_output_tokens)
 }
 
 // ---------------------------------------------------------------------------------------------

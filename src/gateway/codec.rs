@@ -123,14 +123,6 @@ impl Inbound {
             Inbound::Messages(m) => &m.alias,
         }
     }
-
-    /// A top-level field as an unsigned integer.
-    pub(crate) fn u64_field(&self, key: &str) -> Option<u64> {
-        match self {
-            Inbound::OpenAI(c) => c.u64_field(key),
-            Inbound::Messages(m) => m.value.get(key).and_then(Value::as_u64),
-        }
-    }
 }
 
 /// Where an encoded request goes.

@@ -70,7 +70,7 @@ use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::http::{HeaderValue, Uri};
 
-pub use admission::{DEFAULT_HARD_OUTPUT_CAP, HardUsage, INPUT_TOKEN_OVERHEAD};
+pub use admission::{DEFAULT_HARD_OUTPUT_CAP, DEFAULT_IMAGE_TOKENS, HardUsage, INPUT_TOKEN_OVERHEAD};
 pub use allowances_file::{watch_allowances_configmap, watch_allowances_file};
 pub use cli::{GatewayArgs, run, run_gateway};
 pub use errors::ApiError;
@@ -198,8 +198,10 @@ pub(crate) struct CompiledRoute {
     pub(crate) route_header: HeaderValue,
     pub(crate) backends: Vec<Arc<CompiledBackend>>,
     pub(crate) candidates: Vec<Candidate>,
-    /// `maxInputTokens` (issue 13).
+    /// `maxInputTokens`.
     pub(crate) max_input_tokens: Option<u32>,
+    /// `mediaInputTokens`: input tokens per media part where a cost bound is needed.
+    pub(crate) media_input_tokens: Option<u32>,
     /// Cache affinity and hints (`spec.affinity`, `spec.hints`), as the document carries them.
     pub(crate) affinity: Option<crate::config::AffinityPolicy>,
     pub(crate) hints: Option<crate::config::HintsPolicy>,
@@ -327,6 +329,7 @@ impl Served {
                 backends,
                 candidates,
                 max_input_tokens: r.max_input_tokens,
+                media_input_tokens: r.media_input_tokens,
                 affinity: r.affinity.clone(),
                 hints: r.hints.clone(),
                 doc: r,

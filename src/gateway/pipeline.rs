@@ -11,8 +11,10 @@
 //! - Backends paused by a `Retry-After` are skipped; when every backend of the plan is paused
 //!   the client gets 429 with `Retry-After`. When the last failure was a rate limit, the final
 //!   error carries the earliest pause as `Retry-After`.
-//! - When no attempt reached upstream because every backend's worst case was refused by a Hard
-//!   budget, the answer is 429 `budget_exhausted`.
+//! - When no attempt reached upstream because a Hard budget's backend could not bound the
+//!   request's cost (a cost field that is not an integer, media parts with no stated bound:
+//!   [`admission::CostBound`]), the answer is 400 (`invalid_cost_field`, `unbounded_input`);
+//!   because every backend's worst case was refused by a Hard budget, 429 `budget_exhausted`.
 //! - Every answer names the route (and the backend that answered) in `x-tollgate-*` headers.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -87,10 +89,17 @@ pub(crate) async fn run(gw: &Gateway, req: Request<'_>) -> Response {
         return answer(ApiError::bad_request("input_too_large", msg), None, 1);
     }
 
-    // issue 15 hook: affinity key and request hints (src/gateway/steer.rs).
+    let endpoint = surface.endpoint();
+    // What bounds the request's cost (one rule for Hard admission, the cap written upstream
+    // and the max-cost hint); its media parts are read only where a bound needs them.
+    let bound = admission::CostBound::read(endpoint, &inbound, request_bytes);
+    let media = std::sync::OnceLock::new();
+    let media_tokens = || media.get_or_init(|| admission::media(&inbound).tokens(route.media_input_tokens)).clone();
+
+    // Affinity key and request hints (src/gateway/steer.rs).
     let input = match &inbound {
-        Inbound::OpenAI(c) => super::steer::Input::openai(headers, c, surface.endpoint(), request_bytes),
-        Inbound::Messages(m) => super::steer::Input::messages(headers, &m.value, request_bytes),
+        Inbound::OpenAI(c) => super::steer::Input::openai(headers, c, endpoint, &bound, &media_tokens),
+        Inbound::Messages(m) => super::steer::Input::messages(headers, &m.value, endpoint, &bound, &media_tokens),
     };
     let steer = match super::steer::steer(&route, input) {
         Ok(s) => s,
@@ -141,30 +150,41 @@ pub(crate) async fn run(gw: &Gateway, req: Request<'_>) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return resp;
     }
-    let endpoint = surface.endpoint();
     let ctx = AttemptCtx { surface, inbound: &inbound, client_headers: headers, request_bytes, cut };
 
     let deadline = Instant::now() + opts.total_timeout;
     let mut last: Option<Failure> = None;
-    let requested = admission::requested_output(endpoint, |k| inbound.u64_field(k));
-    let choices = match &inbound {
-        Inbound::OpenAI(c) => admission::choices(|k| c.u64_field(k)),
-        Inbound::Messages(_) => 1,
-    };
     let mut refused = None;
+    let mut unbounded = None;
     for (n, &idx) in plan.iter().enumerate() {
         let Some(backend) = route.backends.get(idx).cloned() else {
             continue;
         };
-        // Hard budgets (issue 13): try the backend only if its worst case can be reserved.
-        let hold = match gw.inner.admission.admit_attempt(&backend.cfg, endpoint, request_bytes, requested, choices) {
-            admission::Admit::Free => None,
-            admission::Admit::Held(h) => Some(h),
-            admission::Admit::Refused(budget) => {
-                backend.cell.record_outcome(Outcome::BudgetRejected, None);
-                refused = Some(budget);
-                continue;
+        // Hard budgets: try the backend only if its worst case can be bounded and reserved.
+        let hold = if gw.inner.admission.is_hard(&backend.cfg) {
+            let media = match (&bound.unreadable, media_tokens()) {
+                (Some(msg), _) => Err(ApiError::bad_request("invalid_cost_field", msg.clone())),
+                (None, Err(msg)) => Err(ApiError::bad_request("unbounded_input", msg)),
+                (None, Ok(t)) => Ok(t),
+            };
+            let media = match media {
+                Ok(t) => t,
+                Err(e) => {
+                    unbounded.get_or_insert(e);
+                    continue;
+                }
+            };
+            match gw.inner.admission.admit_attempt(&backend.cfg, endpoint, &bound, media) {
+                admission::Admit::Free => None,
+                admission::Admit::Held(h) => Some(h),
+                admission::Admit::Refused(budget) => {
+                    backend.cell.record_outcome(Outcome::BudgetRejected, None);
+                    refused = Some(budget);
+                    continue;
+                }
             }
+        } else {
+            None
         };
         let result = admission::scoped(hold.clone(), attempt(gw, &route, &backend, &ctx, deadline)).await;
         admission::after_attempt(hold.as_ref(), matches!(&result, Attempt::Done(r) if r.status().is_success()));
@@ -181,6 +201,13 @@ pub(crate) async fn run(gw: &Gateway, req: Request<'_>) -> Response {
         if Instant::now() >= deadline {
             break;
         }
+    }
+    // Nothing reached upstream: a request a Hard budget cannot bound is the client's to fix
+    // (400, the field named), before a budget with no room (429).
+    if last.is_none()
+        && let Some(e) = unbounded
+    {
+        return answer(e, None, plan.len());
     }
     if last.is_none()
         && let Some(budget) = refused

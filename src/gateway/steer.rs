@@ -7,12 +7,13 @@
 //! (`spec.hints`); a hint the route does not allow, or a malformed one, is a 400 naming the
 //! header:
 //! - `x-tollgate-max-cost-usd: <decimal USD>` — rows whose worst-case cost exceeds it are
-//!   skipped. Worst case = request body bytes × the highest input-side price (uncached input or
-//!   cache write) + the request's output bound × the highest output-side price (output or
-//!   reasoning). Body bytes bound the prompt tokens from above (every token of a byte-level BPE
-//!   covers at least one byte, and the JSON around the text is counted too). The output bound is
-//!   `max_completion_tokens`, `max_tokens` or `max_output_tokens` (embeddings: 0); without one
-//!   the cost has no bound and the hint is refused. When no serving row fits: 400
+//!   skipped. The worst case is Hard admission's ([`super::admission::worst_case`] of the
+//!   request's [`CostBound`]): body bytes + overhead + media parts as input at the dearest
+//!   input-side price, the output bound (the largest output field, clamped by the row's cap)
+//!   times the choices (`n`, `best_of`) at the dearest output-side price. Without an output
+//!   bound the cost has no bound and the hint is refused (400 `invalid_hint`), as it is for a
+//!   cost field that is not an integer (400 `invalid_cost_field`) or media parts the route
+//!   bounds no size for (400 `unbounded_input`). When no serving row fits: 400
 //!   `max_cost_exceeded` with the cheapest worst case.
 //! - `x-tollgate-prefer: cheapest | fastest` — sorts the best tier's serving rows by blended
 //!   price (input + output per token, the input side at the price each backend actually
@@ -21,11 +22,14 @@
 //!   last).
 //! - A preference overrides affinity for that request; a max cost can move an affinity key off
 //!   its backend for that request only (the key's backend does not change for others).
+//! - A hint header sent more than once is refused (400 `invalid_hint`): proxies and clients
+//!   disagree on which of two values wins, so the gateway picks neither.
 
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::Value;
 
 use super::CompiledRoute;
+use super::admission::{CostBound, hard_output, worst_case};
 use super::affinity::{self, KeyParts, PROMPT_FIELDS};
 use super::request::{ClientRequest, Endpoint};
 use super::select::Steer;
@@ -45,10 +49,12 @@ pub(crate) struct Input<'a> {
     pub(crate) parts: KeyParts<'a>,
     /// Where the prompt is (read only when the `Prefix` key source is reached).
     pub(crate) prompt: Prompt<'a>,
-    /// Request body size, bytes (the prompt-token bound).
-    pub(crate) body_bytes: usize,
-    /// The request's output token bound, if it has one.
-    pub(crate) max_output: Option<u64>,
+    /// The surface's endpoint (which output field bounds the answer).
+    pub(crate) endpoint: Endpoint,
+    /// What bounds the request's cost.
+    pub(crate) bound: &'a CostBound,
+    /// The input tokens of the request's media parts, or why they have no bound.
+    pub(crate) media_tokens: &'a dyn Fn() -> Result<u64, String>,
 }
 
 /// The prompt of a request, unparsed until needed.
@@ -81,25 +87,28 @@ impl<'a> Input<'a> {
         headers: &'a HeaderMap,
         creq: &'a ClientRequest,
         endpoint: Endpoint,
-        body_bytes: usize,
+        bound: &'a CostBound,
+        media_tokens: &'a dyn Fn() -> Result<u64, String>,
     ) -> Self {
         let string = |k: &str| creq.str_field(k);
-        let max_output = if endpoint == Endpoint::Embeddings {
-            Some(0)
-        } else {
-            ["max_completion_tokens", "max_tokens", "max_output_tokens"].iter().find_map(|k| creq.u64_field(k))
-        };
         Input {
             headers,
             parts: KeyParts { header: None, prompt_cache_key: string("prompt_cache_key"), user: string("user") },
             prompt: Prompt::Raw(creq),
-            body_bytes,
-            max_output,
+            endpoint,
+            bound,
+            media_tokens,
         }
     }
 
     /// What a `/v1/messages` request carries.
-    pub(crate) fn messages(headers: &'a HeaderMap, body: &'a Value, body_bytes: usize) -> Self {
+    pub(crate) fn messages(
+        headers: &'a HeaderMap,
+        body: &'a Value,
+        endpoint: Endpoint,
+        bound: &'a CostBound,
+        media_tokens: &'a dyn Fn() -> Result<u64, String>,
+    ) -> Self {
         Input {
             headers,
             parts: KeyParts {
@@ -108,8 +117,9 @@ impl<'a> Input<'a> {
                 user: body.pointer("/metadata/user_id").and_then(Value::as_str).map(str::to_owned),
             },
             prompt: Prompt::Parsed(body),
-            body_bytes,
-            max_output: body.get("max_tokens").and_then(Value::as_u64),
+            endpoint,
+            bound,
+            media_tokens,
         }
     }
 }
@@ -138,6 +148,11 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
     // The first value of each hint header, in one walk over the request's headers (most
     // requests carry neither).
     let [prefer, max_cost] = super::first_values(input.headers, [&PREFER_HEADER, &MAX_COST_HEADER]);
+    for (name, present) in [(&PREFER_HEADER, prefer.is_some()), (&MAX_COST_HEADER, max_cost.is_some())] {
+        if present && input.headers.get_all(name).iter().nth(1).is_some() {
+            return Err(refuse("invalid_hint", format!("header {name} is sent more than once: send it once")));
+        }
+    }
     if let Some(v) = prefer {
         let value = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
         let pref = match value.as_str() {
@@ -193,7 +208,12 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
                 ));
             }
         };
-        let Some(max_output) = input.max_output else {
+        if let Some(msg) = &input.bound.unreadable {
+            return Err(refuse("invalid_cost_field", format!("header {MAX_COST_HEADER}: {msg}")));
+        }
+        let media = (input.media_tokens)()
+            .map_err(|msg| refuse("unbounded_input", format!("header {MAX_COST_HEADER}: {msg}")))?;
+        let Some(max_output) = input.bound.output else {
             return Err(refuse(
                 "invalid_hint",
                 format!(
@@ -201,8 +221,15 @@ pub(crate) fn steer(route: &CompiledRoute, mut input: Input<'_>) -> Result<Steer
                 ),
             ));
         };
-        let worst: Vec<Money> =
-            route.backends.iter().map(|b| worst_case(&b.cfg.pricing, input.body_bytes as u64, max_output)).collect();
+        let prompt = input.bound.text_input().saturating_add(media);
+        let worst: Vec<Money> = route
+            .backends
+            .iter()
+            .map(|b| {
+                let output = hard_output(&b.cfg, Some(max_output)).saturating_mul(input.bound.choices);
+                worst_case(&b.cfg, input.endpoint, prompt, output)
+            })
+            .collect();
         out.skip = worst.iter().map(|&w| w > max).collect();
         let serving = || route.candidates.iter().enumerate().filter(|(_, c)| c.serving);
         if serving().count() > 0 && serving().all(|(i, _)| out.skip[i]) {
@@ -234,13 +261,6 @@ pub(crate) fn achieved_input(p: &crate::pricing::Prices, t: &crate::pricing::Tok
     Money::from_picos(sum / i128::from(total))
 }
 
-/// The most a request can cost on a backend with these prices.
-pub(crate) fn worst_case(p: &crate::pricing::Prices, prompt_bound: u64, max_output: u64) -> Money {
-    let input = p.input.max(p.cache_write);
-    let output = p.output.max(p.reasoning);
-    input.cost(prompt_bound) + output.cost(max_output)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,14 +275,6 @@ mod tests {
 
     fn usd(s: &str) -> Money {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn the_worst_case_takes_the_dearest_price_of_each_side() {
-        let p = prices("1.00", "0.10", "1.25", "4.00", "2.00");
-        // 1000 bytes × $1.25/1M + 500 × $4/1M = $0.00125 + $0.002.
-        assert_eq!(worst_case(&p, 1000, 500), usd("0.00325"));
-        assert_eq!(worst_case(&p, 0, 0), Money::ZERO);
     }
 
     #[test]
