@@ -207,10 +207,6 @@ fn openai_usage(prompt: u64, completion: u64) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-fn exact_cost(input: u64, output: u64) -> Money {
-    TokenCounts { input, output, ..TokenCounts::default() }.cost(&prices())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Case 1: timeouts and the connection cap
 // ---------------------------------------------------------------------------------------------
@@ -723,7 +719,10 @@ async fn a_client_hanging_up_after_finish_reason_is_billed_exactly() {
         }
         drop(s); // hang up before the usage chunk
     }
-    let want = Money::from_picos(exact_cost(1200, 345).picos() * 3);
+    // Three answers of 1200 input and 345 output tokens at $2.50 and $10 per 1M:
+    // 1200 × 2.50 / 1e6 = $0.003 and 345 × 10 / 1e6 = $0.00345, so $0.00645 each;
+    // × 3 = $0.01935 = 19 350 000 000 pico-USD (10^12 per dollar).
+    let want = Money::from_picos(19_350_000_000);
     let gw = h.gw.clone();
     wait_for("the drained usage to be metered", Duration::from_secs(10), || {
         gw.meter().snapshot().backend("chat", "up").cost == want
