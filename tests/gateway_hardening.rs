@@ -1211,3 +1211,38 @@ async fn idle_h2_connections_are_closed() {
     assert!(idle >= Duration::from_millis(600), "closed before the idle timeout: {idle:?}");
     pinger.abort();
 }
+
+/// An HTTP/2 answer of known length ends only once the client's window holds all of it: a
+/// client whose window is smaller than the answer and never grows gets part of it, then the
+/// stream is reset after `--client-idle-timeout`, instead of the rest waiting in the
+/// gateway's buffers for as long as the connection lives (here kept open by a stalled stream
+/// with a longer bound).
+#[tokio::test]
+async fn an_h2_answer_larger_than_a_window_that_never_grows_is_reset() {
+    let limits = ServeLimits {
+        client_idle_timeout: Duration::from_secs(1),
+        stream_idle_timeout: Duration::from_secs(30),
+        ..ServeLimits::default()
+    };
+    let h =
+        start(config(vec![backend("m", mock())]), |o| o.idle_stream_timeout = Duration::from_secs(30), limits).await;
+    let (send, _conn) = h2_client(h.api, 100).await;
+    let streamed = h2_chat(&send, true).await;
+    assert_eq!(streamed.status(), 200);
+    let mut resp = h2_chat(&send, false).await;
+    assert_eq!(resp.status(), 200);
+    let stated: usize = resp.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(stated > 100, "the answer fits the window: the test proves nothing ({stated} bytes)");
+    let mut got = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), resp.body_mut().data()).await {
+            Err(_) => panic!("the stream is still open after 10 s with {got} of {stated} bytes received"),
+            Ok(Some(Ok(b))) => got += b.len(),
+            Ok(Some(Err(e))) => break format!("{e} (reset: {:?})", e.reason()),
+            Ok(None) => panic!("the body ended cleanly through a closed window"),
+        }
+    };
+    assert_eq!(got, 100, "more than the window arrived");
+    assert!(end.contains("CANCEL"), "not a stream reset: {end}");
+    drop(streamed);
+}

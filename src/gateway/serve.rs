@@ -34,7 +34,9 @@
 //!     its share of the memory budget and its upstream connection are released, and a stream
 //!     is metered as a client that left (read on for its usage within the drain bounds). The
 //!     watchdog looks at least [`TICKS_PER_TIMEOUT`] times per timeout, so the cut comes
-//!     between the timeout and a quarter of it later, never before;
+//!     between the timeout and a quarter of it later, never before. Over HTTP/2 an answer of
+//!     known length ends only once the client's window holds all of it (see [`TrackedBody`]),
+//!     so no finished answer is left in h2's buffers waiting on a closed window;
 //!   - reading a request *body* is bounded by the API handler (`body_read_timeout` of
 //!     [`GatewayOptions`](super::GatewayOptions): a body that stalls gets 408 and the
 //!     connection is closed); the metrics listener never reads bodies (hyper closes such a
@@ -499,9 +501,17 @@ impl Drop for InFlight {
 
 /// A response body that keeps its request marked in flight and tells the watchdog whether the
 /// connection keeps taking it (its [`Flow`]; none for a body that is empty from the start).
+///
+/// Over HTTP/2 an answer of known length ends only once the client's window has room for all
+/// of it, so nothing of a finished answer is left in h2's buffers waiting on a window the
+/// client keeps closed (out of the watchdog's sight): its last byte is handed over as a piece
+/// of its own, and hyper sends a piece only when the stream's window exceeds what it already
+/// holds by at least one byte.
 struct TrackedBody {
     inner: Body,
     flow: Option<Arc<Flow>>,
+    /// HTTP/2: the last byte of a known-length answer, still to be handed over.
+    last: Option<bytes::Bytes>,
     polls: u64,
     flight: InFlight,
 }
@@ -523,7 +533,22 @@ impl hyper::body::Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        let r = match this.last.take() {
+            Some(last) => Poll::Ready(Some(Ok(Frame::data(last)))),
+            None => {
+                let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+                let h2 = this.flow.as_ref().is_some_and(|f| f.cut.is_some());
+                if h2
+                    && let Poll::Ready(Some(Ok(frame))) = &mut r
+                    && let Some(data) = frame.data_mut()
+                    && data.len() > 1
+                    && this.inner.is_end_stream()
+                {
+                    this.last = Some(data.split_off(data.len() - 1));
+                }
+                r
+            }
+        };
         if let Some(flow) = &this.flow {
             // A piece handed over: the next poll is up to the connection (and the client).
             // Pending: the body waits for its own source, which bounds itself.
@@ -535,11 +560,20 @@ impl hyper::body::Body for TrackedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.last.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(last) = &self.last {
+            let n = last.len() as u64;
+            // Upper first: a lower bound above the upper one panics.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(hint.lower() + n);
+        }
+        hint
     }
 }
 
@@ -605,7 +639,7 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for ConnService<A> {
                 let cut = STREAM_CUT.try_with(CancellationToken::clone).ok();
                 flight.0.watch(stall_bound(&resp, &limits), cut)
             });
-            Ok(resp.map(|inner| TrackedBody { inner, flow, polls: 0, flight }))
+            Ok(resp.map(|inner| TrackedBody { inner, flow, last: None, polls: 0, flight }))
         })
     }
 }
