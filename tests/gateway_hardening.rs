@@ -209,10 +209,6 @@ fn openai_usage(prompt: u64, completion: u64) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-fn exact_cost(input: u64, output: u64) -> Money {
-    TokenCounts { input, output, ..TokenCounts::default() }.cost(&prices())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Case 1: timeouts and the connection cap
 // ---------------------------------------------------------------------------------------------
@@ -672,6 +668,14 @@ async fn whole_answers_over_the_memory_budget_get_503() {
     let e = h2.gw.meter().snapshot().backend("chat", "up");
     assert_eq!(e.usage_missing.get("over_memory_budget"), Some(&1));
     assert!(e.estimated_cost > Money::ZERO);
+    // The gateway's own overload: the backend's requests and errors did not grow (nothing for
+    // its error rate, nothing to eject it for), and the outcome says who failed.
+    let obs = h2.gw.meter().snapshot().to_observations_since(&Default::default(), "team-a");
+    let o = obs.backends.values().next().expect("the refusal is metered");
+    assert_eq!((o.requests(), o.errors()), (0, 0), "{:?}", o.outcomes);
+    let outcomes = outcomes_on_metrics(h2.metrics).await;
+    assert!(outcomes.contains(&("gateway_overloaded".into(), 1)), "{outcomes:?}");
+    assert!(!outcomes.iter().any(|(o, _)| o == "upstream_error"), "{outcomes:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,7 +721,10 @@ async fn a_client_hanging_up_after_finish_reason_is_billed_exactly() {
         }
         drop(s); // hang up before the usage chunk
     }
-    let want = Money::from_picos(exact_cost(1200, 345).picos() * 3);
+    // Three answers of 1200 input and 345 output tokens at $2.50 and $10 per 1M:
+    // 1200 × 2.50 / 1e6 = $0.003 and 345 × 10 / 1e6 = $0.00345, so $0.00645 each;
+    // × 3 = $0.01935 = 19 350 000 000 pico-USD (10^12 per dollar).
+    let want = Money::from_picos(19_350_000_000);
     let gw = h.gw.clone();
     wait_for("the drained usage to be metered", Duration::from_secs(10), || {
         gw.meter().snapshot().backend("chat", "up").cost == want
@@ -953,4 +960,291 @@ async fn curl_over_h2c_sees_the_413_not_a_reset() {
         let code = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(code, "413", "attempt {n}: curl exit {:?}, code {code}", out.status.code());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2: flow control, the header list, idle connections
+// ---------------------------------------------------------------------------------------------
+
+/// A raw HTTP/2 client (prior knowledge) that announces `window` as its initial stream window
+/// and never sends a WINDOW_UPDATE unless told to. The task ends when the connection closes.
+async fn h2_client(addr: SocketAddr, window: u32) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new().initial_window_size(window).handshake::<_, Bytes>(tcp).await.unwrap();
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, task)
+}
+
+/// Sends one chat request on `send` and waits for the answer's head.
+async fn h2_chat(send: &h2::client::SendRequest<Bytes>, stream: bool) -> http::Response<h2::RecvStream> {
+    let mut send = send.clone().ready().await.unwrap();
+    let req = http::Request::post("http://gateway/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(Bytes::from(chat_body(stream)), true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), resp).await.expect("no answer head within 10 s").unwrap()
+}
+
+/// How an answer body the client never reads ends within `within`: `Some(error)` when the
+/// stream was reset or the connection closed, `None` when it is still open.
+async fn h2_end_of_unread_body(body: &mut h2::RecvStream, within: Duration) -> Option<String> {
+    match tokio::time::timeout(within, body.data()).await {
+        Err(_) => None,
+        Ok(Some(Err(e))) => Some(format!("{e} (reset: {:?})", e.reason())),
+        Ok(Some(Ok(b))) => panic!("{} bytes arrived through a zero window", b.len()),
+        Ok(None) => panic!("the body ended cleanly through a zero window"),
+    }
+}
+
+/// The `tollgate_requests_total` samples of route `chat`, backend `up`, by outcome.
+async fn outcomes_on_metrics(metrics: SocketAddr) -> Vec<(String, u64)> {
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("tollgate_requests_total{") && l.contains("backend=\"up\""))
+        .filter_map(|l| {
+            let outcome = l.split("outcome=\"").nth(1)?.split('"').next()?.to_string();
+            Some((outcome, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// An HTTP/2 client that opens streams and never opens their flow-control window holds whole
+/// answers in the memory budget: each such stream is reset once its answer made no progress
+/// for `--client-idle-timeout`, which frees the budget for everyone else. The stalled answers
+/// were billed exactly (their usage was read), and the refusals meanwhile are the gateway's
+/// own overload, not an error of the backend.
+#[tokio::test]
+async fn h2_streams_that_never_open_their_window_are_cut_and_free_the_memory_budget() {
+    // Each answer: 1000 input and 500 output tokens, about 1 MB.
+    let big = format!(
+        r#"{{"choices":[{{"message":{{"content":"{}"}}}}],"usage":{}}}"#,
+        "a".repeat(1_000_000),
+        openai_usage(1000, 500)
+    );
+    let big_len = big.len();
+    let (up, _) = fake(move |_req: Request| {
+        let big = big.clone();
+        async move { Response::builder().header("content-type", "application/json").body(Body::from(big)).unwrap() }
+    })
+    .await;
+    // Room for two answers, not three.
+    let limits = ServeLimits { client_idle_timeout: Duration::from_secs(1), ..ServeLimits::default() };
+    let h = start(config(vec![backend("up", http(up))]), |o| o.max_buffered_bytes = 2_500_000, limits).await;
+    let (send, _conn) = h2_client(h.api, 0).await;
+    let mut first = h2_chat(&send, false).await;
+    let mut second = h2_chat(&send, false).await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let stalled_at = Instant::now();
+    // The two stalled answers hold the budget: a third client's answer does not fit.
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", h.api);
+    let r = client.post(&url).body(chat_body(false)).send().await.unwrap();
+    assert_eq!(r.status(), 503, "the stalled answers do not hold the budget: the test proves nothing");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "gateway_overloaded");
+    // Both stalled streams are reset within the timeout (and a margin), not before it.
+    for body in [first.body_mut(), second.body_mut()] {
+        let end = h2_end_of_unread_body(body, Duration::from_secs(10)).await;
+        let end = end.expect("a stream stalled by its zero window is still open after 10 s");
+        assert!(end.contains("CANCEL"), "not a stream reset: {end}");
+    }
+    let cut_after = stalled_at.elapsed();
+    assert!(cut_after >= Duration::from_millis(800), "cut before the idle timeout: {cut_after:?}");
+    // The budget is free again: other clients' large answers succeed.
+    for _ in 0..2 {
+        let r = client.post(&url).body(chat_body(false)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), big_len);
+    }
+    // Four answers billed exactly: 4 × (1000 × $2.50 + 500 × $10) per 1M tokens
+    // = 4 × ($0.0025 + $0.005) = $0.03 = 30 000 000 000 pico-USD.
+    let e = h.gw.meter().snapshot().backend("chat", "up");
+    assert_eq!(e.cost, Money::from_picos(30_000_000_000));
+    assert_eq!((e.tokens.input, e.tokens.output), (4000, 2000));
+    // The refusal is the gateway's overload: no health error of the backend.
+    let obs = h.gw.meter().snapshot().to_observations_since(&Default::default(), "team-a");
+    let o = obs.backends.values().next().unwrap();
+    assert_eq!((o.requests(), o.errors()), (4, 0), "{:?}", o.outcomes);
+    let outcomes = outcomes_on_metrics(h.metrics).await;
+    assert!(outcomes.contains(&("gateway_overloaded".into(), 1)), "{outcomes:?}");
+    assert!(!outcomes.iter().any(|(o, _)| o == "upstream_error"), "{outcomes:?}");
+}
+
+/// A streamed answer to an HTTP/2 client that never opens its window is cut once it made no
+/// progress for `--idle-stream-timeout`: the upstream stream is then released (after the usual
+/// drain for usage), and the request is metered as a client that left.
+#[tokio::test]
+async fn an_h2_stream_the_client_never_reads_is_cut_and_releases_its_upstream() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let released = Arc::new(AtomicUsize::new(0));
+    let r2 = released.clone();
+    let (up, _) = fake(move |_req: Request| {
+        let guard = Dropped(r2.clone());
+        async move {
+            let ev = json!({"choices": [{"delta": {"content": "x"}}]});
+            // Endless: one event every 20 ms, never the usage chunk.
+            let body = futures::stream::unfold(guard, move |g| {
+                let ev = ev.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {ev}\n\n"))), g))
+                }
+            });
+            Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(body)).unwrap()
+        }
+    })
+    .await;
+    let h = start(
+        config(vec![backend("up", http(up))]),
+        |o| {
+            o.idle_stream_timeout = Duration::from_secs(1);
+            o.disconnect_drain_timeout = Duration::from_millis(300);
+        },
+        // As `tollgate gateway` sets both from `--idle-stream-timeout`; the connection's own
+        // idle timeout is far longer, so the stream's bound is the one that cuts.
+        ServeLimits {
+            stream_idle_timeout: Duration::from_secs(1),
+            client_idle_timeout: Duration::from_secs(60),
+            ..ServeLimits::default()
+        },
+    )
+    .await;
+    let (send, _conn) = h2_client(h.api, 0).await;
+    let mut resp = h2_chat(&send, true).await;
+    assert_eq!(resp.status(), 200);
+    let end = h2_end_of_unread_body(resp.body_mut(), Duration::from_secs(10)).await;
+    let end = end.expect("a stream stalled by its zero window is still open after 10 s");
+    assert!(end.contains("CANCEL"), "not a stream reset: {end}");
+    wait_for("the upstream stream to be released", Duration::from_secs(10), || released.load(Ordering::SeqCst) == 1)
+        .await;
+    let gw = h.gw.clone();
+    wait_for("the cut stream to be metered", Duration::from_secs(10), || {
+        !gw.meter().snapshot().backend("chat", "up").usage_missing.is_empty()
+    })
+    .await;
+    let e = h.gw.meter().snapshot().backend("chat", "up");
+    assert_eq!(e.usage_missing.get("client_disconnected"), Some(&1), "{:?}", e.usage_missing);
+    assert!(e.estimated_cost > Money::ZERO);
+    assert_eq!(e.count(tollgate::policy::Outcome::Ok), 1, "{:?}", e.outcomes);
+}
+
+/// `--max-header-bytes` bounds an HTTP/2 request's header list too (h2's accounting: name +
+/// value + 32 bytes per field), with a value other than hyper's 16 KiB default: a header list
+/// under the flag is served, one over it gets 431.
+#[tokio::test]
+async fn h2_header_lists_are_bounded_by_max_header_bytes() {
+    let limits = ServeLimits { max_header_bytes: 40 * 1024, ..ServeLimits::default() };
+    let h = start(config(vec![backend("m", mock())]), |_| {}, limits).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let url = format!("http://{}/healthz", h.api);
+    // 24 KiB: over hyper's default, under the flag.
+    let r = client.get(&url).header("x-pad", "a".repeat(24 * 1024)).send().await.unwrap();
+    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    // 48 KiB: over the flag.
+    let (send, _conn) = h2_client(h.api, 65_535).await;
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::get("http://gateway/healthz").header("x-pad", "a".repeat(48 * 1024)).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp).await.expect("no answer within 10 s");
+    assert_eq!(resp.unwrap().status(), 431);
+    // Served again on a new connection.
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// An HTTP/2 connection with no open stream is closed after `--client-idle-timeout`, even when
+/// the client keeps pinging it; a new one that never opens a stream is closed after
+/// `--header-read-timeout`, as an HTTP/1 connection that never sends a request.
+#[tokio::test]
+async fn idle_h2_connections_are_closed() {
+    let limits = ServeLimits {
+        header_read_timeout: Duration::from_millis(700),
+        client_idle_timeout: Duration::from_millis(700),
+        ..ServeLimits::default()
+    };
+    let h = start(config(vec![backend("m", mock())]), |_| {}, limits).await;
+    // A new connection that never opens a stream.
+    let t0 = Instant::now();
+    let (_send, conn) = h2_client(h.api, 65_535).await;
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("a connection without a stream is still open")
+        .unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(600), "closed before the timeout: {:?}", t0.elapsed());
+
+    // One request, then pings only: closed after the idle timeout, pings or not.
+    let limits = ServeLimits { header_read_timeout: Duration::from_secs(30), ..limits };
+    let h = start(config(vec![backend("m", mock())]), |_| {}, limits).await;
+    let tcp = TcpStream::connect(h.api).await.unwrap();
+    let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut resp = h2_chat(&send, false).await;
+    assert_eq!(resp.status(), 200);
+    while let Some(chunk) = resp.body_mut().data().await {
+        let chunk = chunk.unwrap();
+        let _ = resp.body_mut().flow_control().release_capacity(chunk.len());
+    }
+    let idle_from = Instant::now();
+    let pinger = tokio::spawn(async move {
+        loop {
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("an idle, pinging connection is still open")
+        .unwrap();
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(600), "closed before the idle timeout: {idle:?}");
+    pinger.abort();
+}
+
+/// An HTTP/2 answer of known length ends only once the client's window holds all of it: a
+/// client whose window is smaller than the answer and never grows gets part of it, then the
+/// stream is reset after `--client-idle-timeout`, instead of the rest waiting in the
+/// gateway's buffers for as long as the connection lives (here kept open by a stalled stream
+/// with a longer bound).
+#[tokio::test]
+async fn an_h2_answer_larger_than_a_window_that_never_grows_is_reset() {
+    let limits = ServeLimits {
+        client_idle_timeout: Duration::from_secs(1),
+        stream_idle_timeout: Duration::from_secs(30),
+        ..ServeLimits::default()
+    };
+    let h =
+        start(config(vec![backend("m", mock())]), |o| o.idle_stream_timeout = Duration::from_secs(30), limits).await;
+    let (send, _conn) = h2_client(h.api, 100).await;
+    let streamed = h2_chat(&send, true).await;
+    assert_eq!(streamed.status(), 200);
+    let mut resp = h2_chat(&send, false).await;
+    assert_eq!(resp.status(), 200);
+    let stated: usize = resp.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(stated > 100, "the answer fits the window: the test proves nothing ({stated} bytes)");
+    let mut got = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), resp.body_mut().data()).await {
+            Err(_) => panic!("the stream is still open after 10 s with {got} of {stated} bytes received"),
+            Ok(Some(Ok(b))) => got += b.len(),
+            Ok(Some(Err(e))) => break format!("{e} (reset: {:?})", e.reason()),
+            Ok(None) => panic!("the body ended cleanly through a closed window"),
+        }
+    };
+    assert_eq!(got, 100, "more than the window arrived");
+    assert!(end.contains("CANCEL"), "not a stream reset: {end}");
+    drop(streamed);
 }

@@ -60,7 +60,7 @@ struct StepGen {
     /// Seconds since the previous step.
     dt: i64,
     /// Per route, per backend: attempts by outcome, in `Outcome::ALL` order.
-    requests: Vec<Vec<[u64; 7]>>,
+    requests: Vec<Vec<[u64; 8]>>,
     /// Per provider and model: cents (negative = a correction).
     spend: Vec<[i64; 2]>,
 }
@@ -78,17 +78,19 @@ fn backend_gen() -> impl Strategy<Value = BackendGen> {
 }
 
 /// Attempts of one backend in one step, by outcome (`Outcome::ALL` order: ok, client_error,
-/// rate_limited, upstream_error, timeout, connect_error, budget_rejected). Every outcome is
-/// generated: mostly healthy traffic, error storms spread over the four health errors, and
-/// floods of client errors and budget refusals, which say nothing about the backend.
-fn outcome_counts() -> impl Strategy<Value = [u64; 7]> {
+/// rate_limited, upstream_error, timeout, connect_error, budget_rejected, gateway_overloaded).
+/// Every outcome is generated: mostly healthy traffic, error storms spread over the four health
+/// errors, and floods of client errors, budget refusals and the gateway's own overload, which
+/// say nothing about the backend.
+fn outcome_counts() -> impl Strategy<Value = [u64; 8]> {
     prop_oneof![
-        2 => Just([0u64; 7]),
-        3 => (0..30u64, 0..3u64, prop::array::uniform4(0..2u64), 0..3u64)
-            .prop_map(|(ok, client, [rl, up, to, ce], rej)| [ok, client, rl, up, to, ce, rej]),
-        3 => (0..10u64, 0..3u64, prop::array::uniform4(0..10u64), 0..3u64)
-            .prop_map(|(ok, client, [rl, up, to, ce], rej)| [ok, client, rl, up, to, ce, rej]),
-        1 => (0..5u64, 0..40u64, 0..40u64).prop_map(|(ok, client, rej)| [ok, client, 0, 0, 0, 0, rej]),
+        2 => Just([0u64; 8]),
+        3 => (0..30u64, 0..3u64, prop::array::uniform4(0..2u64), 0..3u64, 0..3u64)
+            .prop_map(|(ok, client, [rl, up, to, ce], rej, over)| [ok, client, rl, up, to, ce, rej, over]),
+        3 => (0..10u64, 0..3u64, prop::array::uniform4(0..10u64), 0..3u64, 0..3u64)
+            .prop_map(|(ok, client, [rl, up, to, ce], rej, over)| [ok, client, rl, up, to, ce, rej, over]),
+        1 => (0..5u64, 0..40u64, 0..40u64, 0..40u64)
+            .prop_map(|(ok, client, rej, over)| [ok, client, 0, 0, 0, 0, rej, over]),
     ]
 }
 
@@ -590,8 +592,8 @@ fn never_more_than_max_ejected_percent() {
     assert_reached("an ejection suppressed by a full cap of at least one", &capped, 10);
 }
 
-/// The outcome contract, written out: client errors and budget refusals say nothing about the
-/// backend; 429, 5xx, timeouts and connect errors are health errors; Ok counts, as no error.
+/// The outcome contract, written out: client errors, budget refusals and the gateway's own
+/// overload say nothing about the backend; 429, 5xx, timeouts and connect errors are health errors; Ok counts, as no error.
 #[test]
 fn outcome_classes_are_the_documented_ones() {
     let table = [
@@ -602,6 +604,7 @@ fn outcome_classes_are_the_documented_ones() {
         (Outcome::Timeout, true, true),
         (Outcome::ConnectError, true, true),
         (Outcome::BudgetRejected, false, false),
+        (Outcome::GatewayOverloaded, false, false),
     ];
     assert_eq!(table.map(|(o, ..)| o), Outcome::ALL);
     for (o, counts, error) in table {
@@ -613,7 +616,7 @@ fn outcome_classes_are_the_documented_ones() {
 /// for health and the health errors (the classes above, summed here by hand): each
 /// evaluation's sample of a backend not ejected before holds those sums; a backend ejected
 /// before records nothing; a backend ejected now starts with an empty window. A backend that
-/// only saw client errors and budget refusals never trips.
+/// only saw client errors, budget refusals and gateway overloads never trips.
 #[test]
 fn health_counts_exactly_the_outcomes_that_count() {
     let (errors, only_neutral) = (Reached::default(), Reached::default());
@@ -628,7 +631,7 @@ fn health_counts_exactly_the_outcomes_that_count() {
                         .backends
                         .get(&key)
                         .map(|o| Outcome::ALL.map(|x| o.outcomes.get(&x).copied().unwrap_or(0)))
-                        .unwrap_or([0; 7]);
+                        .unwrap_or([0; 8]);
                     // ok + rate_limited + upstream_error + timeout + connect_error.
                     let requests = counts[0] + counts[2] + counts[3] + counts[4] + counts[5];
                     let errs = counts[2] + counts[3] + counts[4] + counts[5];
@@ -651,7 +654,7 @@ fn health_counts_exactly_the_outcomes_that_count() {
                         }
                         _ if requests == 0 && counts[0] == 0 => {
                             assert_eq!(at_now(&h.samples), had, "{key}: {counts:?} recorded");
-                            if counts[1] + counts[6] > 0 {
+                            if counts[1] + counts[6] + counts[7] > 0 {
                                 saw_neutral = true;
                             }
                         }
@@ -675,7 +678,7 @@ fn health_counts_exactly_the_outcomes_that_count() {
         }
     });
     assert_reached("rate-limited, timeout and connect errors in one observation", &errors, 30);
-    assert_reached("a backend that saw only client errors or budget refusals", &only_neutral, 30);
+    assert_reached("a backend that saw only client errors, budget refusals or gateway overloads", &only_neutral, 30);
 }
 
 // ---- restore -----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 //! Edge cases, on every surface: a 429 with `Retry-After` pauses the backend for this gateway
 //! (see [`limits`]); an upstream that stalls mid-body past the deadline is a 504 (in the
 //! client's error shape) metered as an estimate (`unreadable_body`); a whole answer over the
-//! memory budget is a 503 `gateway_overloaded` metered as an estimate (`over_memory_budget`);
+//! memory budget is a 503 `gateway_overloaded` metered as an estimate (`over_memory_budget`),
+//! its outcome `gateway_overloaded` (the gateway's failure, not the backend's);
 //! a body that is not JSON or cannot be translated is a 502 (`unparseable_body`); usage above
 //! [`limits::MAX_TOKENS_PER_ANSWER`] is a 502 (`upstream_invalid_usage`). Every failed attempt
 //! records its outcome, duration and gen_ai duration once; a Hard budget reservation (issue 13)
@@ -287,7 +288,8 @@ pub(crate) async fn attempt(
         Ok(r) => r,
         Err(ReadError::OverBudget) => {
             drop(held);
-            unreadable(Outcome::UpstreamError, "over_memory_budget");
+            // The gateway's own overload: the backend answered, so it is no backend error.
+            unreadable(Outcome::GatewayOverloaded, "over_memory_budget");
             tracing::warn!(route = %route.name, backend = %b.cfg.name, budget_bytes = shared.budget_bytes, "whole answers in memory reached the budget; answer dropped");
             return Attempt::Done(surface.render(ApiError::overloaded(format!(
                 "The gateway is holding its limit of {} bytes of upstream answers; retry shortly.",

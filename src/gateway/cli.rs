@@ -52,7 +52,8 @@ pub struct GatewayArgs {
     /// Largest request body, bytes (larger: 413).
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Largest request head (request line + headers), bytes (at least 8192).
+    /// Largest request head (request line + headers), bytes (at least 8192); over HTTP/2, the
+    /// largest header list (each field: name + value + 32 bytes).
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
     /// Time allowed to receive a request head.
@@ -67,14 +68,16 @@ pub struct GatewayArgs {
     /// Time limit of a whole request, streams included.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub total_timeout: Duration,
-    /// Longest silence between two chunks of a stream.
+    /// Longest silence between two chunks of a stream, and longest a streamed answer may wait
+    /// for the client to take its next piece (an HTTP/2 stream is then reset).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_stream_timeout: Duration,
     /// Longest silence while reading a request body (past it: 408 and the connection closes).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
-    /// Longest a client connection may make no progress: idle between requests (keep-alive),
-    /// or not reading its response.
+    /// Longest a client connection may make no progress: idle between requests (keep-alive;
+    /// HTTP/2: no open stream), or not reading its response (HTTP/2: its flow-control window
+    /// kept closed; that stream is reset).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub client_idle_timeout: Duration,
     /// Client connections served at once per listener; more wait in the listen backlog
@@ -153,6 +156,7 @@ impl GatewayArgs {
             max_header_bytes: self.max_header_bytes,
             header_read_timeout: self.header_read_timeout,
             client_idle_timeout: self.client_idle_timeout,
+            stream_idle_timeout: self.idle_stream_timeout,
             max_connections: self.max_connections,
             shutdown_grace: self.shutdown_grace,
         }

@@ -3,8 +3,13 @@
 //! - **Memory budget of whole answers.** A non-stream upstream answer is read whole (to find its
 //!   usage) before the client gets it; the bytes held that way, all requests together, are
 //!   bounded by `max_buffered_bytes` (a byte semaphore: a chunk that does not fit is refused at
-//!   once, never waited for, and the client gets a 503 `gateway_overloaded`). The bytes stay
-//!   counted until the answer has been handed to the client connection.
+//!   once, never waited for, and the client gets a 503 `gateway_overloaded`, an outcome of the
+//!   gateway, not of the backend). The answer is handed to the client connection in pieces of
+//!   at most [`HAND_OVER_BYTES`] as the connection takes them (over HTTP/2, only as the
+//!   client's flow-control window allows), and its bytes stay counted until the last piece
+//!   has been taken or the answer is dropped: a client that stops taking it keeps at most one
+//!   piece beyond the budget in the connection's buffers, until the idle rule of
+//!   [`super::serve`] cuts it and the budget is freed.
 //! - **Retry-After.** A backend that answered 429 with `Retry-After` (delta-seconds or an
 //!   HTTP-date) is skipped by this gateway until then (capped at [`MAX_PAUSE`]; a past date or
 //!   `0` pauses nothing). Pauses live per gateway process, keyed by route + backend name, so a
@@ -39,6 +44,9 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
 pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
 /// Most tokens one answer may bill (all kinds together).
 pub const MAX_TOKENS_PER_ANSWER: u64 = 1_000_000_000;
+/// Largest piece of a whole answer handed to the client connection at once (HTTP/2's default
+/// initial window).
+pub const HAND_OVER_BYTES: usize = 64 * 1024;
 
 /// What the gateway shares across requests.
 pub(crate) struct Shared {
@@ -136,8 +144,8 @@ pub(crate) fn estimate(request_bytes: usize, data_events: u64) -> TokenCounts {
     TokenCounts { input, output: data_events.min(MAX_TOKENS_PER_ANSWER), ..TokenCounts::default() }
 }
 
-/// A whole answer handed to the client, keeping its share of the memory budget until the
-/// connection has taken it.
+/// A whole answer handed to the client in pieces of at most [`HAND_OVER_BYTES`], keeping its
+/// share of the memory budget until the connection has taken the last one.
 pub(crate) struct HeldBody {
     bytes: Option<Bytes>,
     _permit: Option<OwnedSemaphorePermit>,
@@ -157,7 +165,11 @@ impl hyper::body::Body for HeldBody {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.bytes.take().map(|b| Ok(hyper::body::Frame::data(b))))
+        let piece = match self.bytes.as_mut() {
+            Some(b) if b.len() > HAND_OVER_BYTES => Some(b.split_to(HAND_OVER_BYTES)),
+            _ => self.bytes.take(),
+        };
+        Poll::Ready(piece.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -193,6 +205,36 @@ mod tests {
         assert!(matches!(plausible(absurd), Err(UsageError::Malformed { .. })));
         let e = estimate(10, 3);
         assert_eq!((e.input, e.output), (3, 3));
+    }
+
+    #[test]
+    fn a_held_answer_is_handed_over_in_pieces_and_keeps_its_budget_to_the_last() {
+        use http_body_util::BodyExt;
+        let opts = GatewayOptions { max_buffered_bytes: 200_000, ..GatewayOptions::default() };
+        let s = Shared::new(&opts);
+        let mut held = None;
+        // 150 000 bytes: two whole pieces of 65 536 and the rest, 18 928.
+        assert!(s.take_bytes(&mut held, 150_000));
+        let answer: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        let mut body = HeldBody::new(Bytes::from(answer.clone()), held);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        rt.block_on(async {
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                sizes.push(data.len());
+                got.extend_from_slice(&data);
+                if !hyper::body::Body::is_end_stream(&body) {
+                    assert_eq!(s.free_bytes(), 50_000, "released before the last piece was taken");
+                }
+            }
+        });
+        assert_eq!(sizes, [65_536, 65_536, 18_928]);
+        assert_eq!(got, answer);
+        assert_eq!(s.free_bytes(), 50_000, "released while the body is still held");
+        drop(body);
+        assert_eq!(s.free_bytes(), 200_000);
     }
 
     #[test]

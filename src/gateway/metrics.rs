@@ -451,7 +451,7 @@ impl Collector for MeterCollector {
 
         let mut fam = encoder.encode_descriptor(
             contract::REQUESTS,
-            "Upstream attempts by outcome (ok, client_error, rate_limited, upstream_error, timeout, connect_error, budget_rejected)",
+            "Upstream attempts by outcome (ok, client_error, rate_limited, upstream_error, timeout, connect_error, budget_rejected, gateway_overloaded)",
             None,
             MetricType::Counter,
         )?;

@@ -13,18 +13,36 @@
 //!   loop sleeps with a doubling back-off (10 ms up to 1 s) instead of retrying at once, and
 //!   logs at most one line per [`LOG_EVERY`] (with the count of suppressed errors).
 //! - **Timeouts of a connection** (checked by one watchdog per connection, over the bytes the
-//!   socket actually moves, so they hold before hyper even knows the protocol):
-//!   - a new connection must deliver a complete request head within `header_read_timeout` of
-//!     being accepted (a client that never sends a byte is closed then);
+//!   socket actually moves and the answers it carries, so they hold before hyper even knows the
+//!   protocol):
+//!   - a new connection must deliver a complete request head (HTTP/2: open a stream) within
+//!     `header_read_timeout` of being accepted (a client that never sends a byte is closed
+//!     then);
 //!   - a kept-alive connection may stay idle `client_idle_timeout` between requests; once the
 //!     next request's first byte arrives, its head must be complete within
-//!     `header_read_timeout`;
+//!     `header_read_timeout`. An HTTP/2 connection with no open stream is closed
+//!     `client_idle_timeout` after its last stream ended, whatever frames (PING, SETTINGS,
+//!     WINDOW_UPDATE) it still sends;
 //!   - while a request is in flight, a response the client does not read (writes blocked) for
 //!     `client_idle_timeout` closes the connection;
+//!   - **an answer that makes no progress toward the client** is cut: a response body whose
+//!     last piece the connection has not taken (HTTP/2: the client's flow-control window is
+//!     closed, by a zero initial window or no WINDOW_UPDATE; HTTP/1: hyper's write buffer is
+//!     full) for `client_idle_timeout` (`stream_idle_timeout` for a `text/event-stream`
+//!     answer). An HTTP/2 stream is reset (RST_STREAM `CANCEL`) and the connection's other
+//!     streams go on; an HTTP/1 connection is closed. Either way the body is dropped at once:
+//!     its share of the memory budget and its upstream connection are released, and a stream
+//!     is metered as a client that left (read on for its usage within the drain bounds). The
+//!     watchdog looks at least [`TICKS_PER_TIMEOUT`] times per timeout, so the cut comes
+//!     between the timeout and a quarter of it later, never before. Over HTTP/2 an answer of
+//!     known length ends only once the client's window holds all of it (see [`TrackedBody`]),
+//!     so no finished answer is left in h2's buffers waiting on a closed window;
 //!   - reading a request *body* is bounded by the API handler (`body_read_timeout` of
 //!     [`GatewayOptions`](super::GatewayOptions): a body that stalls gets 408 and the
 //!     connection is closed); the metrics listener never reads bodies (hyper closes such a
 //!     connection after the answer).
+//! - **HTTP/2 header lists** are bounded by `max_header_bytes` as HTTP/1 heads are (h2's
+//!   accounting: each field's name + value + 32 bytes; over it the stream gets 431).
 //! - **Shutdown.** After `shutdown` resolves, no new connection is accepted and in-flight
 //!   requests get `shutdown_grace`; when the grace is over, the [`ShutdownCut`] token every
 //!   request carries (an extension) is cancelled *before* the remaining connections are
@@ -33,7 +51,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -42,7 +60,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -58,6 +76,11 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 pub const MAX_DERIVED_CONNECTIONS: usize = 16_384;
 /// File descriptors kept aside (config, credentials, logs, listeners) when deriving the cap.
 const FD_RESERVE: u64 = 64;
+/// The watchdog of a connection looks at its answers at least this many times per idle
+/// timeout: a stalled answer is cut within a quarter of the timeout after it ran out.
+pub const TICKS_PER_TIMEOUT: u32 = 4;
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// HTTP server limits.
 #[derive(Clone, Copy, Debug)]
@@ -67,9 +90,13 @@ pub struct ServeLimits {
     /// Time allowed to receive a complete request head: from the accept for a new connection,
     /// from its first byte for a later request of a kept-alive connection.
     pub header_read_timeout: Duration,
-    /// Longest a connection may make no progress: idle between two requests, or with a
-    /// response the client does not read.
+    /// Longest a connection may make no progress: idle between two requests (HTTP/2: with no
+    /// open stream), or with a response the client does not read (or whose flow-control window
+    /// it keeps closed).
     pub client_idle_timeout: Duration,
+    /// Longest a streamed answer (`text/event-stream`) may wait for the client to take its
+    /// next piece.
+    pub stream_idle_timeout: Duration,
     /// Connections served at once (0: derived from the open-file limit).
     pub max_connections: usize,
     /// After shutdown is asked, how long in-flight requests may take to finish.
@@ -82,6 +109,7 @@ impl Default for ServeLimits {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(30),
             client_idle_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(60),
             max_connections: 0,
             shutdown_grace: Duration::from_secs(25),
         }
@@ -198,12 +226,50 @@ struct Activity {
     born: Instant,
     /// End of the last response (or the accept).
     idle_since: AtomicU64,
-    /// First byte of a request head read while no request was in flight.
+    /// First byte of a request head read while no request was in flight (HTTP/1 only: on an
+    /// HTTP/2 connection bytes without a stream are control frames, not a head).
     head_since: AtomicU64,
     /// A write has been blocked since.
     blocked_since: AtomicU64,
     active: AtomicUsize,
     served: AtomicU64,
+    /// The protocol, from the first bytes read: [`PROTO_UNKNOWN`], [`PROTO_H1`] or
+    /// [`PROTO_H2`].
+    proto: AtomicU8,
+    /// The response bodies in flight, as the watchdog last saw them.
+    flows: Mutex<Vec<Watched>>,
+}
+
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_H1: u8 = 1;
+const PROTO_H2: u8 = 2;
+
+/// One response body in flight, shared by the body (which writes `state`) and the watchdog.
+struct Flow {
+    /// The body's polls so far, shifted left by one, with the low bit set while the body waits
+    /// for the connection to take its next piece (it handed one over, or none yet): a change
+    /// of the value is progress, an unchanged value with the bit set is a stall.
+    state: AtomicU64,
+    /// Longest stall allowed.
+    bound: Duration,
+    /// HTTP/2: cancels the stream's task (see [`StreamExec`]); HTTP/1: none, the connection is
+    /// closed instead.
+    cut: Option<CancellationToken>,
+}
+
+/// A flow as the watchdog last saw it: the state then, and since when it has not changed.
+struct Watched {
+    flow: Arc<Flow>,
+    seen: u64,
+    since: Instant,
+}
+
+/// What the watchdog found among the flows.
+enum FlowCheck {
+    /// A stalled HTTP/1 answer: the connection is to be closed.
+    Close,
+    /// The next instant a flow may stall (`None`: no flow is waiting for the client).
+    Next(Option<Instant>),
 }
 
 impl Activity {
@@ -215,6 +281,8 @@ impl Activity {
             blocked_since: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            proto: AtomicU8::new(PROTO_UNKNOWN),
+            flows: Mutex::new(Vec::new()),
         }
     }
 
@@ -226,13 +294,26 @@ impl Activity {
         self.born + Duration::from_millis(ms.saturating_sub(1))
     }
 
-    fn read_some(&self) {
-        if self.active.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+    fn read_some(&self, bytes: &[u8]) {
+        let proto = match self.proto.load(Ordering::Relaxed) {
+            PROTO_UNKNOWN => {
+                // A short first read that is a prefix of the preface counts as HTTP/2 (no
+                // HTTP/1 request line starts with `PRI * HTTP/2.0`).
+                let n = bytes.len().min(H2_PREFACE.len());
+                let p = if bytes[..n] == H2_PREFACE[..n] { PROTO_H2 } else { PROTO_H1 };
+                self.proto.store(p, Ordering::Relaxed);
+                p
+            }
+            p => p,
+        };
+        if proto == PROTO_H1 && self.active.load(Ordering::Acquire) == 0 && self.head_since.load(Ordering::Relaxed) == 0
+        {
             self.head_since.store(self.now_ms(), Ordering::Relaxed);
         }
     }
 
-    /// When the connection is to be closed if nothing changes.
+    /// When the connection is to be closed if nothing changes (the rules of the connection
+    /// itself; its answers are checked by [`Activity::check_flows`]).
     fn deadline(&self, limits: &ServeLimits) -> Instant {
         let blocked = self.blocked_since.load(Ordering::Relaxed);
         if self.active.load(Ordering::Acquire) > 0 {
@@ -253,19 +334,87 @@ impl Activity {
             idle + limits.client_idle_timeout
         }
     }
+
+    /// Starts watching a response body that stalls after `bound` without progress.
+    fn watch(&self, bound: Duration, cut: Option<CancellationToken>) -> Arc<Flow> {
+        let flow = Arc::new(Flow { state: AtomicU64::new(1), bound, cut });
+        // `seen` matches no state: the first look starts the clock (no clock read here).
+        let w = Watched { flow: flow.clone(), seen: u64::MAX, since: self.born };
+        self.flows.lock().unwrap_or_else(PoisonError::into_inner).push(w);
+        flow
+    }
+
+    fn unwatch(&self, flow: &Arc<Flow>) {
+        let mut g = self.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = g.iter().position(|w| Arc::ptr_eq(&w.flow, flow)) {
+            g.swap_remove(i);
+        }
+    }
+
+    /// Looks at every flow at `now`: resets (HTTP/2) the ones stalled past their bound, or
+    /// asks for the connection to close (HTTP/1).
+    fn check_flows(&self, now: Instant) -> FlowCheck {
+        let mut next: Option<Instant> = None;
+        let mut close = false;
+        let mut cuts = Vec::new();
+        let mut g = self.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        g.retain_mut(|w| {
+            let state = w.flow.state.load(Ordering::Relaxed);
+            if state != w.seen {
+                w.seen = state;
+                w.since = now;
+            }
+            if state & 1 == 0 {
+                return true;
+            }
+            let at = w.since + w.flow.bound;
+            if now < at {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                return true;
+            }
+            match &w.flow.cut {
+                Some(cut) => {
+                    cuts.push(cut.clone());
+                    false
+                }
+                None => {
+                    close = true;
+                    true
+                }
+            }
+        });
+        drop(g);
+        for cut in cuts {
+            tracing::debug!(
+                "an HTTP/2 answer made no progress toward the client within its idle timeout: stream reset"
+            );
+            cut.cancel();
+        }
+        if close { FlowCheck::Close } else { FlowCheck::Next(next) }
+    }
 }
 
-/// Resolves when the connection has broken one of its time limits.
+/// Resolves when the connection has broken one of its time limits (stalled HTTP/2 streams are
+/// reset on the way, without closing the connection).
 async fn watchdog(act: Arc<Activity>, limits: ServeLimits) {
+    let tick =
+        (limits.client_idle_timeout.min(limits.stream_idle_timeout) / TICKS_PER_TIMEOUT).max(Duration::from_millis(1));
     loop {
+        let now = Instant::now();
         let deadline = act.deadline(&limits);
-        if Instant::now() >= deadline {
+        if now >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline).await;
-        if Instant::now() >= act.deadline(&limits) {
-            return;
-        }
+        let next = match act.check_flows(now) {
+            FlowCheck::Close => {
+                tracing::debug!("an HTTP/1 answer made no progress toward the client within its idle timeout");
+                return;
+            }
+            FlowCheck::Next(next) => next,
+        };
+        // A flow may start to wait at any time without telling: look again within a tick.
+        let wake = next.map_or(deadline, |n| n.min(deadline)).min(now + tick);
+        tokio::time::sleep_until(wake).await;
     }
 }
 
@@ -280,7 +429,7 @@ impl AsyncRead for WatchedIo {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.act.read_some();
+            self.act.read_some(&buf.filled()[before..]);
         }
         r
     }
@@ -350,10 +499,29 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request marked in flight.
+/// A response body that keeps its request marked in flight and tells the watchdog whether the
+/// connection keeps taking it (its [`Flow`]; none for a body that is empty from the start).
+///
+/// Over HTTP/2 an answer of known length ends only once the client's window has room for all
+/// of it, so nothing of a finished answer is left in h2's buffers waiting on a window the
+/// client keeps closed (out of the watchdog's sight): its last byte is handed over as a piece
+/// of its own, and hyper sends a piece only when the stream's window exceeds what it already
+/// holds by at least one byte.
 struct TrackedBody {
     inner: Body,
-    _flight: InFlight,
+    flow: Option<Arc<Flow>>,
+    /// HTTP/2: the last byte of a known-length answer, still to be handed over.
+    last: Option<bytes::Bytes>,
+    polls: u64,
+    flight: InFlight,
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if let Some(flow) = &self.flow {
+            self.flight.0.unwatch(flow);
+        }
+    }
 }
 
 impl hyper::body::Body for TrackedBody {
@@ -364,15 +532,48 @@ impl hyper::body::Body for TrackedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let r = match this.last.take() {
+            Some(last) => Poll::Ready(Some(Ok(Frame::data(last)))),
+            None => {
+                let mut r = Pin::new(&mut this.inner).poll_frame(cx);
+                let h2 = this.flow.as_ref().is_some_and(|f| f.cut.is_some());
+                if h2
+                    && let Poll::Ready(Some(Ok(frame))) = &mut r
+                    && let Some(data) = frame.data_mut()
+                    && data.len() > 1
+                    && this.inner.is_end_stream()
+                {
+                    this.last = Some(data.split_off(data.len() - 1));
+                }
+                r
+            }
+        };
+        if let Some(flow) = &this.flow {
+            // A piece handed over: the next poll is up to the connection (and the client).
+            // Pending: the body waits for its own source, which bounds itself.
+            this.polls += 1;
+            let waiting = matches!(r, Poll::Ready(Some(Ok(_))));
+            flow.state.store((this.polls << 1) | u64::from(waiting), Ordering::Relaxed);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.last.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(last) = &self.last {
+            let n = last.len() as u64;
+            // Upper first: a lower bound above the upper one panics.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(hint.lower() + n);
+        }
+        hint
     }
 }
 
@@ -399,13 +600,26 @@ impl App for Router {
     }
 }
 
-/// The app as a hyper service that tracks requests in flight and hands each request the
-/// [`ShutdownCut`] token.
+/// Longest stall of an answer with these headers: a stream's or any answer's.
+fn stall_bound(resp: &Response<Body>, limits: &ServeLimits) -> Duration {
+    if limits.stream_idle_timeout == limits.client_idle_timeout {
+        return limits.client_idle_timeout;
+    }
+    let event_stream = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..17).is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream")));
+    if event_stream { limits.stream_idle_timeout } else { limits.client_idle_timeout }
+}
+
+/// The app as a hyper service that tracks requests in flight and their answers, and hands
+/// each request the [`ShutdownCut`] token.
 #[derive(Clone)]
 struct ConnService<A> {
     app: A,
     act: Arc<Activity>,
     cut: ShutdownCut,
+    limits: ServeLimits,
 }
 
 impl<A: App> hyper::service::Service<Request<Incoming>> for ConnService<A> {
@@ -417,27 +631,64 @@ impl<A: App> hyper::service::Service<Request<Incoming>> for ConnService<A> {
         let flight = InFlight::new(self.act.clone());
         req.extensions_mut().insert(self.cut.clone());
         let fut = self.app.answer(req);
+        let limits = self.limits;
         Box::pin(async move {
             let resp = fut.await;
-            Ok(resp.map(|inner| TrackedBody { inner, _flight: flight }))
+            let flow = (!hyper::body::Body::is_end_stream(resp.body())).then(|| {
+                // Inside an HTTP/2 stream's task (see `StreamExec`), its cut; HTTP/1 has none.
+                let cut = STREAM_CUT.try_with(CancellationToken::clone).ok();
+                flight.0.watch(stall_bound(&resp, &limits), cut)
+            });
+            Ok(resp.map(|inner| TrackedBody { inner, flow, last: None, polls: 0, flight }))
         })
     }
 }
 
-fn conn_builder(limits: ServeLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+tokio::task_local! {
+    /// The cut of the HTTP/2 stream whose task is running (set by [`StreamExec`]).
+    static STREAM_CUT: CancellationToken;
+}
+
+/// The executor of the tasks hyper spawns, one per HTTP/2 stream: each runs until it ends or
+/// its cut (the task-local [`STREAM_CUT`]) is cancelled. Dropping a stream's task drops its
+/// handles, and h2 then resets the stream (RST_STREAM `CANCEL`) and frees what it buffered
+/// for it; the connection and its other streams go on.
+#[derive(Clone, Copy, Debug)]
+struct StreamExec;
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let cut = CancellationToken::new();
+        let cancelled = cut.clone().cancelled_owned();
+        tokio::spawn(STREAM_CUT.scope(cut, async move {
+            tokio::select! {
+                biased;
+                () = cancelled => {}
+                _ = fut => {}
+            }
+        }));
+    }
+}
+
+fn conn_builder(limits: ServeLimits) -> auto::Builder<StreamExec> {
+    let max_header = limits.max_header_bytes.max(8192);
+    let mut builder = auto::Builder::new(StreamExec);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(max_header)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
     builder
 }
 
 fn serve_stream<A: App>(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<StreamExec>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     app: &A,
@@ -448,7 +699,7 @@ fn serve_stream<A: App>(
     let _ = stream.set_nodelay(true);
     let act = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedIo { inner: stream, act: act.clone() });
-    let svc = ConnService { app: app.clone(), act: act.clone(), cut: ShutdownCut(cut.clone()) };
+    let svc = ConnService { app: app.clone(), act: act.clone(), cut: ShutdownCut(cut.clone()), limits };
     let conn = graceful.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
     let cut = cut.clone();
     tokio::spawn(async move {

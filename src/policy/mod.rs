@@ -152,11 +152,14 @@ pub enum Outcome {
     ConnectError,
     /// Refused by tollgate because the budget is exhausted (never reached upstream).
     BudgetRejected,
+    /// The gateway itself could not serve the answer (its memory budget of whole answers was
+    /// full): the gateway's failure, not the backend's.
+    GatewayOverloaded,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Ok,
         Outcome::ClientError,
         Outcome::RateLimited,
@@ -164,6 +167,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::ConnectError,
         Outcome::BudgetRejected,
+        Outcome::GatewayOverloaded,
     ];
 
     /// The metric label.
@@ -176,6 +180,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::ConnectError => "connect_error",
             Outcome::BudgetRejected => "budget_rejected",
+            Outcome::GatewayOverloaded => "gateway_overloaded",
         }
     }
 
@@ -185,9 +190,10 @@ impl Outcome {
     }
 
     /// Whether it counts against the backend's health (and toward its request count).
-    /// Client errors and budget refusals say nothing about the backend.
+    /// Client errors, budget refusals and the gateway's own overload say nothing about the
+    /// backend.
     pub fn counts_for_health(self) -> bool {
-        !matches!(self, Outcome::ClientError | Outcome::BudgetRejected)
+        !matches!(self, Outcome::ClientError | Outcome::BudgetRejected | Outcome::GatewayOverloaded)
     }
 
     /// Whether it is a health error.

@@ -13,6 +13,10 @@
 //!   [`crate::pricing::TokenKind::label`] (one definition each, next to their enums); this
 //!   module's tests pin every value, so renaming one fails here before it silently breaks a
 //!   reader, a dashboard or an alert.
+//! - An `outcome` names who failed. `client_error`, `budget_rejected` and `gateway_overloaded`
+//!   (the client's fault, a budget refusal, the gateway's own overload) say nothing about the
+//!   backend: a reader counts them neither as its requests nor as its errors
+//!   ([`crate::policy::Outcome::counts_for_health`]), so they never eject it.
 //! - Only the samples in [`READ_BY_CONTROLLER`] drive decisions. The other `tollgate_*` families
 //!   and the OpenTelemetry gen_ai families ([`gen_ai`]) are for people, dashboards and alerts.
 
@@ -227,7 +231,16 @@ mod tests {
         let outcomes: Vec<&str> = Outcome::ALL.iter().map(|o| o.label()).collect();
         assert_eq!(
             outcomes,
-            ["ok", "client_error", "rate_limited", "upstream_error", "timeout", "connect_error", "budget_rejected"]
+            [
+                "ok",
+                "client_error",
+                "rate_limited",
+                "upstream_error",
+                "timeout",
+                "connect_error",
+                "budget_rejected",
+                "gateway_overloaded"
+            ]
         );
         for o in Outcome::ALL {
             assert_eq!(Outcome::from_label(o.label()), Some(o));
