@@ -14,6 +14,7 @@
 use serde_json::Value;
 use tollgate::api::{Pricing, ProviderFamily};
 use tollgate::policy::Money;
+use tollgate::pricing::fields::{self, Treatment};
 use tollgate::pricing::{Prices, TokenCounts, UsageError, parse_usage};
 
 use ProviderFamily::{Anthropic, DeepSeek, Gemini, Mistral, OpenAI, Qwen};
@@ -1063,4 +1064,57 @@ fn inconsistent_usage_is_a_typed_error() {
         let got = parse_usage(family, &json(body));
         assert!(matches!(got, Err(UsageError::Inconsistent { .. })), "{family:?} {body}: {got:?}");
     }
+}
+
+/// The usage object of a golden body, where the family's rule looks for it.
+fn usage_object(family: ProviderFamily, body: &Value) -> &Value {
+    let found = match family {
+        Gemini => body.get("usageMetadata").or_else(|| body.get("usage")),
+        _ => body.get("usage").or_else(|| body.pointer("/response/usage")),
+    };
+    found.unwrap_or_else(|| panic!("no usage object in {body}"))
+}
+
+#[test]
+fn every_usage_field_of_every_golden_is_billed_or_explained() {
+    let mut seen = std::collections::BTreeSet::new();
+    for case in cases() {
+        let body = json(case.body);
+        for path in fields::leaf_paths(usage_object(case.family, &body)) {
+            let entry = fields::lookup(case.family, &path).unwrap_or_else(|| {
+                panic!(
+                    "{}: usage field `{path}` is neither billed nor listed as not billed in src/pricing/fields.rs",
+                    case.name
+                )
+            });
+            seen.insert((entry.shape.label(), entry.path));
+        }
+    }
+    // The goldens carry fields of every shape, billed and not billed.
+    assert!(seen.len() >= 40, "{} fields seen", seen.len());
+    let unbilled = seen
+        .iter()
+        .filter(|(_, p)| {
+            fields::USAGE_FIELDS.iter().any(|u| u.path == *p && matches!(u.treatment, Treatment::NotBilled(_)))
+        })
+        .count();
+    assert!(unbilled >= 8, "{unbilled} not-billed fields seen");
+    // A field nobody lists is caught (the check above can fail).
+    assert!(fields::lookup(OpenAI, "prompt_tokens_details.surprise_tokens").is_none());
+}
+
+#[test]
+fn the_docs_list_every_usage_field_as_the_code_does() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/usage-fields.md")).unwrap();
+    assert!(
+        doc.contains(&fields::markdown_table()),
+        "docs/usage-fields.md does not hold the table of src/pricing/fields.rs; regenerate it with \
+         `cargo test --test pricing_golden -- --ignored print_usage_fields_table --nocapture`"
+    );
+}
+
+#[test]
+#[ignore = "prints the docs table"]
+fn print_usage_fields_table() {
+    print!("{}", fields::markdown_table());
 }

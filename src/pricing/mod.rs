@@ -15,7 +15,8 @@
 //! price): there is no floating point anywhere in this module, and a count written as a JSON
 //! float (`12.0`) is rejected rather than converted.
 //!
-//! Layout: this file holds the prices, the token kinds and [`parse_usage`], which finds the
+//! Layout: `fields` lists every usage field of every family, billed or not and why; this file
+//! holds the prices, the token kinds and [`parse_usage`], which finds the
 //! usage object and hands it to one file per provider family (`openai`, `deepseek`,
 //! `anthropic`, `gemini`); `usage` holds [`UsageError`] and the strict field reader they share;
 //! `node` the read-only JSON tree ([`Node`]) the rules read, parsed straight from an answer's
@@ -25,6 +26,7 @@
 
 mod anthropic;
 mod deepseek;
+pub mod fields;
 mod gemini;
 mod node;
 mod openai;
