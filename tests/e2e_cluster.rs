@@ -19,7 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{Controller, client_or_skip, create, events, events_of, eventually, fresh_namespace, http_get, install_crds, yaml_docs};
+use cluster::{
+    Controller, client_or_skip, create, events, events_of, eventually, fresh_namespace, http_get, install_crds,
+    yaml_docs,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;

@@ -356,7 +356,6 @@ struct Outcomes {
     deepseek_spent_exact_after_restart: bool,
 }
 
-
 async fn scenario(with_prometheus: bool) -> Outcomes {
     let suite = Instant::now();
     let mode = if with_prometheus { "prometheus" } else { "scrape" };
