@@ -332,7 +332,8 @@ async fn total_timeout_cuts_a_slow_stream() {
     let mut missing = labels.to_vec();
     missing.push(("reason", "stream_interrupted"));
     assert_eq!(series(&text, "tollgate_usage_missing_total", &missing), Some(1.0), "{text}");
-    assert_eq!(series(&text, "tollgate_cost_nanousd_total", &labels).unwrap_or(0.0), 0.0);
+    // The idle series is exported at 0 from the config's load: present, and nothing billed.
+    assert_eq!(series(&text, "tollgate_cost_nanousd_total", &labels), Some(0.0), "{text}");
 }
 
 /// Sends raw bytes on a fresh connection and reads until the server closes it or `limit`.
@@ -608,4 +609,22 @@ async fn each_failure_is_labelled_by_its_outcome() {
     assert_eq!(r.status(), 400);
     gw.outcomes_become("r400", &[("first", "client_error", 1)]).await;
     assert_eq!(spare.hits(), 4);
+}
+
+/// The negative checks of tests/common/prom.rs fail on a metric or label that is not there.
+#[test]
+fn prom_text_is_parsed_and_absence_needs_a_sibling() {
+    use common::prom::{assert_no_series, samples};
+    let text = "# TYPE a counter\na_total{route=\"x\",msg=\"q\\\"u,o}te\"} 3\na_total{route=\"y\"} 0\nb 1.5\nc_bucket{le=\"+Inf\"} +Inf\n";
+    let all = samples(text);
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].labels["msg"], "q\"u,o}te");
+    assert_eq!((all[0].value, all[2].name.as_str(), all[2].value), (3.0, "b", 1.5));
+    assert_no_series(text, "a_total", &[("route", "z")]);
+    let renamed = std::panic::catch_unwind(|| assert_no_series(text, "a_totals", &[("route", "z")]));
+    assert!(renamed.is_err(), "a metric that is not there must not pass as absent");
+    let relabelled = std::panic::catch_unwind(|| assert_no_series(text, "a_total", &[("path", "z")]));
+    assert!(relabelled.is_err(), "a label no sample has must not pass as absent");
+    let present = std::panic::catch_unwind(|| assert_no_series(text, "a_total", &[("route", "y")]));
+    assert!(present.is_err());
 }
