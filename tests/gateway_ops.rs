@@ -298,6 +298,67 @@ async fn connect_timeout_to_a_silent_address_fails_over_as_connect_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Config documents
+// ---------------------------------------------------------------------------------------------
+
+/// A controller rolled out ahead of its gateways writes a document of a newer schema version,
+/// with fields this gateway has never heard of: the gateway refuses it saying which version it
+/// found and which it reads (not "unknown field"), counts it in
+/// `tollgate_config_reload_errors_total` and keeps serving the last good document. The same for
+/// a split document's index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_of_a_newer_schema_version_is_refused_and_the_last_good_one_serves() {
+    let up = chat_provider().await;
+    let gw =
+        gateway("gwnewer", &[route_yaml("chat", &[Row("a", up.base_url(), 0)], "")], &["--reload-interval", "100ms"])
+            .await;
+    let path = gw._dir.join("config.json");
+    let good: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let good_rev = good["revision"].as_str().unwrap().to_string();
+    let text = gw.metrics().await;
+    assert_eq!(series(&text, "tollgate_config_reload_errors_total", &[]), Some(0.0), "{text}");
+
+    // Version 2, as a newer controller writes it: a field at the top and one in a route.
+    let mut newer = good.clone();
+    newer["version"] = json!(2);
+    newer["revision"] = json!("sha256:0123456789abcdef");
+    newer["spendLimits"] = json!([{"provider": "openai", "limit": "1"}]);
+    newer["routes"][0]["budgetRefs"] = json!(["openai-daily"]);
+    common::proc::write_atomic(&path, newer.to_string().as_bytes());
+    let errors = |text: &str| series(text, "tollgate_config_reload_errors_total", &[]);
+    wait_until("the newer document counted as refused", Duration::from_secs(10), || async {
+        errors(&gw.metrics().await) == Some(1.0)
+    })
+    .await;
+    let text = gw.metrics().await;
+    let logs = gw.proc.logs();
+    let line =
+        logs.lines().find(|l| l.contains("config refused")).unwrap_or_else(|| panic!("no refusal logged:\n{logs}"));
+    assert!(line.contains("config version 2 is newer than this gateway reads (version 1)"), "{line}");
+    assert!(!line.contains("unknown field"), "the version is the reason, not its new fields: {line}");
+    assert_eq!(series(&text, "tollgate_config_revision_info", &[("revision", &good_rev)]), Some(1.0), "{text}");
+    let r = gw.post("/v1/chat/completions", json!({"model": "chat"})).await;
+    assert_eq!(r.status(), 200, "the last good document serves");
+
+    // A split document's index of the newer version (the reader falls back to it once
+    // config.json is gone).
+    let index = json!({"version": 2, "revision": "sha256:0123456789abcdef", "shards": [{"key": "shard-1.json.gz",
+                       "sha256": "00", "routes": 1}], "compression": "zstd"});
+    common::proc::write_atomic(&gw._dir.join("config.index.json"), index.to_string().as_bytes());
+    std::fs::remove_file(&path).unwrap();
+    wait_until("the newer index counted as refused", Duration::from_secs(10), || async {
+        errors(&gw.metrics().await) == Some(2.0)
+    })
+    .await;
+    let text = gw.metrics().await;
+    let logs = gw.proc.logs();
+    let line = logs.lines().filter(|l| l.contains("config refused")).nth(1).unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("config version 2 is newer than this gateway reads (version 1)"), "{line}");
+    assert_eq!(series(&text, "tollgate_config_revision_info", &[("revision", &good_rev)]), Some(1.0), "{text}");
+    assert_eq!(gw.post("/v1/chat/completions", json!({"model": "chat"})).await.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Limits
 // ---------------------------------------------------------------------------------------------
 
