@@ -15,6 +15,12 @@
 //! the meter, so `local` and the controller's readers get the same integer bucket counts; a
 //! series exports it from its first successful attempt on (a bucket holds values ≤ its bound).
 //!
+//! A series of a route or backend that a reload removed (its key is in no served document) is
+//! retired, not dropped at once: it is exported until [`Metrics::retention`] has passed and no
+//! request in flight holds it, so every scraper reads its last values; then it leaves the meter
+//! and the histogram families. `/metrics` is bounded by the documents served recently, not by
+//! every document ever served. A key served again before that keeps its series and counts on.
+//!
 //! Every metric and label name comes from [`crate::signals::contract`] (the controller reads
 //! with the same names); snapshot deltas go through [`crate::signals::delta`] (the controller's
 //! tracker and `tollgate local` use the same functions). The OpenTelemetry gen_ai families
@@ -23,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -237,6 +243,8 @@ impl MeterCell {
 #[derive(Debug, Default)]
 pub struct Meter {
     cells: RwLock<BTreeMap<MeterKey, Arc<MeterCell>>>,
+    /// Series no served document names, since when.
+    retired: Mutex<BTreeMap<MeterKey, Instant>>,
     reload_errors: AtomicU64,
     revision: RwLock<Option<String>>,
 }
@@ -249,6 +257,39 @@ impl Meter {
         }
         let mut w = self.cells.write().unwrap_or_else(PoisonError::into_inner);
         w.entry(key.clone()).or_insert_with(|| Arc::new(MeterCell::new(key.clone()))).clone()
+    }
+
+    /// Marks retired, as of `now`, every series whose key is not in `served` (the keys of the
+    /// document just swapped in); a key in it is no longer retired.
+    pub(crate) fn retire_absent(&self, served: &std::collections::BTreeSet<MeterKey>, now: Instant) {
+        let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
+        let mut retired = lock(&self.retired);
+        retired.retain(|k, _| !served.contains(k));
+        for k in cells.keys().filter(|k| !served.contains(*k)) {
+            retired.entry(k.clone()).or_insert(now);
+        }
+    }
+
+    /// Removes the series retired for at least `retention` as of `now` that nothing holds but
+    /// the meter (no served document, no request in flight); returns their keys.
+    pub(crate) fn drop_retired(&self, now: Instant, retention: Duration) -> Vec<MeterKey> {
+        if lock(&self.retired).is_empty() {
+            return Vec::new();
+        }
+        // The cells' lock first, then the retired map's, as in `retire_absent`.
+        let mut cells = self.cells.write().unwrap_or_else(PoisonError::into_inner);
+        let mut retired = lock(&self.retired);
+        let mut dropped = Vec::new();
+        retired.retain(|k, since| {
+            let due = now.saturating_duration_since(*since) >= retention;
+            let unheld = cells.get(k).is_none_or(|c| Arc::strong_count(c) == 1);
+            if due && unheld {
+                cells.remove(k);
+                dropped.push(k.clone());
+            }
+            !(due && unheld)
+        });
+        dropped
     }
 
     /// Totals of every series, now.
@@ -366,7 +407,8 @@ fn latency_histogram() -> Histogram {
 /// A histogram series of one backend, created in its family at the first observation: a
 /// backend that never served exports no histogram. At fleet scale (50,000 backends) eager
 /// 15-bucket series were most of the gateway's memory and made every scrape hundreds of MB.
-/// A series, once created, stays (across reloads too), as before.
+/// A series, once created, stays while its backend is served, and after a reload removed it
+/// until the meter drops its retired cell ([`Metrics::served`]).
 #[derive(Debug)]
 pub(crate) struct LazyHistogram {
     family: HistogramFamily,
@@ -393,6 +435,8 @@ pub(crate) struct Metrics {
     duration: HistogramFamily,
     ttft: HistogramFamily,
     gen_ai: Arc<GenAi>,
+    /// How long a retired series is still exported.
+    pub(crate) retention: Duration,
 }
 
 impl Metrics {
@@ -413,7 +457,35 @@ impl Metrics {
         );
         registry.register_collector(Box::new(MeterCollector(meter.clone())));
         let gen_ai = GenAi::register(&mut registry);
-        Self { registry, meter, duration, ttft, gen_ai }
+        Self { registry, meter, duration, ttft, gen_ai, retention: Duration::ZERO }
+    }
+
+    /// A document with these series keys is served from `now` on: the others are retired, and
+    /// those past their retention dropped.
+    pub(crate) fn served(&self, keys: &std::collections::BTreeSet<MeterKey>, now: Instant) {
+        self.meter.retire_absent(keys, now);
+        self.drop_retired(now);
+    }
+
+    /// Drops the retired series past their retention, histograms included, and the gen_ai
+    /// series of a (provider, model) no series of the meter has any more.
+    fn drop_retired(&self, now: Instant) {
+        let dropped = self.meter.drop_retired(now, self.retention);
+        if dropped.is_empty() {
+            return;
+        }
+        for k in &dropped {
+            let labels = BackendLabels::of(k);
+            self.duration.remove(&labels);
+            self.ttft.remove(&labels);
+        }
+        let left: std::collections::BTreeSet<(String, String)> =
+            self.meter.snapshot().entries.keys().map(|k| (k.provider.clone(), k.model.clone())).collect();
+        let gone: std::collections::BTreeSet<(String, String)> =
+            dropped.into_iter().map(|k| (k.provider, k.model)).filter(|pm| !left.contains(pm)).collect();
+        for (provider, model) in gone {
+            self.gen_ai.remove(&provider, &model);
+        }
     }
 
     /// Adds a collector (the Hard budgets' admission, issue 13).
@@ -433,8 +505,10 @@ impl Metrics {
         (LazyHistogram::new(&self.duration, labels), LazyHistogram::new(&self.ttft, labels))
     }
 
-    /// Prometheus text exposition (format 0.0.4).
+    /// Prometheus text exposition (format 0.0.4), after dropping the retired series past their
+    /// retention.
     pub(crate) fn encode(&self) -> String {
+        self.drop_retired(Instant::now());
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -661,6 +735,41 @@ mod tests {
         assert_eq!(via_reading.backends[&bk].outcomes, via_meter.backends[&bk].outcomes);
         // Bucket counts are integers on both sides: equal.
         assert_eq!(via_reading.backends[&bk].latency_le, via_meter.backends[&bk].latency_le);
+    }
+
+    #[test]
+    fn retired_series_stay_for_their_retention_and_while_held() {
+        let mut m = Metrics::new();
+        m.retention = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let (a, b) = (key("chat", "a"), key("gone", "b"));
+        m.meter.cell(&a).record_outcome(Outcome::Ok, None);
+        let held = m.meter.cell(&b);
+        held.record_outcome(Outcome::Ok, Some(Duration::from_millis(5)));
+        let (duration, _) = m.histograms(&Arc::new(BackendLabels::of(&b)));
+        duration.observe(0.005);
+        let only_a = std::collections::BTreeSet::from([a.clone()]);
+        m.served(&only_a, t0);
+        let has_b = |m: &Metrics| m.meter.snapshot().entries.contains_key(&b);
+        // Within the retention: still exported.
+        m.drop_retired(t0 + Duration::from_secs(59));
+        assert!(has_b(&m));
+        // Past it but held (a request in flight): still exported, and counting.
+        m.drop_retired(t0 + Duration::from_secs(61));
+        assert!(has_b(&m));
+        held.record_outcome(Outcome::Ok, None);
+        drop((held, duration));
+        m.drop_retired(t0 + Duration::from_secs(61));
+        assert!(!has_b(&m), "past its retention and unheld: dropped");
+        assert!(!m.encode().contains("route=\"gone\""), "histograms too");
+        assert!(m.meter.snapshot().entries.contains_key(&a));
+        // A key served again before its retention ends keeps its counts.
+        let c = key("back", "c");
+        m.meter.cell(&c).record_outcome(Outcome::Ok, None);
+        m.served(&only_a, t0);
+        m.served(&std::collections::BTreeSet::from([a.clone(), c.clone()]), t0 + Duration::from_secs(30));
+        m.drop_retired(t0 + Duration::from_secs(600));
+        assert_eq!(m.meter.snapshot().backend("back", "c").count(Outcome::Ok), 1);
     }
 
     #[test]
