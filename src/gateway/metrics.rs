@@ -15,10 +15,10 @@
 //! the meter, so `local` and the controller's readers get the same integer bucket counts; a
 //! series exports it from its first successful attempt on (a bucket holds values ≤ its bound).
 //!
-//! A series of a route or backend that a reload removed (its key is in no served document) is
-//! retired, not dropped at once: it is exported until [`Metrics::retention`] has passed and no
-//! request in flight holds it, so every scraper reads its last values; then it leaves the meter
-//! and the histogram families. `/metrics` is bounded by the documents served recently, not by
+//! A series of a route or backend that a reload removed is retired, not dropped at once: once
+//! nothing holds its cell but the meter (no served document, no request in flight) it is still
+//! exported for [`Metrics::retention`], so every scraper reads its last values; then it leaves
+//! the meter and the histogram families (checked at each scrape and each reload). `/metrics` is bounded by the documents served recently, not by
 //! every document ever served. A key served again before that keeps its series and counts on.
 //!
 //! Every metric and label name comes from [`crate::signals::contract`] (the controller reads
@@ -243,7 +243,7 @@ impl MeterCell {
 #[derive(Debug, Default)]
 pub struct Meter {
     cells: RwLock<BTreeMap<MeterKey, Arc<MeterCell>>>,
-    /// Series no served document names, since when.
+    /// Series held by nothing but the meter, since when.
     retired: Mutex<BTreeMap<MeterKey, Instant>>,
     reload_errors: AtomicU64,
     revision: RwLock<Option<String>>,
@@ -259,35 +259,25 @@ impl Meter {
         w.entry(key.clone()).or_insert_with(|| Arc::new(MeterCell::new(key.clone()))).clone()
     }
 
-    /// Marks retired, as of `now`, every series whose key is not in `served` (the keys of the
-    /// document just swapped in); a key in it is no longer retired.
-    pub(crate) fn retire_absent(&self, served: &std::collections::BTreeSet<MeterKey>, now: Instant) {
-        let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
-        let mut retired = lock(&self.retired);
-        retired.retain(|k, _| !served.contains(k));
-        for k in cells.keys().filter(|k| !served.contains(*k)) {
-            retired.entry(k.clone()).or_insert(now);
-        }
-    }
-
-    /// Removes the series retired for at least `retention` as of `now` that nothing holds but
-    /// the meter (no served document, no request in flight); returns their keys.
+    /// Drops the series nothing has held but the meter (no served document, no request in
+    /// flight) for at least `retention` as of `now`; returns their keys. A series held again
+    /// (a document serves its key anew) counts as held from then on.
     pub(crate) fn drop_retired(&self, now: Instant, retention: Duration) -> Vec<MeterKey> {
-        if lock(&self.retired).is_empty() {
-            return Vec::new();
-        }
-        // The cells' lock first, then the retired map's, as in `retire_absent`.
         let mut cells = self.cells.write().unwrap_or_else(PoisonError::into_inner);
         let mut retired = lock(&self.retired);
         let mut dropped = Vec::new();
-        retired.retain(|k, since| {
-            let due = now.saturating_duration_since(*since) >= retention;
-            let unheld = cells.get(k).is_none_or(|c| Arc::strong_count(c) == 1);
-            if due && unheld {
-                cells.remove(k);
-                dropped.push(k.clone());
+        cells.retain(|k, c| {
+            if Arc::strong_count(c) > 1 {
+                retired.remove(k);
+                return true;
             }
-            !(due && unheld)
+            let since = *retired.entry(k.clone()).or_insert(now);
+            if now.saturating_duration_since(since) < retention {
+                return true;
+            }
+            retired.remove(k);
+            dropped.push(k.clone());
+            false
         });
         dropped
     }
@@ -408,7 +398,7 @@ fn latency_histogram() -> Histogram {
 /// backend that never served exports no histogram. At fleet scale (50,000 backends) eager
 /// 15-bucket series were most of the gateway's memory and made every scrape hundreds of MB.
 /// A series, once created, stays while its backend is served, and after a reload removed it
-/// until the meter drops its retired cell ([`Metrics::served`]).
+/// until the meter drops its retired cell ([`Metrics::drop_retired`]).
 #[derive(Debug)]
 pub(crate) struct LazyHistogram {
     family: HistogramFamily,
@@ -460,16 +450,9 @@ impl Metrics {
         Self { registry, meter, duration, ttft, gen_ai, retention: Duration::ZERO }
     }
 
-    /// A document with these series keys is served from `now` on: the others are retired, and
-    /// those past their retention dropped.
-    pub(crate) fn served(&self, keys: &std::collections::BTreeSet<MeterKey>, now: Instant) {
-        self.meter.retire_absent(keys, now);
-        self.drop_retired(now);
-    }
-
     /// Drops the retired series past their retention, histograms included, and the gen_ai
     /// series of a (provider, model) no series of the meter has any more.
-    fn drop_retired(&self, now: Instant) {
+    pub(crate) fn drop_retired(&self, now: Instant) {
         let dropped = self.meter.drop_retired(now, self.retention);
         if dropped.is_empty() {
             return;
@@ -742,34 +725,45 @@ mod tests {
         let mut m = Metrics::new();
         m.retention = Duration::from_secs(60);
         let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
         let (a, b) = (key("chat", "a"), key("gone", "b"));
-        m.meter.cell(&a).record_outcome(Outcome::Ok, None);
-        let held = m.meter.cell(&b);
-        held.record_outcome(Outcome::Ok, Some(Duration::from_millis(5)));
+        // a is held as a served backend holds it; b only by a request in flight.
+        let served_a = m.meter.cell(&a);
+        served_a.record_outcome(Outcome::Ok, None);
+        let in_flight = m.meter.cell(&b);
+        in_flight.record_outcome(Outcome::Ok, Some(Duration::from_millis(5)));
         let (duration, _) = m.histograms(&Arc::new(BackendLabels::of(&b)));
         duration.observe(0.005);
-        let only_a = std::collections::BTreeSet::from([a.clone()]);
-        m.served(&only_a, t0);
-        let has_b = |m: &Metrics| m.meter.snapshot().entries.contains_key(&b);
-        // Within the retention: still exported.
-        m.drop_retired(t0 + Duration::from_secs(59));
-        assert!(has_b(&m));
-        // Past it but held (a request in flight): still exported, and counting.
-        m.drop_retired(t0 + Duration::from_secs(61));
-        assert!(has_b(&m));
-        held.record_outcome(Outcome::Ok, None);
-        drop((held, duration));
-        m.drop_retired(t0 + Duration::from_secs(61));
-        assert!(!has_b(&m), "past its retention and unheld: dropped");
-        assert!(!m.encode().contains("route=\"gone\""), "histograms too");
-        assert!(m.meter.snapshot().entries.contains_key(&a));
-        // A key served again before its retention ends keeps its counts.
+        let has = |m: &Metrics, k: &MeterKey| m.meter.snapshot().entries.contains_key(k);
+        // Held: exported however long.
+        m.drop_retired(at(1000));
+        assert!(has(&m, &b));
+        in_flight.record_outcome(Outcome::Ok, None);
+        drop((in_flight, duration));
+        // Unheld from 1001 on: exported for its retention, then dropped, histograms too.
+        m.drop_retired(at(1001));
+        m.drop_retired(at(1060));
+        assert!(has(&m, &b), "unheld for less than its retention");
+        assert!(m.encode().contains("tollgate_request_duration_seconds_count{route=\"gone\""));
+        m.drop_retired(at(1061));
+        assert!(!has(&m, &b), "unheld for its retention: dropped");
+        assert!(!m.encode().contains("route=\"gone\""), "{}", m.encode());
+        assert!(has(&m, &a), "a served series stays");
+        // Served again within its retention: it keeps its counts, and its retention starts
+        // anew once unheld again.
         let c = key("back", "c");
         m.meter.cell(&c).record_outcome(Outcome::Ok, None);
-        m.served(&only_a, t0);
-        m.served(&std::collections::BTreeSet::from([a.clone(), c.clone()]), t0 + Duration::from_secs(30));
-        m.drop_retired(t0 + Duration::from_secs(600));
+        m.drop_retired(at(2000));
+        let served_c = m.meter.cell(&c);
+        m.drop_retired(at(2600));
         assert_eq!(m.meter.snapshot().backend("back", "c").count(Outcome::Ok), 1);
+        drop(served_c);
+        m.drop_retired(at(2601));
+        m.drop_retired(at(2660));
+        assert!(has(&m, &c));
+        m.drop_retired(at(2661));
+        assert!(!has(&m, &c));
+        drop(served_a);
     }
 
     #[test]

@@ -421,10 +421,10 @@ impl Gateway {
     pub(crate) fn swap_validated(&self, config: GatewayConfig) {
         let revision = config.revision.clone();
         let served = Served::compile(config, &self.inner.metrics);
-        let keys = served.order.iter().flat_map(|r| r.backends.iter().map(|b| b.cell.key.clone())).collect();
         self.inner.current.store(Some(Arc::new(served)));
         self.inner.metrics.meter.set_revision(&revision);
-        self.inner.metrics.served(&keys, std::time::Instant::now());
+        // The previous document's series no longer served start their retention.
+        self.inner.metrics.drop_retired(std::time::Instant::now());
     }
 
     /// Applies the allowances document (Hard budgets' grants, issue 13) as gateway instance
