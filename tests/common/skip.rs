@@ -40,12 +40,18 @@ pub fn provided(need: &str) -> bool {
     names.contains(&need)
 }
 
-/// Skips `test`, which needs `need` and cannot have it here because of `reason` (say how to get
-/// it). Panics instead when [`VAR`] promises `need`.
+/// Skips `test` (named by its thread, as the harness names it, when it has one), which needs
+/// `need` and cannot have it here because of `reason` (say how to get it). Panics instead when
+/// [`VAR`] promises `need`.
 pub fn skip(need: &str, test: &str, reason: &str) {
+    // The harness names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(test);
     if provided(need) {
         panic!("{test} cannot run although {VAR} promises {need:?}: {reason}");
     }
-    // Not `eprintln!`: the harness captures that and shows it only for failing tests.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test} (needs {need}): {reason}");
+    // Not `eprintln!`: the harness captures that and shows it only for failing tests. One
+    // write of the whole line, so the harness's own output does not cut into it.
+    let line = format!("SKIPPED {test} (needs {need}): {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
