@@ -155,8 +155,9 @@ pub enum ConfigError {
     /// The JSON does not parse into the document shape.
     #[error("config document does not parse: {0}")]
     Parse(String),
-    /// A version this gateway does not understand.
-    #[error("config version {found} is not supported (expected {CONFIG_VERSION})")]
+    /// A version this gateway does not understand (named before any parse error: a newer
+    /// schema's new fields are not the reason it is refused).
+    #[error("{}", version_message(*found))]
     Version {
         /// The version found.
         found: u32,
@@ -197,6 +198,29 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+fn version_message(found: u32) -> String {
+    if found > CONFIG_VERSION {
+        format!(
+            "config version {found} is newer than this gateway reads (version {CONFIG_VERSION}): upgrade the \
+             gateway to the controller's release"
+        )
+    } else {
+        format!("config version {found} is not one this gateway reads (version {CONFIG_VERSION})")
+    }
+}
+
+/// For a document that does not parse: [`ConfigError::Version`] when it states a version other
+/// than [`CONFIG_VERSION`] (a newer schema's fields would otherwise be reported as unknown).
+/// Read only on the error path, so a valid document is parsed once.
+pub(crate) fn version_error(bytes: &[u8]) -> Option<ConfigError> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let v: Versioned = serde_json::from_slice(bytes).ok()?;
+    (v.version != CONFIG_VERSION).then_some(ConfigError::Version { found: v.version })
 }
 
 /// Built-in base URL of a well-known provider (OpenAI-compatible endpoints).
@@ -421,7 +445,8 @@ impl GatewayConfig {
 
     /// Parses and validates a document (what the gateway does on every reload).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let doc: GatewayConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let doc: GatewayConfig = serde_json::from_slice(bytes)
+            .map_err(|e| version_error(bytes).unwrap_or_else(|| ConfigError::Parse(e.to_string())))?;
         doc.validate()?;
         Ok(doc)
     }

@@ -5,8 +5,12 @@
 //!
 //! The fixtures are YAML (Argo's `testdata/` convention); they are turned into a Lua table
 //! literal here. Integers stay integers (Argo's gopher-lua prints whole float64 numbers without a
-//! fraction, as Lua 5.4 prints integers), `null` becomes `nil`. The Lua test skips, saying so,
-//! when `lua5.4` is not installed (`apt-get install lua5.4`); the drift check always runs.
+//! fraction, as Lua 5.4 prints integers), `null` becomes `nil`. The Lua tests skip, saying so,
+//! when `lua5.4` is not installed (`apt-get install lua5.4`), a failure where
+//! `TOLLGATE_CI_PROVIDES` lists `lua` (tests/common/skip.rs); the drift check always runs.
+
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -75,14 +79,18 @@ fn health(obj: &Value) -> (String, String) {
     (status.to_string(), message.to_string())
 }
 
-fn lua_available() -> bool {
-    Command::new("lua5.4").arg("-v").output().is_ok_and(|o| o.status.success())
+/// Whether `lua5.4` runs here; when not, skips `test`.
+fn lua_or_skip(test: &str) -> bool {
+    let ok = Command::new("lua5.4").arg("-v").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        skip::skip(skip::LUA, test, "lua5.4 is not installed (apt-get install lua5.4)");
+    }
+    ok
 }
 
 #[test]
 fn health_lua_on_every_fixture() {
-    if !lua_available() {
-        println!("SKIPPED argocd health: lua5.4 is not installed (apt-get install lua5.4)");
+    if !lua_or_skip("health_lua_on_every_fixture") {
         return;
     }
     let tests = yaml(&dir().join("health_test.yaml"));
@@ -111,8 +119,7 @@ fn health_lua_on_every_fixture() {
 
 #[test]
 fn lua_literals_survive_quoting() {
-    if !lua_available() {
-        println!("SKIPPED argocd health: lua5.4 is not installed (apt-get install lua5.4)");
+    if !lua_or_skip("lua_literals_survive_quoting") {
         return;
     }
     // A message with quotes, backslashes, a newline and non-ASCII text comes back unchanged.

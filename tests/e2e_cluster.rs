@@ -1,5 +1,6 @@
 //! End to end against a real API server: whatever cluster `KUBECONFIG` names (the shared
-//! kube-apiserver v1.20 of `.ci/run`, kind, k3d). Skips, saying so, when `KUBECONFIG` is not set.
+//! kube-apiserver v1.20 of `.ci/run`, kind, k3d). Skips, saying so, when `KUBECONFIG` is not set
+//! (a failure where `TOLLGATE_CI_PROVIDES` lists `kube`: tests/common/skip.rs).
 //!
 //! The suite installs the CRDs (created through the API, as `kubectl apply --validate=false`
 //! would), starts the `tollgate controller` process, applies the example manifests into a fresh
@@ -9,6 +10,9 @@
 //! ConfigMap, the statuses and the Events within one signal interval. Finally it kills the
 //! controller (SIGKILL) mid-window, adds spend while none runs, starts a new one and checks that
 //! the window's spend is exact: neither lost nor counted twice.
+//!
+//! Beside it: a `--from-configmap` gateway given a document of a newer schema version (a
+//! controller rolled out ahead of its gateways) refuses it clearly and keeps the last good one.
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -18,7 +22,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cluster::{Controller, create, events, events_of, eventually, fresh_namespace, http_get, install_crds, yaml_docs};
+use cluster::{
+    Controller, client_or_skip, create, events, events_of, eventually, fresh_namespace, http_get, install_crds,
+    yaml_docs,
+};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -29,6 +36,10 @@ use serde_json::json;
 use tollgate::api::{ModelRoute, ProviderBudget};
 use tollgate::config::GatewayConfig;
 use tollgate::kube_source::{self as source, SourceUpdate};
+
+/// Held while a test looks at or installs the CRDs: the first test checks what a cluster without
+/// them does, which another test installing them at the same time would spoil.
+static CRDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The controller's `--signal-interval` in this suite.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -138,17 +149,8 @@ fn backend_state(doc: &GatewayConfig, route: &str, backend: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_end_to_end() {
     let suite = Instant::now();
-    match std::env::var("KUBECONFIG") {
-        Ok(k) if !k.is_empty() => {}
-        _ => {
-            println!(
-                "SKIPPED e2e_cluster: KUBECONFIG is not set. Start a cluster (e.g. `../shared/k8s/apiserver up`, \
-                 kind or k3d), export KUBECONFIG and run `cargo test --test e2e_cluster -- --nocapture`."
-            );
-            return;
-        }
-    }
-    let client = Client::try_default().await.expect("KUBECONFIG is set but no client could be built from it");
+    let Some(client) = client_or_skip("e2e_cluster").await else { return };
+    let crds_lock = CRDS.lock().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     if crds.get_opt("modelroutes.tollgate.dev").await.unwrap().is_none() {
         // A fresh cluster: the controller must refuse to start, saying why.
@@ -163,6 +165,7 @@ async fn controller_end_to_end() {
         println!("without the CRDs: exit {:?}, {line}", out.status.code());
     }
     install_crds(&client).await;
+    drop(crds_lock);
 
     // With the default ServiceAccount Pods expect (no controller-manager on the test server).
     let ns = fresh_namespace(&client, "tollgate-e2e").await;
@@ -502,4 +505,77 @@ async fn controller_end_to_end() {
     let status = controller2.proc.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status after SIGTERM: {status}");
     println!("e2e suite took {:?}", suite.elapsed());
+}
+
+/// A controller rolled out ahead of its gateways writes a document of a newer schema version:
+/// a `--from-configmap` gateway refuses it, saying which version it found and which it reads,
+/// counts it in `tollgate_config_reload_errors_total` and keeps serving the last good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_behind_its_controller_keeps_the_last_good_config() {
+    let Some(client) = client_or_skip("e2e_cluster").await else { return };
+    {
+        let _crds = CRDS.lock().await;
+        install_crds(&client).await;
+    }
+    let ns = fresh_namespace(&client, "tollgate-newer").await;
+    create::<ModelRoute>(
+        &client,
+        &ns,
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "ModelRoute", "metadata": {"name": "chat"},
+               "spec": {"backends": [{"name": "m", "provider": "openai", "model": "gpt-5-mini",
+                                      "endpoint": {"mock": {"latency": "1ms"}},
+                                      "pricing": {"input": "0.25", "output": "2.00"}}]}}),
+    )
+    .await;
+    // The controller writes version 1; then it is gone, and the ConfigMap is what a newer
+    // controller writes: version 2 with a field this gateway has never heard of.
+    let mut controller = Controller::start(&ns, "newer-controller", &["--leader-election=false"]);
+    let (good, _) =
+        eventually("the controller's config", Duration::from_secs(20), || async { config(&client, &ns).await }).await;
+    let gateway = cluster::ApiGateway::start(&ns, &[], &[]);
+    let chat = || async {
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/v1/chat/completions", gateway.api))
+            .json(&json!({"model": "chat"}))
+            .send()
+            .await
+            .ok()?;
+        Some(r.status().as_u16())
+    };
+    eventually("the gateway serves chat", Duration::from_secs(20), || async {
+        (chat().await == Some(200)).then_some(())
+    })
+    .await;
+    controller.proc.kill();
+    let mut newer: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
+    newer["version"] = json!(2);
+    newer["revision"] = json!("sha256:0123456789abcdef");
+    newer["spendLimits"] = json!([{"provider": "openai", "limit": "1"}]);
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .patch(
+            "tollgate-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"config.json": newer.to_string()}})),
+        )
+        .await
+        .unwrap();
+    let metric = |text: &str, prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+    let (text, took) = eventually("the newer document refused", Duration::from_secs(20), || async {
+        let (_, text) = http_get(gateway.metrics, "/metrics").await?;
+        (metric(&text, "tollgate_config_reload_errors_total ").as_deref()
+            == Some("tollgate_config_reload_errors_total 1"))
+        .then_some(text)
+    })
+    .await;
+    println!("the gateway refused the version-2 document {took:?} after it was written");
+    let log = gateway.proc.log_text();
+    let line = log.lines().find(|l| l.contains("refused")).unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    println!("{line}");
+    assert!(line.contains("config version 2 is newer than this gateway reads (version 1)"), "{line}");
+    assert_eq!(
+        metric(&text, "tollgate_config_revision_info"),
+        Some(format!("tollgate_config_revision_info{{revision=\"{}\"}} 1", good.revision)),
+        "{text}"
+    );
+    assert_eq!(chat().await, Some(200), "the last good config serves");
 }

@@ -7,6 +7,9 @@
 //! replica takes over from a SIGKILLed holder within the lease duration plus slack (printed).
 //! Finally the holder's Lease is taken over through the API (holderIdentity overwritten): the
 //! replica exits non-zero, saying that it lost the lease.
+//!
+//! A leader paused (SIGSTOP) past its Lease while the standby takes over and writes: woken
+//! (SIGCONT), it writes nothing (ConfigMap, route and Event resourceVersions compared) and exits.
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -191,4 +194,112 @@ async fn two_replicas_one_leader_fast_handover() {
     assert!(!status.success(), "a replica that lost its lease must exit non-zero");
     assert!(c.proc.log_text().contains("lost the leader lease"), "{}", c.proc.log_tail(20));
     println!("e2e_leader took {:?}", suite.elapsed());
+}
+
+/// What the controllers have written in `ns`: the ConfigMap's resourceVersion and config, each
+/// route's resourceVersion (status writes move it), and the Events by reporting replica.
+#[derive(Debug, PartialEq)]
+struct Written {
+    configmap: Option<(String, String)>,
+    routes: Vec<(String, String)>,
+    events: Vec<(String, String)>,
+}
+
+async fn written(client: &Client, ns: &str) -> Written {
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("tollgate-gateway").await.unwrap();
+    let configmap = cm.map(|c| {
+        (c.metadata.resource_version.clone().unwrap_or_default(), c.data.unwrap_or_default()["config.json"].clone())
+    });
+    let mut routes: Vec<(String, String)> = Api::<ModelRoute>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| (kube::ResourceExt::name_any(&r), r.metadata.resource_version.unwrap_or_default()))
+        .collect();
+    routes.sort();
+    let mut events: Vec<(String, String)> = events(client, ns)
+        .await
+        .into_iter()
+        .map(|e| (e.reporting_instance.clone().unwrap_or_default(), kube::ResourceExt::name_any(&e)))
+        .collect();
+    events.sort();
+    Written { configmap, routes, events }
+}
+
+/// A leader paused (SIGSTOP) past its Lease while the standby takes over and writes a newer
+/// config: when it wakes (SIGCONT) it writes nothing (no ConfigMap, status or Event: the objects'
+/// resourceVersions stay as the new leader left them, its own log shows no write after the
+/// pause) and stands down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    let suite = Instant::now();
+    let Some(client) = client_or_skip("e2e_leader").await else { return };
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client, "tollgate-pause").await;
+    create::<ModelRoute>(&client, &ns, route(90)).await;
+    let mut a = Controller::start(&ns, "pause-a", &[]);
+    wait_holder(&client, &ns, "pause-a", Duration::from_secs(20)).await;
+    eventually("pause-a leading", Duration::from_secs(15), || async {
+        (a.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+    eventually("pause-a's ConfigMap", Duration::from_secs(15), || async {
+        config_text(&client, &ns).await.filter(|d| d.contains("\"gpt-5-nano-90\""))
+    })
+    .await;
+    let b = Controller::start(&ns, "pause-b", &[]);
+    eventually("pause-b in standby", Duration::from_secs(15), || async {
+        (b.phase().await.as_deref() == Some("standby")).then_some(())
+    })
+    .await;
+
+    // a stops mid-lease, its writes so far counted.
+    let applied_before = applied_lines(&a.proc);
+    let log_before = a.proc.log_text().len();
+    a.proc.signal("-STOP");
+    let paused = Instant::now();
+    let (holder_b, took) = wait_holder(&client, &ns, "pause-b", LEASE + Duration::from_secs(10)).await;
+    println!("pause-b ({holder_b}) took the Lease {took:?} after pause-a was stopped");
+    eventually("pause-b leading", Duration::from_secs(10), || async {
+        (b.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+    // The new leader writes a newer config: what a remembers is now stale.
+    let took = change_and_wait(&client, &ns, 80).await;
+    println!("pause-b applied a route change in {took:?}");
+    // Past a's lease by more than its duration again, so a wakes to timers long due.
+    let since = paused.elapsed();
+    if since < LEASE * 2 {
+        tokio::time::sleep(LEASE * 2 - since).await;
+    }
+    let before = written(&client, &ns).await;
+
+    a.proc.signal("-CONT");
+    let woke = Instant::now();
+    // It stands down (exits) at once; the writes are checked first, whether or not it does.
+    let mut status = None;
+    while status.is_none() && woke.elapsed() < LEASE + Duration::from_secs(10) {
+        status = a.proc.child.try_wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("pause-a after SIGCONT: {status:?} ({:?})", woke.elapsed());
+    let after_wake = a.proc.log_text()[log_before..].to_string();
+    // A write a sent before it exited has landed by now; b still leads.
+    eventually("pause-b still leading", Duration::from_secs(10), || async {
+        (b.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+    let after = written(&client, &ns).await;
+    assert_eq!(applied_lines(&a.proc), applied_before, "pause-a applied a config after waking:\n{after_wake}");
+    assert_eq!(after.configmap, before.configmap, "the ConfigMap was written after pause-a woke:\n{after_wake}");
+    assert!(after.configmap.as_ref().is_some_and(|(_, c)| c.contains("\"gpt-5-nano-80\"")), "{after:?}");
+    assert_eq!(after.routes, before.routes, "a route (status) was written after pause-a woke:\n{after_wake}");
+    let new_a_events: Vec<_> = after.events.iter().filter(|e| e.0 == "pause-a" && !before.events.contains(e)).collect();
+    assert!(new_a_events.is_empty(), "pause-a posted Events after waking: {new_a_events:?}");
+    let status = status.unwrap_or_else(|| panic!("pause-a did not stand down after waking:\n{after_wake}"));
+    assert!(!status.success(), "a replica that lost its lease must exit non-zero:\n{after_wake}");
+    assert_eq!(lease_holder(&client, &ns, LEASE_NAME).await.as_deref(), Some(holder_b.as_str()));
+    println!("pause-a wrote nothing after waking; e2e_leader (pause) took {:?}", suite.elapsed());
 }

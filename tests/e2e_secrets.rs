@@ -12,6 +12,11 @@
 //! route `good` (a labelled Secret) keeps working. Once the Secret's owner labels it
 //! `tollgate.dev/provider-key=true`, the route is Ready and the key reaches the upstream as
 //! `Authorization: Bearer ...`.
+//!
+//! A provider key's Secret rotated, then one losing its label, then one deleted: one whole
+//! controller pass after each (counted on the controller's `/metrics`), `tollgate-credentials`
+//! holds the new value or no longer the key, and a `--from-configmap` gateway follows (its files,
+//! and the Authorization it sends upstream).
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -290,4 +295,171 @@ async fn a_route_cannot_read_an_unlabelled_secret() {
     drop(gateway.proc);
     std::fs::remove_dir_all(&gateway.creds).ok();
     println!("e2e_secrets took {:?}", suite.elapsed());
+}
+
+/// Passes the controller has completed (`tollgate_controller_reconcile_duration_seconds_count`).
+async fn passes_done(c: &Controller) -> u64 {
+    let (_, text) = http_get(c.health, "/metrics").await.expect("the controller's /metrics answers");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tollgate_controller_reconcile_duration_seconds_count"))
+        .unwrap_or_else(|| panic!("no pass count in the controller's /metrics:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+/// Waits until the controller has completed two passes since now: the second began after the
+/// first ended, so after this call; what one pass does is then done.
+async fn one_whole_pass(c: &Controller) {
+    let start = passes_done(c).await;
+    eventually("two more controller passes", Duration::from_secs(20), || async {
+        (passes_done(c).await >= start + 2).then_some(())
+    })
+    .await;
+}
+
+/// The keys of `tollgate-credentials` and their values (`None` before it exists).
+async fn credentials(client: &Client, ns: &str) -> Option<Vec<(String, String)>> {
+    let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt("tollgate-credentials").await.unwrap()?;
+    Some(s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).to_string())).collect())
+}
+
+/// The credential files a gateway wrote, and their contents.
+fn gateway_files(g: &ApiGateway) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&g.creds)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| {
+                    (e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path()).unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A provider key's Secret rotated, losing its opt-in label, or deleted: within one controller
+/// pass `tollgate-credentials` holds the new value, or no longer the key; a gateway following
+/// it through the API rewrites or removes its file and sends the new key (or none) upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_key_rotated_unlabelled_or_deleted_leaves_the_credentials() {
+    let suite = Instant::now();
+    let Some(admin) = client_or_skip("e2e_secrets").await else { return };
+    install_crds(&admin).await;
+    let ns = fresh_namespace(&admin, "tollgate-keys").await;
+    let value = |tag: &str| format!("sk-{tag}-{:016x}", rand::random::<u64>());
+    let (a1, a2, b1) = (value("a1"), value("a2"), value("b1"));
+    for (name, v) in [("key-a", &a1), ("key-b", &b1)] {
+        create::<Secret>(
+            &admin,
+            &ns,
+            json!({"metadata": {"name": name, "labels": {LABEL: "true"}}, "stringData": {"api-key": v}}),
+        )
+        .await;
+    }
+    let (upstream, seen) = fake_upstream().await;
+    for (route, secret) in [("ra", "key-a"), ("rb", "key-b")] {
+        create::<ModelRoute>(
+            &admin,
+            &ns,
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "ModelRoute", "metadata": {"name": route},
+                   "spec": {"backends": [backend(route, upstream, route, secret, "api-key")]}}),
+        )
+        .await;
+    }
+    let controller = Controller::start(&ns, "keys-controller", &["--leader-election=false"]);
+    let both = vec![("key-a_api-key".to_string(), a1.clone()), ("key-b_api-key".to_string(), b1.clone())];
+    eventually("both keys in tollgate-credentials", Duration::from_secs(20), || async {
+        (credentials(&admin, &ns).await == Some(both.clone())).then_some(())
+    })
+    .await;
+    let gateway = ApiGateway::start(&ns, &["--max-attempts", "1"], &[]);
+    let gw = gateway.api;
+    eventually("the gateway has both keys", Duration::from_secs(20), || async {
+        (gateway_files(&gateway) == both).then_some(())
+    })
+    .await;
+    for route in ["ra", "rb"] {
+        eventually(&format!("{route} served"), Duration::from_secs(20), || async {
+            (chat(gw, route).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let auth_of = |path: &str| -> Vec<String> {
+        seen.lock().unwrap().iter().filter(|(p, _)| p.starts_with(path)).map(|(_, a)| a.clone()).collect()
+    };
+    assert_eq!(auth_of("/ra/").last(), Some(&format!("Bearer {a1}")));
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+
+    // 1. key-a rotated.
+    secrets
+        .patch("key-a", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"api-key": a2}})))
+        .await
+        .unwrap();
+    one_whole_pass(&controller).await;
+    let rotated = vec![("key-a_api-key".to_string(), a2.clone()), ("key-b_api-key".to_string(), b1.clone())];
+    assert_eq!(credentials(&admin, &ns).await, Some(rotated.clone()), "one pass after the rotation");
+    let (_, took) = eventually("the gateway has the rotated key", Duration::from_secs(10), || async {
+        (gateway_files(&gateway) == rotated).then_some(())
+    })
+    .await;
+    println!("rotated key-a: in tollgate-credentials within one pass, in the gateway's files {took:?} later");
+    let (_, took) = eventually("the rotated key upstream", Duration::from_secs(10), || async {
+        (chat(gw, "ra").await.0 == 200 && auth_of("/ra/").last() == Some(&format!("Bearer {a2}"))).then_some(())
+    })
+    .await;
+    println!("the gateway sends the rotated key {took:?} after it wrote the file (its key cache lasts 1 s)");
+
+    // 2. key-b loses its opt-in label: no longer the controller's to copy.
+    secrets
+        .patch("key-b", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {LABEL: null}}})))
+        .await
+        .unwrap();
+    one_whole_pass(&controller).await;
+    let only_a = vec![("key-a_api-key".to_string(), a2.clone())];
+    assert_eq!(credentials(&admin, &ns).await, Some(only_a.clone()), "one pass after the label went");
+    let (_, took) = eventually("the gateway dropped key-b", Duration::from_secs(10), || async {
+        (gateway_files(&gateway) == only_a).then_some(())
+    })
+    .await;
+    println!(
+        "unlabelled key-b: out of tollgate-credentials within one pass, out of the gateway's files {took:?} later"
+    );
+    let (ready, _) = eventually("rb Ready=False SecretNotOptedIn", Duration::from_secs(10), || async {
+        route_ready(&admin, &ns, "rb").await.filter(|r| r.1 == "SecretNotOptedIn")
+    })
+    .await;
+    assert_eq!(ready.0, "False");
+    let (_, took) = eventually("the unlabelled key no longer upstream", Duration::from_secs(10), || async {
+        let before = auth_of("/rb/").len();
+        let _ = chat(gw, "rb").await;
+        auth_of("/rb/").iter().skip(before).all(|a| !a.contains(&b1)).then_some(())
+    })
+    .await;
+    println!("the gateway stopped sending the unlabelled key {took:?} after it removed the file");
+
+    // 3. key-a deleted.
+    secrets.delete("key-a", &Default::default()).await.unwrap();
+    one_whole_pass(&controller).await;
+    assert_eq!(credentials(&admin, &ns).await, Some(vec![]), "one pass after the deletion");
+    let (_, took) = eventually("the gateway dropped key-a", Duration::from_secs(10), || async {
+        gateway_files(&gateway).is_empty().then_some(())
+    })
+    .await;
+    println!("deleted key-a: out of tollgate-credentials within one pass, out of the gateway's files {took:?} later");
+    let (_, took) = eventually("the deleted key no longer upstream", Duration::from_secs(10), || async {
+        let before = auth_of("/ra/").len();
+        let _ = chat(gw, "ra").await;
+        auth_of("/ra/").iter().skip(before).all(|a| !a.contains(&a2)).then_some(())
+    })
+    .await;
+    println!("the gateway stopped sending the deleted key {took:?} after it removed the file");
+    for v in [&a1, &a2, &b1] {
+        assert!(!controller.proc.log_text().contains(v.as_str()), "a key is in the controller's log");
+        assert!(!gateway.proc.log_text().contains(v.as_str()), "a key is in the gateway's log");
+    }
+    drop(gateway.proc);
+    std::fs::remove_dir_all(&gateway.creds).ok();
+    println!("e2e_secrets (keys) took {:?}", suite.elapsed());
 }

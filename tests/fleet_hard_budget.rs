@@ -103,10 +103,22 @@ fn doc(grants: &BTreeMap<String, Money>) -> Vec<u8> {
     a.to_json().into_bytes()
 }
 
-/// A gateway's exact openai spend from `/metrics` (`tollgate_cost_nanousd_total`), `None` when
-/// it does not answer.
+/// A gateway's `/metrics` text, `None` when it does not answer.
+async fn metrics_text(client: &reqwest::Client, g: &Gw) -> Option<String> {
+    client.get(&g.metrics).send().await.ok()?.text().await.ok()
+}
+
+/// A gateway's exact openai spend from `/metrics` (`tollgate_cost_nanousd_total`, exported at 0
+/// from the config's load, so an absent series fails), `None` when it does not answer.
 async fn spend(client: &reqwest::Client, g: &Gw) -> Option<Money> {
-    Some(ledger(client, g).await?.metered)
+    Some(metered(&metrics_text(client, g).await?))
+}
+
+fn metered(text: &str) -> Money {
+    let labels = [("route", "chat"), ("backend", "openai"), ("provider", "openai"), ("model", "openai-model")];
+    let nanos = series(text, "tollgate_cost_nanousd_total", &labels)
+        .unwrap_or_else(|| panic!("no tollgate_cost_nanousd_total{labels:?} in /metrics:\n{text}"));
+    Money::from_picos(nanos as i128 * 1000)
 }
 
 /// One gateway's openai spend as metered, and its Hard budget's ledger as it exposes it.
@@ -117,18 +129,19 @@ struct Books {
     granted: Money,
 }
 
+/// The books of a gateway that holds the Hard budget (every series must be there: an absent
+/// one would read as zero and satisfy `settled <= granted`), `None` when it does not answer.
 async fn ledger(client: &reqwest::Client, g: &Gw) -> Option<Books> {
-    let text = client.get(&g.metrics).send().await.ok()?.text().await.ok()?;
-    let labels = [("route", "chat"), ("backend", "openai"), ("provider", "openai"), ("model", "openai-model")];
-    let nanos = series(&text, "tollgate_cost_nanousd_total", &labels).unwrap_or(0.0);
+    let text = metrics_text(client, g).await?;
     // The ledger's gauges are in USD (f64): read to the nearest nano-USD, exact for the spend
     // (multiples of $0.002), within a nano-USD for a grant.
     let usd = |name: &str| {
-        let v = series(&text, name, &[("budget", "openai-hard")]).unwrap_or(0.0);
+        let v = series(&text, name, &[("budget", "openai-hard")])
+            .unwrap_or_else(|| panic!("{}: no {name}{{budget=\"openai-hard\"}} in /metrics:\n{text}", g.id));
         Money::from_picos((v * 1e9).round() as i128 * 1000)
     };
     Some(Books {
-        metered: Money::from_picos(nanos as i128 * 1000),
+        metered: metered(&text),
         settled: usd("tollgate_hard_budget_settled_usd"),
         granted: usd("tollgate_hard_budget_granted_usd"),
     })

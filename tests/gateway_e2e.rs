@@ -2,6 +2,8 @@
 //! speaking each provider family's wire format, faults, and hot reload. Every test asserts what
 //! the client received AND what the meter / `/metrics` counted, cost exact to the pico-dollar.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1528,4 +1530,116 @@ async fn a_volume_switching_to_the_compressed_form_reloads() {
     wait_for("the text document served", || h.gw.revision() == Some(v3.revision.clone())).await;
     assert_eq!(h.gw.meter().reload_errors(), errors, "no reload error on either switch");
     watcher.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics cardinality
+// ---------------------------------------------------------------------------------------------
+
+/// Every series of `/metrics` by name and labels (values left out).
+fn series_set(text: &str) -> std::collections::BTreeSet<String> {
+    common::prom::samples(text).into_iter().map(|s| format!("{}{:?}", s.name, s.labels)).collect()
+}
+
+/// A reload that removes a route drops that route's series from `/metrics` (every family that
+/// carries `route`: outcomes, tokens, cost, latency histograms), once no request in flight
+/// uses them and their retention (zero here) has passed; the route that stays keeps its counts.
+#[tokio::test]
+async fn a_route_removed_by_a_reload_drops_its_series() {
+    let routes = |names: &[&str]| {
+        config(
+            names
+                .iter()
+                .map(|r| {
+                    let b = backend(&format!("{r}-b"), "openai", ProviderFamily::OpenAI, mock("0ms"), openai_prices());
+                    route(r, Strategy::Weighted, vec![b])
+                })
+                .collect(),
+        )
+    };
+    let h = start_with(Some(routes(&["chat", "gone"])), |o| o.retired_series_retention = Duration::ZERO).await;
+    for model in ["chat", "gone"] {
+        for stream in [false, true] {
+            let r = h.post("/v1/chat/completions", json!({"model": model, "stream": stream})).await;
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        }
+    }
+    let before = h.metrics().await;
+    let all = common::prom::samples(&before);
+    let with_route = |route: &str| -> std::collections::BTreeSet<String> {
+        all.iter().filter(|s| s.has(&[("route", route)])).map(|s| s.name.clone()).collect()
+    };
+    let families = with_route("gone");
+    for f in [
+        "tollgate_requests_total",
+        "tollgate_tokens_total",
+        "tollgate_cost_nanousd_total",
+        "tollgate_cost_usd_total",
+        "tollgate_request_duration_seconds_bucket",
+        "tollgate_time_to_first_token_seconds_bucket",
+        "tollgate_health_latency_seconds_bucket",
+    ] {
+        assert!(families.contains(f), "no {f} series of route gone before the reload: {families:?}");
+    }
+    assert_eq!(families, with_route("chat"), "both routes export the same families");
+
+    h.gw.swap_config(routes(&["chat"])).unwrap();
+    let after = h.metrics().await;
+    common::prom::assert_no_series_with(&after, "tollgate_", &[("route", "gone")]);
+    assert_eq!(h.requests("chat", "chat-b", "openai", "ok").await, 2.0, "the route that stays keeps its counts");
+    // Nothing else went, and nothing came but the new revision: the gen_ai series of the
+    // removed backend's model (no other backend has it) went with it.
+    let gone = |s: &String| {
+        s.contains("\"route\": \"gone\"")
+            || s.contains("\"gen_ai_request_model\": \"gone-b-model\"")
+            || s.starts_with("tollgate_config_revision_info")
+    };
+    assert!(series_set(&before).iter().any(|s| s.contains("\"gen_ai_request_model\": \"gone-b-model\"")));
+    let kept: std::collections::BTreeSet<String> = series_set(&before).into_iter().filter(|s| !gone(s)).collect();
+    let now: std::collections::BTreeSet<String> = series_set(&after).into_iter().filter(|s| !gone(s)).collect();
+    assert_eq!(now, kept, "only the removed route's series went");
+    common::prom::assert_no_series_with(&after, "gen_ai_", &[("gen_ai_request_model", "gone-b-model")]);
+    assert!(!after.contains("gone-b-model"), "{after}");
+}
+
+/// Thousands of requests naming models no route serves, on every client surface, are refused
+/// (404) and add no series: nothing in `/metrics` is labelled by what a client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_client_model_names_add_no_series() {
+    let h = start(config(vec![route(
+        "chat",
+        Strategy::Weighted,
+        vec![backend("m", "openai", ProviderFamily::OpenAI, mock("0ms"), openai_prices())],
+    )]))
+    .await;
+    // Some traffic first, so every family a request can create exists.
+    for stream in [false, true] {
+        let r = h.post("/v1/chat/completions", json!({"model": "chat", "stream": stream})).await;
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await.unwrap();
+    }
+    let before = series_set(&h.metrics().await);
+    let paths = ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/embeddings", "/v1/completions"];
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, base) = (h.client.clone(), h.base.clone());
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    let path = paths[i % paths.len()];
+                    let model = format!("client-{t}-{i}-{:08x}", rand::random::<u32>());
+                    let body = json!({"model": model, "stream": i % 2 == 0, "max_tokens": 5, "input": "x",
+                                      "prompt": "x", "messages": [{"role": "user", "content": "hi"}]});
+                    let r = client.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+                    assert_eq!(r.status(), 404, "{path} {model}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = h.metrics().await;
+    assert_eq!(series_set(&after), before, "2,000 unknown models added series");
+    assert!(!after.contains("client-"), "a client's model name is in /metrics");
 }

@@ -7,6 +7,9 @@
 //! misbehaving peer does). Tests that measure memory or exhaust file descriptors run the real
 //! binary as a child process (its own RSS, its own `ulimit -n`).
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -933,7 +936,7 @@ async fn curl_over_h2c_sees_the_413_not_a_reset() {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("HTTP2"));
     if !has_h2 {
-        eprintln!("skipped: no curl with HTTP/2 support");
+        skip::skip(skip::CURL, "curl_over_h2c_sees_the_413_not_a_reset", "no curl with HTTP/2 support on PATH");
         return;
     }
     let h = start(config(vec![backend("m", mock())]), |o| o.max_body_bytes = 64 * 1024, ServeLimits::default()).await;

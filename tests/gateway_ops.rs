@@ -298,6 +298,67 @@ async fn connect_timeout_to_a_silent_address_fails_over_as_connect_error() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Config documents
+// ---------------------------------------------------------------------------------------------
+
+/// A controller rolled out ahead of its gateways writes a document of a newer schema version,
+/// with fields this gateway has never heard of: the gateway refuses it saying which version it
+/// found and which it reads (not "unknown field"), counts it in
+/// `tollgate_config_reload_errors_total` and keeps serving the last good document. The same for
+/// a split document's index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_of_a_newer_schema_version_is_refused_and_the_last_good_one_serves() {
+    let up = chat_provider().await;
+    let gw =
+        gateway("gwnewer", &[route_yaml("chat", &[Row("a", up.base_url(), 0)], "")], &["--reload-interval", "100ms"])
+            .await;
+    let path = gw._dir.join("config.json");
+    let good: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let good_rev = good["revision"].as_str().unwrap().to_string();
+    let text = gw.metrics().await;
+    assert_eq!(series(&text, "tollgate_config_reload_errors_total", &[]), Some(0.0), "{text}");
+
+    // Version 2, as a newer controller writes it: a field at the top and one in a route.
+    let mut newer = good.clone();
+    newer["version"] = json!(2);
+    newer["revision"] = json!("sha256:0123456789abcdef");
+    newer["spendLimits"] = json!([{"provider": "openai", "limit": "1"}]);
+    newer["routes"][0]["budgetRefs"] = json!(["openai-daily"]);
+    common::proc::write_atomic(&path, newer.to_string().as_bytes());
+    let errors = |text: &str| series(text, "tollgate_config_reload_errors_total", &[]);
+    wait_until("the newer document counted as refused", Duration::from_secs(10), || async {
+        errors(&gw.metrics().await) == Some(1.0)
+    })
+    .await;
+    let text = gw.metrics().await;
+    let logs = gw.proc.logs();
+    let line =
+        logs.lines().find(|l| l.contains("config refused")).unwrap_or_else(|| panic!("no refusal logged:\n{logs}"));
+    assert!(line.contains("config version 2 is newer than this gateway reads (version 1)"), "{line}");
+    assert!(!line.contains("unknown field"), "the version is the reason, not its new fields: {line}");
+    assert_eq!(series(&text, "tollgate_config_revision_info", &[("revision", &good_rev)]), Some(1.0), "{text}");
+    let r = gw.post("/v1/chat/completions", json!({"model": "chat"})).await;
+    assert_eq!(r.status(), 200, "the last good document serves");
+
+    // A split document's index of the newer version (the reader falls back to it once
+    // config.json is gone).
+    let index = json!({"version": 2, "revision": "sha256:0123456789abcdef", "shards": [{"key": "shard-1.json.gz",
+                       "sha256": "00", "routes": 1}], "compression": "zstd"});
+    common::proc::write_atomic(&gw._dir.join("config.index.json"), index.to_string().as_bytes());
+    std::fs::remove_file(&path).unwrap();
+    wait_until("the newer index counted as refused", Duration::from_secs(10), || async {
+        errors(&gw.metrics().await) == Some(2.0)
+    })
+    .await;
+    let text = gw.metrics().await;
+    let logs = gw.proc.logs();
+    let line = logs.lines().filter(|l| l.contains("config refused")).nth(1).unwrap_or_else(|| panic!("{logs}"));
+    assert!(line.contains("config version 2 is newer than this gateway reads (version 1)"), "{line}");
+    assert_eq!(series(&text, "tollgate_config_revision_info", &[("revision", &good_rev)]), Some(1.0), "{text}");
+    assert_eq!(gw.post("/v1/chat/completions", json!({"model": "chat"})).await.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Limits
 // ---------------------------------------------------------------------------------------------
 
@@ -332,7 +393,8 @@ async fn total_timeout_cuts_a_slow_stream() {
     let mut missing = labels.to_vec();
     missing.push(("reason", "stream_interrupted"));
     assert_eq!(series(&text, "tollgate_usage_missing_total", &missing), Some(1.0), "{text}");
-    assert_eq!(series(&text, "tollgate_cost_nanousd_total", &labels).unwrap_or(0.0), 0.0);
+    // The idle series is exported at 0 from the config's load: present, and nothing billed.
+    assert_eq!(series(&text, "tollgate_cost_nanousd_total", &labels), Some(0.0), "{text}");
 }
 
 /// Sends raw bytes on a fresh connection and reads until the server closes it or `limit`.
@@ -608,4 +670,22 @@ async fn each_failure_is_labelled_by_its_outcome() {
     assert_eq!(r.status(), 400);
     gw.outcomes_become("r400", &[("first", "client_error", 1)]).await;
     assert_eq!(spare.hits(), 4);
+}
+
+/// The negative checks of tests/common/prom.rs fail on a metric or label that is not there.
+#[test]
+fn prom_text_is_parsed_and_absence_needs_a_sibling() {
+    use common::prom::{assert_no_series, samples};
+    let text = "# TYPE a counter\na_total{route=\"x\",msg=\"q\\\"u,o}te\"} 3\na_total{route=\"y\"} 0\nb 1.5\nc_bucket{le=\"+Inf\"} +Inf\n";
+    let all = samples(text);
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].labels["msg"], "q\"u,o}te");
+    assert_eq!((all[0].value, all[2].name.as_str(), all[2].value), (3.0, "b", 1.5));
+    assert_no_series(text, "a_total", &[("route", "z")]);
+    let renamed = std::panic::catch_unwind(|| assert_no_series(text, "a_totals", &[("route", "z")]));
+    assert!(renamed.is_err(), "a metric that is not there must not pass as absent");
+    let relabelled = std::panic::catch_unwind(|| assert_no_series(text, "a_total", &[("path", "z")]));
+    assert!(relabelled.is_err(), "a label no sample has must not pass as absent");
+    let present = std::panic::catch_unwind(|| assert_no_series(text, "a_total", &[("route", "y")]));
+    assert!(present.is_err());
 }

@@ -12,7 +12,8 @@
 //!   start-up error otherwise) and a dangling symlink (an editor's lock file) is skipped.
 //!
 //! Rules: tests that need a mount (tmpfs) run only where `mount` works (root with
-//! CAP_SYS_ADMIN) and otherwise print why they skip; every mount is unmounted on drop, before
+//! CAP_SYS_ADMIN) and otherwise say why they skip (a failure where `TOLLGATE_CI_PROVIDES` lists
+//! `tmpfs`: tests/common/skip.rs); every mount is unmounted on drop, before
 //! the test's directory is removed. Each test has its own directory; every wait has a deadline.
 
 mod common;
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 
 use common::local::Local;
 use common::proc::{BIN, Proc, TempDir, free_port, wait_until};
+use common::skip;
 
 const ROUTES: &str = r#"
 apiVersion: tollgate.dev/v1alpha1
@@ -152,24 +154,20 @@ impl Local {
 struct Mount(PathBuf);
 
 impl Mount {
-    /// Mounts a tmpfs with `options` on `dir`; `None` (with the reason printed) where this
-    /// process may not mount.
+    /// Mounts a tmpfs with `options` on `dir`; `None` (skipped through tests/common/skip.rs)
+    /// where this process may not mount.
     fn tmpfs(dir: &Path, options: &str, test: &str) -> Option<Mount> {
         let out = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir).output();
-        match out {
-            Ok(o) if o.status.success() => Some(Mount(dir.to_path_buf())),
-            Ok(o) => {
-                println!(
-                    "SKIPPED {test}: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                println!("SKIPPED {test}: cannot run mount: {e}");
-                None
-            }
-        }
+        let why = match out {
+            Ok(o) if o.status.success() => return Some(Mount(dir.to_path_buf())),
+            Ok(o) => format!(
+                "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => format!("cannot run mount: {e}"),
+        };
+        skip::skip(skip::TMPFS, test, &why);
+        None
     }
 }
 

@@ -26,7 +26,8 @@
 //!    TollgateBackendEjected for mistral.
 //!
 //! Skips, saying so, without `KUBECONFIG` (both tests) or without the `prometheus` binary (the
-//! Prometheus test). Processes are killed when the test ends (also on failure); every port comes
+//! Prometheus test); a failure instead where `TOLLGATE_CI_PROVIDES` lists `kube` or
+//! `prometheus` (tests/common/skip.rs). Processes are killed when the test ends (also on failure); every port comes
 //! from binding 127.0.0.1:0, every temporary directory is unique to the test.
 
 #[path = "common/cluster.rs"]
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{create, eventually, free_port, fresh_namespace, install_crds, repo};
+use cluster::{cluster_or_skip, create, eventually, free_port, fresh_namespace, install_crds, repo, skip};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -355,19 +356,6 @@ struct Outcomes {
     deepseek_spent_exact_after_restart: bool,
 }
 
-fn skip_without_cluster(test: &str) -> bool {
-    match std::env::var("KUBECONFIG") {
-        Ok(k) if !k.is_empty() => false,
-        _ => {
-            println!(
-                "SKIPPED {test}: KUBECONFIG is not set. Start a cluster (e.g. `../shared/k8s/apiserver up DIR`), \
-                 export KUBECONFIG=DIR/kubeconfig and run `cargo test --test prometheus_e2e -- --nocapture`."
-            );
-            true
-        }
-    }
-}
-
 async fn scenario(with_prometheus: bool) -> Outcomes {
     let suite = Instant::now();
     let mode = if with_prometheus { "prometheus" } else { "scrape" };
@@ -625,7 +613,7 @@ fn expected() -> Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_with_scrape_signals() {
-    if skip_without_cluster("prometheus_e2e (scrape)") {
+    if !cluster_or_skip("prometheus_e2e", "prometheus_e2e (scrape)") {
         return;
     }
     assert_eq!(scenario(false).await, expected());
@@ -633,13 +621,14 @@ async fn rotations_with_scrape_signals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_with_prometheus_signals() {
-    if skip_without_cluster("prometheus_e2e (prometheus)") {
+    if !cluster_or_skip("prometheus_e2e", "prometheus_e2e (prometheus)") {
         return;
     }
     if Command::new("prometheus").arg("--version").output().is_err() {
-        println!(
-            "SKIPPED prometheus_e2e (prometheus): no `prometheus` binary on PATH \
-             (Debian: apt-get install prometheus; .ci/run installs it)"
+        skip::skip(
+            skip::PROMETHEUS,
+            "prometheus_e2e (prometheus)",
+            "no `prometheus` binary on PATH (Debian: apt-get install prometheus; .ci/run installs it)",
         );
         return;
     }

@@ -183,8 +183,9 @@ pub fn split(doc: &GatewayConfig, name: &str, compressed: usize) -> Result<Shard
 
 /// Parses an index document.
 pub fn parse_index(bytes: &[u8]) -> Result<ShardIndex, ConfigError> {
-    let index: ShardIndex =
-        serde_json::from_slice(bytes).map_err(|e| ConfigError::Parse(format!("shard index {INDEX_KEY}: {e}")))?;
+    let index: ShardIndex = serde_json::from_slice(bytes).map_err(|e| {
+        super::version_error(bytes).unwrap_or_else(|| ConfigError::Parse(format!("shard index {INDEX_KEY}: {e}")))
+    })?;
     if index.version != CONFIG_VERSION {
         return Err(ConfigError::Version { found: index.version });
     }

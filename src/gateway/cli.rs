@@ -95,6 +95,10 @@ pub struct GatewayArgs {
     /// After a streaming client disconnects, how long the upstream is still read for its usage.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub disconnect_drain_timeout: Duration,
+    /// How long `/metrics` still exports the series of a route or backend a reload removed, so
+    /// every scraper reads their last values; then they are dropped.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub retired_series_retention: Duration,
     /// After a streaming client disconnects, how many upstream bytes are still read for its
     /// usage.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -146,6 +150,7 @@ impl GatewayArgs {
             max_sse_event_bytes: self.max_sse_event_bytes,
             max_buffered_bytes: self.max_buffered_bytes,
             disconnect_drain_timeout: self.disconnect_drain_timeout,
+            retired_series_retention: self.retired_series_retention,
             disconnect_drain_bytes: self.disconnect_drain_bytes,
         }
     }

@@ -15,6 +15,12 @@
 //! the meter, so `local` and the controller's readers get the same integer bucket counts; a
 //! series exports it from its first successful attempt on (a bucket holds values ≤ its bound).
 //!
+//! A series of a route or backend that a reload removed is retired, not dropped at once: once
+//! nothing holds its cell but the meter (no served document, no request in flight) it is still
+//! exported for [`Metrics::retention`], so every scraper reads its last values; then it leaves
+//! the meter and the histogram families (checked at each scrape and each reload). `/metrics` is bounded by the documents served recently, not by
+//! every document ever served. A key served again before that keeps its series and counts on.
+//!
 //! Every metric and label name comes from [`crate::signals::contract`] (the controller reads
 //! with the same names); snapshot deltas go through [`crate::signals::delta`] (the controller's
 //! tracker and `tollgate local` use the same functions). The OpenTelemetry gen_ai families
@@ -23,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -233,6 +239,8 @@ impl MeterCell {
 #[derive(Debug, Default)]
 pub struct Meter {
     cells: RwLock<BTreeMap<MeterKey, Arc<MeterCell>>>,
+    /// Series held by nothing but the meter, since when.
+    retired: Mutex<BTreeMap<MeterKey, Instant>>,
     reload_errors: AtomicU64,
     revision: RwLock<Option<String>>,
 }
@@ -245,6 +253,29 @@ impl Meter {
         }
         let mut w = self.cells.write().unwrap_or_else(PoisonError::into_inner);
         w.entry(key.clone()).or_insert_with(|| Arc::new(MeterCell::new(key.clone()))).clone()
+    }
+
+    /// Drops the series nothing has held but the meter (no served document, no request in
+    /// flight) for at least `retention` as of `now`; returns their keys. A series held again
+    /// (a document serves its key anew) counts as held from then on.
+    pub(crate) fn drop_retired(&self, now: Instant, retention: Duration) -> Vec<MeterKey> {
+        let mut cells = self.cells.write().unwrap_or_else(PoisonError::into_inner);
+        let mut retired = lock(&self.retired);
+        let mut dropped = Vec::new();
+        cells.retain(|k, c| {
+            if Arc::strong_count(c) > 1 {
+                retired.remove(k);
+                return true;
+            }
+            let since = *retired.entry(k.clone()).or_insert(now);
+            if now.saturating_duration_since(since) < retention {
+                return true;
+            }
+            retired.remove(k);
+            dropped.push(k.clone());
+            false
+        });
+        dropped
     }
 
     /// Totals of every series, now.
@@ -362,7 +393,8 @@ fn latency_histogram() -> Histogram {
 /// A histogram series of one backend, created in its family at the first observation: a
 /// backend that never served exports no histogram. At fleet scale (50,000 backends) eager
 /// 15-bucket series were most of the gateway's memory and made every scrape hundreds of MB.
-/// A series, once created, stays (across reloads too), as before.
+/// A series, once created, stays while its backend is served, and after a reload removed it
+/// until the meter drops its retired cell ([`Metrics::drop_retired`]).
 #[derive(Debug)]
 pub(crate) struct LazyHistogram {
     family: HistogramFamily,
@@ -389,6 +421,8 @@ pub(crate) struct Metrics {
     duration: HistogramFamily,
     ttft: HistogramFamily,
     gen_ai: Arc<GenAi>,
+    /// How long a retired series is still exported.
+    pub(crate) retention: Duration,
 }
 
 impl Metrics {
@@ -409,7 +443,28 @@ impl Metrics {
         );
         registry.register_collector(Box::new(MeterCollector(meter.clone())));
         let gen_ai = GenAi::register(&mut registry);
-        Self { registry, meter, duration, ttft, gen_ai }
+        Self { registry, meter, duration, ttft, gen_ai, retention: Duration::ZERO }
+    }
+
+    /// Drops the retired series past their retention, histograms included, and the gen_ai
+    /// series of a (provider, model) no series of the meter has any more.
+    pub(crate) fn drop_retired(&self, now: Instant) {
+        let dropped = self.meter.drop_retired(now, self.retention);
+        if dropped.is_empty() {
+            return;
+        }
+        for k in &dropped {
+            let labels = BackendLabels::of(k);
+            self.duration.remove(&labels);
+            self.ttft.remove(&labels);
+        }
+        let left: std::collections::BTreeSet<(String, String)> =
+            self.meter.snapshot().entries.keys().map(|k| (k.provider.clone(), k.model.clone())).collect();
+        let gone: std::collections::BTreeSet<(String, String)> =
+            dropped.into_iter().map(|k| (k.provider, k.model)).filter(|pm| !left.contains(pm)).collect();
+        for (provider, model) in gone {
+            self.gen_ai.remove(&provider, &model);
+        }
     }
 
     /// Adds a collector (the Hard budgets' admission, issue 13).
@@ -429,8 +484,10 @@ impl Metrics {
         (LazyHistogram::new(&self.duration, labels), LazyHistogram::new(&self.ttft, labels))
     }
 
-    /// Prometheus text exposition (format 0.0.4).
+    /// Prometheus text exposition (format 0.0.4), after dropping the retired series past their
+    /// retention.
     pub(crate) fn encode(&self) -> String {
+        self.drop_retired(Instant::now());
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -657,6 +714,52 @@ mod tests {
         assert_eq!(via_reading.backends[&bk].outcomes, via_meter.backends[&bk].outcomes);
         // Bucket counts are integers on both sides: equal.
         assert_eq!(via_reading.backends[&bk].latency_le, via_meter.backends[&bk].latency_le);
+    }
+
+    #[test]
+    fn retired_series_stay_for_their_retention_and_while_held() {
+        let mut m = Metrics::new();
+        m.retention = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let (a, b) = (key("chat", "a"), key("gone", "b"));
+        // a is held as a served backend holds it; b only by a request in flight.
+        let served_a = m.meter.cell(&a);
+        served_a.record_outcome(Outcome::Ok, None);
+        let in_flight = m.meter.cell(&b);
+        in_flight.record_outcome(Outcome::Ok, Some(Duration::from_millis(5)));
+        let (duration, _) = m.histograms(&Arc::new(BackendLabels::of(&b)));
+        duration.observe(0.005);
+        let has = |m: &Metrics, k: &MeterKey| m.meter.snapshot().entries.contains_key(k);
+        // Held: exported however long.
+        m.drop_retired(at(1000));
+        assert!(has(&m, &b));
+        in_flight.record_outcome(Outcome::Ok, None);
+        drop((in_flight, duration));
+        // Unheld from 1001 on: exported for its retention, then dropped, histograms too.
+        m.drop_retired(at(1001));
+        m.drop_retired(at(1060));
+        assert!(has(&m, &b), "unheld for less than its retention");
+        assert!(m.encode().contains("tollgate_request_duration_seconds_count{route=\"gone\""));
+        m.drop_retired(at(1061));
+        assert!(!has(&m, &b), "unheld for its retention: dropped");
+        assert!(!m.encode().contains("route=\"gone\""), "{}", m.encode());
+        assert!(has(&m, &a), "a served series stays");
+        // Served again within its retention: it keeps its counts, and its retention starts
+        // anew once unheld again.
+        let c = key("back", "c");
+        m.meter.cell(&c).record_outcome(Outcome::Ok, None);
+        m.drop_retired(at(2000));
+        let served_c = m.meter.cell(&c);
+        m.drop_retired(at(2600));
+        assert_eq!(m.meter.snapshot().backend("back", "c").count(Outcome::Ok), 1);
+        drop(served_c);
+        m.drop_retired(at(2601));
+        m.drop_retired(at(2660));
+        assert!(has(&m, &c));
+        m.drop_retired(at(2661));
+        assert!(!has(&m, &c));
+        drop(served_a);
     }
 
     #[test]

@@ -120,6 +120,10 @@ pub struct GatewayOptions {
     pub disconnect_drain_timeout: Duration,
     /// After a streaming client left, how many upstream bytes are still read for its usage.
     pub disconnect_drain_bytes: usize,
+    /// How long `/metrics` still exports the series of a route or backend a reload removed
+    /// (then, once no request in flight uses them, they are dropped): long enough for every
+    /// scraper to read their last values.
+    pub retired_series_retention: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -137,6 +141,7 @@ impl Default for GatewayOptions {
             max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
             disconnect_drain_timeout: Duration::from_secs(30),
             disconnect_drain_bytes: 16 * 1024 * 1024,
+            retired_series_retention: Duration::from_secs(600),
         }
     }
 }
@@ -382,6 +387,7 @@ impl Gateway {
         let upstream = upstream::Upstream::new(&opts)?;
         let admission = Arc::new(admission::Admission::default());
         let mut metrics = Metrics::new();
+        metrics.retention = opts.retired_series_retention;
         metrics.register_collector(Box::new(admission::AdmissionCollector(admission.clone())));
         let gw = Gateway {
             inner: Arc::new(Inner {
@@ -420,6 +426,8 @@ impl Gateway {
         let served = Served::compile(config, &self.inner.metrics);
         self.inner.current.store(Some(Arc::new(served)));
         self.inner.metrics.meter.set_revision(&revision);
+        // The previous document's series no longer served start their retention.
+        self.inner.metrics.drop_retired(std::time::Instant::now());
     }
 
     /// Applies the allowances document (Hard budgets' grants, issue 13) as gateway instance

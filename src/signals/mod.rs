@@ -6,8 +6,9 @@
 //! `/metrics` (the default, no extra component) and [`prometheus::PrometheusSignals`] asks a
 //! Prometheus server with PromQL (`--signals prometheus=URL`). Both return *cumulative* counters
 //! per gateway pod ([`GatewayReading`]); the [`Tracker`] turns successive readings into deltas,
-//! detects counter resets (a gateway restarted) and keeps the per-gateway cumulative spend the
-//! controller checkpoints in `ProviderBudget` status. Spend is read from
+//! detects counter resets (a gateway restarted; a series that is gone, as the gateway drops a
+//! removed route's, is not a reset) and keeps the per-gateway cumulative spend the controller
+//! checkpoints in `ProviderBudget` status. Spend is read from
 //! `tollgate_cost_nanousd_total` (integers), so it stays exact end to end.
 //!
 //! [`contract`] names every metric and label both sides use (the gateway writes with it, the
@@ -182,13 +183,15 @@ impl GatewayReading {
         out
     }
 
-    /// Whether any counter went down compared with `earlier` (the gateway restarted).
+    /// Whether any counter went down compared with `earlier` (the gateway restarted). A series
+    /// that is gone is not one that went down: the gateway drops the series of a route a reload
+    /// removed, while a restarted one exports its configured series again, at zero.
     pub fn is_reset_of(&self, earlier: &GatewayReading) -> bool {
-        let req = earlier.requests.iter().any(|(k, v)| self.requests.get(k).copied().unwrap_or(0) < *v);
-        let cost = earlier.cost_nanousd.iter().any(|(k, v)| self.cost_nanousd.get(k).copied().unwrap_or(0) < *v);
-        let lat = earlier.latency.iter().any(|(k, v)| self.latency.get(k).map_or(0, |l| l.count) < v.count);
+        let req = earlier.requests.iter().any(|(k, v)| self.requests.get(k).is_some_and(|n| n < v));
+        let cost = earlier.cost_nanousd.iter().any(|(k, v)| self.cost_nanousd.get(k).is_some_and(|n| n < v));
+        let lat = earlier.latency.iter().any(|(k, v)| self.latency.get(k).is_some_and(|l| l.count < v.count));
         let inf = |le: &Vec<u64>| le.last().copied().unwrap_or(0);
-        let hist = earlier.latency_le.iter().any(|(k, v)| self.latency_le.get(k).map_or(0, inf) < inf(v));
+        let hist = earlier.latency_le.iter().any(|(k, v)| self.latency_le.get(k).is_some_and(|n| inf(n) < inf(v)));
         req || cost || lat || hist
     }
 
@@ -448,6 +451,30 @@ mod tests {
         assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(500_000));
         assert_eq!(t.checkpoint("p1", "team-a", "openai", &[]), Some(500));
         assert_eq!(t.checkpoint("p1", "team-b", "openai", &[]), None);
+    }
+
+    /// The gateway drops the series of a route a reload removed: the others' spend is counted
+    /// on, not again from zero as after a restart.
+    #[test]
+    fn a_dropped_series_is_not_a_restart() {
+        let two = |a: u64, b: Option<u64>| {
+            let mut t = text(1, 0, a);
+            if let Some(b) = b {
+                t.push_str(&format!(
+                    "tollgate_cost_nanousd_total{{route=\"gone\",backend=\"b\",provider=\"openai\",model=\"gpt\"}} {b}\n"
+                ));
+            }
+            t
+        };
+        let mut t = Tracker::new();
+        let targets = [target("p1")];
+        t.observe(&targets, read("p1", &two(1000, Some(400))), &BTreeMap::new());
+        let o = t.observe(&targets, read("p1", &two(1500, None)), &BTreeMap::new());
+        assert!(o.resets.is_empty(), "{:?}", o.resets);
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(500_000));
+        // Served again later: it counts from zero, as a new series.
+        let o = t.observe(&targets, read("p1", &two(1500, Some(30))), &BTreeMap::new());
+        assert_eq!(o.observations.spend.values().copied().sum::<Money>(), Money::from_picos(30_000));
     }
 
     #[test]

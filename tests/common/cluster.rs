@@ -1,7 +1,8 @@
 //! Helpers of the end-to-end suites that run against a real API server (`KUBECONFIG`): skip
-//! when none is configured, CRDs, fresh namespaces, objects from JSON, waiting with a deadline,
-//! the `tollgate` binary as a child process (killed when dropped, its log printed when the test
-//! fails), fake gateway pods with their own `/metrics`, Events and the Lease.
+//! when none is configured (through `skip.rs`: a failure where CI promises a cluster), CRDs,
+//! fresh namespaces, objects from JSON, waiting with a deadline, the `tollgate` binary as a
+//! child process (killed when dropped, its log printed when the test fails), fake gateway pods
+//! with their own `/metrics`, Events and the Lease.
 //!
 //! Rules: every wait has a deadline (no fixed sleeps that a condition can replace); every port
 //! comes from binding 127.0.0.1:0; every temporary file or directory is unique per test (it
@@ -23,6 +24,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
+#[path = "skip.rs"]
+pub mod skip;
+
 pub fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -32,17 +36,29 @@ pub fn yaml_docs(path: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(&text).unwrap().into_iter().filter(|d| !d.is_null()).collect()
 }
 
-/// A client for `KUBECONFIG`, or `None` (after printing how to run the suite) when it is unset.
-pub async fn client_or_skip(suite: &str) -> Option<Client> {
+/// Whether `KUBECONFIG` names a cluster; when not, skips `test` (a failure where
+/// `TOLLGATE_CI_PROVIDES` lists `kube`) saying how to run `suite`.
+pub fn cluster_or_skip(suite: &str, test: &str) -> bool {
     match std::env::var("KUBECONFIG") {
-        Ok(k) if !k.is_empty() => {}
+        Ok(k) if !k.is_empty() => true,
         _ => {
-            println!(
-                "SKIPPED {suite}: KUBECONFIG is not set. Start a cluster (e.g. `../shared/k8s/apiserver up`, kind \
-                 or k3d), export KUBECONFIG and run `cargo test --test {suite} -- --nocapture`."
+            skip::skip(
+                skip::KUBE,
+                test,
+                &format!(
+                    "KUBECONFIG is not set. Start a cluster (e.g. `../shared/k8s/apiserver up DIR`, kind or k3d), \
+                     export KUBECONFIG and run `cargo test --test {suite} -- --nocapture`."
+                ),
             );
-            return None;
+            false
         }
+    }
+}
+
+/// A client for `KUBECONFIG`, or `None` (skipped through [`cluster_or_skip`]) when it is unset.
+pub async fn client_or_skip(suite: &str) -> Option<Client> {
+    if !cluster_or_skip(suite, suite) {
+        return None;
     }
     Some(Client::try_default().await.expect("KUBECONFIG is set but no client could be built from it"))
 }

@@ -7,6 +7,8 @@ use std::path::Path;
 pub mod local;
 #[allow(dead_code)]
 pub mod proc;
+pub mod prom;
+pub mod skip;
 #[allow(dead_code)]
 pub mod upstream;
 

@@ -35,7 +35,8 @@
 //!
 //! Cardinality is bounded by configuration: every attribute value comes from a configured
 //! backend (provider, model) or a fixed list (operations, token types, outcomes), never from a
-//! request.
+//! request. The series of a (provider, model) no backend has any more leave with the last
+//! tollgate series of that pair ([`GenAi::remove`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -123,6 +124,35 @@ impl GenAi {
         );
         registry.register_collector(Box::new(CostCollector(g.clone())));
         g
+    }
+
+    /// Drops every series of `provider` and `model` (once no backend has them: no handle of
+    /// theirs is used again).
+    pub(crate) fn remove(&self, provider: &str, model: &str) {
+        let mut ops: Vec<&'static str> = Endpoint::ALL.iter().map(|e| operation_name(*e)).collect();
+        ops.dedup();
+        for op in ops {
+            let base: Labels = vec![
+                (names::OPERATION_NAME, op.to_string()),
+                (names::PROVIDER_NAME, provider.to_string()),
+                (names::REQUEST_MODEL, model.to_string()),
+            ];
+            let with = |k: &'static str, v: &str| {
+                let mut l = base.clone();
+                l.push((k, v.to_string()));
+                l
+            };
+            self.duration.remove(&base);
+            self.ttft.remove(&base);
+            for o in Outcome::ALL.iter().filter(|o| **o != Outcome::Ok) {
+                self.duration.remove(&with(names::ERROR_TYPE, o.label()));
+            }
+            for t in [names::TOKEN_INPUT, names::TOKEN_OUTPUT] {
+                self.tokens.remove(&with(names::TOKEN_TYPE, t));
+            }
+        }
+        let mut costs = self.cost.lock().unwrap_or_else(PoisonError::into_inner);
+        costs.retain(|(_, p, m), _| !(p == provider && m == model));
     }
 }
 
