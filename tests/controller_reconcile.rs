@@ -172,10 +172,10 @@ fn expected_doc_with(routes: &[Value], budgets: &[Value]) -> GatewayConfig {
 /// Golden revisions (sha256 of the document without its revision, first 16 hex digits) of the
 /// documents below; [`assert_configmap`] has the gateway's own check (`from_json`) recompute
 /// each one where it is sent.
-const CHAT_REV: &str = "sha256:3bf207e4d187fcf1";
-const CHAT_OTHER_REV: &str = "sha256:ccea0e2cfbdc9e0e";
-const CHAT_ROTATED_REV: &str = "sha256:d146c10d5696ac7f";
-const CHAT_ROTATED_OTHER_REV: &str = "sha256:d1f142b343cead0f";
+const CHAT_REV: &str = "sha256:4cbbfa2fec890d51";
+const CHAT_OTHER_REV: &str = "sha256:9fafc8793ac6b026";
+const CHAT_ROTATED_REV: &str = "sha256:bdc0e87389c7adc9";
+const CHAT_ROTATED_OTHER_REV: &str = "sha256:04c3d145db463259";
 const EMPTY_REV: &str = "sha256:65a1cdc17c46240c";
 
 /// `endpoint.mock: {}` with the defaults the document spells out.
@@ -193,13 +193,14 @@ fn chat_entry_by_hand() -> Value {
              "tier": 0, "weight": 70, "state": "Active", "serving": true,
              "endpoint": {"http": {"baseUrl": "https://api.openai.com/v1", "protocol": "OpenAI",
                                    "apiKeyFile": "openai_api-key"}},
-             // cachedInput and cacheWrite default to input, reasoning to output.
-             "pricing": {"input": "0.25", "cachedInput": "0.25", "cacheWrite": "0.25",
+             // cachedInput and cacheWrite default to input, cacheWrite1h to twice input,
+             // reasoning to output.
+             "pricing": {"input": "0.25", "cachedInput": "0.25", "cacheWrite": "0.25", "cacheWrite1h": "0.50",
                          "output": "2.00", "reasoning": "2.00"}},
             {"name": "deepseek", "provider": "deepseek", "family": "DeepSeek", "model": "deepseek-chat",
              "tier": 0, "weight": 30, "state": "Active", "serving": true,
              "endpoint": mock_endpoint_by_hand(),
-             "pricing": {"input": "0.28", "cachedInput": "0.28", "cacheWrite": "0.28",
+             "pricing": {"input": "0.28", "cachedInput": "0.28", "cacheWrite": "0.28", "cacheWrite1h": "0.56",
                          "output": "0.42", "reasoning": "0.42"}}
         ]
     })
@@ -225,7 +226,7 @@ fn other_entry_by_hand() -> Value {
             {"name": "m", "provider": "mistral", "family": "Mistral", "model": "small",
              "tier": 0, "weight": 1, "state": "Active", "serving": true,
              "endpoint": mock_endpoint_by_hand(),
-             "pricing": {"input": "1.00", "cachedInput": "1.00", "cacheWrite": "1.00",
+             "pricing": {"input": "1.00", "cachedInput": "1.00", "cacheWrite": "1.00", "cacheWrite1h": "2.00",
                          "output": "1.00", "reasoning": "1.00"}}
         ]
     })

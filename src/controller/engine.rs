@@ -159,6 +159,9 @@ pub struct PassReport {
     /// Namespaces this pass planned (all on a signal pass; on a spec change, those whose
     /// inputs changed: [`super::scope`]).
     pub planned: Vec<String>,
+    /// This replica was found not to hold the leader Lease (why): the pass stopped before its
+    /// next write, and the runner steps down ([`super::fence`]).
+    pub lost_lease: Option<String>,
 }
 
 /// The controller's memory between passes.
@@ -202,6 +205,9 @@ pub struct Engine {
     pub(super) last_inputs: Option<BTreeMap<String, u64>>,
     /// Hard budgets' grants ([`super::hard`]).
     pub(super) hard: super::hard::HardMemory,
+    /// The leader's write fence; `None` (tests, a single replica without election) writes
+    /// unfenced.
+    fence: Option<Arc<super::fence::Fence>>,
     /// Per namespace: the revision each route's entry has been in since it last changed
     /// ([`super::sync`]).
     pub(super) route_sync: BTreeMap<String, super::sync::NamespaceSync>,
@@ -249,6 +255,7 @@ impl Engine {
             status_pace,
             last_inputs: None,
             hard: super::hard::HardMemory::default(),
+            fence: None,
             route_sync: BTreeMap::new(),
             status_leftover: Vec::new(),
             status_urgent: BTreeSet::new(),
@@ -261,11 +268,48 @@ impl Engine {
     }
     /// Runs one pass. `collect` reads the gateways' signals first (each interval); without it
     /// the policy runs on no new observations (spec changes).
+    /// Fences every later pass's writes with the leader's Lease.
+    pub fn set_fence(&mut self, fence: Arc<super::fence::Fence>) {
+        self.fence = Some(fence);
+    }
+
+    /// Whether the pass may go on writing; records why not in `report`.
+    async fn may_write(&self, report: &mut PassReport) -> bool {
+        let Some(fence) = &self.fence else {
+            return true;
+        };
+        match fence.holds().await {
+            super::fence::Held::Yes => true,
+            super::fence::Held::Lost(why) => {
+                report.lost_lease = Some(why);
+                false
+            }
+            super::fence::Held::Unknown(why) => {
+                report.errors.push(Error::Lease(why));
+                false
+            }
+        }
+    }
+
+    /// A pass cut short by the fence: the next one plans everything again.
+    fn fenced(&mut self, report: PassReport) -> PassReport {
+        for e in &report.errors {
+            self.ctx.metrics.failure(e.metric_label());
+            warn!(error = %e, kind = e.metric_label(), "reconcile failure");
+        }
+        self.last_inputs = None;
+        report
+    }
+
     pub async fn pass(&mut self, snap: &Snapshot, now: Timestamp, collect: bool) -> PassReport {
         let _timer = self.ctx.metrics.time_pass();
+        let mut report = PassReport::default();
+        // A replica that woke from a pause decides nothing from its old memory.
+        if !self.may_write(&mut report).await {
+            return self.fenced(report);
+        }
         // Statuses carry whole seconds; deciding on whole seconds keeps them comparable.
         let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-        let mut report = PassReport::default();
 
         // Scope: every namespace on a signal pass, else only those whose inputs changed.
         let inputs = super::scope::namespace_inputs(snap);
@@ -317,6 +361,12 @@ impl Engine {
         for t in &plan.decision.transitions {
             self.ctx.metrics.transition(&t.reason);
             info!(kind = kind_name(t.kind), object = %t.object, reason = %t.reason, "{}", t.message);
+        }
+
+        // The writes: each group only while this replica still leads (reading the signals
+        // may have taken long enough for the lease to pass on).
+        if !self.may_write(&mut report).await {
+            return self.fenced(report);
         }
 
         // Hard budgets' grants (signal passes only: they need this round's gauges), written
@@ -372,6 +422,9 @@ impl Engine {
         self.config_outcomes(snap, &mut plan, &objects, &not_applied, scope.as_ref(), now);
 
         // Status.
+        if !self.may_write(&mut report).await {
+            return self.fenced(report);
+        }
         let mut writes = Vec::new();
         for g in &snap.routes {
             match self.route_status(g, &plan, &targets, &revisions, now) {
@@ -417,6 +470,9 @@ impl Engine {
         };
         self.queue_events(snap, &plan.decision.transitions, &plan.route_problems, &plan.budget_problems);
         self.reported.extend(kept);
+        if !self.may_write(&mut report).await {
+            return self.fenced(report);
+        }
         let (published, errors) = self.publish_events().await;
         report.events_published = published;
         report.errors.extend(errors);

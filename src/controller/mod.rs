@@ -10,6 +10,7 @@
 //!   events) and the engine's memory, testable against a mocked API server; its steps:
 //!   [`plan`] (snapshot → the shared [`crate::plan`] step), [`apply`] (ConfigMap and Secret),
 //!   [`status`], [`events`] (the outbox), [`pods`] (gateway targets).
+//! - [`fence`]: a pass writes only while this replica is known to hold the leader Lease.
 //! - [`honest`]: statuses and Events when a namespace's config did not reach the cluster.
 //! - `hard`: the Hard budgets' grants, written as the allowances ConfigMap per namespace.
 //! - [`restore`]: the policy's memory rebuilt from statuses after a restart.
@@ -19,6 +20,7 @@ pub mod apply;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod fence;
 mod hard;
 pub mod honest;
 pub mod http;

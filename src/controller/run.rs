@@ -123,7 +123,7 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
         lead(ctx, signals, &args, &pod_name, health.clone(), shutdown.clone()).await
     } else {
         health.set(Phase::Starting);
-        run_engine(ctx, signals, &args, health.clone(), shutdown.clone()).await
+        run_engine(ctx, signals, &args, health.clone(), None, shutdown.clone()).await
     };
     health.set(Phase::Stopping);
     shutdown.cancel();
@@ -210,11 +210,18 @@ async fn lead(
     };
     let (mut leader, task) = manager.watch().await;
     info!(%identity, "acquired the leader lease");
+    let fence = Arc::new(super::fence::Fence::new(
+        leases.clone(),
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(duration),
+        tokio::time::Instant::now(),
+    ));
     ctx.metrics.leader.set(1);
     let stop = shutdown.child_token();
     let mut engine: JoinHandle<Result<(), Error>> = {
         let (ctx, args, health, stop) = (ctx.clone(), args.clone(), health.clone(), stop.clone());
-        tokio::spawn(async move { run_engine(ctx, signals, &args, health, stop).await })
+        tokio::spawn(async move { run_engine(ctx, signals, &args, health, Some(fence), stop).await })
     };
     let result = loop {
         tokio::select! {
@@ -329,6 +336,7 @@ async fn run_engine(
     signals: Arc<dyn Signals>,
     args: &ControllerArgs,
     health: Arc<Health>,
+    fence: Option<Arc<super::fence::Fence>>,
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let client = &ctx.client;
@@ -376,6 +384,9 @@ async fn run_engine(
         info!("caches synced");
         health.set(Phase::Leading);
         let mut engine = Engine::new(ctx.clone(), signals);
+        if let Some(fence) = fence {
+            engine.set_fence(fence);
+        }
         let mut tick = tokio::time::interval(args.signal_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry: Option<tokio::time::Instant> = None;
@@ -404,6 +415,11 @@ async fn run_engine(
                 configmaps: configmaps.state(),
             };
             let report = engine.pass(&snap, Timestamp::now(), collect).await;
+            if let Some(why) = report.lost_lease {
+                return Err(Error::Lease(format!(
+                    "lost the leader lease ({why}); exiting so that a replica takes over"
+                )));
+            }
             if report.errors.is_empty() {
                 // Status writes left past the window: the next pass writes them, at once (the
                 // pace, not a timer, spaces them).
