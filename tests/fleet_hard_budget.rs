@@ -15,8 +15,8 @@
 //! read by a polling task, which on a loaded machine could run after the gateway had started
 //! serving; the load starts as soon as the last gateway is ready.)
 //!
-//! This exercises the data plane and the grant logic across real processes; the controller
-//! writing the ConfigMap in a cluster is not built yet (see README, Hard budgets).
+//! This exercises the data plane and the grant logic across real processes; the controller's
+//! own grants in a cluster are tested by `tests/e2e_hard.rs` (docs/budgets.md, in a cluster).
 
 mod common;
 

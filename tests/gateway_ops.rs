@@ -202,8 +202,8 @@ async fn chat_provider() -> Fake {
 // Failover rules
 // ---------------------------------------------------------------------------------------------
 
-/// README: "never on another 4xx (passed back as is; an upstream 401/403 becomes 502
-/// `upstream_auth_failed`)". A spare backend exists and is never called.
+/// docs/routing.md (failover): "never on another 4xx (passed back with its status [...]; an
+/// upstream 401/403 becomes 502 `upstream_auth_failed`)". A spare backend exists and is never called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_or_422_with_a_spare_backend_is_not_failed_over() {
     let forbidden = Fake::fixed(
@@ -257,8 +257,8 @@ async fn a_403_or_422_with_a_spare_backend_is_not_failed_over() {
 }
 
 /// A connect that never completes (SYNs dropped on loopback) ends at `--connect-timeout`, is
-/// counted `connect_error` (README: "Could not connect (refused, DNS, TLS handshake, connect
-/// timeout)") and fails over; with no spare, the client gets 502 `upstream_unavailable`.
+/// counted `connect_error` (src/gateway/upstream.rs: "Could not connect (refused, DNS, TLS
+/// handshake, connect timeout)") and fails over; with no spare, the client gets 502 `upstream_unavailable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_to_a_silent_address_fails_over_as_connect_error() {
     let (hole, _listener, _held) = black_hole().await;

@@ -221,7 +221,7 @@ async fn state_file_is_only_ever_replaced_whole() {
     assert_eq!(v["version"], 1);
 }
 
-/// README: "a crash (even SIGKILL) loses at most the last second of spend and counts nothing
+/// docs/local.md: "a crash (even SIGKILL) loses at most the last second of spend and counts nothing
 /// twice". With no evaluation running (interval 1h), 10 requests are saved as pending spend by
 /// the per-second checkpoint; 5 more are sent and the process is SIGKILLed at once. After a
 /// restart the spend is exactly 10 × $0.002 plus however many of the last 5 the checkpoint
@@ -270,7 +270,7 @@ async fn sigkill_loses_at_most_the_last_second_of_spend() {
     assert_eq!(spent(&again), after, "nothing counted twice");
 }
 
-/// README: "Stop it with Ctrl-C (a final evaluation is saved)". Same for SIGTERM. Requests are
+/// docs/local.md: "Stop it with Ctrl-C (a final evaluation is saved)". Same for SIGTERM. Requests are
 /// sent and the signal follows at once; the process exits 0, the state file holds no pending
 /// spend (all of it evaluated), and a restart shows exactly the metered spend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +291,7 @@ async fn ctrl_c_and_sigterm_save_a_final_evaluation() {
     }
 }
 
-/// README: "an invalid edit is refused with the file, document, object and field, and the last
+/// docs/local.md: "an invalid edit is refused with the file, document, object and field, and the last
 /// good policy keeps serving". The refused edit would have changed the price; requests keep
 /// costing the old price. A later valid edit applies and clears the report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +390,7 @@ async fn status_and_load_commands() {
     assert!(err.starts_with("error: "), "{err}");
 }
 
-/// Which outcomes eject a backend (README health rules): 429 and connect errors count as
+/// Which outcomes eject a backend (docs/routing.md, health): 429 and connect errors count as
 /// errors, a 4xx does not count at all. One route per kind, each backend first in priority
 /// with a mock spare; six requests each, trip at 50% over at least 4 requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! (`/v1/chat/completions` and the other OpenAI endpoints, `/v1/messages`); each surface says
 //! what it read ([`Input`]) and words the refusal in its own error shape.
 //!
-//! Hints (headers, documented in the README), each only where the route allows it
+//! Hints (headers, documented in docs/routing.md), each only where the route allows it
 //! (`spec.hints`); a hint the route does not allow, or a malformed one, is a 400 naming the
 //! header:
 //! - `x-tollgate-max-cost-usd: <decimal USD>` — rows whose worst-case cost exceeds it are
