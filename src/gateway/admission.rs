@@ -48,9 +48,9 @@ pub(crate) use bound::{CostBound, media};
 pub use bound::{DEFAULT_IMAGE_TOKENS, INPUT_TOKEN_OVERHEAD};
 
 use super::request::Endpoint;
-use crate::api::ProviderFamily;
+
 use crate::config::allowances::{Allowances, HardBudgetGrants};
-use crate::config::{BackendConfig, EndpointConfig, WireApi};
+use crate::config::{BackendConfig, EndpointConfig, ProviderFamily, WireApi};
 use crate::policy::allowance::{Ledger, Reservation};
 use crate::policy::money::{Money, PICOS_PER_USD};
 
