@@ -7,7 +7,10 @@
 //!
 //! Event rules (the JSON `type` decides; the SSE `event:` name is not needed):
 //! - `message_start` → the first chunk, `delta: {role: "assistant", content: ""}`; its `id` and
-//!   `model` are used for every chunk; its `usage` starts the usage.
+//!   `model` are used for every chunk; its `usage` starts the usage. A stream has one: a second
+//!   `message_start` (before `message_stop`) would replace the usage already reported with its
+//!   own, so it is [`TranslateError::Invalid`] and ends the stream; the usage stays what was
+//!   seen before it ([`AnthropicStream::partial_usage`]).
 //! - `content_block_start`: `text` → a content chunk if it carries text; `tool_use` → a
 //!   `tool_calls` chunk with the call's `index` (0-based among the turn's tool calls), `id`,
 //!   `type`, `function.name` and empty `arguments`; `thinking` → `reasoning_content` if any.
@@ -57,6 +60,7 @@ pub struct AnthropicStream {
     usage: Map<String, Value>,
     tool_index: HashMap<u64, u32>,
     next_tool: u32,
+    started: bool,
     stopped: bool,
     failed: Option<UpstreamError>,
     final_usage: Option<UsageReport>,
@@ -79,6 +83,7 @@ impl AnthropicStream {
             usage: Map::new(),
             tool_index: HashMap::new(),
             next_tool: 0,
+            started: false,
             stopped: false,
             failed: None,
             final_usage: None,
@@ -138,6 +143,13 @@ impl AnthropicStream {
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         match kind {
             "message_start" => {
+                if self.started {
+                    return Err(TranslateError::invalid(
+                        "(stream event).type",
+                        "a second `message_start` in one stream (a stream has one; the usage already reported stands)",
+                    ));
+                }
+                self.started = true;
                 let msg = data.get("message").cloned().unwrap_or_default();
                 self.id = text(&msg, "id");
                 self.model = text(&msg, "model");
