@@ -282,9 +282,9 @@ pub(crate) async fn attempt(
                         bytes: opts.disconnect_drain_bytes,
                     });
                 // No API key reaches the client, however encoded (issue 10): every frame is
-                // scrubbed. Translated frames are whole events; a raw pass-through frame is what
-                // one upstream read gave, so a key split across two reads is the one form this
-                // does not catch.
+                // scrubbed. Every frame is made of whole events (translated, or the upstream's
+                // own bytes passed through event by event), so a key split across two upstream
+                // reads is caught too.
                 let scrub = redactor.clone();
                 Body::from_stream(stream.map(move |item| item.map(|frame| codec::scrub(&scrub, frame))))
             }

@@ -92,20 +92,72 @@ impl AnthropicStream {
 
     /// Feeds upstream bytes; returns the outputs they complete.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamOutput>, TranslateError> {
-        let events = self.sse.push(bytes)?;
+        self.push_inner(bytes, None)
+    }
+
+    /// As [`push`](Self::push), appending to `forwarded` the exact bytes of every event taken
+    /// (for a pass-through of the upstream stream): an event that breaks the stream, and what
+    /// follows it, is not among them; an incomplete event is added once complete.
+    pub fn push_forwarding(
+        &mut self,
+        bytes: &[u8],
+        forwarded: &mut Vec<u8>,
+    ) -> Result<Vec<StreamOutput>, TranslateError> {
+        self.push_inner(bytes, Some(forwarded))
+    }
+
+    fn push_inner(
+        &mut self,
+        bytes: &[u8],
+        mut forwarded: Option<&mut Vec<u8>>,
+    ) -> Result<Vec<StreamOutput>, TranslateError> {
         let mut out = Vec::new();
-        for ev in events {
-            self.event(&ev, &mut out)?;
-        }
-        Ok(out)
+        // The parser is taken out while its events are handled (they need `self`).
+        let mut sse = std::mem::replace(&mut self.sse, SseParser::new(0));
+        let r = sse.push_each(bytes, |ev, raw| {
+            if let Some(ev) = ev {
+                self.event(&ev, &mut out)?;
+            }
+            if let Some(f) = forwarded.as_deref_mut() {
+                f.extend_from_slice(raw);
+            }
+            Ok(())
+        });
+        self.sse = sse;
+        r.map(|()| out)
     }
 
     /// The end of the upstream body: the final usage, or why there is none.
     pub fn finish(&mut self) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
+        self.finish_inner(None)
+    }
+
+    /// As [`finish`](Self::finish), appending the bytes of a last event without its blank line
+    /// to `forwarded` (see [`push_forwarding`](Self::push_forwarding)).
+    pub fn finish_forwarding(
+        &mut self,
+        forwarded: &mut Vec<u8>,
+    ) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
+        self.finish_inner(Some(forwarded))
+    }
+
+    fn finish_inner(
+        &mut self,
+        forwarded: Option<&mut Vec<u8>>,
+    ) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
         let mut out = Vec::new();
-        if let Some(ev) = self.sse.finish()? {
-            self.event(&ev, &mut out)?;
-        }
+        let mut sse = std::mem::replace(&mut self.sse, SseParser::new(0));
+        let r = sse.finish_each(|ev, raw| {
+            if let Some(ev) = ev {
+                self.event(&ev, &mut out)?;
+            }
+            if let Some(f) = forwarded {
+                f.extend_from_slice(raw);
+            }
+            Ok(())
+        });
+        self.sse = sse;
+        r?;
         if let Some(e) = &self.failed {
             return Err(TranslateError::Upstream(e.clone()));
         }

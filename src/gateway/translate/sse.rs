@@ -298,27 +298,57 @@ impl SseParser {
     /// Feeds bytes; returns the events completed by them, in order (or the first event's error).
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, TranslateError> {
         let mut out = Vec::new();
+        self.push_each(bytes, |ev, _| {
+            out.extend(ev);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// As [`push`](Self::push), handing `each` every piece in order with its event (`None`: it
+    /// dispatches nothing, e.g. a comment or a [`Piece::tail`]) and its exact bytes. The first
+    /// error (an unreadable event, or one returned by `each`) stops it there: the rest of
+    /// `bytes` is left unread and the stream is over.
+    pub fn push_each(
+        &mut self,
+        bytes: &[u8],
+        mut each: impl FnMut(Option<SseEvent>, &[u8]) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
         let mut failed = None;
         self.framer.feed(bytes, |piece| {
-            if failed.is_none() && !piece.tail {
-                match parse_event(piece.bytes) {
-                    Ok(Some(e)) => out.push(e),
-                    Ok(None) => {}
-                    Err(e) => failed = Some(e),
+            let event = if piece.tail { Ok(None) } else { parse_event(piece.bytes) };
+            match event.and_then(|ev| each(ev, piece.bytes)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
                 }
             }
-            ControlFlow::Continue(())
         })?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// The end of the body: a pending event is completed as if a blank line followed.
     pub fn finish(&mut self) -> Result<Option<SseEvent>, TranslateError> {
+        let mut out = None;
+        self.finish_each(|ev, _| {
+            out = ev;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// As [`finish`](Self::finish), handing `each` the pending event and its bytes (not called
+    /// when nothing is held).
+    pub fn finish_each(
+        &mut self,
+        each: impl FnOnce(Option<SseEvent>, &[u8]) -> Result<(), TranslateError>,
+    ) -> Result<(), TranslateError> {
         let rest = self.framer.finish()?;
-        parse_event(&rest)
+        if rest.is_empty() {
+            return Ok(());
+        }
+        each(parse_event(&rest)?, &rest)
     }
 
     /// `true` when no partial line or event is held.
