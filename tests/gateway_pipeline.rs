@@ -505,12 +505,11 @@ fn anthropic_too_large() -> Response {
 #[tokio::test]
 async fn a_429_about_one_requests_own_size_does_not_pause_the_backend_for_the_next_request() {
     let client = reqwest::Client::new();
-    let cases: [(&str, Client, fn(&Fake) -> Value); 3] = [
-        ("OpenAI", Client::Chat, |f| backend("big", "OpenAI", &f.base_url(), 0)),
-        ("Anthropic", Client::Chat, |f| native_backend("big", Native::Anthropic, f, 0)),
-        ("Anthropic", Client::Messages, |f| native_backend("big", Native::Anthropic, f, 0)),
-    ];
-    for (provider, c, make) in cases {
+    for (provider, c) in [("OpenAI", Client::Chat), ("Anthropic", Client::Chat), ("Anthropic", Client::Messages)] {
+        let make = |f: &Fake| match provider {
+            "OpenAI" => backend("big", "OpenAI", &f.base_url(), 0),
+            _ => native_backend("big", Native::Anthropic, f, 0),
+        };
         // The first request is the oversized one; every later one is served.
         let big = Fake::start(move |s, n| match (n, provider) {
             (1, "OpenAI") => openai_too_large(),

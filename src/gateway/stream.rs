@@ -578,6 +578,10 @@ pub(crate) fn metered(
                 }
                 Ok(None) => {
                     let tail = t.sse.finish();
+                    if t.sse.failed().is_some() {
+                        // The last event, without its blank line, broke the protocol.
+                        return st.after_feed(tail).map(|out| (Ok(out), st));
+                    }
                     st.end(StreamEnd::Complete);
                     return if tail.is_empty() { None } else { Some((Ok(tail), st)) };
                 }
@@ -731,6 +735,13 @@ mod tests {
             let t = p.usage().unwrap();
             assert_eq!((t.input, t.output), (20, 40), "split at {split}: the usage seen before it");
         }
+        // As the last event, without its blank line: found at the end of the body.
+        let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
+        assert_eq!(feed(&mut p, format!("{}{}", start(20, 1), start(1, 1).trim_end()).as_bytes()), start(20, 1));
+        assert!(p.failed().is_none());
+        assert!(p.finish().is_empty());
+        assert!(p.failed().is_some());
+        assert_eq!(p.usage().unwrap().input, 20);
         // One without usage counts as well.
         let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
         feed(&mut p, format!("{}data: {{\"type\":\"message_start\",\"message\":{{}}}}\n\n", start(5, 1)).as_bytes());
