@@ -123,7 +123,8 @@ async fn send(
 }
 
 /// A 429's pause, scoped to what it was about (see [`limits`]): the request's own output bound
-/// as sent is the requested one, lowered by the output cap the attempt applied.
+/// as sent is its cost bound's ([`super::admission::CostBound`]), lowered by the output cap the
+/// attempt applied.
 fn pause_after_429(
     gw: &Gateway,
     route: &CompiledRoute,
@@ -132,7 +133,7 @@ fn pause_after_429(
     headers: &HeaderMap,
     body: &[u8],
 ) {
-    let requested = super::admission::requested_output(ctx.surface.endpoint(), |k| ctx.inbound.u64_field(k));
+    let requested = super::admission::CostBound::read(ctx.surface.endpoint(), ctx.inbound, ctx.request_bytes).output;
     let bound = match (requested, super::admission::current_cap(&b.cfg).map(u64::from)) {
         (Some(r), Some(c)) => Some(r.min(c)),
         (r, c) => r.or(c),
