@@ -15,7 +15,8 @@
 //! only the bytes of an event still incomplete at the end of a chunk are held, never more than
 //! the limit given to [`SseFramer::new`] for one event (a complete one included). Past it,
 //! [`TranslateError::EventTooLarge`], and the framer is poisoned (every later call fails the
-//! same way). Every byte fed belongs to exactly one [`Piece`] handed out: when a chunk ends
+//! same way). Every byte fed belongs to exactly one [`Piece`] handed out (or to the rest
+//! [`SseFramer::finish`] returns at the end of the body): when a chunk ends
 //! between the `\r` and the `\n` of the `\r\n` that ended an event, that `\n` comes as a
 //! one-byte piece of its own marked [`Piece::tail`] (it belongs to the event before it: a
 //! pass-through keeps or removes it with that event; a parser skips it).
