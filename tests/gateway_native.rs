@@ -71,6 +71,8 @@ enum Fault {
     Invalid,
     /// A stream that stops after `message_start` and one text delta (no `message_stop`).
     Truncated,
+    /// A stream that sends a second `message_start` (tiny usage) after its `message_delta`.
+    Restart,
 }
 
 #[derive(Clone, Debug)]
@@ -235,6 +237,13 @@ fn anthropic_answer(req: &Value, fault: Fault) -> Response {
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null}, "usage": {"output_tokens": 80}}),
     );
+    if fault == Fault::Restart {
+        s += &ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_2", "type": "message", "role": "assistant", "model": model,
+                "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 1, "output_tokens": 1}}}),
+        );
+    }
     s += &ev("message_stop", json!({"type": "message_stop"}));
     sse_response(s)
 }
@@ -287,7 +296,7 @@ fn openai_answer(req: &Value) -> Response {
 
 fn fault_answer(kind: Kind, fault: Fault) -> Option<Response> {
     let (status, body) = match (kind, fault) {
-        (_, Fault::None | Fault::Truncated) => return None,
+        (_, Fault::None | Fault::Truncated | Fault::Restart) => return None,
         (Kind::Anthropic, Fault::Overloaded) => {
             (529, json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
         }
@@ -943,4 +952,36 @@ async fn the_config_document_omits_the_default_api_and_carries_native_ones() {
         "https://api.anthropic.com/v1/messages"
     );
     assert_eq!(tollgate::gateway::anthropic_url("http://h:1/"), "http://h:1/v1/messages");
+}
+
+#[tokio::test]
+async fn a_second_message_start_ends_the_stream_in_the_clients_shape_and_bills_the_usage_seen() {
+    for path in ["/v1/chat/completions", "/v1/messages"] {
+        let a = fake(Kind::Anthropic, Fault::Restart).await;
+        let h = start(config(vec![backend("claude", Kind::Anthropic, &a, 0)])).await;
+        let req = if path == "/v1/messages" { messages_request(true) } else { chat_request(true) };
+        let text = body_text(h.post(path, &req).await).await;
+        if path == "/v1/messages" {
+            // The Anthropic stream passes through until the protocol error, then an error event.
+            assert_eq!(event_names(&text).last().map(String::as_str), Some("error"), "{text}");
+            let last = data_events(&text).pop().unwrap();
+            assert_eq!(
+                (last["type"].as_str(), last["error"]["type"].as_str()),
+                (Some("error"), Some("api_error")),
+                "{text}"
+            );
+            assert!(!text.contains("message_stop"), "{text}");
+        } else {
+            assert!(!text.contains("[DONE]"), "{text}");
+            let events = data_events(&text);
+            let last = events.last().unwrap();
+            assert_eq!(last["error"]["code"], "upstream_stream_error", "{text}");
+            assert!(last["error"]["message"].as_str().unwrap().contains("message_start"), "{text}");
+            assert!(events.iter().all(|e| e.get("usage").is_none_or(Value::is_null)), "no usage chunk: {text}");
+        }
+        // Billed the first message_start's input and the message_delta's 80 output tokens (the
+        // second message_start's 1 + 1 would be 18_000).
+        assert_eq!(h.wait_cost("claude", ANTHROPIC_NANOS).await, ANTHROPIC_NANOS, "{path}");
+        assert_eq!(h.outcome("claude", "upstream_error").await, 1.0, "{path}");
+    }
 }

@@ -475,3 +475,170 @@ async fn a_stalled_messages_body_gets_an_anthropic_shaped_408_and_the_connection
     assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     assert_eq!(claude.hits(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 429 pauses scoped to what they were about
+// ---------------------------------------------------------------------------------------------
+
+/// OpenAI's answer to one request larger than its tokens-per-minute limit, with an hour-long
+/// `Retry-After`.
+fn openai_too_large() -> Response {
+    let body = json!({"error": {"message": "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 49213. The input or output tokens must be reduced in order to run successfully.", "type": "tokens", "param": null, "code": "rate_limit_exceeded"}});
+    reply(429, body.to_string(), &[("retry-after", "3600"), ("x-ratelimit-limit-tokens", "30000")])
+}
+
+/// Anthropic's answer to one request larger than its input-tokens-per-minute limit: the bucket
+/// is full (nothing of it used), the request alone does not fit.
+fn anthropic_too_large() -> Response {
+    let body = json!({"type": "error", "error": {"type": "rate_limit_error", "message": "This request would exceed the rate limit for your organization (org) of 20,000 input tokens per minute. Please reduce the prompt length or the maximum tokens requested, or try again later."}});
+    reply(
+        429,
+        body.to_string(),
+        &[
+            ("retry-after", "3600"),
+            ("anthropic-ratelimit-input-tokens-limit", "20000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "20000"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_429_about_one_requests_own_size_does_not_pause_the_backend_for_the_next_request() {
+    let client = reqwest::Client::new();
+    for (provider, c) in [("OpenAI", Client::Chat), ("Anthropic", Client::Chat), ("Anthropic", Client::Messages)] {
+        let make = |f: &Fake| match provider {
+            "OpenAI" => backend("big", "OpenAI", &f.base_url(), 0),
+            _ => native_backend("big", Native::Anthropic, f, 0),
+        };
+        // The first request is the oversized one; every later one is served.
+        let big = Fake::start(move |s, n| match (n, provider) {
+            (1, "OpenAI") => openai_too_large(),
+            (1, _) => anthropic_too_large(),
+            (_, "OpenAI") => openai_answer(s, n),
+            _ => native_answer(Native::Anthropic, "served"),
+        })
+        .await;
+        let other = Fake::start(openai_answer).await;
+        let cfg = config(vec![make(&big), backend("other", "OpenAI", &other.base_url(), 1)]);
+        let (_gw, url) = start(cfg, opts()).await;
+        // The oversized request fails over to the next backend.
+        let (code, h, v) = post(&client, format!("{url}{}", path(c)), &request(c)).await;
+        assert_eq!(code, 200, "{provider}/{c:?}: {v}");
+        assert_eq!(h["x-tollgate-backend"], "other");
+        // The next, normal, request still reaches the backend that refused the big one.
+        let (code, h, v) = post(&client, format!("{url}{}", path(c)), &request(c)).await;
+        assert_eq!(code, 200, "{provider}/{c:?}: {v}");
+        assert_eq!(h["x-tollgate-backend"], "big", "{provider}/{c:?}: not paused by a 429 about one request");
+        assert_eq!(big.hits(), 2, "{provider}/{c:?}");
+
+        // Alone on its route: the oversized request is answered 429, the next one is served.
+        let big = Fake::start(move |s, n| match (n, provider) {
+            (1, "OpenAI") => openai_too_large(),
+            (1, _) => anthropic_too_large(),
+            (_, "OpenAI") => openai_answer(s, n),
+            _ => native_answer(Native::Anthropic, "served"),
+        })
+        .await;
+        let (_gw, url) = start(config(vec![make(&big)]), opts()).await;
+        let (code, _, v) = post(&client, format!("{url}{}", path(c)), &request(c)).await;
+        assert_eq!(code, 429, "{provider}/{c:?}: {v}");
+        assert_shape(c, &v, "rate_limit_exceeded", "rate_limit_error");
+        let (code, _, v) = post(&client, format!("{url}{}", path(c)), &request(c)).await;
+        assert_eq!(code, 200, "{provider}/{c:?}: {v}");
+        assert_eq!(big.hits(), 2);
+    }
+}
+
+#[tokio::test]
+async fn an_hour_long_retry_after_pauses_the_backend_only_for_the_ceiling() {
+    let client = reqwest::Client::new();
+    let ceiling = Duration::from_secs(3);
+    let limited = Fake::start(|s, n| {
+        if n == 1 {
+            let body = json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}});
+            reply(429, body.to_string(), &[("retry-after", "3600")])
+        } else {
+            openai_answer(s, n)
+        }
+    })
+    .await;
+    let (_gw, url) = start(
+        config(vec![backend("up", "OpenAI", &limited.base_url(), 0)]),
+        GatewayOptions { max_rate_limit_pause: ceiling, ..opts() },
+    )
+    .await;
+    let body = request(Client::Chat);
+    let (code, h, v) = post(&client, format!("{url}/v1/chat/completions"), &body).await;
+    let refused = tokio::time::Instant::now();
+    assert_eq!(code, 429, "{v}");
+    // The refused client is told what the provider asked for, not the gateway's ceiling.
+    let secs: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&secs), "{secs}");
+    // Within the ceiling the backend is skipped (and its clients told the provider's time).
+    let (code, h, v) = post(&client, format!("{url}/v1/chat/completions"), &body).await;
+    assert_eq!(code, 429, "{v}");
+    assert!(v.to_string().contains("asked to pause"), "{v}");
+    let secs: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&secs), "{secs}");
+    assert_eq!(limited.hits(), 1);
+    // After the ceiling it is tried again, although the hour is far from over.
+    tokio::time::sleep_until(refused + ceiling + Duration::from_millis(200)).await;
+    let (code, _, v) = post(&client, format!("{url}/v1/chat/completions"), &body).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(limited.hits(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSE line endings on the pass-through
+// ---------------------------------------------------------------------------------------------
+
+/// An OpenAI stream whose lines end with `end`, sent one byte per body chunk, with `usage: null`
+/// on each chunk and the usage-only chunk when asked for usage; and what a client that did not
+/// ask for usage must get of it.
+fn openai_stream(end: &'static str) -> (Vec<u8>, String) {
+    let chunk = |c: &str| json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": c}}], "usage": null});
+    let usage = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}});
+    let upstream = format!(
+        "data: {}{end}{end}data: {}{end}{end}data: {usage}{end}{end}data: [DONE]{end}{end}",
+        chunk("he"),
+        chunk("llo")
+    );
+    let plain = |c: &str| json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": c}}]});
+    let client = format!("data: {}{end}{end}data: {}{end}{end}data: [DONE]{end}{end}", plain("he"), plain("llo"));
+    (upstream.into_bytes(), client)
+}
+
+#[tokio::test]
+async fn a_stream_with_bare_cr_or_crlf_line_ends_bills_exact_usage_and_hides_the_usage_chunk() {
+    let client = reqwest::Client::new();
+    for end in ["\r", "\r\n"] {
+        let up = Fake::start(move |s, _| {
+            assert_eq!(s.body["stream_options"]["include_usage"], true, "the gateway asks for usage");
+            let (bytes, _) = openai_stream(end);
+            let chunks =
+                futures::stream::iter(bytes.into_iter().map(|b| Ok::<Bytes, std::io::Error>(Bytes::from(vec![b]))));
+            let mut r = Response::new(Body::from_stream(chunks));
+            r.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+            r
+        })
+        .await;
+        let (gw, url) = start(config(vec![backend("up", "OpenAI", &up.base_url(), 0)]), opts()).await;
+        let mut body = request(Client::Chat);
+        body["stream"] = json!(true);
+        let r = client.post(format!("{url}/v1/chat/completions")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert_eq!(text, openai_stream(end).1, "{end:?}: the upstream's bytes without the gateway's usage chunk");
+        // 11 input + 7 output tokens at $1/1M, read from the stream (not an estimate).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while metric(&gw, "tollgate_cost_nanousd_total", &[("backend", "up")]) != 18_000.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{end:?}: billed {}",
+                metric(&gw, "tollgate_cost_nanousd_total", &[("backend", "up")])
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(metric(&gw, "tollgate_usage_missing_total", &[("backend", "up")]), 0.0, "{end:?}");
+    }
+}

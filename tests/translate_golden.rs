@@ -1303,3 +1303,41 @@ proptest! {
         let _ = m.push(&data[..cut]).and_then(|_| m.push(&data[cut..])).and_then(|_| m.finish());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// One SSE framer: bare CR line ends; a second message_start
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn anthropic_stream_with_bare_cr_line_ends_every_split_point() {
+    let text = ANTHROPIC_STREAM.replace("\r\n", "\r").replace('\n', "\r");
+    let bytes = text.as_bytes();
+    for i in 0..=bytes.len() {
+        let (chunks, usage) = run_anthropic(&[&bytes[..i], &bytes[i..]], true);
+        assert_eq!(chunks, anthropic_expected_chunks(), "split at {i}");
+        assert_eq!(usage.counts, counts(50, 1000, 0, 120, 0), "split at {i}");
+    }
+}
+
+#[test]
+fn anthropic_stream_a_second_message_start_is_an_error_and_the_usage_seen_stands() {
+    let stop = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let (before, _) = ANTHROPIC_STREAM.split_at(ANTHROPIC_STREAM.find(stop).unwrap());
+    let restart = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n";
+    let text = format!("{before}{restart}{stop}");
+    let bytes = text.as_bytes();
+    for i in 0..=bytes.len() {
+        let mut s = AnthropicStream::new(0, true);
+        let mut forwarded = Vec::new();
+        let err = s
+            .push_forwarding(&bytes[..i], &mut forwarded)
+            .and_then(|_| s.push_forwarding(&bytes[i..], &mut forwarded))
+            .and_then(|_| s.finish_forwarding(&mut forwarded).map(|(out, _)| out))
+            .expect_err("a second message_start breaks the stream");
+        assert_eq!(err.field(), Some("(stream event).type"), "split at {i}: {err}");
+        // What was seen before it stands: message_start's input, message_delta's output.
+        assert_eq!(s.partial_usage().unwrap().counts, counts(50, 1000, 0, 120, 0), "split at {i}");
+        // A pass-through forwards the events before it, never it.
+        assert_eq!(forwarded, before.as_bytes(), "split at {i}");
+    }
+}

@@ -4,8 +4,9 @@
 //! (nothing reaches the client before the upstream's first chunk, so failures before it fail
 //! over) or read whole (size limit, the total deadline, the shared memory budget) → metering.
 //!
-//! Edge cases, on every surface: a 429 with `Retry-After` pauses the backend for this gateway
-//! (see [`limits`]); an upstream that stalls mid-body past the deadline is a 504 (in the
+//! Edge cases, on every surface: a 429 with `Retry-After` pauses the backend for this gateway,
+//! unless it is about the request's own size, for at most the configured ceiling (see
+//! [`limits`]; read from its headers and error body); an upstream that stalls mid-body past the deadline is a 504 (in the
 //! client's error shape) metered as an estimate (`unreadable_body`); a whole answer over the
 //! memory budget is a 503 `gateway_overloaded` metered as an estimate (`over_memory_budget`),
 //! its outcome `gateway_overloaded` (the gateway's failure, not the backend's);
@@ -121,6 +122,33 @@ async fn send(
     }
 }
 
+/// A 429's pause, scoped to what it was about (see [`limits`]): the request's own output bound
+/// as sent is its cost bound's ([`super::admission::CostBound`]), lowered by the output cap the
+/// attempt applied.
+fn pause_after_429(
+    gw: &Gateway,
+    route: &CompiledRoute,
+    b: &CompiledBackend,
+    ctx: &AttemptCtx<'_>,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    let requested = super::admission::CostBound::read(ctx.surface.endpoint(), ctx.inbound, ctx.request_bytes).output;
+    let bound = match (requested, super::admission::current_cap(&b.cfg).map(u64::from)) {
+        (Some(r), Some(c)) => Some(r.min(c)),
+        (r, c) => r.or(c),
+    };
+    match gw.inner.limits.after_429(&route.name, &b.cfg.name, headers, body, bound) {
+        limits::RateLimitPause::Nothing => {}
+        limits::RateLimitPause::ThisRequest(why) => {
+            tracing::info!(route = %route.name, backend = %b.cfg.name, why = %why, "429 about this request's own size: the backend is not paused");
+        }
+        limits::RateLimitPause::Backend { skip, asked } => {
+            tracing::info!(route = %route.name, backend = %b.cfg.name, pause_s = skip.as_secs(), retry_after_s = asked.as_secs(), "backend asked to pause (Retry-After): skipped for the pause");
+        }
+    }
+}
+
 /// One attempt of `ctx`'s request on `b`.
 pub(crate) async fn attempt(
     gw: &Gateway,
@@ -162,19 +190,13 @@ pub(crate) async fn attempt(
     let redactor = gw.inner.upstream.credentials.redactor();
     let key = &*redactor;
 
-    if status == StatusCode::TOO_MANY_REQUESTS
-        && let Some(wait) = headers
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| limits::parse_retry_after(v, std::time::SystemTime::now()))
-    {
-        tracing::info!(route = %route.name, backend = %b.cfg.name, pause_s = wait.as_secs(), "backend asked to pause (Retry-After): skipped until then");
-        gw.inner.limits.pause(&route.name, &b.cfg.name, Instant::now() + wait);
-    }
-
     if !status.is_success() {
         let wait = (Instant::now() + ERROR_BODY_WAIT).min(deadline);
-        let raw = match read_all(&mut body, MAX_ERROR_BODY, wait, None).await {
+        let raw = read_all(&mut body, MAX_ERROR_BODY, wait, None).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            pause_after_429(gw, route, b, ctx, &headers, raw.as_deref().unwrap_or_default());
+        }
+        let raw = match raw {
             Ok(r) => r,
             Err(_) if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
                 return Attempt::Retry(fail(
@@ -261,9 +283,9 @@ pub(crate) async fn attempt(
                         bytes: opts.disconnect_drain_bytes,
                     });
                 // No API key reaches the client, however encoded (issue 10): every frame is
-                // scrubbed. Translated frames are whole events; a raw pass-through frame is what
-                // one upstream read gave, so a key split across two reads is the one form this
-                // does not catch.
+                // scrubbed. Every frame is made of whole events (translated, or the upstream's
+                // own bytes passed through event by event), so a key split across two upstream
+                // reads is caught too.
                 let scrub = redactor.clone();
                 Body::from_stream(stream.map(move |item| item.map(|frame| codec::scrub(&scrub, frame))))
             }

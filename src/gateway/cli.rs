@@ -103,6 +103,11 @@ pub struct GatewayArgs {
     /// usage.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub disconnect_drain_bytes: usize,
+    /// Longest time one 429 makes the gateway skip a backend for every client, whatever its
+    /// `Retry-After` asks (its clients are still told the provider's `Retry-After`; a 429 about
+    /// the request's own size skips nothing; 0: never skipped; at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cmd::parse_duration_in::<0, 3_600_000>)]
+    pub max_rate_limit_pause: Duration,
     /// Poll interval of the config file (in addition to file-system events).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -152,6 +157,7 @@ impl GatewayArgs {
             disconnect_drain_timeout: self.disconnect_drain_timeout,
             retired_series_retention: self.retired_series_retention,
             disconnect_drain_bytes: self.disconnect_drain_bytes,
+            max_rate_limit_pause: self.max_rate_limit_pause,
         }
     }
 

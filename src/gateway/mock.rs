@@ -417,7 +417,7 @@ mod tests {
                 assert_eq!(r.headers[header::CONTENT_TYPE], "text/event-stream");
                 let body = collect(r).await;
                 let mut p = SseProcessor::new(family, false, 1 << 24, std::sync::Arc::default());
-                p.feed(&body);
+                p.feed(body.clone().into());
                 assert_eq!(p.usage().unwrap(), mock_tokens(&m, family, endpoint), "{family:?} {endpoint:?}");
             }
             // Without include_usage a chat stream has no usage at all.

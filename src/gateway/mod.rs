@@ -124,6 +124,9 @@ pub struct GatewayOptions {
     /// (then, once no request in flight uses them, they are dropped): long enough for every
     /// scraper to read their last values.
     pub retired_series_retention: Duration,
+    /// Longest time one 429 makes this gateway skip a backend, whatever its `Retry-After`
+    /// asks (0: never skipped); see [`limits`].
+    pub max_rate_limit_pause: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -142,6 +145,7 @@ impl Default for GatewayOptions {
             disconnect_drain_timeout: Duration::from_secs(30),
             disconnect_drain_bytes: 16 * 1024 * 1024,
             retired_series_retention: Duration::from_secs(600),
+            max_rate_limit_pause: limits::DEFAULT_MAX_RATE_LIMIT_PAUSE,
         }
     }
 }

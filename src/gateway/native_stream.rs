@@ -65,6 +65,27 @@ impl Decoder {
             Decoder::Gemini(d) => d.partial_usage(),
         }
     }
+    /// As `push`, adding to `forwarded` the bytes the client gets unchanged: the complete
+    /// events taken, so the client never gets an event that broke the stream.
+    fn push_forwarding(&mut self, bytes: &[u8], forwarded: &mut Vec<u8>) -> Result<Vec<StreamOutput>, TranslateError> {
+        match self {
+            Decoder::Anthropic(d) => d.push_forwarding(bytes, forwarded),
+            // No client surface speaks Gemini: its stream is never passed through.
+            Decoder::Gemini(d) => {
+                forwarded.extend_from_slice(bytes);
+                d.push(bytes)
+            }
+        }
+    }
+    fn finish_forwarding(
+        &mut self,
+        forwarded: &mut Vec<u8>,
+    ) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
+        match self {
+            Decoder::Anthropic(d) => d.finish_forwarding(forwarded),
+            Decoder::Gemini(d) => d.finish(),
+        }
+    }
 }
 
 /// The client-side encoder.
@@ -73,7 +94,8 @@ pub(crate) enum Encoder {
     Chat,
     /// The Messages event sequence (from chunks, or from raw OpenAI SSE when there is no decoder).
     Messages(Box<ChatToMessagesStream>),
-    /// The upstream bytes unchanged (Anthropic to a `/v1/messages` client); the decoder only
+    /// The upstream bytes unchanged (Anthropic to a `/v1/messages` client), event by event as
+    /// each completes, up to an event that breaks the stream (a protocol error); the decoder
     /// meters.
     Raw,
 }
@@ -136,9 +158,13 @@ impl Translator {
                 Ok(1)
             }
             (Some(dec), Encoder::Raw) => {
-                out.push(Bytes::copy_from_slice(bytes));
-                // Chunks are discarded; an upstream `error` event already went out as is.
-                dec.push(bytes).map(|outs| outs.len() as u64)
+                // Chunks are discarded; an upstream `error` event goes out as is.
+                let mut forwarded = Vec::new();
+                let r = dec.push_forwarding(bytes, &mut forwarded);
+                if !forwarded.is_empty() {
+                    out.push(Bytes::from(forwarded));
+                }
+                r.map(|outs| outs.len() as u64)
             }
             (Some(dec), enc) => {
                 let outs = dec.push(bytes)?;
@@ -158,7 +184,14 @@ impl Translator {
             (None, Encoder::Chat | Encoder::Raw) => {
                 Err(TranslateError::Truncated { format: "OpenAI chat", expected: "usage" })
             }
-            (Some(dec), Encoder::Raw) => Ok(dec.finish()?.1),
+            (Some(dec), Encoder::Raw) => {
+                let mut forwarded = Vec::new();
+                let r = dec.finish_forwarding(&mut forwarded);
+                if !forwarded.is_empty() {
+                    out.push(Bytes::from(forwarded));
+                }
+                Ok(r?.1)
+            }
             (Some(dec), enc) => {
                 let (outs, usage) = dec.finish()?;
                 encode(outs, enc, out)?;

@@ -2,21 +2,32 @@
 //!
 //! A whole JSON answer is parsed once for its usage (only the usage-bearing fields are kept).
 //! A server-sent-event stream is forwarded event by event as complete events arrive (each
-//! scrubbed of API keys); events are inspected on the side for usage (the final chunk or event carries it; Anthropic's
-//! `message_start` input counts are merged into the final `message_delta`). When the gateway
-//! itself asked upstream for stream usage, the usage-only chunk (`choices: []` + `usage`) is
-//! removed before the client sees it, so the client gets exactly the stream it asked for.
+//! scrubbed of API keys), framed by the gateway's one SSE framer
+//! ([`super::translate::sse::SseFramer`]: `\n`, `\r\n` and bare `\r` line ends, split
+//! anywhere). The client gets the upstream's bytes unchanged, apart from what is removed below:
+//! an event that arrived whole in one upstream chunk and is forwarded unchanged goes out as a
+//! slice of that chunk (no copy). Events are inspected on the side for usage (the final chunk
+//! or event carries it; Anthropic's `message_start` input counts are merged into the final
+//! `message_delta`). When the gateway itself asked upstream for stream usage, the usage-only
+//! chunk (`choices: []` + `usage`) is removed before the client sees it, so the client gets
+//! exactly the stream it asked for.
 //!
-//! Bounds: an incomplete event is buffered up to `max_sse_event_bytes`; past it the stream ends
+//! Protocol errors: a second `message_start` in one stream (it would replace the usage already
+//! reported with its own) ends the stream there with a `data: {"error":...,"code":
+//! "upstream_stream_error"}` event, unforwarded itself, and the stream bills the usage seen
+//! before it (outcome `upstream_error`).
+//!
+//! Bounds: an event (complete or not) is at most `max_sse_event_bytes`; past it the stream ends
 //! with a `data: {"error":...,"code":"upstream_event_too_large"}` event (metered as
-//! `event_too_large`). The event-end search resumes where the last one stopped (each byte is
-//! searched once, memchr), so a huge event costs linear time. When the client leaves before the
-//! end, the upstream is read on in the background (at most `disconnect_drain_timeout` and
-//! `disconnect_drain_bytes`) so the usage the provider bills is metered exactly; a stream cut
-//! by the shutdown grace is not drained and ends as [`StreamEnd::ShutdownCut`].
+//! `event_too_large`). Each byte is scanned once for line ends (memchr), so a huge event costs
+//! linear time. When the client leaves before the end, the upstream is read on in the
+//! background (at most `disconnect_drain_timeout` and `disconnect_drain_bytes`) so the usage
+//! the provider bills is metered exactly; a stream cut by the shutdown grace is not drained and
+//! ends as [`StreamEnd::ShutdownCut`].
 
 use std::borrow::Cow;
 use std::io;
+use std::ops::{ControlFlow, Range};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::redact::Redactor;
+use super::translate::sse::{self, Piece, SseFramer};
 use crate::config::ProviderFamily;
 use crate::pricing::{Node, Object, TokenCounts, UsageError, parse_usage_node};
 
@@ -69,28 +81,39 @@ pub(crate) struct UsageTracker {
     family: ProviderFamily,
     last: Option<Node<'static>>,
     anthropic_start: Option<Object<'static>>,
+    /// A `message_start` was seen.
+    started: bool,
 }
 
 impl UsageTracker {
     pub(crate) fn new(family: ProviderFamily) -> Self {
-        Self { family, last: None, anthropic_start: None }
+        Self { family, last: None, anthropic_start: None, started: false }
     }
 
-    fn observe(&mut self, mut event: Node<'_>) {
-        if kind(&event) == Some("message_start")
-            && let Some(u) = event
+    /// Takes one event's usage. `Err`: a second `message_start` (a stream has one; its usage
+    /// would replace what the stream already reported), a protocol error; the usage stays as
+    /// it was.
+    fn observe(&mut self, mut event: Node<'_>) -> Result<(), String> {
+        if kind(&event) == Some("message_start") {
+            if self.started {
+                return Err("the upstream sent a second `message_start` in one stream".into());
+            }
+            self.started = true;
+            if let Some(u) = event
                 .as_object_mut()
                 .and_then(|o| o.get_mut("message"))
                 .and_then(Node::as_object_mut)
                 .and_then(|m| m.get_mut("usage"))
                 .and_then(Node::as_object_mut)
-        {
-            self.anthropic_start = Some(std::mem::take(u).into_owned());
-            return;
+            {
+                self.anthropic_start = Some(std::mem::take(u).into_owned());
+            }
+            return Ok(());
         }
         if has_usage(&event) {
             self.last = Some(event.into_owned());
         }
+        Ok(())
     }
 
     /// The counts of the whole stream so far.
@@ -126,48 +149,123 @@ impl UsageTracker {
     }
 }
 
-/// Splits a server-sent-event stream into events, forwards them, and reads usage on the side.
+/// Splits a server-sent-event stream into events ([`SseFramer`], the gateway's one framer),
+/// forwards them, and reads usage on the side.
 pub(crate) struct SseProcessor {
-    strip_usage_chunk: bool,
-    /// The incomplete event (everything after the last complete one).
-    buf: Vec<u8>,
-    /// Bytes of `buf` already searched for an event end.
-    scanned: usize,
-    max_event: usize,
+    framer: SseFramer,
+    inspector: Inspector,
     overflowed: bool,
+}
+
+/// What is read of the events on the side.
+struct Inspector {
+    strip_usage_chunk: bool,
     data_events: u64,
     tracker: UsageTracker,
     redactor: Arc<Redactor>,
+    /// Why the upstream broke the protocol (the stream ends there).
+    failed: Option<String>,
+    /// The last event was removed (its tail goes with it).
+    dropped: bool,
 }
 
-/// End of the first complete event in `buf[from..]`: the index in `buf` just past its blank
-/// line (`\n\n` or `\r\n\r\n`). Each byte is searched once per pattern.
-fn event_end(buf: &[u8], from: usize) -> Option<usize> {
-    let hay = buf.get(from..)?;
-    let lf = memmem::find(hay, b"\n\n").map(|i| i + 2);
-    // A `\r\n\r\n` ending before the `\n\n` lies entirely before it.
-    let crlf = memmem::find(&hay[..lf.unwrap_or(hay.len())], b"\r\n\r\n").map(|i| i + 4);
-    let end = match (lf, crlf) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
-    };
-    Some(from + end)
+/// What becomes of one event.
+enum Fate {
+    Forward,
+    /// The usage-only chunk the gateway asked for.
+    Drop,
+    /// A protocol error: neither it nor anything after it is forwarded.
+    Stop,
 }
 
-/// The `data:` payload of an event (lines joined by `\n`).
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if !data.is_empty() {
-                data.push(b'\n');
+impl Inspector {
+    fn inspect(&mut self, event: &[u8]) -> Fate {
+        if memmem::find(event, b"data:").is_some() {
+            self.data_events += 1;
+        }
+        let anthropic = self.tracker.family == ProviderFamily::Anthropic;
+        if memmem::find(event, b"usage").is_none() && !(anthropic && memmem::find(event, b"message_start").is_some()) {
+            return Fate::Forward;
+        }
+        let data = sse::event_data(event);
+        let Some(event) = Node::parse_object(&data) else {
+            return Fate::Forward;
+        };
+        let drop_it = self.strip_usage_chunk && is_usage_only_chunk(&event);
+        if let Err(why) = self.tracker.observe(event) {
+            self.failed = Some(why);
+            return Fate::Stop;
+        }
+        if drop_it { Fate::Drop } else { Fate::Forward }
+    }
+
+    /// Forwards one piece (stripped and scrubbed) into `out`, which is built from the chunk
+    /// the piece's offsets name.
+    fn forward(&mut self, piece: Piece<'_>, out: &mut Output<'_>) -> ControlFlow<()> {
+        let Piece { bytes: event, at, tail } = piece;
+        let fate = if tail && self.dropped { Fate::Drop } else { self.inspect(event) };
+        self.dropped = false;
+        match fate {
+            Fate::Forward => {}
+            Fate::Drop => {
+                self.dropped = true;
+                return ControlFlow::Continue(());
             }
-            data.extend_from_slice(rest);
+            Fate::Stop => return ControlFlow::Break(()),
+        }
+        let stripped = if self.strip_usage_chunk { without_null_usage(event) } else { Cow::Borrowed(event) };
+        let scrubbed = self.redactor.redact(&stripped);
+        match (&stripped, &scrubbed, at) {
+            (Cow::Borrowed(_), Cow::Borrowed(_), Some(at)) => out.keep(at),
+            _ => out.push(&scrubbed),
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// What the client gets for one chunk: unchanged runs of the chunk stay slices of it (no
+/// copy); only when an event was changed or removed are the kept bytes copied together.
+struct Output<'c> {
+    chunk: &'c Bytes,
+    run: Option<Range<usize>>,
+    owned: Vec<u8>,
+}
+
+impl<'c> Output<'c> {
+    fn new(chunk: &'c Bytes) -> Self {
+        Self { chunk, run: None, owned: Vec::new() }
+    }
+
+    fn flush(&mut self) {
+        if let Some(r) = self.run.take() {
+            self.owned.extend_from_slice(&self.chunk[r]);
         }
     }
-    data
+
+    /// Keeps `chunk[at]` unchanged.
+    fn keep(&mut self, at: Range<usize>) {
+        match &mut self.run {
+            Some(run) if run.end == at.start => run.end = at.end,
+            _ => {
+                self.flush();
+                self.run = Some(at);
+            }
+        }
+    }
+
+    /// Appends bytes that are not a run of the chunk.
+    fn push(&mut self, bytes: &[u8]) {
+        self.flush();
+        self.owned.extend_from_slice(bytes);
+    }
+
+    fn finish(mut self) -> Bytes {
+        if self.owned.is_empty() {
+            return self.run.map_or_else(Bytes::new, |r| self.chunk.slice(r));
+        }
+        self.flush();
+        Bytes::from(self.owned)
+    }
 }
 
 /// Removes the `"usage":null` member that upstreams add to every chunk once
@@ -195,6 +293,17 @@ fn without_null_usage(event: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// The event that ends a stream whose upstream broke the protocol (`why`).
+pub(crate) fn protocol_error_event(why: &str) -> Bytes {
+    let body = serde_json::json!({"error": {
+        "message": format!("{why}; the stream was ended."),
+        "type": "api_error",
+        "param": null,
+        "code": "upstream_stream_error",
+    }});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
 /// The event sent to the client when an upstream event is over the size limit.
 pub(crate) fn too_large_event(limit: usize) -> Bytes {
     let body = serde_json::json!({"error": {
@@ -216,69 +325,34 @@ impl SseProcessor {
         redactor: Arc<Redactor>,
     ) -> Self {
         Self {
-            strip_usage_chunk,
-            buf: Vec::new(),
-            scanned: 0,
-            max_event,
+            framer: SseFramer::new(max_event),
+            inspector: Inspector {
+                strip_usage_chunk,
+                data_events: 0,
+                tracker: UsageTracker::new(family),
+                redactor,
+                failed: None,
+                dropped: false,
+            },
             overflowed: false,
-            data_events: 0,
-            tracker: UsageTracker::new(family),
-            redactor,
         }
     }
 
-    /// Inspects one event; `true` when it is to be forwarded.
-    fn inspect(&mut self, event: &[u8]) -> bool {
-        if memmem::find(event, b"data:").is_some() {
-            self.data_events += 1;
-        }
-        if memmem::find(event, b"usage").is_none() {
-            return true;
-        }
-        let data = event_data(event);
-        let Some(event) = Node::parse_object(&data) else {
-            return true;
-        };
-        let drop_it = self.strip_usage_chunk && is_usage_only_chunk(&event);
-        self.tracker.observe(event);
-        !drop_it
-    }
-
-    /// Forwards one event (stripped and scrubbed) into `out`.
-    fn forward(&mut self, event: &[u8], out: &mut Vec<u8>) {
-        if !self.inspect(event) {
-            return;
-        }
-        let event = if self.strip_usage_chunk { without_null_usage(event) } else { Cow::Borrowed(event) };
-        out.extend_from_slice(&self.redactor.redact(&event));
-    }
-
-    /// Takes one upstream chunk; returns the complete events the client gets now. Once an
-    /// incomplete event is larger than the limit, [`overflowed`](Self::overflowed) is set, the
-    /// buffer is freed and nothing more is taken.
-    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        if self.overflowed {
+    /// Takes one upstream chunk; returns what the client gets now: the complete events (an
+    /// event that lay whole in `chunk`, forwarded unchanged, is a slice of it). Once an event
+    /// is larger than the limit, [`overflowed`](Self::overflowed) is set, the held bytes are
+    /// freed and nothing more is taken; after a protocol error ([`failed`](Self::failed)),
+    /// neither.
+    pub(crate) fn feed(&mut self, chunk: Bytes) -> Bytes {
+        if self.overflowed || self.inspector.failed.is_some() {
             return Bytes::new();
         }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.extend_from_slice(chunk);
-        let mut out = Vec::with_capacity(chunk.len());
-        let mut start = 0;
-        let mut from = self.scanned.saturating_sub(3);
-        while let Some(end) = event_end(&buf, from) {
-            self.forward(&buf[start..end], &mut out);
-            start = end;
-            from = end;
-        }
-        buf.drain(..start);
-        self.scanned = buf.len();
-        if buf.len() > self.max_event {
+        let mut out = Output::new(&chunk);
+        let inspector = &mut self.inspector;
+        if self.framer.feed(&chunk, |piece| inspector.forward(piece, &mut out)).is_err() {
             self.overflowed = true;
-            buf = Vec::new();
-            self.scanned = 0;
         }
-        self.buf = buf;
-        Bytes::from(out)
+        out.finish()
     }
 
     /// Whether an event over the size limit ended the stream.
@@ -286,29 +360,39 @@ impl SseProcessor {
         self.overflowed
     }
 
+    /// Why the upstream broke the stream's protocol, if it did (the stream ends there).
+    pub(crate) fn failed(&self) -> Option<&str> {
+        self.inspector.failed.as_deref()
+    }
+
+    /// The largest event, bytes.
+    pub(crate) fn max_event(&self) -> usize {
+        self.framer.limit()
+    }
+
     /// Events with a `data:` line seen so far.
     pub(crate) fn data_events(&self) -> u64 {
-        self.data_events
+        self.inspector.data_events
     }
 
     /// The upstream ended: whatever is left (an event without its final blank line).
     pub(crate) fn finish(&mut self) -> Bytes {
-        let rest = std::mem::take(&mut self.buf);
-        self.scanned = 0;
-        if rest.is_empty() {
+        if self.inspector.failed.is_some() {
             return Bytes::new();
         }
-        if rest.iter().all(u8::is_ascii_whitespace) {
+        let Ok(rest) = self.framer.finish() else { return Bytes::new() };
+        if rest.is_empty() || rest.iter().all(u8::is_ascii_whitespace) {
             return Bytes::from(rest);
         }
-        let mut out = Vec::with_capacity(rest.len());
-        self.forward(&rest, &mut out);
-        Bytes::from(out)
+        let rest = Bytes::from(rest);
+        let mut out = Output::new(&rest);
+        let _ = self.inspector.forward(Piece { bytes: &rest, at: Some(0..rest.len()), tail: false }, &mut out);
+        out.finish()
     }
 
     /// The usage of the stream so far.
     pub(crate) fn usage(&self) -> Result<TokenCounts, UsageError> {
-        self.tracker.result()
+        self.inspector.tracker.result()
     }
 }
 
@@ -387,8 +471,8 @@ async fn drain_for_usage(mut tail: Tail, until: Instant, max_bytes: usize) {
         match tokio::time::timeout_at(until, tail.rest.next()).await {
             Ok(Some(Ok(chunk))) => {
                 read = read.saturating_add(chunk.len());
-                tail.sse.feed(&chunk);
-                if tail.sse.overflowed() || read > max_bytes {
+                tail.sse.feed(chunk);
+                if tail.sse.overflowed() || tail.sse.failed().is_some() || read > max_bytes {
                     break;
                 }
             }
@@ -406,7 +490,6 @@ struct Metered {
     first: Option<Bytes>,
     tail: Option<Tail>,
     bounds: StreamBounds,
-    max_event: usize,
     done: bool,
 }
 
@@ -420,13 +503,16 @@ impl Metered {
 
     /// What to send for a chunk the processor turned into `out`; `None`: nothing yet.
     fn after_feed(&mut self, out: Bytes) -> Option<Bytes> {
-        if self.tail.as_ref().is_some_and(|t| t.sse.overflowed()) {
-            self.end(StreamEnd::EventTooLarge);
-            let mut v = out.to_vec();
-            v.extend_from_slice(&too_large_event(self.max_event));
-            return Some(Bytes::from(v));
-        }
-        (!out.is_empty()).then_some(out)
+        let Some(t) = self.tail.as_ref() else { return (!out.is_empty()).then_some(out) };
+        let (end, event) = match (t.sse.overflowed(), t.sse.failed()) {
+            (true, _) => (StreamEnd::EventTooLarge, too_large_event(t.sse.max_event())),
+            (false, Some(why)) => (StreamEnd::UpstreamError, protocol_error_event(why)),
+            (false, None) => return (!out.is_empty()).then_some(out),
+        };
+        self.end(end);
+        let mut v = out.to_vec();
+        v.extend_from_slice(&event);
+        Some(Bytes::from(v))
     }
 }
 
@@ -462,14 +548,8 @@ pub(crate) fn metered(
     bounds: StreamBounds,
     on_end: OnEnd,
 ) -> BodyStream {
-    let max_event = sse.max_event;
-    let state = Metered {
-        first: Some(first),
-        tail: Some(Tail { rest, sse, on_end: Some(on_end) }),
-        bounds,
-        max_event,
-        done: false,
-    };
+    let state =
+        Metered { first: Some(first), tail: Some(Tail { rest, sse, on_end: Some(on_end) }), bounds, done: false };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
@@ -477,7 +557,7 @@ pub(crate) fn metered(
         if let Some(first) = st.first.take()
             && let Some(t) = st.tail.as_mut()
         {
-            let out = t.sse.feed(&first);
+            let out = t.sse.feed(first);
             if let Some(out) = st.after_feed(out) {
                 return Some((Ok(out), st));
             }
@@ -487,7 +567,7 @@ pub(crate) fn metered(
             let t = st.tail.as_mut()?;
             match tokio::time::timeout_at(wait, t.rest.next()).await {
                 Ok(Some(Ok(chunk))) => {
-                    let out = t.sse.feed(&chunk);
+                    let out = t.sse.feed(chunk);
                     if let Some(out) = st.after_feed(out) {
                         return Some((Ok(out), st));
                     }
@@ -498,6 +578,10 @@ pub(crate) fn metered(
                 }
                 Ok(None) => {
                     let tail = t.sse.finish();
+                    if t.sse.failed().is_some() {
+                        // The last event, without its blank line, broke the protocol.
+                        return st.after_feed(tail).map(|out| (Ok(out), st));
+                    }
                     st.end(StreamEnd::Complete);
                     return if tail.is_empty() { None } else { Some((Ok(tail), st)) };
                 }
@@ -521,6 +605,11 @@ mod tests {
 
     use super::*;
 
+    /// Feeds a copy of `bytes`.
+    fn feed(p: &mut SseProcessor, bytes: &[u8]) -> Bytes {
+        p.feed(Bytes::copy_from_slice(bytes))
+    }
+
     fn sse(events: &[Value]) -> String {
         let mut s = String::new();
         for e in events {
@@ -541,8 +630,8 @@ mod tests {
         for split in 1..bytes.len() {
             let mut p = SseProcessor::new(ProviderFamily::OpenAI, true, 1 << 20, Arc::default());
             let mut out = Vec::new();
-            out.extend_from_slice(&p.feed(&bytes[..split]));
-            out.extend_from_slice(&p.feed(&bytes[split..]));
+            out.extend_from_slice(&feed(&mut p, &bytes[..split]));
+            out.extend_from_slice(&feed(&mut p, &bytes[split..]));
             out.extend_from_slice(&p.finish());
             let out = String::from_utf8(out).unwrap();
             assert!(!out.contains("\"choices\":[]"), "{out}");
@@ -558,10 +647,105 @@ mod tests {
         let text =
             sse(&[json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})]);
         let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
-        let out = p.feed(text.as_bytes());
+        let out = feed(&mut p, text.as_bytes());
         assert_eq!(out, Bytes::from(text));
         assert!(p.finish().is_empty());
         assert_eq!(p.usage().unwrap().input, 3);
+    }
+
+    /// A stream whose lines end with `end`: two content chunks, `usage: null` on each (the
+    /// gateway asked for usage), the usage-only chunk, `[DONE]`.
+    fn stream_with(end: &str) -> (String, String) {
+        let chunk = |c: &str| json!({"choices": [{"delta": {"content": c}}], "usage": null});
+        let usage = json!({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}});
+        let ev = |v: &Value| format!("data: {v}{end}{end}");
+        let upstream = format!(
+            ": keep-alive{end}{end}{}{}{}data: [DONE]{end}{end}",
+            ev(&chunk("he")),
+            ev(&chunk("llo")),
+            ev(&usage)
+        );
+        let chunk = |c: &str| json!({"choices": [{"delta": {"content": c}}]});
+        let client = format!(": keep-alive{end}{end}{}{}data: [DONE]{end}{end}", ev(&chunk("he")), ev(&chunk("llo")));
+        (upstream, client)
+    }
+
+    #[test]
+    fn bare_cr_and_crlf_streams_split_at_every_byte_bill_exactly_and_hide_the_usage_chunk() {
+        for end in ["\r", "\r\n", "\n"] {
+            let (upstream, client) = stream_with(end);
+            let bytes = upstream.as_bytes();
+            for split in 0..=bytes.len() {
+                let mut p = SseProcessor::new(ProviderFamily::OpenAI, true, 1 << 20, Arc::default());
+                let mut out = Vec::new();
+                out.extend_from_slice(&feed(&mut p, &bytes[..split]));
+                out.extend_from_slice(&feed(&mut p, &bytes[split..]));
+                out.extend_from_slice(&p.finish());
+                let out = String::from_utf8(out).unwrap();
+                assert_eq!(out, client, "{end:?} split at {split}");
+                assert_eq!(p.usage().map(|t| (t.input, t.output)), Ok((11, 7)), "{end:?} split at {split}");
+                assert_eq!(p.data_events(), 4);
+            }
+            // Byte by byte.
+            let mut p = SseProcessor::new(ProviderFamily::OpenAI, true, 1 << 20, Arc::default());
+            let mut out = Vec::new();
+            for b in bytes {
+                out.extend_from_slice(&feed(&mut p, std::slice::from_ref(b)));
+            }
+            out.extend_from_slice(&p.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), client, "{end:?} byte by byte");
+            assert_eq!(p.usage().map(|t| (t.input, t.output)), Ok((11, 7)));
+        }
+    }
+
+    #[test]
+    fn whole_events_forwarded_unchanged_are_slices_of_the_upstream_chunk() {
+        let text = sse(&[json!({"choices": [{"delta": {"content": "hi"}}]})]);
+        let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
+        let chunk = Bytes::from(format!("{text}data: {{\"part"));
+        let out = p.feed(chunk.clone());
+        assert_eq!(out, Bytes::from(text.clone()));
+        assert_eq!(out.as_ptr(), chunk.as_ptr(), "no copy");
+        // The event completed across chunks is assembled; the whole one after it is a slice.
+        let chunk = Bytes::from(format!("\":1}}\n\n{text}"));
+        let out = p.feed(chunk.clone());
+        assert_eq!(out, Bytes::from(format!("data: {{\"part\":1}}\n\n{text}")));
+    }
+
+    #[test]
+    fn a_second_message_start_ends_the_stream_and_keeps_the_usage_seen() {
+        let start = |input: u64, output: u64| {
+            format!(
+                "event: message_start\ndata: {}\n\n",
+                json!({"type": "message_start", "message": {"usage": {"input_tokens": input, "output_tokens": output}}})
+            )
+        };
+        let delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\n\n";
+        let later = "data: {\"type\":\"ping\"}\n\n";
+        let text = format!("{}{delta}{}{later}", start(20, 1), start(1, 1));
+        let bytes = text.as_bytes();
+        for split in 0..=bytes.len() {
+            let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
+            let mut out = Vec::new();
+            out.extend_from_slice(&feed(&mut p, &bytes[..split]));
+            out.extend_from_slice(&feed(&mut p, &bytes[split..]));
+            out.extend_from_slice(&p.finish());
+            assert!(p.failed().is_some_and(|w| w.contains("second `message_start`")), "split at {split}");
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{}{delta}", start(20, 1)), "split at {split}");
+            let t = p.usage().unwrap();
+            assert_eq!((t.input, t.output), (20, 40), "split at {split}: the usage seen before it");
+        }
+        // As the last event, without its blank line: found at the end of the body.
+        let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
+        assert_eq!(feed(&mut p, format!("{}{}", start(20, 1), start(1, 1).trim_end()).as_bytes()), start(20, 1));
+        assert!(p.failed().is_none());
+        assert!(p.finish().is_empty());
+        assert!(p.failed().is_some());
+        assert_eq!(p.usage().unwrap().input, 20);
+        // One without usage counts as well.
+        let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
+        feed(&mut p, format!("{}data: {{\"type\":\"message_start\",\"message\":{{}}}}\n\n", start(5, 1)).as_bytes());
+        assert!(p.failed().is_some());
     }
 
     #[test]
@@ -569,7 +753,7 @@ mod tests {
         let text = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":3,\"output_tokens\":1}}}\r\n\r\n\
                     event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":40}}\r\n\r\n";
         let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
-        p.feed(text.as_bytes());
+        feed(&mut p, text.as_bytes());
         let t = p.usage().unwrap();
         assert_eq!(
             t,
@@ -582,10 +766,10 @@ mod tests {
         let text = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n\
                     event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[],\"usage\":{\"input_tokens\":9,\"output_tokens\":4,\"total_tokens\":13}}}\n\n";
         let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
-        p.feed(text.as_bytes());
+        feed(&mut p, text.as_bytes());
         assert_eq!(p.usage().unwrap().input, 9);
         let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
-        p.feed(sse(&[json!({"choices": [{"delta": {}}]})]).as_bytes());
+        feed(&mut p, sse(&[json!({"choices": [{"delta": {}}]})]).as_bytes());
         assert_eq!(p.usage(), Err(UsageError::Missing));
     }
 
@@ -603,16 +787,16 @@ mod tests {
     #[test]
     fn a_huge_event_is_cut_at_the_limit_and_scanned_once() {
         let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, 1 << 20, Arc::default());
-        assert_eq!(p.feed(b"data: {\"a\":1}\n\ndata: \"").as_ref(), b"data: {\"a\":1}\n\n");
+        assert_eq!(feed(&mut p, b"data: {\"a\":1}\n\ndata: \"").as_ref(), b"data: {\"a\":1}\n\n");
         let chunk = vec![b'a'; 64 * 1024];
         let mut fed = 0;
         while !p.overflowed() {
-            assert!(p.feed(&chunk).is_empty());
+            assert!(feed(&mut p, &chunk).is_empty());
             fed += chunk.len();
             assert!(fed < 2 << 20, "never overflowed");
         }
-        assert!(p.buf.capacity() == 0, "the buffer is freed at the limit");
-        assert!(p.feed(b"\n\n").is_empty(), "nothing more is taken");
+        assert!(p.framer.is_idle(), "the held bytes are freed at the limit");
+        assert!(feed(&mut p, b"\n\n").is_empty(), "nothing more is taken");
         assert_eq!(p.data_events(), 1);
         let ev = String::from_utf8(too_large_event(1 << 20).to_vec()).unwrap();
         assert!(ev.starts_with("data: {\"error\":") && ev.ends_with("\n\n") && ev.contains("upstream_event_too_large"));
@@ -659,7 +843,7 @@ mod tests {
                 let mut p = SseProcessor::new(ProviderFamily::OpenAI, false, limit, red.clone());
                 let mut out = Vec::new();
                 for w in cuts.windows(2) {
-                    out.extend_from_slice(&p.feed(&input[w[0]..w[1]]));
+                    out.extend_from_slice(&feed(&mut p, &input[w[0]..w[1]]));
                 }
                 out.extend_from_slice(&p.finish());
                 // Largest event, blank line included.
@@ -689,7 +873,7 @@ mod tests {
                 let _ = body_usage(ProviderFamily::Anthropic, &bytes);
                 let _ = body_usage(ProviderFamily::Gemini, &bytes);
                 let mut p = SseProcessor::new(ProviderFamily::Anthropic, true, 512, Arc::new(Redactor::new([KEY])));
-                let _ = p.feed(&bytes);
+                let _ = feed(&mut p, &bytes);
                 let _ = p.finish();
                 let _ = p.usage();
                 let (a, b, shape) = usage;

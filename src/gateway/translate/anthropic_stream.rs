@@ -7,7 +7,10 @@
 //!
 //! Event rules (the JSON `type` decides; the SSE `event:` name is not needed):
 //! - `message_start` → the first chunk, `delta: {role: "assistant", content: ""}`; its `id` and
-//!   `model` are used for every chunk; its `usage` starts the usage.
+//!   `model` are used for every chunk; its `usage` starts the usage. A stream has one: a second
+//!   `message_start` (before `message_stop`) would replace the usage already reported with its
+//!   own, so it is [`TranslateError::Invalid`] and ends the stream; the usage stays what was
+//!   seen before it ([`AnthropicStream::partial_usage`]).
 //! - `content_block_start`: `text` → a content chunk if it carries text; `tool_use` → a
 //!   `tool_calls` chunk with the call's `index` (0-based among the turn's tool calls), `id`,
 //!   `type`, `function.name` and empty `arguments`; `thinking` → `reasoning_content` if any.
@@ -57,6 +60,7 @@ pub struct AnthropicStream {
     usage: Map<String, Value>,
     tool_index: HashMap<u64, u32>,
     next_tool: u32,
+    started: bool,
     stopped: bool,
     failed: Option<UpstreamError>,
     final_usage: Option<UsageReport>,
@@ -79,6 +83,7 @@ impl AnthropicStream {
             usage: Map::new(),
             tool_index: HashMap::new(),
             next_tool: 0,
+            started: false,
             stopped: false,
             failed: None,
             final_usage: None,
@@ -87,20 +92,72 @@ impl AnthropicStream {
 
     /// Feeds upstream bytes; returns the outputs they complete.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<StreamOutput>, TranslateError> {
-        let events = self.sse.push(bytes)?;
+        self.push_inner(bytes, None)
+    }
+
+    /// As [`push`](Self::push), appending to `forwarded` the exact bytes of every event taken
+    /// (for a pass-through of the upstream stream): an event that breaks the stream, and what
+    /// follows it, is not among them; an incomplete event is added once complete.
+    pub fn push_forwarding(
+        &mut self,
+        bytes: &[u8],
+        forwarded: &mut Vec<u8>,
+    ) -> Result<Vec<StreamOutput>, TranslateError> {
+        self.push_inner(bytes, Some(forwarded))
+    }
+
+    fn push_inner(
+        &mut self,
+        bytes: &[u8],
+        mut forwarded: Option<&mut Vec<u8>>,
+    ) -> Result<Vec<StreamOutput>, TranslateError> {
         let mut out = Vec::new();
-        for ev in events {
-            self.event(&ev, &mut out)?;
-        }
-        Ok(out)
+        // The parser is taken out while its events are handled (they need `self`).
+        let mut sse = std::mem::replace(&mut self.sse, SseParser::new(0));
+        let r = sse.push_each(bytes, |ev, raw| {
+            if let Some(ev) = ev {
+                self.event(&ev, &mut out)?;
+            }
+            if let Some(f) = forwarded.as_deref_mut() {
+                f.extend_from_slice(raw);
+            }
+            Ok(())
+        });
+        self.sse = sse;
+        r.map(|()| out)
     }
 
     /// The end of the upstream body: the final usage, or why there is none.
     pub fn finish(&mut self) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
+        self.finish_inner(None)
+    }
+
+    /// As [`finish`](Self::finish), appending the bytes of a last event without its blank line
+    /// to `forwarded` (see [`push_forwarding`](Self::push_forwarding)).
+    pub fn finish_forwarding(
+        &mut self,
+        forwarded: &mut Vec<u8>,
+    ) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
+        self.finish_inner(Some(forwarded))
+    }
+
+    fn finish_inner(
+        &mut self,
+        forwarded: Option<&mut Vec<u8>>,
+    ) -> Result<(Vec<StreamOutput>, UsageReport), TranslateError> {
         let mut out = Vec::new();
-        if let Some(ev) = self.sse.finish()? {
-            self.event(&ev, &mut out)?;
-        }
+        let mut sse = std::mem::replace(&mut self.sse, SseParser::new(0));
+        let r = sse.finish_each(|ev, raw| {
+            if let Some(ev) = ev {
+                self.event(&ev, &mut out)?;
+            }
+            if let Some(f) = forwarded {
+                f.extend_from_slice(raw);
+            }
+            Ok(())
+        });
+        self.sse = sse;
+        r?;
         if let Some(e) = &self.failed {
             return Err(TranslateError::Upstream(e.clone()));
         }
@@ -138,6 +195,13 @@ impl AnthropicStream {
         let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         match kind {
             "message_start" => {
+                if self.started {
+                    return Err(TranslateError::invalid(
+                        "(stream event).type",
+                        "a second `message_start` in one stream (a stream has one; the usage already reported stands)",
+                    ));
+                }
+                self.started = true;
                 let msg = data.get("message").cloned().unwrap_or_default();
                 self.id = text(&msg, "id");
                 self.model = text(&msg, "model");

@@ -13,7 +13,8 @@
 //!   answers → Messages answers, `model` replacement for Anthropic pass-through);
 //! - [`inbound_stream`]: chat chunks → the Messages SSE event sequence;
 //! - [`errors`]: provider error bodies → a failover classification and client error bodies;
-//! - [`sse`]: a bounded server-sent-events parser fed arbitrary byte chunks.
+//! - [`sse`]: the gateway's one server-sent-events framer and parser, fed arbitrary byte
+//!   chunks (the metered pass-through frames its streams with it too).
 //!
 //! Rules shared by every module:
 //! - What cannot map is refused with [`TranslateError::Unsupported`] naming the field (the
