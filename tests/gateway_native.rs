@@ -490,6 +490,8 @@ impl Harness {
     /// A series of `/metrics` whose labels include all of `labels` (0 when absent).
     async fn series(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = self.client.get(&self.metrics_url).send().await.unwrap().text().await.unwrap();
+        // A zero read from a metric that is not there at all would prove nothing.
+        common::prom::assert_declared(&text, name);
         common::proc::series_sum(&text, name, labels)
     }
 

@@ -175,7 +175,10 @@ fn rate_limited(kind: Native) -> Response {
 
 /// One metric line's value (0 when absent): `name{...}` containing every label of `labels`.
 fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    common::proc::series_sum(&gw.encode_metrics(), name, labels)
+    let text = gw.encode_metrics();
+    // A zero read from a metric that is not there at all would prove nothing.
+    common::prom::assert_declared(&text, name);
+    common::proc::series_sum(&text, name, labels)
 }
 
 #[tokio::test]

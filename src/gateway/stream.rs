@@ -293,26 +293,25 @@ fn without_null_usage(event: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// An OpenAI-shaped error event that ends a stream.
+fn error_event(code: &str, message: String) -> Bytes {
+    let body = serde_json::json!({"error": {"message": message, "type": "api_error", "param": null, "code": code}});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
 /// The event that ends a stream whose upstream broke the protocol (`why`).
 pub(crate) fn protocol_error_event(why: &str) -> Bytes {
-    let body = serde_json::json!({"error": {
-        "message": format!("{why}; the stream was ended."),
-        "type": "api_error",
-        "param": null,
-        "code": "upstream_stream_error",
-    }});
-    Bytes::from(format!("data: {body}\n\n"))
+    error_event("upstream_stream_error", format!("{why}; the stream was ended."))
 }
 
 /// The event sent to the client when an upstream event is over the size limit.
 pub(crate) fn too_large_event(limit: usize) -> Bytes {
-    let body = serde_json::json!({"error": {
-        "message": format!("The upstream sent a server-sent event larger than the gateway's limit of {limit} bytes; the stream was ended."),
-        "type": "api_error",
-        "param": null,
-        "code": "upstream_event_too_large",
-    }});
-    Bytes::from(format!("data: {body}\n\n"))
+    error_event(
+        "upstream_event_too_large",
+        format!(
+            "The upstream sent a server-sent event larger than the gateway's limit of {limit} bytes; the stream was ended."
+        ),
+    )
 }
 
 impl SseProcessor {

@@ -120,3 +120,13 @@ pub fn assert_no_series_with(text: &str, prefix: &str, labels: &[(&str, &str)]) 
     let hits: Vec<&&Sample> = same.iter().filter(|s| s.has(labels)).collect();
     assert!(hits.is_empty(), "{prefix}* series with {labels:?} are exported: {hits:#?}");
 }
+
+/// Asserts that metric family `name` (a sample name such as `x_total`) is declared in the text
+/// (its `# TYPE` line, with or without a `_total`, `_count`, `_sum` or `_bucket` suffix), so that reading none of its samples
+/// as zero is a finding, not a renamed metric.
+pub fn assert_declared(text: &str, name: &str) {
+    let family = ["_total", "_count", "_sum", "_bucket"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+    let declared =
+        text.lines().any(|l| l.starts_with(&format!("# TYPE {family} ")) || l.starts_with(&format!("# TYPE {name} ")));
+    assert!(declared, "metric {name} is not declared at all (renamed?):\n{text}");
+}

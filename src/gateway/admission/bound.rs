@@ -36,6 +36,7 @@
 use serde_json::Value;
 
 use super::super::codec::Inbound;
+use super::super::errors::clip;
 use super::super::request::Endpoint;
 
 /// Input tokens added to the body's byte count in the worst case.
@@ -124,29 +125,17 @@ fn count(inbound: &Inbound, key: &str) -> Result<Option<u64>, String> {
             None | Some("null") => Ok(None),
             Some(raw) => match c.u64_field(key) {
                 Some(n) => Ok(Some(n)),
-                None => bad(&clip(raw)),
+                None => bad(&clip(raw, 40)),
             },
         },
         Inbound::Messages(m) => match m.value.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) => Ok(Some(n)),
-                None => bad(&clip(&v.to_string())),
+                None => bad(&clip(&v.to_string(), 40)),
             },
         },
     }
-}
-
-fn clip(s: &str) -> String {
-    const MAX: usize = 40;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// The output-bound fields of a surface.
