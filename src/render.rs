@@ -25,8 +25,9 @@ use crate::policy::{DecisionState, ObjectKey, Observations};
 /// Why rendering failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// One or more manifests are invalid (every error is listed, one per line).
-    #[error("invalid manifests:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    /// One or more manifests are invalid (one error per line, the first
+    /// [`crate::plan::MAX_LISTED`], then how many more).
+    #[error("invalid manifests:\n  {}", crate::plan::join_bounded(.0.iter().map(ToString::to_string), "\n  "))]
     Manifests(Vec<crate::api::validate::ManifestError>),
     /// The manifests span several namespaces and none was chosen.
     #[error("the manifests span namespaces {0}: choose one with --namespace")]

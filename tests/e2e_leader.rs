@@ -6,7 +6,9 @@
 //! under a second (measured from the signal to the Lease naming the standby, printed). A third
 //! replica takes over from a SIGKILLed holder within the lease duration plus slack (printed).
 //! Finally the holder's Lease is taken over through the API (holderIdentity overwritten): the
-//! replica exits non-zero, saying that it lost the lease.
+//! replica exits non-zero, saying that it lost the lease. In the rolling-update order (the new
+//! replica starts just before the old holder's SIGTERM, so its first read of the Lease may
+//! come after the release) the new replica takes the released Lease at once too.
 //!
 //! A leader paused (SIGSTOP) past its Lease while the standby takes over and writes: woken
 //! (SIGCONT), it writes nothing (ConfigMap, route and Event resourceVersions compared) and exits.
@@ -302,4 +304,38 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_wakes() {
     assert!(!status.success(), "a replica that lost its lease must exit non-zero:\n{after_wake}");
     assert_eq!(lease_holder(&client, &ns, LEASE_NAME).await.as_deref(), Some(holder_b.as_str()));
     println!("pause-a wrote nothing after waking; e2e_leader (pause) took {:?}", suite.elapsed());
+}
+
+/// The rolling-update order: replica b starts, and the holder a gets its SIGTERM as soon as b
+/// logs that it waits for the Lease: b's first read finds it held, a's release comes before b's
+/// next read. b must take the released Lease at
+/// once (within the same bound as a normal handover), not when a's lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_started_just_before_the_release_takes_over_at_once() {
+    let Some(client) = client_or_skip("e2e_leader").await else { return };
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client, "tollgate-rolling").await;
+    create::<ModelRoute>(&client, &ns, route(90)).await;
+    let mut a = Controller::start(&ns, "rolling-a", &[]);
+    wait_holder(&client, &ns, "rolling-a", Duration::from_secs(20)).await;
+    eventually("rolling-a leading", Duration::from_secs(15), || async {
+        (a.phase().await.as_deref() == Some("leading")).then_some(())
+    })
+    .await;
+    let b = Controller::start(&ns, "rolling-b", &[]);
+    // The moment b starts waiting (its log line comes just before its first read of the Lease).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b.proc.log_text().contains("waiting for the leader lease") {
+        assert!(Instant::now() < deadline, "rolling-b never went on standby:\n{}", b.proc.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.proc.signal("-TERM");
+    let (holder_b, handover) = wait_holder(&client, &ns, "rolling-b", Duration::from_secs(10)).await;
+    let status = a.proc.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "rolling-a after SIGTERM: {status}\n{}", a.proc.log_tail(20));
+    println!("TAKE-OVER by a replica started just before the SIGTERM: {handover:?} (Lease names {holder_b})");
+    assert!(
+        handover < Duration::from_secs(1),
+        "take-over of a Lease released before the standby's first reads took {handover:?} (lease {LEASE:?})"
+    );
 }

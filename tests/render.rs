@@ -177,3 +177,54 @@ fn an_oversized_manifest_names_the_limit() {
     let e = errs[0].to_string();
     assert!(e.contains("huge.yaml") && e.contains(&limit.to_string()), "{e}");
 }
+
+/// A fresh temporary directory holding `routes.yaml` with `text`.
+fn manifest_dir(tag: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-render-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("routes.yaml"), text).unwrap();
+    dir
+}
+
+/// A user and password in `baseUrl` would be written in clear into the ConfigMap: refused,
+/// naming the field and `apiKeySecretRef`, and the refusal does not repeat the password.
+#[test]
+fn cli_render_refuses_credentials_in_a_base_url_without_echoing_them() {
+    let text = "apiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  backends:\n    - name: a\n      provider: self-hosted\n      model: m\n      endpoint: {baseUrl: \"http://admin:hunter2-secret@vllm.internal:8000/v1\"}\n      pricing: {input: \"1\", output: \"2\"}\n";
+    let dir = manifest_dir("userinfo", text);
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).args(["render", "-f"]).arg(&dir).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "no document is printed");
+    assert!(stderr.contains("spec.backends[0].endpoint.baseUrl") && stderr.contains("apiKeySecretRef"), "{stderr}");
+    assert!(!stderr.contains("hunter2-secret"), "the password is echoed: {stderr}");
+}
+
+/// 10,000 invalid backends in one route: the report stays short (the list is never echoed,
+/// the errors past the first few are counted, not listed).
+#[test]
+fn cli_render_bounds_the_report_of_a_route_with_10000_backends() {
+    let mut text = String::from(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ModelRoute\nmetadata: {name: chat}\nspec:\n  backends:\n",
+    );
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "    - {{name: b{i}, provider: openai, model: m, weight: -1, pricing: {{input: \"1\", output: \"2\"}}}}\n"
+        ));
+    }
+    let dir = manifest_dir("10000", &text);
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate")).args(["render", "-f"]).arg(&dir).output().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.len() < 8 * 1024, "{} bytes of errors", stderr.len());
+    assert!(stderr.contains("spec.backends: value has more than 32 items"), "{stderr}");
+    // 10,000 weights below the minimum and the list's size: all but the listed ones counted.
+    let listed = tollgate::plan::MAX_LISTED;
+    assert!(stderr.contains(&format!("... and {} more", 10_001 - listed)), "{stderr}");
+}

@@ -248,3 +248,68 @@ fn duplicates_across_files_are_refused() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_rolling_window_or_a_lookback_of_zero_is_refused_naming_the_field() {
+    for zero in ["0s", "0ms", "0h0m"] {
+        let b = set(budget(), "/spec/window", json!({"period": "Rolling", "duration": zero}));
+        assert_rejects(b, "spec.window.duration", "window.duration must be longer than zero");
+        let b = set(budget(), "/spec/forecast", json!({"enabled": true, "lookback": zero}));
+        assert_rejects(b, "spec.forecast.lookback", "forecast.lookback must be longer than zero");
+    }
+    let ok = set(budget(), "/spec/window", json!({"period": "Rolling", "duration": "1ms"}));
+    assert!(validate_value(ok).is_ok(), "a positive duration is valid");
+}
+
+#[test]
+fn credentials_in_a_base_url_are_refused_without_echoing_them() {
+    for url in [
+        "http://user:hunter2-secret@x.example/v1",
+        "https://hunter2-secret@x.example",
+        "https://user:hunter2-secret@x.example:8443/v1?x=y",
+    ] {
+        let r = set(route(), "/spec/backends/1/endpoint", json!({"baseUrl": url}));
+        let errors = rejected(r);
+        assert!(
+            errors.iter().any(|(f, m)| f == "spec.backends[1].endpoint.baseUrl" && m.contains("apiKeySecretRef")),
+            "{errors:#?}"
+        );
+        let text = format!("{errors:?}");
+        assert!(!text.contains("hunter2-secret"), "the message echoes the password: {text}");
+    }
+    // A URL that breaks the schema's pattern as well (a space) is not echoed either.
+    let r = set(route(), "/spec/backends/1/endpoint", json!({"baseUrl": "http://user:hunter2-secret@x.example/a b"}));
+    let text = format!("{:?}", rejected(r));
+    assert!(!text.contains("hunter2-secret"), "the message echoes the password: {text}");
+    // An `@` after the host (in the path or the query) is no credential.
+    for url in ["https://x.example/v1/@team", "https://x.example/v1?who=a@b"] {
+        let r = set(route(), "/spec/backends/1/endpoint", json!({"baseUrl": url}));
+        assert!(validate_value(r).is_ok(), "{url} is valid");
+    }
+}
+
+#[test]
+fn the_errors_of_a_route_with_10000_backends_are_bounded() {
+    let backends: Vec<Value> = (0..10_000)
+        .map(|i| {
+            json!({"name": format!("b{i}"), "provider": "openai", "model": "m", "weight": -1,
+                   "pricing": {"input": "1", "output": "2"}})
+        })
+        .collect();
+    let r = set(route(), "/spec/backends", json!(backends));
+    let errors = rejected(r.clone());
+    // Each message is short: the 10,000-item list is never echoed.
+    for (f, m) in &errors {
+        assert!(m.len() < 200, "{f}: {} bytes: {}", m.len(), &m[..200]);
+    }
+    assert!(errors.iter().any(|(f, m)| f == "spec.backends" && m.contains("more than 32 items")), "{:?}", &errors[..3]);
+    // Joined into one status message or one CLI report, they stay bounded and say how many were left out.
+    let fields: Vec<tollgate::api::validate::FieldError> = validate_value(r).unwrap_err();
+    let problem = tollgate::plan::Problem::invalid_fields(&fields);
+    assert!(problem.message.len() < 4096, "{} bytes", problem.message.len());
+    assert!(
+        problem.message.contains(&format!("and {} more", fields.len() - tollgate::plan::MAX_LISTED)),
+        "{}",
+        problem.message
+    );
+}

@@ -236,8 +236,11 @@ impl Backend {
 pub struct Endpoint {
     /// Base URL of the provider's API (e.g. `https://api.deepseek.com/v1`); paths such as
     /// `/chat/completions` are appended. Defaults to the built-in URL of a well-known provider.
+    /// No user or password (`user:pass@host`): the URL is written into the gateway ConfigMap,
+    /// so credentials belong in `apiKeySecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048), pattern(r"^https?://[^\s]+$"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')").message("baseUrl must not hold a user or password (user:password@host): it is written into the gateway ConfigMap in clear; put the API key in a Secret named by apiKeySecretRef"))]
     pub base_url: Option<String>,
 
     /// Secret key holding the API key. The Secret must carry the label

@@ -110,9 +110,10 @@ pub struct BudgetWindow {
     #[serde(default = "default_anchor_day")]
     #[schemars(range(min = 1, max = 31))]
     pub anchor_day: u8,
-    /// Length of a Rolling window (e.g. `24h`).
+    /// Length of a Rolling window (e.g. `24h`), longer than zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^([0-9]{1,9}(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("window.duration must be longer than zero"))]
     pub duration: Option<String>,
 }
 
@@ -171,15 +172,16 @@ pub enum ThresholdAction {
 }
 
 /// Forecasting.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Forecast {
     /// Apply an action as soon as the projected spend at the window's end crosses its threshold.
     #[serde(default)]
     pub enabled: bool,
-    /// How far back the burn rate is measured.
+    /// How far back the burn rate is measured, longer than zero.
     #[serde(default = "default_lookback")]
     #[schemars(pattern(r"^([0-9]{1,9}(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("forecast.lookback must be longer than zero"))]
     pub lookback: String,
 }
 

@@ -78,6 +78,12 @@ const ENDPOINT_MOCK_NO_KEY: NativeRule = rule(
     "!(has(self.mock) && has(self.apiKeySecretRef))",
     "apiKeySecretRef: a mock endpoint takes no API key",
 );
+const ENDPOINT_NO_USERINFO: NativeRule = rule(
+    "ModelRoute",
+    "spec.backends[i].endpoint.baseUrl",
+    "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@')",
+    "baseUrl must not hold a user or password (user:password@host): it is written into the gateway ConfigMap in clear; put the API key in a Secret named by apiKeySecretRef",
+);
 const ERROR_RATE: NativeRule = rule(
     "ModelRoute",
     "spec.health.errorRate",
@@ -132,9 +138,21 @@ const WINDOW_DURATION_ONLY_ROLLING: NativeRule = rule(
     "self.period == 'Rolling' || !has(self.duration)",
     "duration is only allowed when period is Rolling",
 );
+const WINDOW_DURATION_POSITIVE: NativeRule = rule(
+    "ProviderBudget",
+    "spec.window.duration",
+    "duration(self) > duration('0s')",
+    "window.duration must be longer than zero",
+);
+const FORECAST_LOOKBACK_POSITIVE: NativeRule = rule(
+    "ProviderBudget",
+    "spec.forecast.lookback",
+    "duration(self) > duration('0s')",
+    "forecast.lookback must be longer than zero",
+);
 
 /// Every CEL rule of both CRDs that has a native check, in the order the checks run.
-pub const RULES: [NativeRule; 16] = [
+pub const RULES: [NativeRule; 19] = [
     AFFINITY_KEYS,
     BACKENDS_SIZE,
     BACKENDS_UNIQUE,
@@ -142,6 +160,7 @@ pub const RULES: [NativeRule; 16] = [
     BACKEND_ENDPOINT,
     ENDPOINT_URL_OR_MOCK,
     ENDPOINT_MOCK_NO_KEY,
+    ENDPOINT_NO_USERINFO,
     ERROR_RATE,
     RAMP_UP,
     LATENCY_RECOVER_NOT_ABOVE_TRIP,
@@ -151,10 +170,26 @@ pub const RULES: [NativeRule; 16] = [
     THRESHOLDS,
     WINDOW_DURATION_REQUIRED,
     WINDOW_DURATION_ONLY_ROLLING,
+    WINDOW_DURATION_POSITIVE,
+    FORECAST_LOOKBACK_POSITIVE,
 ];
 
 fn fail(out: &mut Vec<FieldError>, path: impl Into<String>, rule: &NativeRule) {
     out.push(FieldError { field: path.into(), message: rule.message.to_string() });
+}
+
+/// Whether `text` is a URL whose authority holds a user or password (`scheme://user:pass@host`):
+/// an `@` between `://` and the first `/`, `?` or `#` after it
+/// (`^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@`). Also used to keep such a URL out of error messages.
+pub fn url_has_userinfo(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    scheme_ok && authority.contains('@')
 }
 
 /// No two equal items (`self.all(a, self.exists_one(b, b == a))`).
@@ -174,7 +209,7 @@ fn strictly_increasing(items: impl IntoIterator<Item = u32>) -> bool {
 
 /// A duration as CEL's `duration()` reads the schema's pattern (`None`: it does not read). Very
 /// long texts (`3000000h`) read as kube-cel reads them, in full; cel-go would refuse durations
-/// past 2^63 ns, which no rule here accepts anyway except `window > 0`.
+/// past 2^63 ns, which no rule here accepts anyway except the `> 0s` ones.
 fn cel_duration_ms(text: &str) -> Option<i64> {
     crate::policy::money::parse_duration_ms(text).ok()
 }
@@ -234,6 +269,9 @@ pub fn model_route(spec: &ModelRouteSpec, out: &mut Vec<FieldError>) {
             if e.mock.is_some() && e.api_key_secret_ref.is_some() {
                 fail(out, format!("spec.backends[{i}].endpoint"), &ENDPOINT_MOCK_NO_KEY);
             }
+            if e.base_url.as_deref().is_some_and(url_has_userinfo) {
+                fail(out, format!("spec.backends[{i}].endpoint.baseUrl"), &ENDPOINT_NO_USERINFO);
+            }
         }
     }
     let rate = &spec.health.error_rate;
@@ -263,5 +301,13 @@ pub fn provider_budget(spec: &ProviderBudgetSpec, out: &mut Vec<FieldError>) {
     }
     if !rolling && duration {
         fail(out, WINDOW_DURATION_ONLY_ROLLING.path, &WINDOW_DURATION_ONLY_ROLLING);
+    }
+    if let Some(d) = &spec.window.duration
+        && cel_duration_ms(d).is_none_or(|ms| ms <= 0)
+    {
+        fail(out, WINDOW_DURATION_POSITIVE.path, &WINDOW_DURATION_POSITIVE);
+    }
+    if cel_duration_ms(&spec.forecast.lookback).is_none_or(|ms| ms <= 0) {
+        fail(out, FORECAST_LOOKBACK_POSITIVE.path, &FORECAST_LOOKBACK_POSITIVE);
     }
 }

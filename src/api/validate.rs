@@ -333,9 +333,25 @@ fn defaulted_with_structure_errors(schema: &KindSchema, value: &Value, errors: &
     let defaulted = apply_defaults(&schema.schema, value);
     unknown_fields(&schema.fields, &defaulted, &mut String::new(), errors);
     for e in schema.structural.iter_errors(&defaulted) {
-        errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), e.to_string()));
+        errors.push(FieldError::new(json_pointer_to_field(e.instance_path().as_str()), structural_message(&e)));
     }
     defaulted
+}
+
+/// Longest value an error message repeats; a longer one is named `value`.
+const MAX_ECHOED_VALUE: usize = 64;
+
+/// A structural error's message. It repeats the offending value only when that is a short
+/// scalar (`-30 is less than the minimum of 0`) holding no URL credentials; a list, an object,
+/// a long text or a URL with `user:password@` is named `value` instead, so a 10,000-item list
+/// is never copied into a message and a password never reaches a status or a log line.
+fn structural_message(e: &jsonschema::ValidationError<'_>) -> String {
+    let echo = match e.instance().as_ref() {
+        Value::String(s) => s.len() <= MAX_ECHOED_VALUE && !super::rules::url_has_userinfo(s),
+        Value::Array(_) | Value::Object(_) => false,
+        _ => true,
+    };
+    if echo { e.to_string() } else { e.masked().to_string() }
 }
 
 /// What no OpenAPI schema or CEL rule can say.

@@ -185,6 +185,7 @@ fn failing_cases() -> Vec<Value> {
             json!({"backends": [backend("a", "acme", 1, Some(json!({"baseUrl": "https://x.example", "mock": {}})))]}),
         ),
         route(json!({"backends": [backend("a", "acme", 1, Some(mock_key))]})),
+        route(json!({"backends": [backend("a", "acme", 1, Some(json!({"baseUrl": "http://u:p@x.example/v1"})))]})),
         route(json!({"backends": [ok()], "health": {"errorRate": {"trip": "0.2", "recover": "0.200"}}})),
         route(json!({"backends": [ok()], "health": {"rampUp": [50, 10]}})),
         route(json!({"backends": [ok()], "health": {"latency": {"trip": "1s", "recover": "2s"}}})),
@@ -195,6 +196,8 @@ fn failing_cases() -> Vec<Value> {
             {"percent": 90, "action": "Warn"}, {"percent": 90, "action": "Drain"}]})),
         budget(json!({"provider": "openai", "limit": "5", "window": {"period": "Rolling"}})),
         budget(json!({"provider": "openai", "limit": "5", "window": {"period": "Daily", "duration": "24h"}})),
+        budget(json!({"provider": "openai", "limit": "5", "window": {"period": "Rolling", "duration": "0s"}})),
+        budget(json!({"provider": "openai", "limit": "5", "forecast": {"enabled": true, "lookback": "0m0s"}})),
         route(json!({"backends": [ok()]})),
         budget(json!({"provider": "openai", "limit": "5"})),
     ]
@@ -226,6 +229,10 @@ prop_compose! {
             json!({"baseUrl": "https://x.example/v1", "apiKeySecretRef": {"name": "s", "key": "k"}}),
             json!({"baseUrl": "https://x.example/v1", "mock": {}, "apiKeySecretRef": {"name": "s", "key": "k"}}),
             json!({"baseUrl": "not a url"}),
+            json!({"baseUrl": "https://user:pass@x.example/v1"}),
+            json!({"baseUrl": "https://token@x.example"}),
+            json!({"baseUrl": "https://x.example/v1/@team?a=b@c"}),
+            json!({"baseUrl": "https://x.example?q=u@h"}),
             json!({"mock": {}, "wieght": 3}),
         ]),
         priority in 0u32..3,
@@ -267,7 +274,8 @@ prop_compose! {
 prop_compose! {
     fn any_budget()(
         period in prop::sample::select(vec!["Daily", "Weekly", "Monthly", "Rolling"]),
-        duration in prop::sample::select(vec![json!(null), json!("24h")]),
+        duration in prop::sample::select(vec![json!(null), json!("24h"), json!("0s"), json!("0h0ms"), json!("1ms")]),
+        lookback in prop::sample::select(vec![json!(null), json!("1h"), json!("0s"), json!("3000000h")]),
         tz in prop::sample::select(vec!["UTC", "Europe/Paris", "Mars/Olympus"]),
         percents in prop::collection::vec(prop::sample::select(vec![10u32, 50, 90, 100, 150]), 0..4),
         window in any::<bool>(),
@@ -276,6 +284,9 @@ prop_compose! {
         let mut spec = json!({"provider": "openai", "limit": "100", "thresholds": thresholds});
         if window {
             spec["window"] = json!({"period": period, "duration": duration, "timeZone": tz});
+        }
+        if !lookback.is_null() {
+            spec["forecast"] = json!({"lookback": lookback});
         }
         budget(spec)
     }

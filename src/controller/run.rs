@@ -3,7 +3,9 @@
 //!
 //! Secrets are watched with the label selector `tollgate.dev/provider-key=true` only (issue 18):
 //! other Secrets are never listed, watched or cached. A standby reads the Lease every
-//! `STANDBY_POLL` so that a released lease is taken at once (see `lead`).
+//! `STANDBY_POLL` so that a released lease is taken at once (see `lead`): a read that finds it
+//! free ([`lease_is_free`]: no holder, or a holder whose lease expired) starts the election over,
+//! the first read after the standby started included.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -141,11 +143,15 @@ async fn run(args: ControllerArgs) -> Result<(), Error> {
 /// Waits for the lease, runs the engine while holding it, exits when it is lost.
 ///
 /// Standby: kube-lease-manager alone sleeps until the holder's lease would expire, even after the
-/// holder released it (a SIGTERM'd leader), so a standby took ~5 s to take over. Here the standby
-/// also reads the Lease every [`STANDBY_POLL`]; when another holder's lease becomes free it
-/// starts over with a fresh manager (whose first step reads the Lease and takes it), so a
-/// released lease is taken within about `STANDBY_POLL` plus a few API calls. A crashed holder's
-/// lease is taken when it expires (plus up to `STANDBY_POLL`).
+/// holder released it (a SIGTERM'd leader). Here the standby also reads the Lease every
+/// [`STANDBY_POLL`]; whenever a read finds it free ([`lease_is_free`]) it starts over with a
+/// fresh manager (whose first step reads the Lease and takes it), so a released lease is taken
+/// within about `STANDBY_POLL` plus a few API calls. That holds for the first read too: in a
+/// rolling update the new replica starts just before the old one's SIGTERM, so its manager may
+/// have read the Lease still held (and gone to sleep) while its first poll finds it released.
+/// Starting over while the manager is itself taking a free Lease is harmless: the identity is
+/// kept, so the fresh manager finds the Lease already held by it, or takes it. A crashed
+/// holder's lease is taken when it expires (plus up to `STANDBY_POLL`).
 /// Each replica uses its own field manager (the crate's documented requirement), so that two
 /// standbys taking a free lease at once conflict instead of both winning.
 async fn lead(
@@ -247,22 +253,35 @@ async fn lead(
     result
 }
 
-/// Resolves when the Lease, after being seen held by another replica, has no holder or is gone
-/// (released, or force-released once expired). A Lease free from the start resolves nothing: the
-/// running manager takes it, and is not interrupted mid-lock. Errors keep it waiting.
+/// Resolves when a read (every [`STANDBY_POLL`], the first one included) finds the Lease free
+/// for `identity` to take ([`lease_is_free`]). Errors keep it waiting.
 async fn lease_free(leases: &Api<Lease>, name: &str, identity: &str) {
-    let mut held_by_other = false;
     loop {
         tokio::time::sleep(STANDBY_POLL).await;
-        let holder = match leases.get_opt(name).await {
-            Ok(l) => l.and_then(|l| l.spec).and_then(|s| s.holder_identity),
-            Err(_) => continue,
-        };
-        match holder {
-            Some(h) if h != identity => held_by_other = true,
-            None if held_by_other => return,
+        match leases.get_opt(name).await {
+            Ok(lease) if lease_is_free(lease.as_ref(), identity, Timestamp::now()) => return,
             _ => {}
         }
+    }
+}
+
+/// Whether a read of the Lease (`None`: there is none) at `now` finds it free to take: no Lease,
+/// no holder (released), or held by another identity whose lease expired (`renewTime` plus
+/// `leaseDurationSeconds` before `now`; a holder without both never expires here, as for
+/// kube-lease-manager's own view of it, which then waits for it). Held by `identity`: not free
+/// (the manager is taking it or has).
+pub fn lease_is_free(lease: Option<&Lease>, identity: &str, now: Timestamp) -> bool {
+    let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else { return true };
+    match spec.holder_identity.as_deref() {
+        None | Some("") => true,
+        Some(h) if h == identity => false,
+        Some(_) => match (&spec.renew_time, spec.lease_duration_seconds) {
+            (Some(renew), Some(secs)) => {
+                let expiry = renew.0.checked_add(jiff::SignedDuration::from_secs(i64::from(secs)));
+                expiry.is_ok_and(|e| e < now)
+            }
+            _ => false,
+        },
     }
 }
 
@@ -437,4 +456,57 @@ async fn run_engine(
         t.abort();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    use super::lease_is_free;
+
+    fn t(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn lease(holder: Option<&str>, renewed: Option<&str>, secs: Option<i32>) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                renew_time: renewed.map(|r| MicroTime(t(r))),
+                lease_duration_seconds: secs,
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        }
+    }
+
+    /// The rolling-update order: the standby's first read comes after the leader released the
+    /// Lease (holder cleared) and must take it at once, without having seen it held before.
+    #[test]
+    fn a_lease_released_before_the_first_read_is_free() {
+        let now = t("2025-05-14T10:00:00Z");
+        let released = lease(None, Some("2025-05-14T09:59:59.9Z"), Some(4));
+        assert!(lease_is_free(Some(&released), "b-1", now));
+        assert!(lease_is_free(Some(&lease(Some(""), None, None)), "b-1", now));
+        assert!(lease_is_free(Some(&Lease::default()), "b-1", now), "no spec");
+        assert!(lease_is_free(None, "b-1", now), "no Lease");
+    }
+
+    #[test]
+    fn a_lease_held_by_another_is_free_only_once_expired() {
+        let now = t("2025-05-14T10:00:00Z");
+        let held = lease(Some("a-1"), Some("2025-05-14T09:59:58Z"), Some(4));
+        assert!(!lease_is_free(Some(&held), "b-1", now));
+        let expired = lease(Some("a-1"), Some("2025-05-14T09:59:55Z"), Some(4));
+        assert!(lease_is_free(Some(&expired), "b-1", now));
+        let unknown = lease(Some("a-1"), None, Some(4));
+        assert!(!lease_is_free(Some(&unknown), "b-1", now), "a holder without renewTime is waited for");
+    }
+
+    #[test]
+    fn a_lease_held_by_this_replica_is_not_free() {
+        let now = t("2025-05-14T10:00:00Z");
+        assert!(!lease_is_free(Some(&lease(Some("b-1"), Some("2025-05-14T09:00:00Z"), Some(4))), "b-1", now));
+    }
 }

@@ -52,6 +52,32 @@ pub fn clip_note(s: &str) -> String {
     crate::policy::clip(s)
 }
 
+/// Most problems a joined report lists (a condition message, the errors `render` and `local`
+/// print); the rest are counted, so one object with 10,000 invalid backends gives a message of
+/// a few kilobytes, not megabytes.
+pub const MAX_LISTED: usize = 20;
+
+/// `items` joined by `sep`: the first [`MAX_LISTED`], then `... and N more` for the rest.
+pub fn join_bounded(items: impl IntoIterator<Item = String>, sep: &str) -> String {
+    let mut out = String::new();
+    let mut more = 0usize;
+    for (i, item) in items.into_iter().enumerate() {
+        if i >= MAX_LISTED {
+            more += 1;
+            continue;
+        }
+        if i > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(&item);
+    }
+    if more > 0 {
+        out.push_str(sep);
+        out.push_str(&format!("... and {more} more"));
+    }
+    out
+}
+
 /// A problem with one object, reported in its `Ready` condition (and by one Event).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -71,9 +97,10 @@ impl Problem {
         Self { reason: "InvalidSpec", message: format!("{field}: {message}"), blocking: true, ready: false }
     }
 
-    /// Every invalid field of one object, in one message.
+    /// Every invalid field of one object, in one message: the first [`MAX_LISTED`], then how
+    /// many more ([`join_bounded`]).
     pub fn invalid_fields(fields: &[FieldError]) -> Self {
-        let message = fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; ");
+        let message = join_bounded(fields.iter().map(|f| format!("{}: {}", f.field, f.message)), "; ");
         Self { reason: "InvalidSpec", message, blocking: true, ready: false }
     }
 }

@@ -20,6 +20,21 @@
 //!   the oldest sample older than `now` divided by the time since it. Integers only.
 //! - Changes to `spec.window` take effect at the next window boundary (the stored window is
 //!   kept until it ends, so spend only ever resets at a boundary).
+//! - A stored window is kept only while it holds `now` and ends no later than the window the
+//!   spec gives for `now`, or [`LONGEST_CALENDAR_WINDOW_MS`] from `now` when that is later (room
+//!   for a spec changed mid-window). A stored window that starts after `now` (it was opened
+//!   while the clock was ahead, then the clock was corrected backwards) or ends beyond that
+//!   bound (a state that no spec gives) is **realigned**: the window becomes the one the spec
+//!   gives for `now`, the spend, the lifetime total and the action reached are kept, and a
+//!   `BudgetWindowRealigned` Warning says so. So spend is never lost to a clock step, and a
+//!   budget never stops rolling over at its boundaries.
+//! - The clock stepping back: a burn-rate sample later than `now` means the samples' times can
+//!   no longer be compared with `now` (a rate over them could be any size); they are dropped and
+//!   the rate is measured again from `now`. The lifetime total is kept.
+//! - A budget whose limit or window cannot be read (a spec that skipped validation) cannot bound
+//!   spend: it fails closed, its action is `Drain` until the spec is fixed, with `Ready` False
+//!   naming the field. A spec whose other fields are unreadable (the forecast lookback) keeps the
+//!   action reached in its stored window.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +55,9 @@ use crate::api::{
 };
 
 const MS_PER_HOUR: i128 = 3_600_000;
+/// Longer than any calendar window (31 days plus a DST hour): how far past `now` a stored
+/// window may end when the spec's own window for `now` ends sooner.
+pub const LONGEST_CALENDAR_WINDOW_MS: i64 = 32 * 24 * 3_600_000;
 /// Burn-rate samples are kept at least `lookback / SAMPLE_SLOTS` apart (bounded memory).
 const SAMPLE_SLOTS: i64 = 60;
 
@@ -263,14 +281,41 @@ pub fn evaluate_budget(b: &BudgetInput, obs: &Observations, prev: Option<&Budget
 
     let (limit, lookback, window) = match (limit, lookback, window) {
         (Some(l), Some(lb), Some(w)) if errors.is_empty() => (l, lb, w),
-        _ => {
-            return invalid_budget(b, key, prev, delta, errors, generation, now);
+        (l, _, w) => {
+            let fail_closed = l.is_none() || w.is_none();
+            return invalid_budget(b, key, prev, delta, errors, fail_closed, generation, now);
         }
     };
 
-    // Window: keep the stored one until it ends.
+    // Window: keep the stored one while it holds `now` and ends within bounds; realign one from
+    // a clock that was ahead (or a state no spec gives); reset when it ended.
     let mut mem = match prev {
-        Some(p) if now < p.window_end => p.clone(),
+        Some(p) if stored_window_holds(p, window, now) => p.clone(),
+        Some(p) if now < p.window_end => {
+            let mut ev = BTreeMap::new();
+            ev.insert("storedWindow".into(), format!("{}/{}", p.window_start, p.window_end));
+            ev.insert("window".into(), format!("{}/{}", window.0, window.1));
+            ev.insert("spent".into(), p.spent.to_string());
+            ev.insert("now".into(), now.to_string());
+            let why = if now < p.window_start {
+                "starts after now (the clock was ahead when it was opened)"
+            } else {
+                "ends later than any window of the spec"
+            };
+            transitions.push(Transition {
+                kind: ObjectKind::ProviderBudget,
+                object: key.clone(),
+                reason: "BudgetWindowRealigned".into(),
+                message: clip(format!(
+                    "stored budget window {} to {} {why}: moved to the window {} to {} for provider {}, keeping the spend {}",
+                    p.window_start, p.window_end, window.0, window.1, spec.provider, p.spent
+                )),
+                warning: true,
+                evidence: ev,
+                time: now,
+            });
+            BudgetMemory { window_start: window.0, window_end: window.1, ..p.clone() }
+        }
         Some(p) => {
             if let Some(action) = p.action {
                 let mut ev = BTreeMap::new();
@@ -316,7 +361,10 @@ pub fn evaluate_budget(b: &BudgetInput, obs: &Observations, prev: Option<&Budget
     }
     mem.policy = Some(policy);
 
-    // Burn rate over the lookback.
+    // Burn rate over the lookback; samples from a clock that was ahead are dropped.
+    if mem.samples.iter().any(|s| s.at > now) {
+        mem.samples.clear();
+    }
     let cutoff = now.as_millisecond().saturating_sub(lookback);
     mem.samples.retain(|s| s.at.as_millisecond() >= cutoff);
     let burn = mem.samples.first().filter(|s| s.at < now).map(|s| Burn {
@@ -489,27 +537,51 @@ pub fn evaluate_budget(b: &BudgetInput, obs: &Observations, prev: Option<&Budget
     }
 }
 
+/// Whether the stored window `p` is still the one to use at `now` (see the module rules):
+/// it holds `now` and ends no later than the spec's window for `now`, or than
+/// [`LONGEST_CALENDAR_WINDOW_MS`] from `now`.
+fn stored_window_holds(p: &BudgetMemory, current: (Timestamp, Timestamp), now: Timestamp) -> bool {
+    let bound = current.1.max(add_ms(now, LONGEST_CALENDAR_WINDOW_MS));
+    p.window_start <= now && now < p.window_end && p.window_end <= bound
+}
+
 /// A budget whose rule cannot run: Ready=False naming the field; spend is still added to a
-/// stored window that covers `now` (so no money is lost), and its action stays in force until
-/// that window ends.
+/// stored window that has not ended (one that starts after `now` included: the clock stepped
+/// back), so no money is lost. With `fail_closed` (the limit or the window cannot be read) the
+/// action is `Drain`; otherwise the stored window's action stays in force until it ends.
+#[allow(clippy::too_many_arguments)]
 fn invalid_budget(
     b: &BudgetInput,
     key: ObjectKey,
     prev: Option<&BudgetMemory>,
     delta: Money,
     errors: Vec<String>,
+    fail_closed: bool,
     generation: Option<i64>,
     now: Timestamp,
 ) -> BudgetEval {
     let spec = &b.spec;
     let mut mem = prev.cloned().unwrap_or_else(|| BudgetMemory::fresh(now, now));
-    let in_window = mem.window_start <= now && now < mem.window_end;
+    let in_window = mem.window_start < mem.window_end && now < mem.window_end;
     if in_window {
         mem.spent += delta;
         mem.total += delta;
     }
-    let action = if in_window { mem.action } else { None };
-    let message = clip(format!("budget rule skipped: {}", errors.join("; ")));
+    let action = if fail_closed {
+        Some(ThresholdAction::Drain)
+    } else if in_window {
+        mem.action
+    } else {
+        None
+    };
+    let message = if fail_closed {
+        clip(format!(
+            "budget rule cannot run, so the provider's backends are drained until the spec is fixed: {}",
+            errors.join("; ")
+        ))
+    } else {
+        clip(format!("budget rule skipped: {}", errors.join("; ")))
+    };
     let mut transitions = Vec::new();
     if let Some(t) = invalid_spec_transition(ObjectKind::ProviderBudget, &key, &mem.conditions, &message, now) {
         transitions.push(t);
@@ -548,7 +620,7 @@ fn invalid_budget(
         spent: in_window.then(|| mem.spent.to_string()),
         percent_used: if in_window { limit.and_then(|l| percent_string(mem.spent, l)) } else { None },
         state: Some(state_of(action)),
-        forecast_triggered: mem.forecast && action.is_some(),
+        forecast_triggered: !fail_closed && mem.forecast && action.is_some(),
         burn_rate_per_hour: None,
         projected_exhaustion: None,
         checkpoints: Vec::new(),

@@ -135,7 +135,9 @@ fn bad_window_fields_are_reported_not_panicked() {
     let ready = cond(&ev.decision.status.conditions, "Ready");
     assert_eq!(ready.status, "False");
     assert!(ready.message.contains("spec.window.timeZone"), "{}", ready.message);
-    assert_eq!(ev.decision.action, None);
+    // No window: the budget cannot bound spend, so it fails closed.
+    assert_eq!(ev.decision.action, Some(ThresholdAction::Drain));
+    assert_eq!(ev.effect.action, Some(ThresholdAction::Drain));
     assert_eq!(ev.transitions.len(), 1);
     assert_eq!(ev.transitions[0].reason, "InvalidSpec");
     // Reported once.
@@ -150,6 +152,40 @@ fn bad_window_fields_are_reported_not_panicked() {
         budget("b", json!({"provider": "openai", "limit": "10", "forecast": {"enabled": true, "lookback": "soon"}}));
     let ev = run(&bad_lookback, None, &Obs::new(), now);
     assert!(cond(&ev.decision.status.conditions, "Ready").message.contains("spec.forecast.lookback"));
+    // Only the forecast is unreadable: the limit and the window still hold, nothing is drained.
+    assert_eq!(ev.decision.action, None);
+}
+
+/// A zero Rolling window that skipped validation (an API server without CEL, a hand-made
+/// state) fails closed: the provider's backends are drained, the condition names the field, and
+/// spend already counted in the stored window is kept.
+#[test]
+fn a_zero_rolling_window_fails_closed() {
+    let now = t("2025-05-14T10:00:00Z");
+    let good =
+        budget("b", json!({"provider": "openai", "limit": "10", "window": {"period": "Rolling", "duration": "1h"}}));
+    let ev = run(&good, None, &Obs::new().spend("openai", "1"), now);
+    assert_eq!(ev.decision.action, None);
+    for zero in ["0s", "0ms0h"] {
+        let mut bad = good.clone();
+        bad.spec.window.duration = Some(zero.into());
+        let first = run(&bad, None, &Obs::new().spend("openai", "1"), now);
+        assert_eq!(first.decision.action, Some(ThresholdAction::Drain), "{zero}");
+        assert_eq!(first.effect.action, Some(ThresholdAction::Drain), "{zero}");
+        let ready = cond(&first.decision.status.conditions, "Ready");
+        assert_eq!(ready.status, "False");
+        assert!(
+            ready.message.contains("spec.window.duration") && ready.message.contains("drained"),
+            "{}",
+            ready.message
+        );
+        let exhausted = cond(&first.decision.status.conditions, "Exhausted");
+        assert_eq!(exhausted.status, "True");
+        // From a stored window: the spend keeps counting there.
+        let later = run(&bad, Some(&ev.memory), &Obs::new().spend("openai", "2"), plus(now, 60));
+        assert_eq!(later.decision.action, Some(ThresholdAction::Drain));
+        assert_eq!(later.memory.spent, Money::from_usd(3));
+    }
 }
 
 #[test]
@@ -158,13 +194,26 @@ fn invalid_spec_keeps_counting_and_keeps_the_action_until_the_window_ends() {
     let now = t("2025-05-14T10:00:00Z");
     let ev = run(&good, None, &Obs::new().spend("openai", "100"), now);
     assert_eq!(ev.decision.action, Some(ThresholdAction::Drain));
+    // Only the forecast is unreadable: the stored window's action holds until it ends.
     let mut bad = good.clone();
-    bad.spec.window.time_zone = "Nowhere/Land".into();
+    bad.spec.forecast.lookback = "soon".into();
     let ev2 = run(&bad, Some(&ev.memory), &Obs::new().spend("openai", "1"), plus(now, 60));
     assert_eq!(ev2.decision.action, Some(ThresholdAction::Drain));
     assert_eq!(ev2.memory.spent, Money::from_usd(101));
     let ev3 = run(&bad, Some(&ev2.memory), &Obs::new(), t("2025-05-15T00:00:01Z"));
     assert_eq!(ev3.decision.action, None);
+    // No window can be computed (an unknown time zone): drained, in the window and past it.
+    let mut no_window = good.clone();
+    no_window.spec.window.time_zone = "Nowhere/Land".into();
+    let ev2 = run(&no_window, Some(&ev.memory), &Obs::new().spend("openai", "1"), plus(now, 60));
+    assert_eq!(ev2.decision.action, Some(ThresholdAction::Drain));
+    assert_eq!(ev2.memory.spent, Money::from_usd(101));
+    let ev3 = run(&no_window, Some(&ev2.memory), &Obs::new(), t("2025-05-15T00:00:01Z"));
+    assert_eq!(ev3.decision.action, Some(ThresholdAction::Drain));
+    // Fixed, the new window starts from zero.
+    let ev4 = run(&good, Some(&ev3.memory), &Obs::new(), t("2025-05-15T00:00:02Z"));
+    assert_eq!(ev4.decision.action, None);
+    assert_eq!(ev4.memory.spent, Money::ZERO);
 }
 
 #[test]

@@ -29,6 +29,12 @@
 //!   ≥ `minRequests` answers and a p95 over `latency.recover` eject again; a stage advances
 //!   only if also the stage's answers (all of them, kept apart from the window) have a p95 not
 //!   over `recover` (or there were none); otherwise it starts over. The p95 and its rounding: `policy::latency`.
+//! - The clock stepping back (NTP): before a backend is evaluated, times in its memory later
+//!   than `now` are read as `now` (samples, `healthy_since`, the ramp stage's start), and an
+//!   ejection has at most its own length (`min(base × 2^(trips−1), max)`) left from `now`. So a
+//!   step back neither stretches an ejection, a ramp stage or the `trips` reset by the size of
+//!   the step, nor keeps old samples in the window for longer than the window. The same bound
+//!   shortens an ejection in progress when the spec lowers `ejection.base` or `ejection.max`.
 
 use std::collections::BTreeMap;
 
@@ -457,6 +463,7 @@ pub fn evaluate_route(
 
     for (i, b) in backends.iter().enumerate() {
         let h = &mut states[i];
+        clamp_to_now(h, now, params);
         let o = obs.backends.get(&keys[i]);
         super::cache_share::record(&mut h.input_samples, &o.map(|o| o.tokens).unwrap_or_default(), now);
         match h.phase {
@@ -591,6 +598,32 @@ pub fn evaluate_route(
         }
     }
     (states, ctx.transitions)
+}
+
+/// The clock stepped back (see the module rules): times later than `now` read as `now`; an
+/// ejection has at most its own length left.
+fn clamp_to_now(h: &mut BackendHealth, now: Timestamp, params: &HealthParams) {
+    let clamp = |at: &mut Timestamp| {
+        if *at > now {
+            *at = now;
+        }
+    };
+    h.samples.iter_mut().for_each(|s| clamp(&mut s.at));
+    h.latency_samples.iter_mut().for_each(|s| clamp(&mut s.at));
+    h.input_samples.iter_mut().for_each(|s| clamp(&mut s.at));
+    if let Some(since) = h.healthy_since.as_mut() {
+        clamp(since);
+    }
+    match &mut h.phase {
+        Phase::Ejected { until } => {
+            let longest = add_ms(now, params.ejection_ms(h.trips.max(1)));
+            if *until > longest {
+                *until = longest;
+            }
+        }
+        Phase::Ramping { stage_started, .. } => clamp(stage_started),
+        Phase::Healthy => {}
+    }
 }
 
 /// Records one observation into the window (and the latency), prunes the window; returns the

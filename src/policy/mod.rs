@@ -20,6 +20,8 @@
 pub mod allowance;
 pub mod budget;
 pub mod cache_share;
+#[cfg(test)]
+mod clock_tests;
 pub mod common;
 pub mod coverage;
 pub mod health;
