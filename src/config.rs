@@ -44,7 +44,7 @@ pub const CONFIG_KEY: &str = "config.json";
 /// Name of the Secret holding the API keys, one file per referenced Secret key.
 pub const CREDENTIALS_SECRET: &str = "tollgate-credentials";
 /// Label a Secret must carry (value `"true"`) before the controller reads it for a backend:
-/// the consent of whoever may write Secrets (issue 18). Unlabelled Secrets are never watched,
+/// the consent of whoever may write Secrets. Unlabelled Secrets are never watched,
 /// cached or copied.
 pub const PROVIDER_KEY_LABEL: &str = "tollgate.dev/provider-key";
 /// The label selector of the controller's Secret watch and list.

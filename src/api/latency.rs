@@ -1,4 +1,4 @@
-//! `spec.health.latency` of a `ModelRoute`: a latency budget (issue 15).
+//! `spec.health.latency` of a `ModelRoute`: a latency budget.
 //!
 //! Rules (enforced by the schema and CEL rules generated here, and again when the policy parses
 //! them, with errors naming the field):

@@ -345,7 +345,7 @@ pub struct MockEndpoint {
     #[schemars(range(min = 400, max = 599))]
     pub error_status: u16,
     /// Model a provider's prompt cache: cache reads only for a prompt prefix seen recently on
-    /// this backend (issue 15).
+    /// this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_cache: Option<MockPromptCache>,
 }

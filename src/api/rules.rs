@@ -1,7 +1,7 @@
 //! The CRDs' CEL rules (`x-kubernetes-validations`), checked natively in Rust.
 //!
 //! The API server evaluates each rule on the defaulted object; evaluating them with a CEL
-//! interpreter per object dominated the cost of validation at fleet scale (issue 12), so each
+//! interpreter per object dominated the cost of validation at fleet scale, so each
 //! rule has a pure function here, run on the typed object (serde applies the same defaults as
 //! the schema: the schema's defaults are generated from them). Rules:
 //! - every rule of the generated CRDs has exactly one entry in [`RULES`] (kind, schema path,
@@ -219,7 +219,7 @@ fn in_latency_range(text: &str) -> bool {
     cel_duration_ms(text).is_some_and(|ms| (5..=300_000).contains(&ms))
 }
 
-/// The rules of `spec.health.latency` (issue 15), node first, then its fields.
+/// The rules of `spec.health.latency`, node first, then its fields.
 fn latency(l: &super::LatencyPolicy, out: &mut Vec<FieldError>) {
     if let Some(recover) = &l.recover {
         match (cel_duration_ms(recover), cel_duration_ms(&l.trip)) {

@@ -1,4 +1,4 @@
-//! `ModelRoute` steering options (issue 15): cache affinity (`spec.affinity`), per-request
+//! `ModelRoute` steering options: cache affinity (`spec.affinity`), per-request
 //! hints (`spec.hints`) and the mock's prompt cache (`endpoint.mock.promptCache`).
 //!
 //! Every field is optional and defaults to "off", so manifests written before these existed

@@ -13,7 +13,7 @@
 //! checked natively ([`super::rules`]: one pure function per rule, same field and message as
 //! the API server; kube-cel stays the oracle of the tests), on the typed object.
 //!
-//! Cost (issue 12): an object is checked without building its defaulted copy. Defaults only
+//! Cost: an object is checked without building its defaulted copy. Defaults only
 //! add fields the schema declares, with values valid for it, and the schema has no keyword a
 //! new field can break (no `required` field with a default, no `minProperties`, `oneOf`...), so
 //! an object is structurally valid exactly when its defaulted copy is; serde applies the same

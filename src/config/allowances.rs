@@ -1,4 +1,4 @@
-//! The allowances document: the grants of every Hard budget (issue 13), the second, small
+//! The allowances document: the grants of every Hard budget, the second, small
 //! contract between the controller (or `local`) and the gateways.
 //!
 //! It travels apart from the routing document on purpose: grants change every re-grant

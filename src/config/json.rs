@@ -1,4 +1,4 @@
-//! The document's JSON, serialized on every core (issue 12: `render` of 10,000 routes).
+//! The document's JSON, serialized on every core (`render` of 10,000 routes).
 //!
 //! [`GatewayConfig::for_each_part`] gives the compact or pretty JSON of a document as
 //! consecutive parts whose concatenation is byte for byte what `serde_json::to_vec` (or `to_vec_pretty`)

@@ -1,4 +1,4 @@
-//! A document too large for one ConfigMap, split across several (issue 12): an index naming
+//! A document too large for one ConfigMap, split across several: an index naming
 //! the shards with the revision, and the shards, each a slice of the routes.
 //!
 //! Rules:

@@ -1,4 +1,4 @@
-//! Hard budgets in a cluster (issue 13): the controller grants each gateway pod an allowance
+//! Hard budgets in a cluster: the controller grants each gateway pod an allowance
 //! of every Hard `ProviderBudget` and writes the grants as the allowances document
 //! ([`crate::config::allowances`]) in its own ConfigMap per namespace (`tollgate-allowances`,
 //! `--allowances-configmap-name`), never in the routing document (whose revision would churn).

@@ -34,7 +34,7 @@ impl SnapshotObjects {
         let secrets = snap
             .secrets
             .iter()
-            // Defence in depth (issue 18): only opted-in Secrets, whatever the store holds.
+            // Defence in depth: only opted-in Secrets, whatever the store holds.
             .filter(|s| {
                 s.metadata.labels.as_ref().and_then(|l| l.get(crate::config::PROVIDER_KEY_LABEL)).map(String::as_str)
                     == Some("true")

@@ -1,7 +1,7 @@
 //! Wiring: API client, CRD check, watchers and their stores, leader election, the interval
 //! loop, SIGTERM, the HTTP endpoints.
 //!
-//! Secrets are watched with the label selector `tollgate.dev/provider-key=true` only (issue 18):
+//! Secrets are watched with the label selector `tollgate.dev/provider-key=true` only:
 //! other Secrets are never listed, watched or cached. A standby reads the Lease every
 //! `STANDBY_POLL` so that a released lease is taken at once (see `lead`): a read that finds it
 //! free ([`lease_is_free`]: no holder, or a holder whose lease expired) starts the election over,
@@ -366,7 +366,7 @@ async fn run_engine(
         watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
     let budgets: Stores<DeserializeGuard<ProviderBudget>> =
         watch(apis(client, ns), watcher::Config::default(), Some(notify.clone()), &mut tasks);
-    // Only opted-in Secrets (issue 18): the others are never listed, watched or cached.
+    // Only opted-in Secrets: the others are never listed, watched or cached.
     let secrets: Stores<Secret> = watch(
         apis(client, ns),
         watcher::Config::default().labels(crate::config::PROVIDER_KEY_SELECTOR),

@@ -1,4 +1,4 @@
-//! Which namespaces a pass plans (issue 12: the cost of a pass grows with what changed).
+//! Which namespaces a pass plans (the cost of a pass grows with what changed).
 //!
 //! Rules:
 //! - A pass that reads signals (every `--signal-interval`) plans every namespace: observations

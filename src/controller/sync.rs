@@ -1,5 +1,5 @@
 //! Which config revision each route's entry has been in since it last changed, so that a route's
-//! `status.gateways` moves only when its own entry does (issue 12: a rotation of one route in a
+//! `status.gateways` moves only when its own entry does (a rotation of one route in a
 //! namespace of 10,000 rewrites one status, not 10,000).
 //!
 //! Per namespace, the revisions the cluster held (written by this controller or found there),

@@ -1,4 +1,4 @@
-//! Hard budgets in the gateway (issue 13): admission by reservation, settlement with the exact
+//! Hard budgets in the gateway: admission by reservation, settlement with the exact
 //! metered cost, and the output-token caps applied on the way upstream.
 //!
 //! Admission: before an attempt on a backend covered by a Hard budget (per the allowances

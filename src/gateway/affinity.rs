@@ -1,4 +1,4 @@
-//! Cache affinity (issue 15): which backend a request's affinity key sticks to. Pure: no clock,
+//! Cache affinity: which backend a request's affinity key sticks to. Pure: no clock,
 //! no state, no I/O, so every gateway replica computes the same answer for the same config.
 //!
 //! Rules:

@@ -1,4 +1,4 @@
-//! `tollgate gateway --allowances FILE`: the Hard budgets' grants (issue 13) from a file (the
+//! `tollgate gateway --allowances FILE`: the Hard budgets' grants from a file (the
 //! mounted `tollgate-allowances` ConfigMap), polled; with `--from-configmap` and no
 //! `--allowances`, from the allowances ConfigMap through the API instead
 //! ([`watch_allowances_configmap`], same rules).

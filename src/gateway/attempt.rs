@@ -12,7 +12,7 @@
 //! its outcome `gateway_overloaded` (the gateway's failure, not the backend's);
 //! a body that is not JSON or cannot be translated is a 502 (`unparseable_body`); usage above
 //! [`limits::MAX_TOKENS_PER_ANSWER`] is a 502 (`upstream_invalid_usage`). Every failed attempt
-//! records its outcome, duration and gen_ai duration once; a Hard budget reservation (issue 13)
+//! records its outcome, duration and gen_ai duration once; a Hard budget reservation
 //! is settled by whichever bill ends the attempt (or released by the caller).
 
 use std::sync::Arc;
@@ -282,7 +282,7 @@ pub(crate) async fn attempt(
                         timeout: opts.disconnect_drain_timeout,
                         bytes: opts.disconnect_drain_bytes,
                     });
-                // No API key reaches the client, however encoded (issue 10): every frame is
+                // No API key reaches the client, however encoded: every frame is
                 // scrubbed. Every frame is made of whole events (translated, or the upstream's
                 // own bytes passed through event by event), so a key split across two upstream
                 // reads is caught too.

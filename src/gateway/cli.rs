@@ -121,7 +121,7 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub log_json: bool,
     /// The Hard budgets' allowances document (`allowances.json` of the mounted
-    /// `tollgate-allowances` ConfigMap), polled every `--reload-interval` (issue 13).
+    /// `tollgate-allowances` ConfigMap), polled every `--reload-interval`.
     #[arg(long, env = "TOLLGATE_ALLOWANCES", value_name = "FILE")]
     pub allowances: Option<PathBuf>,
     /// With `--from-configmap` and no `--allowances`: the name of the allowances ConfigMap

@@ -467,7 +467,7 @@ impl Metrics {
         }
     }
 
-    /// Adds a collector (the Hard budgets' admission, issue 13).
+    /// Adds a collector (the Hard budgets' admission).
     pub(crate) fn register_collector(&mut self, c: Box<dyn prometheus_client::collector::Collector>) {
         self.registry.register_collector(c);
     }

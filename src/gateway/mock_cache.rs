@@ -1,4 +1,4 @@
-//! The mock backends' prompt caches (`endpoint.mock.promptCache`, issue 15): per backend
+//! The mock backends' prompt caches (`endpoint.mock.promptCache`): per backend
 //! (route + backend name, so a cache survives config reloads) and prompt prefix, with a TTL
 //! refreshed on every use, as providers do.
 //!

@@ -14,7 +14,7 @@
 //! Memory: a served document is compiled and taken apart, not kept beside its compiled form
 //! ([`Served`]): each backend row moves into its compiled backend, instruments labelled only by
 //! provider and model are shared, and [`Gateway::config`] puts the document back together on
-//! demand. At 10,000 routes of 5 backends the table is about half of what it was (issue 12).
+//! demand.
 //!
 //! Rooms: this file is the facade (the [`Gateway`], its options and errors); `cli.rs` holds
 //! `tollgate gateway`'s flags and job, `serve.rs` the HTTP serving, `source.rs` the Kubernetes
@@ -366,9 +366,9 @@ pub(crate) struct Inner {
     pub(crate) upstream: upstream::Upstream,
     pub(crate) opts: GatewayOptions,
     pub(crate) limits: limits::Shared,
-    /// Hard budgets: reservations against this gateway's grants (issue 13).
+    /// Hard budgets: reservations against this gateway's grants.
     pub(crate) admission: Arc<admission::Admission>,
-    /// Mock backends' prompt caches (issue 15).
+    /// Mock backends' prompt caches.
     pub(crate) mock_cache: mock_cache::PromptCaches,
 }
 
@@ -434,7 +434,7 @@ impl Gateway {
         self.inner.metrics.drop_retired(std::time::Instant::now());
     }
 
-    /// Applies the allowances document (Hard budgets' grants, issue 13) as gateway instance
+    /// Applies the allowances document (Hard budgets' grants) as gateway instance
     /// `instance`: validated first; an invalid document changes nothing.
     pub fn set_allowances(
         &self,

@@ -261,7 +261,7 @@ pub(crate) struct StreamMeter {
     pub(crate) started: Instant,
     pub(crate) ttfb: Duration,
     pub(crate) surface: Surface,
-    /// The Hard budget reservation of the attempt (issue 13), settled by the bill.
+    /// The Hard budget reservation of the attempt, settled by the bill.
     pub(crate) hold: Option<super::admission::Hold>,
     /// The client's request size (the estimate's input when no usage is known).
     pub(crate) request_bytes: usize,

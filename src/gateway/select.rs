@@ -13,7 +13,7 @@
 //! - the best tier first, then the other tiers in ascending order;
 //! - at most `max_attempts` rows.
 //!
-//! Per-request steering ([`Steer`], issue 15) applies on top, never beyond what the policy
+//! Per-request steering ([`Steer`]) applies on top, never beyond what the policy
 //! decided: rows the request may not use (over its max cost) are dropped first, so the best
 //! tier is the best tier among the rest; a preference (`cheapest` / `fastest`) then sorts the
 //! best tier's weighted rows by its order key (stable, so ties keep the strategy's order);

@@ -1,4 +1,4 @@
-//! Per-request steering (issue 15): the affinity key and the request hints of one request,
+//! Per-request steering: the affinity key and the request hints of one request,
 //! turned into a [`Steer`] for [`super::select`]. Shared by every client surface
 //! (`/v1/chat/completions` and the other OpenAI endpoints, `/v1/messages`); each surface says
 //! what it read ([`Input`]) and words the refusal in its own error shape.

@@ -1,4 +1,4 @@
-//! Hard budgets in `tollgate local` (issue 13): the same grant logic as a fleet, with one
+//! Hard budgets in `tollgate local`: the same grant logic as a fleet, with one
 //! gateway instance.
 //!
 //! Each evaluation builds the allowances document from the Hard budgets of the namespace and

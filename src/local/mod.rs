@@ -160,7 +160,7 @@ struct Engine {
     manifest_error: Option<String>,
     /// Problems already printed, per object.
     reported: BTreeMap<(ObjectKind, ObjectKey), String>,
-    /// Hard budgets: grants of this process's gateway (issue 13).
+    /// Hard budgets: grants of this process's gateway.
     hard: hard::LocalHard,
     /// The allowances document last applied.
     allowances: crate::config::allowances::Allowances,

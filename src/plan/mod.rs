@@ -497,7 +497,7 @@ fn build_config(
 
 /// The credentials Secret's data for the served routes; missing Secrets and keys are reported
 /// on the routes that reference them (the rest keeps working). `secrets` holds only Secrets
-/// labelled `tollgate.dev/provider-key=true` (the adapter filters them, issue 18), so a missing
+/// labelled `tollgate.dev/provider-key=true` (the adapter filters them), so a missing
 /// or unlabelled one is `SecretNotOptedIn` and its value is never copied.
 fn credentials(
     secrets: &SecretData,

@@ -1,4 +1,4 @@
-//! Cache-aware cost (issue 15): the prompt-cache share each backend actually achieves, from its
+//! Cache-aware cost: the prompt-cache share each backend actually achieves, from its
 //! metered tokens, and the blended price `Cheapest` compares.
 //!
 //! Rules:

@@ -1,4 +1,4 @@
-//! Latency health (issue 15): the p95 of a backend's answers over a window, from exact bucket
+//! Latency health: the p95 of a backend's answers over a window, from exact bucket
 //! counts, against a budget with hysteresis. The rules that eject and ramp live in `health`,
 //! which calls these pure helpers.
 //!

@@ -1,4 +1,4 @@
-//! A single-pass JSON scanner for the gateway's per-request reads (issue 16): the top-level
+//! A single-pass JSON scanner for the gateway's per-request reads: the top-level
 //! entries of a JSON object (each key and where its value's text is), every value checked as
 //! serde_json would check it, and the values the caller keeps built as [`Node`]s without
 //! building a tree for the rest.

@@ -1,4 +1,4 @@
-//! What a gateway reports of its Hard budgets (issue 13), read from its `/metrics`:
+//! What a gateway reports of its Hard budgets, read from its `/metrics`:
 //! `tollgate_hard_budget_{granted,settled,reserved}_usd{budget}` (gauges) and
 //! `tollgate_hard_budget_reservations_total{budget,result}` (counters), and the instance id
 //! the gateway reads its grants as (`tollgate_hard_budget_instance_info{instance}`), as written

@@ -1,4 +1,4 @@
-//! The output cap on a top-level field, spliced into the body's bytes (issue 16: the Hard
+//! The output cap on a top-level field, spliced into the body's bytes (the Hard
 //! budget's per-request cost).
 //!
 //! Rules, the same as clamping a parsed object: every top-level key of `present` whose value is
