@@ -99,6 +99,10 @@ pub struct GatewayArgs {
     /// usage.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub disconnect_drain_bytes: usize,
+    /// How long an upstream connection may stay idle in the pool before the gateway closes it
+    /// (at least 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = crate::cmd::parse_duration_in::<100, { u64::MAX }>)]
+    pub upstream_idle_timeout: Duration,
     /// Poll interval of the config file (in addition to file-system events).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -147,6 +151,7 @@ impl GatewayArgs {
             max_buffered_bytes: self.max_buffered_bytes,
             disconnect_drain_timeout: self.disconnect_drain_timeout,
             disconnect_drain_bytes: self.disconnect_drain_bytes,
+            upstream_idle_timeout: self.upstream_idle_timeout,
         }
     }
 

@@ -120,6 +120,9 @@ pub struct GatewayOptions {
     pub disconnect_drain_timeout: Duration,
     /// After a streaming client left, how many upstream bytes are still read for its usage.
     pub disconnect_drain_bytes: usize,
+    /// How long an upstream connection may stay idle in the pool; past it the gateway closes
+    /// it, whether or not another request comes.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -137,6 +140,7 @@ impl Default for GatewayOptions {
             max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
             disconnect_drain_timeout: Duration::from_secs(30),
             disconnect_drain_bytes: 16 * 1024 * 1024,
+            upstream_idle_timeout: Duration::from_secs(90),
         }
     }
 }
