@@ -240,7 +240,7 @@ verdict "$(b "(( U_STARTED == C_STARTED && U_COMPLETED == C_COMPLETED + C_HUNG &
   "every stream reached the upstream once and was written in full (upstream $U_STARTED started, $U_COMPLETED full, $U_ABORTED aborted; clients $C_STARTED started, $((C_COMPLETED + C_HUNG)) completed or hung up)"
 verdict "$(b "(( FD_END <= FD0 ))")" "descriptors back to the baseline ($FD0 before, $FD_END after)"
 verdict "$(b "(( RSS_END <= RSS0 + RSS_BOUND_MIB * 1024 ))")" \
-  "RSS after the clients left within ${RSS_BOUND_MIB} MiB of the start ($(mib "$RSS0") -> $(mib "$RSS_END") MiB; $(( (RSS_END - RSS0) * 1024 / (C_STARTED > 0 ? C_STARTED : 1) )) bytes per stream)"
+  "RSS after the clients left within ${RSS_BOUND_MIB} MiB of the start ($(mib "$RSS0") -> $(mib "$RSS_END") MiB over $C_STARTED streams: $(( (RSS_END - RSS0) * 1024 / (C_STARTED > 0 ? C_STARTED : 1) )) bytes per stream if all of it stayed)"
 verdict "$(b "(( M_COST == EXPECT_NANO && M_COST == CLIENT_NANO && M_MISSING == 0 && M_EST == 0 && M_OK == U_COMPLETED ))")" \
   "cost exact ($M_COST metered, $EXPECT_NANO computed; $M_OK ok outcomes for $U_COMPLETED full streams)"
 verdict "$(b "(( M_IN == U_COMPLETED * (PROMPT - CACHED) && M_CACHED == U_COMPLETED * CACHED && M_OUT == U_COMPLETED * CHUNKS && M_REASON == U_COMPLETED * REASONING ))")" \
