@@ -28,6 +28,8 @@
 #   CHUNKS=20 INTERVAL_MS=250 HANGUP_PCT=10 bench/stream-soak.sh   # the stream shape (defaults)
 #   GATEWAY_ARGS="--workers 1" bench/stream-soak.sh    # extra flags for `tollgate gateway`
 #   NO_BUILD=1 TOLLGATE=/path/tollgate bench/stream-soak.sh
+#   MIMALLOC_PURGE_DELAY=0 bench/stream-soak.sh        # the allocator returns freed pages at once
+#   GATEWAY_ARGS="--upstream-idle-timeout 5s" bench/stream-soak.sh   # descriptors settle sooner
 #
 # Needs curl and python3 (to read the client's JSON); builds target/release/tollgate and
 # bench/soak (its own Cargo project, outside the workspace; BENCH_TARGET sets its target dir).
