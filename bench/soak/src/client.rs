@@ -265,11 +265,12 @@ async fn worker(conf: &'static Conf, id: u64, first: Instant, deadline: Instant)
             continue;
         };
         let mut c = c;
-        let hang_at = (conf.chunks >= 2 && rng.next() % 100 < conf.hangup_pct).then(|| 1 + rng.next() % (conf.chunks - 1));
+        let hang_at =
+            (conf.chunks >= 2 && rng.next() % 100 < conf.hangup_pct).then(|| 1 + rng.next() % (conf.chunks - 1));
         let usage = match conf.usage {
             UsageMode::Always => true,
             UsageMode::Never => false,
-            UsageMode::Mixed => n % 2 == 0,
+            UsageMode::Mixed => n.is_multiple_of(2),
         };
         n += 1;
         let t0 = Instant::now();
@@ -352,7 +353,10 @@ async fn one_stream(conf: &Conf, c: &mut Conn, usage: bool, hang_at: Option<u64>
             conf.model
         )
     } else {
-        format!(r#"{{"model":"{}","stream":true,"messages":[{{"role":"user","content":"Stream a few tokens."}}]}}"#, conf.model)
+        format!(
+            r#"{{"model":"{}","stream":true,"messages":[{{"role":"user","content":"Stream a few tokens."}}]}}"#,
+            conf.model
+        )
     };
     let req = Request::post(conf.path.as_str())
         .header("host", conf.addr.to_string())

@@ -231,10 +231,8 @@ fn stats() -> String {
 }
 
 async fn write_whole(sock: &mut TcpStream, status: &str, body: &str) -> bool {
-    let msg = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let msg =
+        format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
     sock.write_all(msg.as_bytes()).await.is_ok()
 }
 
