@@ -1,5 +1,5 @@
-# Shared by the benchmark scripts (bench/gateway.sh, bench/instructions.sh,
-# bench/floor-experiments/measure.sh): sourced, not run.
+# Shared by the benchmark scripts (bench/gateway.sh, bench/instructions.sh, bench/stream-soak.sh,
+# bench/stream-cpu.sh, bench/floor-experiments/measure.sh): sourced, not run.
 
 # The fixed answer of the benchmarks' upstream (nginx `return 200`): a chat completion with usage.
 BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fixed upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
@@ -74,3 +74,32 @@ $3
 }
 CONF
 }
+
+# The streaming benchmarks' tools (bench/soak, its own Cargo project outside the workspace):
+# sets SSE_UPSTREAM and STREAM_CLIENT, building them unless NO_BUILD is set and both exist.
+# BENCH_TARGET: their target directory (default bench/soak/target).
+build_soak_tools() {
+  BENCH_TARGET=${BENCH_TARGET:-$PWD/bench/soak/target}
+  SSE_UPSTREAM=$BENCH_TARGET/release/sse-upstream
+  STREAM_CLIENT=$BENCH_TARGET/release/stream-client
+  if [[ -z ${NO_BUILD:-} || ! -x $SSE_UPSTREAM || ! -x $STREAM_CLIENT ]]; then
+    (cd bench/soak && CARGO_TARGET_DIR="$BENCH_TARGET" nice cargo build -q --release)
+  fi
+}
+
+# A decimal with at most 6 fractional digits ("12.345678", "2.50") as an integer count of
+# millionths: a price in USD per million tokens is then exactly pico-USD per token.
+micro_of() {
+  local int=${1%%.*} frac=""
+  [[ $1 == *.* ]] && frac=${1#*.}
+  if [[ ! $int =~ ^[0-9]+$ || ! $frac =~ ^[0-9]{0,6}$ ]]; then
+    echo "error: not a decimal with at most 6 fractional digits: $1" >&2
+    return 1
+  fi
+  frac=$(printf '%-6s' "$frac" | tr ' ' 0)
+  echo $((10#$int * 1000000 + 10#$frac))
+}
+
+# Resident set (KiB) and open descriptors of a process.
+proc_rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+proc_fds() { ls -U "/proc/$1/fd" | wc -l; }

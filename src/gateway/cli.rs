@@ -108,6 +108,10 @@ pub struct GatewayArgs {
     /// the request's own size skips nothing; 0: never skipped; at most 1h).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cmd::parse_duration_in::<0, 3_600_000>)]
     pub max_rate_limit_pause: Duration,
+    /// How long an upstream connection may stay idle in the pool before the gateway closes it
+    /// (at least 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = crate::cmd::parse_duration_in::<100, { u64::MAX }>)]
+    pub upstream_idle_timeout: Duration,
     /// Poll interval of the config file (in addition to file-system events).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
@@ -158,6 +162,7 @@ impl GatewayArgs {
             retired_series_retention: self.retired_series_retention,
             disconnect_drain_bytes: self.disconnect_drain_bytes,
             max_rate_limit_pause: self.max_rate_limit_pause,
+            upstream_idle_timeout: self.upstream_idle_timeout,
         }
     }
 

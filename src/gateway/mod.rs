@@ -127,6 +127,9 @@ pub struct GatewayOptions {
     /// Longest time one 429 makes this gateway skip a backend, whatever its `Retry-After`
     /// asks (0: never skipped); see [`limits`].
     pub max_rate_limit_pause: Duration,
+    /// How long an upstream connection may stay idle in the pool; past it the gateway closes
+    /// it, whether or not another request comes.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -146,6 +149,7 @@ impl Default for GatewayOptions {
             disconnect_drain_bytes: 16 * 1024 * 1024,
             retired_series_retention: Duration::from_secs(600),
             max_rate_limit_pause: limits::DEFAULT_MAX_RATE_LIMIT_PAUSE,
+            upstream_idle_timeout: Duration::from_secs(90),
         }
     }
 }

@@ -4,6 +4,9 @@
 //! [`Redactor`] of every key loaded so far (what scrubs upstream bytes before a client sees
 //! them) is rebuilt only when that set of keys changes (a generation counter, bumped when a
 //! read changes the cache, spares each request the look at the keys).
+//!
+//! Connections are pooled per thread; one left idle for `upstream_idle_timeout` is closed by
+//! the pool's own timer, so the descriptors of a burst are released even if no request follows.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use super::GatewayOptions;
@@ -192,6 +195,7 @@ thread_local! {
 pub(crate) struct Upstream {
     id: u64,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     pub(crate) credentials: Credentials,
 }
 
@@ -200,6 +204,7 @@ impl Upstream {
         let up = Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connect_timeout: opts.connect_timeout,
+            idle_timeout: opts.upstream_idle_timeout,
             credentials: Credentials::new(opts.credentials_dir.clone()),
         };
         // Fail at start, not on the first request, if TLS cannot be set up.
@@ -219,7 +224,13 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Ok(Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(https))
+        // The pool's idle timeout takes effect only with a timer: without one, hyper-util checks
+        // it only when a connection is taken for a request, and a burst's connections stay open
+        // (each a descriptor) until traffic comes back.
+        Ok(Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(https))
     }
 
     /// Calls `f` with this thread's client (built on first use), without cloning it.
