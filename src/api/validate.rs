@@ -521,8 +521,9 @@ pub fn read_manifest_files(dir: &Path) -> std::io::Result<Vec<ManifestFile>> {
         .collect())
 }
 
-/// What kind of non-regular file `t` is, for messages.
-fn file_kind(t: std::fs::FileType) -> &'static str {
+/// What kind of non-regular file `t` is, for messages (manifest directories and `local`'s
+/// state file).
+pub(crate) fn file_kind(t: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if t.is_dir() {
         "a directory"

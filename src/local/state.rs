@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::api::validate::file_kind;
 use crate::policy::{DecisionState, Money, Observations};
 
 /// Version of the state file format.
@@ -140,24 +141,6 @@ fn parent_dir(path: &Path) -> PathBuf {
 /// Largest state file read (1 GiB): far above the state of 10,000 routes, and a bound on what a
 /// wrong `--state` can make the process read.
 pub const MAX_STATE_FILE_BYTES: u64 = 1 << 30;
-
-/// What a non-regular file is, for messages.
-fn file_kind(t: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "not a regular file"
-    }
-}
 
 /// Refuses anything but a regular file within [`MAX_STATE_FILE_BYTES`].
 fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), StateError> {
