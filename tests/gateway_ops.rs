@@ -3,7 +3,8 @@
 //! against an address that never answers, the total timeout of a stream, the request-head size
 //! limit and read timeout, SIGTERM with streams in flight, `/v1/completions` metered to the
 //! pico-dollar, `x-request-id` passed back, and which outcomes count toward ejection (the
-//! `outcome` label in `/metrics`, and the backend state `tollgate local` reaches).
+//! `outcome` label in `/metrics`, and the backend state `tollgate local` reaches), and idle
+//! upstream connections closed after `--upstream-idle-timeout`.
 //!
 //! Rules: the gateway is a child process configured by `tollgate render` from manifests (no
 //! library types), upstreams are fakes on 127.0.0.1:0, every wait has a deadline, and timeouts
@@ -11,11 +12,14 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use common::proc::{Proc, TempDir, free_port, request_outcomes, series, wait_until};
 use common::upstream::{Fake, Seen, black_hole, paced_sse, reply};
@@ -688,4 +692,124 @@ fn prom_text_is_parsed_and_absence_needs_a_sibling() {
     assert!(relabelled.is_err(), "a label no sample has must not pass as absent");
     let present = std::panic::catch_unwind(|| assert_no_series(text, "a_total", &[("route", "y")]));
     assert!(present.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream connection pool: an upstream connection left idle longer than
+// `--upstream-idle-timeout` is closed by the gateway (its descriptor released, even when no
+// request ever comes again and the upstream never closes it), and one reused within it is kept
+// alive. The upstream is a hand-written HTTP/1.1 server that never closes a connection itself
+// and counts the connections it accepted and those the gateway closed.
+// ---------------------------------------------------------------------------------------------
+
+const POOL_ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"up-model","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+/// Connections the upstream accepted, and those whose peer (the gateway) closed them.
+#[derive(Default)]
+struct Conns {
+    accepted: AtomicUsize,
+    closed_by_gateway: AtomicUsize,
+}
+
+/// A keep-alive upstream answering every request with [`POOL_ANSWER`]; it never closes a connection.
+async fn pool_upstream() -> (String, Arc<Conns>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", l.local_addr().unwrap());
+    let conns = Arc::new(Conns::default());
+    let c = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let (sock, _) = l.accept().await.unwrap();
+            c.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(pool_serve(sock, c.clone()));
+        }
+    });
+    (base, conns)
+}
+
+async fn pool_serve(mut sock: TcpStream, conns: Arc<Conns>) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    conns.closed_by_gateway.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + len);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{POOL_ANSWER}",
+            POOL_ANSWER.len()
+        );
+        sock.write_all(reply.as_bytes()).await.unwrap();
+    }
+}
+
+async fn pool_chat(client: &reqwest::Client, gw: &Gw) {
+    let r = client
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "hi");
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let (up, conns) = pool_upstream().await;
+    let idle = Duration::from_millis(300);
+    let gw =
+        gateway("pool-idle", &[route_yaml("chat", &[Row("up", up, 0)], "")], &["--upstream-idle-timeout", "300ms"])
+            .await;
+    // Concurrent requests, so that the pool holds more than one idle connection afterwards.
+    let client = reqwest::Client::new();
+    futures::future::join_all((0..4).map(|_| pool_chat(&client, &gw))).await;
+    let opened = conns.accepted.load(Ordering::SeqCst);
+    assert!(opened >= 1);
+    // No request follows: only the pool's own eviction can close them. It checks every idle
+    // timeout, so a connection goes within two timeouts of its last use; the bound leaves room
+    // for a loaded machine.
+    wait_until("the gateway to close its idle upstream connections", idle * 2 + Duration::from_secs(10), || {
+        let c = conns.clone();
+        async move { c.closed_by_gateway.load(Ordering::SeqCst) == c.accepted.load(Ordering::SeqCst) }
+    })
+    .await;
+    assert_eq!(conns.accepted.load(Ordering::SeqCst), opened, "no connection was opened after the requests");
+}
+
+#[tokio::test]
+async fn an_upstream_connection_reused_within_the_idle_timeout_stays_open() {
+    let (up, conns) = pool_upstream().await;
+    let gw = gateway("pool-reuse", &[route_yaml("chat", &[Row("up", up, 0)], "")], &["--upstream-idle-timeout", "60s"])
+        .await;
+    // One client connection: the gateway serves it on one thread, whose pool holds the upstream
+    // connection.
+    let client = reqwest::Client::new();
+    pool_chat(&client, &gw).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pool_chat(&client, &gw).await;
+    assert_eq!(conns.accepted.load(Ordering::SeqCst), 1, "the second request reused the pooled connection");
+    assert_eq!(conns.closed_by_gateway.load(Ordering::SeqCst), 0);
 }
