@@ -609,6 +609,15 @@ mod tests {
         p.feed(Bytes::copy_from_slice(bytes))
     }
 
+    /// What the client receives when the upstream's `bytes` arrive in two reads cut at `split`.
+    fn through_split(p: &mut SseProcessor, bytes: &[u8], split: usize) -> String {
+        let mut out = Vec::new();
+        out.extend_from_slice(&feed(p, &bytes[..split]));
+        out.extend_from_slice(&feed(p, &bytes[split..]));
+        out.extend_from_slice(&p.finish());
+        String::from_utf8(out).unwrap()
+    }
+
     fn sse(events: &[Value]) -> String {
         let mut s = String::new();
         for e in events {
@@ -628,11 +637,7 @@ mod tests {
         let bytes = text.as_bytes();
         for split in 1..bytes.len() {
             let mut p = SseProcessor::new(ProviderFamily::OpenAI, true, 1 << 20, Arc::default());
-            let mut out = Vec::new();
-            out.extend_from_slice(&feed(&mut p, &bytes[..split]));
-            out.extend_from_slice(&feed(&mut p, &bytes[split..]));
-            out.extend_from_slice(&p.finish());
-            let out = String::from_utf8(out).unwrap();
+            let out = through_split(&mut p, bytes, split);
             assert!(!out.contains("\"choices\":[]"), "{out}");
             assert!(!out.contains("usage"), "{out}");
             assert!(out.contains("hi") && out.ends_with("data: [DONE]\n\n"));
@@ -676,12 +681,7 @@ mod tests {
             let bytes = upstream.as_bytes();
             for split in 0..=bytes.len() {
                 let mut p = SseProcessor::new(ProviderFamily::OpenAI, true, 1 << 20, Arc::default());
-                let mut out = Vec::new();
-                out.extend_from_slice(&feed(&mut p, &bytes[..split]));
-                out.extend_from_slice(&feed(&mut p, &bytes[split..]));
-                out.extend_from_slice(&p.finish());
-                let out = String::from_utf8(out).unwrap();
-                assert_eq!(out, client, "{end:?} split at {split}");
+                assert_eq!(through_split(&mut p, bytes, split), client, "{end:?} split at {split}");
                 assert_eq!(p.usage().map(|t| (t.input, t.output)), Ok((11, 7)), "{end:?} split at {split}");
                 assert_eq!(p.data_events(), 4);
             }
@@ -725,12 +725,9 @@ mod tests {
         let bytes = text.as_bytes();
         for split in 0..=bytes.len() {
             let mut p = SseProcessor::new(ProviderFamily::Anthropic, false, 1 << 20, Arc::default());
-            let mut out = Vec::new();
-            out.extend_from_slice(&feed(&mut p, &bytes[..split]));
-            out.extend_from_slice(&feed(&mut p, &bytes[split..]));
-            out.extend_from_slice(&p.finish());
+            let out = through_split(&mut p, bytes, split);
             assert!(p.failed().is_some_and(|w| w.contains("second `message_start`")), "split at {split}");
-            assert_eq!(String::from_utf8(out).unwrap(), format!("{}{delta}", start(20, 1)), "split at {split}");
+            assert_eq!(out, format!("{}{delta}", start(20, 1)), "split at {split}");
             let t = p.usage().unwrap();
             assert_eq!((t.input, t.output), (20, 40), "split at {split}: the usage seen before it");
         }
