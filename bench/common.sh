@@ -75,6 +75,56 @@ $3
 CONF
 }
 
+# A work directory for one run in WORK, and PIDS: the processes the script starts. When the
+# script exits they are killed and WORK is removed, unless KEEP_WORK names what it holds (then
+# it is kept and its path printed).
+bench_workdir() {
+  WORK=$(mktemp -d -t "tollgate-$1.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n ${KEEP_WORK:-} ]]; then echo "$KEEP_WORK kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+
+# `$TOLLGATE gateway` on one ModelRoute `$1` whose only backend, `$2` (provider openai, model
+# `$3`, prices `$4`, a YAML flow mapping), is the upstream at http://127.0.0.1:$UP_PORT/v1: the
+# manifest rendered in $WORK, listening on TG_PORT with metrics on TG_METRICS, GATEWAY_ARGS
+# appended, its log in $WORK/gateway.log. Sets TG_PID (also added to PIDS).
+start_gateway_route() {
+  mkdir -p "$WORK/manifests" "$WORK/creds"
+  cat >"$WORK/manifests/route.yaml" <<EOF
+apiVersion: tollgate.dev/v1alpha1
+kind: ModelRoute
+metadata: {name: $1}
+spec:
+  backends:
+    - name: $2
+      provider: openai
+      model: $3
+      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
+      pricing: $4
+EOF
+  "$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
+  RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
+    --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" ${GATEWAY_ARGS:-} >"$WORK/gateway.log" 2>&1 &
+  TG_PID=$!
+  PIDS+=("$TG_PID")
+}
+
+# The streaming benchmarks' binaries: target/release/tollgate (unless NO_BUILD is set) and
+# bench/soak's tools; TOLLGATE defaults to the release binary.
+build_stream_bench() {
+  if [[ -z ${NO_BUILD:-} ]]; then
+    echo "building target/release/tollgate and bench/soak..." >&2
+    nice cargo build -q --release --bin tollgate
+  fi
+  build_soak_tools
+  TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
+}
+
 # The streaming benchmarks' tools (bench/soak, its own Cargo project outside the workspace):
 # sets SSE_UPSTREAM and STREAM_CLIENT, building them unless NO_BUILD is set and both exist.
 # BENCH_TARGET: their target directory (default bench/soak/target).

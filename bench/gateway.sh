@@ -27,7 +27,7 @@
 # and builds target/release/tollgate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# BODY, write_post_lua, to_us, free_port, nginx_conf
+# BODY, write_post_lua, to_us, free_port, nginx_conf, bench_workdir
 source bench/common.sh
 
 DURATION=${DURATION:-5s}
@@ -55,14 +55,7 @@ fi
 TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
 FLOOR=${FLOOR:-$PWD/target/release/examples/floor_proxy}
 
-WORK=$(mktemp -d -t tollgate-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir bench
 
 UP_PORT=$(free_port)
 NGX_PORT=$(free_port)
@@ -98,24 +91,7 @@ nginx_up proxy "
   }"
 
 # (c) tollgate: one route whose only backend is the fixed upstream.
-mkdir -p "$WORK/manifests" "$WORK/creds"
-cat >"$WORK/manifests/route.yaml" <<EOF
-apiVersion: tollgate.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: bench}
-spec:
-  backends:
-    - name: fixed
-      provider: openai
-      model: bench-model
-      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
-      pricing: {input: "2.50", cachedInput: "1.25", output: "10.00"}
-EOF
-"$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
-RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
-  --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" ${GATEWAY_ARGS:-} >"$WORK/gateway.log" 2>&1 &
-TG_PID=$!
-PIDS+=("$TG_PID")
+start_gateway_route bench fixed bench-model '{input: "2.50", cachedInput: "1.25", output: "10.00"}'
 
 # (d) the floor, with as many worker threads as the gateway (GATEWAY_ARGS="--workers N" sets both).
 FL_WORKERS=$(sed -n 's/.*--workers[ =]\([0-9]*\).*/\1/p' <<<"${GATEWAY_ARGS:-}")

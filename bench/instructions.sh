@@ -22,7 +22,7 @@
 # Needs valgrind, nginx and python3 (the client); builds target/release/{tollgate,floor_proxy}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# BODY, write_callgrind_client, free_port, nginx_conf
+# BODY, write_callgrind_client, free_port, nginx_conf, bench_workdir
 source bench/common.sh
 N0=${N0:-200}
 N1=${N1:-1200}
@@ -38,14 +38,8 @@ TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
 FLOOR=${FLOOR:-$PWD/target/release/examples/floor_proxy}
 NGINX=$(command -v nginx)
 
-WORK=$(mktemp -d -t tollgate-instr.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ -n ${KEEP:-} ]]; then echo "callgrind files kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+KEEP_WORK=${KEEP:+callgrind files}
+bench_workdir instr
 
 UP_PORT=$(free_port)
 nginx_conf "$WORK/upstream" "worker_processes 1;" "

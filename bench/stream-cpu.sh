@@ -22,7 +22,7 @@
 # curl and python3; builds target/release/tollgate and bench/soak.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# free_port, nginx_conf, build_soak_tools
+# free_port, nginx_conf, build_stream_bench, bench_workdir
 source bench/common.sh
 
 ROUNDS=${ROUNDS:-5}
@@ -46,21 +46,9 @@ for c in curl python3; do need "$c" || { echo "error: needs $c" >&2; exit 1; }; 
 NGINX=$(command -v nginx)
 if (( $(ulimit -n) < CONCURRENCY * 3 + 1024 )); then ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; fi
 
-if [[ -z ${NO_BUILD:-} ]]; then
-  echo "building target/release/tollgate and bench/soak..." >&2
-  nice cargo build -q --release --bin tollgate
-fi
-build_soak_tools
-TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
+build_stream_bench
 
-WORK=$(mktemp -d -t tollgate-streamcpu.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir streamcpu
 
 UP_PORT=$(free_port)
 NGX_PORT=$(free_port)
@@ -89,24 +77,7 @@ sed -i "s/worker_connections 4096;/worker_connections $(( WORKER_CONNS > 4096 ? 
 NGX_PID=$!
 PIDS+=("$NGX_PID")
 
-mkdir -p "$WORK/manifests" "$WORK/creds"
-cat >"$WORK/manifests/route.yaml" <<EOF
-apiVersion: tollgate.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: soak}
-spec:
-  backends:
-    - name: sse
-      provider: openai
-      model: soak-model
-      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
-      pricing: {input: "2.50", cachedInput: "1.25", output: "10.00"}
-EOF
-"$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
-RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
-  --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" ${GATEWAY_ARGS:-} >"$WORK/gateway.log" 2>&1 &
-TG_PID=$!
-PIDS+=("$TG_PID")
+start_gateway_route soak sse soak-model '{input: "2.50", cachedInput: "1.25", output: "10.00"}'
 
 for port in "$UP_PORT/stats" "$TG_PORT/readyz"; do
   for i in $(seq 1 100); do

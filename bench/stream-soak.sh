@@ -35,7 +35,7 @@
 # bench/soak (its own Cargo project, outside the workspace; BENCH_TARGET sets its target dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# free_port, build_soak_tools, micro_of, proc_rss_kib, proc_fds
+# free_port, build_stream_bench, bench_workdir, micro_of, proc_rss_kib, proc_fds
 source bench/common.sh
 
 DURATION=${DURATION:-300}
@@ -68,21 +68,9 @@ if (( $(ulimit -n) < NEED_FDS )); then
   exit 1
 fi
 
-if [[ -z ${NO_BUILD:-} ]]; then
-  echo "building target/release/tollgate and bench/soak..." >&2
-  nice cargo build -q --release --bin tollgate
-fi
-build_soak_tools
-TOLLGATE=${TOLLGATE:-$PWD/target/release/tollgate}
+build_stream_bench
 
-WORK=$(mktemp -d -t tollgate-soak.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir soak
 
 UP_PORT=$(free_port)
 TG_PORT=$(free_port)
@@ -93,24 +81,7 @@ TG_METRICS=$(free_port)
 UP_PID=$!
 PIDS+=("$UP_PID")
 
-mkdir -p "$WORK/manifests" "$WORK/creds"
-cat >"$WORK/manifests/route.yaml" <<EOF
-apiVersion: tollgate.dev/v1alpha1
-kind: ModelRoute
-metadata: {name: soak}
-spec:
-  backends:
-    - name: sse
-      provider: openai
-      model: soak-model
-      endpoint: {baseUrl: "http://127.0.0.1:$UP_PORT/v1"}
-      pricing: {input: "$P_INPUT", cachedInput: "$P_CACHED", output: "$P_OUTPUT", reasoning: "$P_REASONING"}
-EOF
-"$TOLLGATE" render -f "$WORK/manifests" >"$WORK/config.json"
-RUST_LOG=warn "$TOLLGATE" gateway --config "$WORK/config.json" --credentials-dir "$WORK/creds" \
-  --listen "127.0.0.1:$TG_PORT" --metrics-listen "127.0.0.1:$TG_METRICS" ${GATEWAY_ARGS:-} >"$WORK/gateway.log" 2>&1 &
-TG_PID=$!
-PIDS+=("$TG_PID")
+start_gateway_route soak sse soak-model "{input: \"$P_INPUT\", cachedInput: \"$P_CACHED\", output: \"$P_OUTPUT\", reasoning: \"$P_REASONING\"}"
 
 # Ready without a chat request: the baseline has no upstream connection in the gateway's pool.
 for i in $(seq 1 100); do

@@ -24,10 +24,13 @@
 //! [reasoning=7] [usage=mixed|always|never] [ramp=2] [progress=10] [timeout=120] [seed=1]
 //! [threads=1]`.
 
+mod args;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use args::{arg, die};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -99,19 +102,6 @@ struct Conf {
     progress: Duration,
     timeout: Duration,
     seed: u64,
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], key: &str, default: Option<T>) -> T {
-    let prefix = format!("{key}=");
-    match args.iter().find_map(|a| a.strip_prefix(&prefix)) {
-        Some(v) => v.parse().unwrap_or_else(|_| die(&format!("bad value for {key}: {v}"))),
-        None => default.unwrap_or_else(|| die(&format!("missing {key}="))),
-    }
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("stream-client: {msg}");
-    std::process::exit(2)
 }
 
 fn main() {

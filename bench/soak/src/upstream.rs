@@ -23,10 +23,13 @@
 //! Usage: `sse-upstream listen=127.0.0.1:PORT [chunks=20] [interval_ms=250] [prompt=1234]
 //! [cached=234] [reasoning=7] [threads=1]`.
 
+mod args;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use args::{arg, die};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -46,19 +49,6 @@ struct Conf {
     prompt: u64,
     cached: u64,
     reasoning: u64,
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], key: &str, default: Option<T>) -> T {
-    let prefix = format!("{key}=");
-    match args.iter().find_map(|a| a.strip_prefix(&prefix)) {
-        Some(v) => v.parse().unwrap_or_else(|_| die(&format!("bad value for {key}: {v}"))),
-        None => default.unwrap_or_else(|| die(&format!("missing {key}="))),
-    }
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("sse-upstream: {msg}");
-    std::process::exit(2)
 }
 
 fn main() {
